@@ -1,0 +1,140 @@
+"""mqkit: a typed, in-process message broker for Python, built from pluggy plugins.
+
+Everything public is importable from here::
+
+    import mqkit
+
+    with mqkit.Broker() as broker:
+        sub = broker.subscribe("events")
+        broker.publish("events", mqkit.Message("m-1", "hello"))
+        print(sub.get(timeout=1).data)
+"""
+
+from mqkit.core.broker import Broker, Transaction
+from mqkit.core.config import Config
+from mqkit.core.errors import (
+    AckNotFoundError,
+    AckNotSupportedError,
+    BrokerClosedError,
+    ClusterDisabledError,
+    DeadLetterNotSupportedError,
+    FeatureNotEnabledError,
+    InvalidConfigError,
+    InvalidMessageError,
+    InvalidTopicError,
+    LimitExceededError,
+    MemoryLimitExceededError,
+    MessageExpiredError,
+    MQError,
+    NotInitializedError,
+    PersistenceDisabledError,
+    PersistenceError,
+    PluginError,
+    ProtocolDisabledError,
+    SerializationError,
+    SubscriptionClosedError,
+    TransactionNotFoundError,
+    TransactionNotSupportedError,
+    TransactionTimeoutError,
+)
+from mqkit.core.features import (
+    AckFeature,
+    ClusterFeature,
+    DeadLetterFeature,
+    Feature,
+    MemoryFeature,
+    MetricsFeature,
+    PersistenceFeature,
+    ProtocolFeature,
+    TransactionFeature,
+)
+from mqkit.core.hookspecs import hookimpl
+from mqkit.core.message import (
+    AckMessage,
+    AckPolicy,
+    AckTTLMessage,
+    Message,
+    Priority,
+    PriorityMessage,
+    PriorityTTLMessage,
+    TTLMessage,
+)
+from mqkit.core.plugins import PluginInfo, Requirement
+from mqkit.core.status import (
+    ClusterStatus,
+    DeadLetter,
+    DeadLetterStats,
+    HealthStatus,
+    MetricsSnapshot,
+    SubscriptionStats,
+    TopicMetrics,
+)
+from mqkit.core.subscription import Backpressure, Buffer, SubOptions, Subscription
+from mqkit.core.timers import Clock, FakeClock, TimerHandle, TimerService
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AckFeature",
+    "AckMessage",
+    "AckNotFoundError",
+    "AckNotSupportedError",
+    "AckPolicy",
+    "AckTTLMessage",
+    "Backpressure",
+    "Broker",
+    "BrokerClosedError",
+    "Buffer",
+    "Clock",
+    "ClusterDisabledError",
+    "ClusterFeature",
+    "ClusterStatus",
+    "Config",
+    "DeadLetter",
+    "DeadLetterFeature",
+    "DeadLetterNotSupportedError",
+    "DeadLetterStats",
+    "FakeClock",
+    "Feature",
+    "FeatureNotEnabledError",
+    "HealthStatus",
+    "InvalidConfigError",
+    "InvalidMessageError",
+    "InvalidTopicError",
+    "LimitExceededError",
+    "MQError",
+    "MemoryFeature",
+    "MemoryLimitExceededError",
+    "Message",
+    "MessageExpiredError",
+    "MetricsFeature",
+    "MetricsSnapshot",
+    "NotInitializedError",
+    "PersistenceDisabledError",
+    "PersistenceError",
+    "PersistenceFeature",
+    "PluginError",
+    "PluginInfo",
+    "Priority",
+    "PriorityMessage",
+    "PriorityTTLMessage",
+    "ProtocolDisabledError",
+    "ProtocolFeature",
+    "Requirement",
+    "SerializationError",
+    "SubOptions",
+    "Subscription",
+    "SubscriptionClosedError",
+    "SubscriptionStats",
+    "TTLMessage",
+    "TimerHandle",
+    "TimerService",
+    "TopicMetrics",
+    "Transaction",
+    "TransactionFeature",
+    "TransactionNotFoundError",
+    "TransactionNotSupportedError",
+    "TransactionTimeoutError",
+    "__version__",
+    "hookimpl",
+]

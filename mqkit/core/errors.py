@@ -1,0 +1,192 @@
+"""The error hierarchy: every error mqkit raises on purpose is an :class:`MQError`.
+
+Each class carries the seed's sentinel text as its default message (``mq: broker is closed``).
+``SomeError.because(detail)`` builds the seed's wrapped form, ``"<default>: <detail>"``, so
+``InvalidTopicError.because("cannot be empty")`` reads ``mq: invalid topic: cannot be empty``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+__all__ = [
+    "AckNotFoundError",
+    "AckNotSupportedError",
+    "BrokerClosedError",
+    "ClusterDisabledError",
+    "DeadLetterNotSupportedError",
+    "FeatureNotEnabledError",
+    "InvalidConfigError",
+    "InvalidMessageError",
+    "InvalidTopicError",
+    "LimitExceededError",
+    "MQError",
+    "MemoryLimitExceededError",
+    "MessageExpiredError",
+    "NotInitializedError",
+    "PersistenceDisabledError",
+    "PersistenceError",
+    "PluginError",
+    "ProtocolDisabledError",
+    "SerializationError",
+    "SubscriptionClosedError",
+    "TransactionNotFoundError",
+    "TransactionNotSupportedError",
+    "TransactionTimeoutError",
+]
+
+
+class MQError(Exception):
+    """Base class of every error mqkit raises on purpose."""
+
+    default: ClassVar[str] = "mq: error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(self.default if message is None else message)
+
+    @classmethod
+    def because(cls, detail: str) -> Self:
+        """Return the error with the seed's wrapped text: ``"<default>: <detail>"``."""
+        return cls(f"{cls.default}: {detail}")
+
+    @property
+    def message(self) -> str:
+        """The full text of the error."""
+        return str(self.args[0]) if self.args else self.default
+
+
+class NotInitializedError(MQError):
+    """A component the operation needs was never set up."""
+
+    default = "mq: broker not initialized"
+
+
+class BrokerClosedError(MQError):
+    """The broker is closed: it no longer publishes, subscribes, acks or reads its store."""
+
+    default = "mq: broker is closed"
+
+
+class InvalidTopicError(MQError):
+    """A topic (or glob pattern) is empty, too long, or not a valid pattern."""
+
+    default = "mq: invalid topic"
+
+
+class InvalidMessageError(MQError):
+    """A message has no id, is of the wrong type for the entry point, or has a bad field."""
+
+    default = "mq: invalid message"
+
+
+class MessageExpiredError(MQError):
+    """A message's ``expires_at`` has passed before it was published."""
+
+    default = "mq: message has expired"
+
+
+class TransactionNotFoundError(MQError):
+    """No open transaction has this id (never begun, committed, rolled back or timed out)."""
+
+    default = "mq: transaction not found"
+
+
+class TransactionTimeoutError(MQError):
+    """A transaction ran past ``transaction_timeout`` and was rolled back."""
+
+    default = "mq: transaction timeout"
+
+
+class LimitExceededError(MQError):
+    """A configured limit (``max_topics``, ``max_subscribers``, memory) would be exceeded."""
+
+    default = "mq: limit exceeded"
+
+
+class MemoryLimitExceededError(LimitExceededError):
+    """Accepting the message would take the broker past ``max_memory_usage``."""
+
+    default = "mq: memory limit exceeded"
+
+
+class FeatureNotEnabledError(MQError):
+    """The operation needs a feature whose plugin is not enabled."""
+
+    default = "mq: feature not enabled"
+
+
+class AckNotSupportedError(FeatureNotEnabledError):
+    """Acknowledgement support (``enable_ack_support``) is off."""
+
+    default = "mq: acknowledgment not supported"
+
+
+class TransactionNotSupportedError(FeatureNotEnabledError):
+    """Transactions (``enable_transactions``) are off."""
+
+    default = "mq: transaction not supported"
+
+
+class DeadLetterNotSupportedError(FeatureNotEnabledError):
+    """The dead letter queue (``enable_dead_letter_queue``) is off."""
+
+    default = "mq: dead letter queue not supported"
+
+
+class ClusterDisabledError(FeatureNotEnabledError):
+    """Cluster mode (``enable_cluster``) is off."""
+
+    default = "mq: cluster mode is disabled"
+
+
+class ProtocolDisabledError(FeatureNotEnabledError):
+    """A protocol gateway (``enable_mqtt``, ``enable_amqp``) is off."""
+
+    default = "mq: protocol not enabled"
+
+
+class PersistenceDisabledError(FeatureNotEnabledError):
+    """Persistence (``enable_persistence``) is off."""
+
+    default = "mq: persistence is not enabled"
+
+
+class InvalidConfigError(MQError):
+    """A configuration value is invalid; the message names the field."""
+
+    default = "mq: invalid configuration"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        """The name of the offending field (or key, or environment variable), when known."""
+
+
+class SubscriptionClosedError(MQError):
+    """The subscription was cancelled (or its broker closed) and its buffer is drained."""
+
+    default = "mq: subscription is closed"
+
+
+class AckNotFoundError(MQError):
+    """No subscription holds this ack id: it is unknown, or already acked or settled."""
+
+    default = "mq: ack id not found"
+
+
+class SerializationError(MQError):
+    """A payload cannot be serialised (for the store or a wire protocol) or deserialised."""
+
+    default = "mq: serialization failed"
+
+
+class PersistenceError(MQError):
+    """The persistence store failed: locked, unopenable, full, read-only or corrupted."""
+
+    default = "mq: persistence failed"
+
+
+class PluginError(MQError):
+    """A plugin could not be loaded or validated, or raised an unexpected exception."""
+
+    default = "mq: plugin error"

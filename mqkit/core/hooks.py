@@ -1,0 +1,239 @@
+"""The typed facade over the hook relay: the only code that calls plugin hook implementations.
+
+Every hook gets a typed method here, so a misspelt hook is a mypy error, and a ``*_on`` flag, so
+the hot path pays a flag test (~10 ns), not a pluggy call (~1 us), when no plugin implements it.
+
+Dispatch is compiled: when the plugin set changes, the plugin host builds a new :class:`Hooks`
+from pluggy's ordered implementation lists (``HookCaller.get_hookimpls()``, called in reverse, as
+pluggy itself does), each implementation adapted once to the hook's full positional signature.
+A call is then a plain loop over functions: pluggy's order, pluggy's firstresult rule, and
+per-implementation error isolation that pluggy cannot give (a failing observer must not stop the
+others). Hook wrappers are refused at registration, so nothing is bypassed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import pluggy
+
+from mqkit.core.errors import MQError, PluginError
+from mqkit.core.hookspecs import HOOK_NAMES
+from mqkit.core.message import Message
+
+if TYPE_CHECKING:
+    from mqkit.core.broker import Broker
+    from mqkit.core.subscription import Buffer, Subscription
+
+__all__ = ["Hooks"]
+
+log = logging.getLogger("mqkit.plugins")
+
+Impl = tuple[str, Callable[..., Any]]
+"""(plugin name, implementation taking the hook's full positional arguments)."""
+Report = Callable[[str, str, BaseException], None]
+"""``report(plugin_name, hook_name, exception)`` counts and logs a failed notification."""
+
+
+def _adapt(impl: pluggy.HookImpl, spec_args: Sequence[str]) -> Callable[..., Any]:
+    """Return ``impl.function`` adapted to take the spec's arguments positionally."""
+    fn = impl.function
+    wanted = tuple(impl.argnames)
+    if wanted == tuple(spec_args):
+        return fn
+    positions = tuple(spec_args.index(name) for name in wanted)
+    return lambda *args: fn(*[args[i] for i in positions])
+
+
+def compile_hook(pm: pluggy.PluginManager, name: str) -> list[Impl]:
+    """Compile one hook to its implementations in call order (pluggy's: reversed list)."""
+    caller = getattr(pm.hook, name)
+    spec = caller.spec
+    assert spec is not None, name
+    return [
+        (impl.plugin_name, _adapt(impl, spec.argnames)) for impl in reversed(caller.get_hookimpls())
+    ]
+
+
+class Hooks:
+    """Typed, compiled dispatch of every hook (see the module docstring).
+
+    Built by the plugin host; immutable afterwards (a plugin change builds a new one).
+    """
+
+    def __init__(self, pm: pluggy.PluginManager | None, report: Report) -> None:
+        self._report = report
+        table: dict[str, list[Impl]] = {
+            name: (compile_hook(pm, name) if pm is not None else []) for name in HOOK_NAMES
+        }
+        self.impls = table
+        """Compiled implementations per hook name (read-only; for tests and tooling)."""
+        self._broker_start = table["mqkit_broker_start"]
+        self._broker_close = table["mqkit_broker_close"]
+        self._subscription_buffer = table["mqkit_subscription_buffer"]
+        self._subscribe = table["mqkit_subscribe"]
+        self._unsubscribe = table["mqkit_unsubscribe"]
+        self._health = table["mqkit_health"]
+        self._publish = table["mqkit_publish"]
+        self._accept = table["mqkit_accept"]
+        self._published = table["mqkit_published"]
+        self._drop = table["mqkit_drop"]
+        self._deliver = table["mqkit_deliver"]
+        self._delivered = table["mqkit_delivered"]
+        self._ack = table["mqkit_ack"]
+        self._nack = table["mqkit_nack"]
+        self._redeliver = table["mqkit_redeliver"]
+        self._expire = table["mqkit_expire"]
+        self._dead_letter = table["mqkit_dead_letter"]
+        self._error = table["mqkit_error"]
+        # Guards for the per-message hooks: a flag test instead of a call.
+        self.publish_on = bool(self._publish)
+        self.accept_on = bool(self._accept)
+        self.published_on = bool(self._published)
+        self.drop_on = bool(self._drop)
+        self.deliver_on = bool(self._deliver)
+        self.delivered_on = bool(self._delivered)
+        self.error_on = bool(self._error)
+
+    def calls_any(self) -> bool:
+        """Whether any hook has an implementation."""
+        return any(self.impls.values())
+
+    # -- shared call shapes --------------------------------------------------------------------
+
+    def _notify(self, hook: str, impls: list[Impl], *args: Any) -> None:
+        for plugin, fn in impls:
+            try:
+                fn(*args)
+            except Exception as exc:
+                self._report(plugin, hook, exc)
+
+    @staticmethod
+    def _decide(hook: str, impls: list[Impl], *args: Any) -> Any:
+        """Call until the first non-None result; MQError passes, anything else -> PluginError."""
+        for plugin, fn in impls:
+            try:
+                result = fn(*args)
+            except MQError:
+                raise
+            except Exception as exc:
+                raise PluginError.because(f"plugin {plugin!r} failed in {hook}: {exc!r}") from exc
+            if result is not None:
+                return result
+        return None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def broker_start(self, broker: Broker, plugins: frozenset[str] | None = None) -> None:
+        """Fire ``mqkit_broker_start`` (for ``plugins`` only, when given); errors raise."""
+        for plugin, fn in self._broker_start:
+            if plugins is None or plugin in plugins:
+                try:
+                    fn(broker)
+                except Exception as exc:
+                    raise PluginError.because(
+                        f"plugin {plugin!r} failed to start: {exc!r}"
+                    ) from exc
+
+    def broker_close(self, broker: Broker, plugins: frozenset[str] | None = None) -> None:
+        """Fire ``mqkit_broker_close`` (for ``plugins`` only, when given)."""
+        impls = [i for i in self._broker_close if plugins is None or i[0] in plugins]
+        self._notify("mqkit_broker_close", impls, broker)
+
+    def subscription_buffer(self, broker: Broker, subscription: Subscription) -> Buffer | None:
+        """Ask ``mqkit_subscription_buffer`` for a buffer (firstresult)."""
+        return cast(
+            "Buffer | None",
+            self._decide(
+                "mqkit_subscription_buffer", self._subscription_buffer, broker, subscription
+            ),
+        )
+
+    def subscribe(self, broker: Broker, subscription: Subscription) -> None:
+        """Fire ``mqkit_subscribe``."""
+        self._notify("mqkit_subscribe", self._subscribe, broker, subscription)
+
+    def unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
+        """Fire ``mqkit_unsubscribe``."""
+        self._notify("mqkit_unsubscribe", self._unsubscribe, broker, subscription)
+
+    def health(self, broker: Broker) -> list[str]:
+        """Collect ``mqkit_health`` problems from every plugin."""
+        problems: list[str] = []
+        for plugin, fn in self._health:
+            try:
+                found = fn(broker)
+            except Exception as exc:
+                self._report(plugin, "mqkit_health", exc)
+                continue
+            if found:
+                problems.extend(str(p) for p in found)
+        return problems
+
+    # -- the message path ------------------------------------------------------------------------
+
+    def publish(self, broker: Broker, topic: str, message: Message) -> bool:
+        """Fire ``mqkit_publish``; True when a plugin took the message over."""
+        return bool(self._decide("mqkit_publish", self._publish, broker, topic, message))
+
+    def accept(self, broker: Broker, messages: Sequence[Message]) -> None:
+        """Fire ``mqkit_accept``; an MQError (or PluginError) fails the publish."""
+        self._decide("mqkit_accept", self._accept, broker, messages)
+
+    def published(self, broker: Broker, messages: Sequence[Message]) -> None:
+        """Fire ``mqkit_published``."""
+        self._notify("mqkit_published", self._published, broker, messages)
+
+    def drop(
+        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
+    ) -> None:
+        """Fire ``mqkit_drop``."""
+        self._notify("mqkit_drop", self._drop, broker, subscription, message, reason)
+
+    def deliver(self, broker: Broker, subscription: Subscription, message: Message) -> bool:
+        """Fire ``mqkit_deliver``; False when a plugin withholds the message."""
+        for plugin, fn in self._deliver:
+            try:
+                result = fn(broker, subscription, message)
+            except Exception as exc:
+                self._report(plugin, "mqkit_deliver", exc)
+                continue
+            if result is not None:
+                return bool(result)
+        return True
+
+    def delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """Fire ``mqkit_delivered``."""
+        for plugin, fn in self._delivered:
+            try:
+                fn(broker, subscription, message)
+            except Exception as exc:
+                self._report(plugin, "mqkit_delivered", exc)
+
+    def ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """Fire ``mqkit_ack``."""
+        self._notify("mqkit_ack", self._ack, broker, subscription, message)
+
+    def nack(
+        self, broker: Broker, subscription: Subscription, message: Message, requeue: bool
+    ) -> None:
+        """Fire ``mqkit_nack``."""
+        self._notify("mqkit_nack", self._nack, broker, subscription, message, requeue)
+
+    def redeliver(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """Fire ``mqkit_redeliver``."""
+        self._notify("mqkit_redeliver", self._redeliver, broker, subscription, message)
+
+    def expire(self, broker: Broker, topic: str, message: Message) -> None:
+        """Fire ``mqkit_expire``."""
+        self._notify("mqkit_expire", self._expire, broker, topic, message)
+
+    def dead_letter(self, broker: Broker, topic: str, message: Message, reason: str) -> None:
+        """Fire ``mqkit_dead_letter``."""
+        self._notify("mqkit_dead_letter", self._dead_letter, broker, topic, message, reason)
+
+    def error(self, broker: Broker, operation: str, topic: str, error: MQError) -> None:
+        """Fire ``mqkit_error``."""
+        self._notify("mqkit_error", self._error, broker, operation, topic, error)

@@ -1,0 +1,211 @@
+"""The hook specifications: every extension point of the broker, in the order a message meets them.
+
+A plugin is any object (usually a class instance, one per broker) with methods marked
+``@mqkit.hookimpl`` whose names are hooks below. An implementation may declare any subset of a
+hook's arguments (pluggy's rule). The broker calls hooks only through its typed facade
+(:mod:`mqkit.core.hooks`), which costs a flag test, not a call, when no plugin implements a hook.
+
+**Call types.** *firstresult* hooks stop at the first implementation that returns something
+other than ``None``; *collecting* hooks call every implementation; *notifications* call every
+implementation and ignore results.
+
+**Errors.** Decision hooks (``mqkit_publish``, ``mqkit_accept``, ``mqkit_subscription_buffer``)
+may raise an :class:`~mqkit.MQError` to refuse; the broker passes it to the caller. Any other
+exception from them fails that one operation with :class:`~mqkit.PluginError` (the original
+chained) and leaves the broker usable. An exception in a notification hook (and in
+``mqkit_deliver``, ``mqkit_health``) never breaks delivery or the other plugins: it is counted
+against the plugin, logged with its name and reported by ``health_check()``.
+
+**Threads.** Hooks run in the thread of the operation that fires them: publishers, consumers,
+or the broker's timer thread. They must not block; they may call back into the broker.
+
+**Order.** Implementations run in pluggy's order: ``tryfirst`` ones first, ``trylast`` ones
+last, otherwise the most recently registered first. Built-in plugins register before
+third-party ones, so third-party implementations run before built-in ones of the same bucket.
+
+A message's path: ``publish`` → :func:`mqkit_publish` (check, or take over) →
+:func:`mqkit_accept` (store) → buffered in each matching subscription (or :func:`mqkit_drop`) →
+:func:`mqkit_published` → a consumer's ``get`` → :func:`mqkit_deliver` (hand out or withhold) →
+:func:`mqkit_delivered` → :func:`mqkit_ack` / :func:`mqkit_nack` → :func:`mqkit_expire` /
+:func:`mqkit_dead_letter` when it is given up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from mqkit.core.errors import MQError
+from mqkit.core.message import Message
+
+if TYPE_CHECKING:
+    from mqkit.core.broker import Broker
+    from mqkit.core.subscription import Buffer, Subscription
+
+__all__ = ["HOOK_NAMES", "hookimpl", "hookspec"]
+
+PROJECT = "mqkit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Marks a plugin method as a hook implementation: ``@mqkit.hookimpl``."""
+
+
+# --- lifecycle ----------------------------------------------------------------------------------
+
+
+@hookspec
+def mqkit_broker_start(broker: Broker) -> None:
+    """The broker is built and every plugin registered; start background work here.
+
+    Fires once per plugin: at ``Broker(...)`` for the plugins it loads, and in
+    ``update_config`` for a plugin that the new config switches on. Notification.
+    An exception here fails ``Broker(...)`` (or ``update_config``) with ``PluginError``.
+    """
+
+
+@hookspec
+def mqkit_broker_close(broker: Broker) -> None:
+    """The broker is closing (or ``update_config`` switched the plugin off); stop work here.
+
+    Fires before subscriptions end and before the timer service stops, so a plugin may still
+    dead-letter or persist what it holds. Notification: exceptions are counted and logged.
+    """
+
+
+@hookspec(firstresult=True)
+def mqkit_subscription_buffer(broker: Broker, subscription: Subscription) -> Buffer | None:
+    """Supply the buffer for a new subscription (the ``priority`` plugin's ordered buffer).
+
+    firstresult: the first non-``None`` buffer is used; ``None`` from everybody gives a FIFO.
+    May raise ``MQError`` to refuse the subscription.
+    """
+
+
+@hookspec
+def mqkit_subscribe(broker: Broker, subscription: Subscription) -> None:
+    """A subscription was created and is routed to. Notification."""
+
+
+@hookspec
+def mqkit_unsubscribe(broker: Broker, subscription: Subscription) -> None:
+    """A subscription was cancelled, or its broker is closing. Notification.
+
+    Its buffer may still hold messages that its consumer will drain.
+    """
+
+
+@hookspec
+def mqkit_health(broker: Broker) -> Sequence[str] | None:
+    """Report problems for ``health_check()``: each string makes the broker ``degraded``.
+
+    Collecting: every implementation is asked; return ``None`` or an empty sequence when all is
+    well. Exceptions are counted against the plugin (which is itself a problem).
+    """
+
+
+# --- the message path ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mqkit_publish(broker: Broker, topic: str, message: Message) -> bool | None:
+    """Check a message before it is routed, or take it over. Once per message, hot path.
+
+    ``message`` is the broker's stamped copy (``topic``, ``time`` and ack id filled in).
+    Raise an ``MQError`` to reject the message: nothing is delivered or stored, and the
+    publisher gets the error (``publish_batch``: nothing of the batch is). firstresult: return
+    ``True`` to take the message over (the broker then neither stores nor routes it);
+    return ``None`` to let it go on.
+    """
+
+
+@hookspec
+def mqkit_accept(broker: Broker, messages: Sequence[Message]) -> None:
+    """The messages of one publish call passed every check; they are about to be delivered.
+
+    Fires once per ``publish`` (one message), ``publish_batch`` (the whole batch) and
+    transaction commit (every message, each with its own ``topic``), before any of them is
+    buffered. The ``persistence`` plugin stores them here, in one store transaction. May raise
+    an ``MQError`` (``PersistenceError``) to fail the whole call: nothing is delivered.
+    """
+
+
+@hookspec
+def mqkit_published(broker: Broker, messages: Sequence[Message]) -> None:
+    """The messages were routed to every matching subscription. Notification, hot path."""
+
+
+@hookspec
+def mqkit_drop(
+    broker: Broker, subscription: Subscription | None, message: Message, reason: str
+) -> None:
+    """A message was dropped and will never be handed out. Notification.
+
+    ``reason`` is the backpressure policy that dropped it (``drop_oldest``, ``drop_newest``,
+    ``block_with_timeout``, ``close_subscriber``), or why else: ``dead letter queue off`` (a
+    dead letter with nowhere to go; ``subscription`` is then ``None``), ``unsubscribed`` (left
+    unacked in a cancelled subscription with the DLQ off).
+    """
+
+
+@hookspec(firstresult=True)
+def mqkit_deliver(broker: Broker, subscription: Subscription, message: Message) -> bool | None:
+    """A consumer is about to be handed ``message``; return ``False`` to withhold it.
+
+    Fires in the consumer's thread inside ``get``/``aget``, hot path. firstresult: the first
+    ``False`` withholds the message (the ``ttl`` plugin does so for expired messages, and reports
+    them through :func:`mqkit_expire` itself); return ``None`` otherwise, never ``True``.
+    Exceptions are counted and the message is handed out.
+    """
+
+
+@hookspec
+def mqkit_delivered(broker: Broker, subscription: Subscription, message: Message) -> None:
+    """``message`` was handed to the consumer of ``subscription``. Notification, hot path.
+
+    The ``ack`` plugin starts an ack-required message's deadline here; ``metrics`` counts the
+    delivery and its publish-to-delivery latency.
+    """
+
+
+@hookspec
+def mqkit_ack(broker: Broker, subscription: Subscription, message: Message) -> None:
+    """A consumer acknowledged ``message`` on ``subscription``. Notification."""
+
+
+@hookspec
+def mqkit_nack(broker: Broker, subscription: Subscription, message: Message, requeue: bool) -> None:
+    """A consumer rejected ``message``; ``requeue`` says whether it will be redelivered."""
+
+
+@hookspec
+def mqkit_redeliver(broker: Broker, subscription: Subscription, message: Message) -> None:
+    """``message`` (with ``attempt`` raised) was put back in ``subscription``. Notification."""
+
+
+@hookspec
+def mqkit_expire(broker: Broker, topic: str, message: Message) -> None:
+    """``message``'s TTL ran out before it was delivered. Notification."""
+
+
+@hookspec
+def mqkit_dead_letter(broker: Broker, topic: str, message: Message, reason: str) -> None:
+    """``message``, first published to ``topic``, was given up and dead-lettered.
+
+    Fires after the dead letter queue took it (``message`` is the original message;
+    ``reason`` says why: ``expired``, ``nacked after N attempts``, ...). Notification.
+    """
+
+
+@hookspec
+def mqkit_error(broker: Broker, operation: str, topic: str, error: MQError) -> None:
+    """A broker operation failed with ``error`` (a rejected publish, say). Notification.
+
+    ``operation`` is the broker method's name (``publish``, ``subscribe``, ...); ``topic`` is
+    the topic it was given, or ``""``.
+    """
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(name for name in sorted(globals()) if name.startswith("mqkit_"))
+"""Every hook name, sorted."""

@@ -1,0 +1,297 @@
+"""Plugin loading: which plugins a broker gets, their dependencies, and their registration.
+
+Every plugin - built-in or third-party - is an entry point in the group ``mqkit.plugins``. An
+entry point names a class (instantiated once per broker, with no arguments), an instance, or a
+module. What a broker loads is decided by its :class:`~mqkit.Config`:
+
+1. mqkit's own plugins whose :class:`PluginInfo` says the config enables them (their flag);
+2. the plugins named in ``Config.plugins`` (resolved through the same entry-point group);
+3. with ``Config.autoload_plugins`` (or ``MQKIT_AUTOLOAD_PLUGINS=1``), every installed one;
+4. the objects passed as ``Broker(plugins=[...])``;
+
+minus those named in ``Config.disable_plugins``. Installing a package never changes a broker by
+itself. Each plugin's requirements (data in its ``plugin_info``) are checked before anything is
+registered; a failure names the plugin and the flag to turn on.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import pluggy
+
+from mqkit.core import hookspecs
+from mqkit.core.config import Config
+from mqkit.core.errors import InvalidConfigError, PluginError
+from mqkit.core.features import Feature
+from mqkit.core.hookspecs import PROJECT
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "PluginManager", "Requirement", "plan_plugins"]
+
+log = logging.getLogger("mqkit.plugins")
+
+ENTRY_POINT_GROUP = "mqkit.plugins"
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Requirement:
+    """A plugin this plugin needs, when ``when(config)`` holds (always when ``when`` is None)."""
+
+    plugin: str
+    when: Callable[[Config], bool] | None = None
+    hint: str = ""
+    """What the user should do, e.g. ``"set enable_dead_letter_queue=True"``."""
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class PluginInfo:
+    """What a plugin declares about itself, as the class attribute ``plugin_info``.
+
+    ``enabled`` says whether a config switches the plugin on (mqkit's own plugins: their flag);
+    ``default`` plugins load unless ``disable_plugins`` names them. ``flag`` names the config
+    field that switches it (for messages and the test kit). ``runtime_toggle=False`` means
+    ``update_config`` may not switch it on or off while the broker runs.
+    """
+
+    name: str
+    description: str = ""
+    flag: str | None = None
+    enabled: Callable[[Config], bool] | None = None
+    default: bool = False
+    requires: tuple[Requirement, ...] = ()
+    runtime_toggle: bool = True
+
+    def enabled_by(self, config: Config) -> bool:
+        """Whether ``config`` itself switches this plugin on."""
+        if self.enabled is not None:
+            return self.enabled(config)
+        if self.flag is not None:
+            return bool(getattr(config, self.flag))
+        return False
+
+
+def info_of(obj: object) -> PluginInfo | None:
+    """The ``plugin_info`` an object (or class, or module) declares, if any."""
+    info = getattr(obj, "plugin_info", None)
+    return info if isinstance(info, PluginInfo) else None
+
+
+@attrs.frozen(slots=True)
+class _EntryPoint:
+    name: str
+    value: str
+    builtin: bool
+    ep: importlib.metadata.EntryPoint
+
+
+_ep_cache: dict[tuple[str, ...], dict[str, _EntryPoint]] = {}
+
+
+def entry_points() -> dict[str, _EntryPoint]:
+    """The ``mqkit.plugins`` entry points installed now (cached per ``sys.path``)."""
+    key = tuple(sys.path)
+    cached = _ep_cache.get(key)
+    if cached is not None:
+        return cached
+    found: dict[str, _EntryPoint] = {}
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=_ep_key):
+        dist = getattr(ep, "dist", None)
+        builtin = dist is not None and dist.name == "mqkit"
+        previous = found.get(ep.name)
+        if previous is not None and previous.value != ep.value:
+            if previous.builtin:
+                continue  # never let a third-party package shadow a built-in name
+            if not builtin:
+                raise PluginError.because(
+                    f"two installed packages declare plugin {ep.name!r}: "
+                    f"{previous.value} and {ep.value}"
+                )
+        found[ep.name] = _EntryPoint(ep.name, ep.value, builtin, ep)
+    _ep_cache.clear()
+    _ep_cache[key] = found
+    return found
+
+
+def _ep_key(ep: importlib.metadata.EntryPoint) -> tuple[bool, str]:
+    dist = getattr(ep, "dist", None)
+    return (dist is None or dist.name != "mqkit", ep.name)
+
+
+def clear_entry_point_cache() -> None:
+    """Forget the cached entry points (after installing a plugin package at run time)."""
+    _ep_cache.clear()
+
+
+def load_entry_point(name: str) -> Any:
+    """Import the object entry point ``name`` names; ``PluginError`` if it is missing or broken."""
+    found = entry_points().get(name)
+    if found is None:
+        raise PluginError.because(
+            f"plugin {name!r} not found: no entry point {name!r} in group {ENTRY_POINT_GROUP!r}"
+            " (is its package installed?)"
+        )
+    try:
+        return found.ep.load()
+    except Exception as exc:
+        raise PluginError.because(f"plugin {name!r} could not be loaded: {exc!r}") from exc
+
+
+def builtin_plugins() -> dict[str, Any]:
+    """Mqkit's own plugins: name -> loaded entry-point object."""
+    return {name: load_entry_point(name) for name, ep in entry_points().items() if ep.builtin}
+
+
+def plan_plugins(config: Config, objects: Sequence[object] = ()) -> dict[str, Any]:
+    """Decide which plugins a broker with ``config`` gets: name -> class, instance or module.
+
+    Raises ``InvalidConfigError`` when a flag switches on a plugin ``disable_plugins`` names,
+    and ``PluginError`` when a plugin is missing, cannot be loaded, or lacks a requirement.
+    """
+    disabled = set(config.disable_plugins)
+    plan: dict[str, Any] = {}
+    for name, target in builtin_plugins().items():
+        info = info_of(target)
+        if info is None:
+            raise PluginError.because(f"built-in plugin {name!r} declares no plugin_info")
+        if info.enabled_by(config):
+            if name in disabled:
+                what = f"{info.flag}=True" if info.flag else "the configuration"
+                raise InvalidConfigError(
+                    f"{InvalidConfigError.default}: plugin {name!r} is enabled by {what} "
+                    "but named in disable_plugins",
+                    field="disable_plugins",
+                )
+            plan[name] = target
+        elif info.default and name not in disabled:
+            plan[name] = target
+    named = list(config.plugins)
+    if config.autoload_plugins or os.environ.get("MQKIT_AUTOLOAD_PLUGINS", "") in ("1", "true"):
+        named += [n for n, ep in entry_points().items() if not ep.builtin]
+    for name in named:
+        if name in disabled:
+            if name in config.plugins:
+                raise InvalidConfigError(
+                    f"{InvalidConfigError.default}: plugin {name!r} is both in plugins "
+                    "and in disable_plugins",
+                    field="disable_plugins",
+                )
+            continue
+        if name not in plan:
+            plan[name] = load_entry_point(name)
+    for obj in objects:
+        name = plugin_name(obj)
+        if name in disabled:
+            continue
+        if name in plan and plan[name] is not obj:
+            raise PluginError.because(f"two plugins are named {name!r}")
+        plan[name] = obj
+    check_requirements(config, plan)
+    return plan
+
+
+def plugin_name(obj: object) -> str:
+    """A plugin's name: its ``plugin_info.name``, else its class (or module) name."""
+    info = info_of(obj)
+    if info is not None:
+        return info.name
+    if isinstance(obj, type):
+        return obj.__name__
+    module_name = getattr(obj, "__name__", None)
+    if isinstance(module_name, str) and type(obj).__name__ == "module":
+        return module_name
+    return type(obj).__name__
+
+
+def check_requirements(config: Config, plan: Mapping[str, Any]) -> None:
+    """Raise ``PluginError`` naming the first plugin whose requirement is not in ``plan``."""
+    for name, target in plan.items():
+        info = info_of(target)
+        if info is None:
+            continue
+        for req in info.requires:
+            if req.plugin in plan:
+                continue
+            if req.when is None or req.when(config):
+                hint = f": {req.hint}" if req.hint else ""
+                raise PluginError.because(f"plugin {name!r} needs plugin {req.plugin!r}{hint}")
+
+
+def instantiate(target: Any) -> object:
+    """Turn a planned target into the object to register: classes are instantiated."""
+    if isinstance(target, type):
+        return target()
+    return target
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with mqkit's rules: the ``mqkit_`` prefix, no wrappers, clear errors.
+
+    One per broker; never module-global.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.add_hookspecs(hookspecs)
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        """Read hookimpl options; an unmarked ``mqkit_*`` method is an error, not silence."""
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("mqkit_") and callable(getattr(plugin, name, None)):
+            raise PluginError.because(
+                f"plugin {self._name_for(plugin)!r}: method {name} looks like a hook but is not "
+                "marked with @mqkit.hookimpl"
+            )
+        if opts is not None and (opts.get("wrapper") or opts.get("hookwrapper")):
+            raise PluginError.because(
+                f"plugin {self._name_for(plugin)!r}: {name} is a hook wrapper; mqkit hooks do "
+                "not take wrappers (use tryfirst/trylast)"
+            )
+        return opts
+
+    @staticmethod
+    def _name_for(plugin: object) -> str:
+        return plugin_name(plugin)
+
+    def register_checked(self, plugin: object, name: str) -> None:
+        """Register ``plugin`` as ``name``; every problem becomes a ``PluginError`` naming it."""
+        try:
+            self.register(plugin, name=name)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError.because(f"plugin {name!r} cannot be registered: {exc}") from exc
+        unknown = [
+            hook
+            for hook in dir(plugin)
+            if hook.startswith("mqkit_") and hook not in hookspecs.HOOK_NAMES
+        ]
+        if unknown:
+            self.unregister(plugin)
+            raise PluginError.because(
+                f"plugin {name!r} implements unknown hook(s): {', '.join(sorted(unknown))}"
+            )
+
+    def features(self) -> dict[str, Feature]:
+        """The features the registered plugins provide, by key; two for one key is an error."""
+        found: dict[str, Feature] = {}
+        for name, plugin in self.list_name_plugin():
+            if isinstance(plugin, Feature):
+                key = plugin.feature
+                if key in found:
+                    raise PluginError.because(
+                        f"plugins {self.get_name(found[key])!r} and {name!r} both provide "
+                        f"the {key!r} feature"
+                    )
+                found[key] = plugin
+        return found
+
+
+def iter_names(objs: Iterable[object]) -> list[str]:
+    """Names of plugin objects (for messages)."""
+    return [plugin_name(o) for o in objs]

@@ -1,0 +1,497 @@
+"""Subscriptions: a bounded buffer per subscriber, its backpressure policy, and its consumers.
+
+Publishers append under the subscription's lock (so the bound, the policy and the counters are
+exact under any number of publisher threads). Consumers pop without the lock when a message is
+there (``deque.popleft`` is atomic) and take the lock only to wait. Waiting consumers - threads
+or asyncio tasks, on any number of event loops - queue up as waiters; each append wakes one
+waiter under the same lock that the consumer held while it saw the buffer empty, so no wake-up
+is lost. A woken waiter that finds its message taken by a faster consumer simply waits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Protocol, Self
+
+import attrs
+
+from mqkit.core.errors import AckNotSupportedError, SubscriptionClosedError
+from mqkit.core.message import Message
+from mqkit.core.status import SubscriptionStats
+
+if TYPE_CHECKING:
+    from mqkit.core.broker import Broker
+
+__all__ = ["Backpressure", "Buffer", "FifoBuffer", "SubOptions", "Subscription"]
+
+
+class Backpressure(enum.Enum):
+    """What a full subscription buffer does with a new message (the seed's four policies)."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Drop the oldest buffered message to make room (the default)."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the new message."""
+    BLOCK_WITH_TIMEOUT = "block_with_timeout"
+    """Make the publisher wait up to ``block_timeout`` for room, then drop the new message."""
+    CLOSE_SUBSCRIBER = "close_subscriber"
+    """Drop the new message and cancel the subscription (its buffer can still be drained)."""
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class SubOptions:
+    """Options of one subscription.
+
+    ``buffer_size`` 0 means the broker's ``default_buffer_size``. ``filter`` runs in the
+    publisher's thread; a message it returns False for is skipped silently for this subscriber.
+    """
+
+    buffer_size: int = 0
+    policy: Backpressure = Backpressure.DROP_OLDEST
+    block_timeout: float = 0.05
+    filter: Callable[[Message], bool] | None = None
+
+
+class Buffer(Protocol):
+    """What a subscription buffers messages in. FIFO by default; plugins may supply another.
+
+    ``popleft`` must be atomic under the GIL (a single C-level call), because consumers call
+    it without the subscription's lock; every other method is called under the lock.
+    """
+
+    def append(self, message: Message, /) -> None:
+        """Add a newly published message."""
+
+    def appendleft(self, message: Message, /) -> None:
+        """Put a message back for redelivery, ahead of the others of its rank."""
+
+    def popleft(self) -> Message:
+        """Remove and return the next message to hand out; ``IndexError`` when empty."""
+        ...
+
+    def evict(self) -> Message:
+        """Remove and return the message ``DROP_OLDEST`` drops; ``IndexError`` when empty."""
+        ...
+
+    def clear(self) -> None:
+        """Remove every message."""
+
+    def __len__(self) -> int:
+        """Number of buffered messages."""
+        ...
+
+    def __iter__(self) -> Iterator[Message]:
+        """The buffered messages (any order)."""
+        ...
+
+
+class FifoBuffer(deque[Message]):
+    """The default buffer: first in, first out; ``evict`` drops the oldest."""
+
+    __slots__ = ()
+
+    def evict(self) -> Message:
+        """Remove the oldest message."""
+        return self.popleft()
+
+
+class _ThreadWaiter:
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> bool:
+        self._lock.release()
+        return True
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _AsyncWaiter:
+    __slots__ = ("fut", "loop", "thread")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fut: asyncio.Future[None] = loop.create_future()
+        self.thread = threading.get_ident()
+
+    def wake(self) -> bool:
+        if self.fut.done():
+            return False
+        if threading.get_ident() == self.thread:
+            self.fut.set_result(None)
+            return True
+        try:
+            self.loop.call_soon_threadsafe(_set_result, self.fut)
+        except RuntimeError:  # the loop is closed: nobody waits here any more
+            return False
+        return True
+
+
+_Waiter = _ThreadWaiter | _AsyncWaiter
+
+
+class Subscription:
+    """A subscriber's end of a topic (or glob pattern): a bounded buffer to ``get`` from.
+
+    Thread-safe; usable from threads (``get``, iteration) and asyncio (``aget``, ``async for``)
+    at once. Cancelling it (or closing the broker) stops new messages; what is buffered can
+    still be drained, after which ``get`` raises :class:`~mqkit.SubscriptionClosedError`.
+    """
+
+    def __init__(
+        self, broker: Broker, sub_id: int, topic: str, options: SubOptions, capacity: int
+    ) -> None:
+        self._broker = broker
+        self.id = sub_id
+        """Broker-unique id, counting from 1."""
+        self.topic = topic
+        """The topic or glob pattern subscribed to (stripped)."""
+        self.options = options
+        """The options the subscription was made with."""
+        self.is_pattern = False
+        """Whether ``topic`` is a glob pattern."""
+        self._cap = capacity
+        self._policy = options.policy
+        self._filter = options.filter
+        self._buf: Buffer = FifoBuffer()
+        self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
+        self._space_waiters: deque[_ThreadWaiter] = deque()
+        self._closed = False
+        self._received = 0
+        self._dropped = 0
+
+    # -- consumers -------------------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Message:
+        """Return the next message, waiting up to ``timeout`` seconds (None: for ever).
+
+        Raises ``TimeoutError`` when the time runs out, and
+        :class:`~mqkit.SubscriptionClosedError` once the subscription is closed and drained.
+        """
+        try:
+            message = self._buf.popleft()
+        except IndexError:
+            return self._get_slow(timeout)
+        if self._space_waiters:
+            self._wake_space()
+        hooks = self._broker._hooks
+        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            return self._get_slow(timeout)
+        if hooks.delivered_on:
+            hooks.delivered(self._broker, self, message)
+        return message
+
+    def get_nowait(self) -> Message:
+        """Return a buffered message at once: ``get(timeout=0)``."""
+        return self.get(timeout=0)
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until the subscription is closed and drained."""
+        while True:
+            try:
+                yield self.get()
+            except SubscriptionClosedError:
+                return
+
+    async def aget(self, timeout: float | None = None) -> Message:
+        """Await the next message (as ``get``, without blocking the event loop)."""
+        try:
+            message = self._buf.popleft()
+        except IndexError:
+            return await self._aget_slow(timeout)
+        if self._space_waiters:
+            self._wake_space()
+        hooks = self._broker._hooks
+        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            return await self._aget_slow(timeout)
+        if hooks.delivered_on:
+            hooks.delivered(self._broker, self, message)
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        """``async for message in subscription``: until closed and drained."""
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.aget()
+            except SubscriptionClosedError:
+                return
+
+    def _get_slow(self, timeout: float | None) -> Message:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._pop_or_wait(deadline)
+            if self._space_waiters:
+                self._wake_space()
+            hooks = self._broker._hooks
+            if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+                continue
+            if hooks.delivered_on:
+                hooks.delivered(self._broker, self, message)
+            return message
+
+    def _pop_or_wait(self, deadline: float | None) -> Message:
+        while True:
+            with self._lock:
+                if self._buf:
+                    return self._buf.popleft()
+                if self._closed:
+                    raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no message on {self.topic!r} in time")
+                waiter = _ThreadWaiter()
+                self._waiters.append(waiter)
+            if not waiter.wait(remaining):
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+            # Woken, timed out or both: the top of the loop decides.
+
+    async def _aget_slow(self, timeout: float | None) -> Message:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            message = await self._apop_or_wait(loop, deadline)
+            if self._space_waiters:
+                self._wake_space()
+            hooks = self._broker._hooks
+            if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+                continue
+            if hooks.delivered_on:
+                hooks.delivered(self._broker, self, message)
+            return message
+
+    async def _apop_or_wait(
+        self, loop: asyncio.AbstractEventLoop, deadline: float | None
+    ) -> Message:
+        while True:
+            with self._lock:
+                if self._buf:
+                    return self._buf.popleft()
+                if self._closed:
+                    raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no message on {self.topic!r} in time")
+                waiter = _AsyncWaiter(loop)
+                self._waiters.append(waiter)
+            try:
+                if remaining is None:
+                    await waiter.fut
+                else:
+                    async with asyncio.timeout(remaining):
+                        await waiter.fut
+            except TimeoutError:
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+            except BaseException:
+                # Cancelled: if we were already woken, hand the wake-up on so it is not lost.
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    elif self._buf:
+                        self._wake_one()
+                raise
+
+    # -- publishers (called by the broker) --------------------------------------------------------
+
+    def _put(self, message: Message) -> None:
+        """Buffer ``message`` under the backpressure policy (publisher side)."""
+        filt = self._filter
+        if filt is not None and not self._broker._run_filter(self, filt, message):
+            return
+        with self._lock:
+            if self._closed:
+                return
+            buf = self._buf
+            if len(buf) < self._cap:
+                buf.append(message)
+                self._received += 1
+                if self._waiters:
+                    self._wake_one()
+                return
+        self._overflow(message)
+
+    def _overflow(self, message: Message) -> None:
+        policy = self._policy
+        dropped: Message | None = None
+        close = False
+        with self._lock:
+            if self._closed:
+                return
+            buf = self._buf
+            if len(buf) < self._cap:  # a consumer made room meanwhile
+                dropped = None
+            elif policy is Backpressure.DROP_OLDEST:
+                dropped = buf.evict()
+            elif policy is Backpressure.BLOCK_WITH_TIMEOUT:
+                if not self._wait_for_space():
+                    dropped = message
+            else:
+                dropped = message
+                close = policy is Backpressure.CLOSE_SUBSCRIBER
+            if dropped is not None:
+                self._dropped += 1
+            if dropped is not message and not self._closed:
+                buf.append(message)
+                self._received += 1
+                if self._waiters:
+                    self._wake_one()
+        if dropped is not None:
+            hooks = self._broker._hooks
+            if hooks.drop_on:
+                hooks.drop(self._broker, self, dropped, policy.value)
+        if close:
+            self.cancel()
+
+    def _wait_for_space(self) -> bool:
+        """Under the lock: wait up to ``block_timeout`` for room. True when there is room."""
+        deadline = time.monotonic() + max(0.0, self.options.block_timeout)
+        while True:
+            waiter = _ThreadWaiter()
+            self._space_waiters.append(waiter)  # register first, then look (no lost wake-up)
+            if len(self._buf) < self._cap or self._closed:
+                self._space_waiters.remove(waiter)
+                return not self._closed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._space_waiters.remove(waiter)
+                return False
+            self._lock.release()
+            try:
+                waiter.wait(remaining)
+            finally:
+                self._lock.acquire()
+            if waiter in self._space_waiters:
+                self._space_waiters.remove(waiter)
+
+    def _wake_one(self) -> None:
+        """Under the lock: wake the first live waiter."""
+        waiters = self._waiters
+        while waiters:
+            if waiters.popleft().wake():
+                return
+
+    def _wake_space(self) -> None:
+        with self._lock:
+            if self._space_waiters:
+                self._space_waiters.popleft().wake()
+
+    def _set_buffer(self, buffer: Buffer) -> None:
+        self._buf = buffer
+
+    # -- plugin API --------------------------------------------------------------------------------
+
+    def redeliver(self, message: Message) -> bool:
+        """Put ``message`` back at the front for redelivery (plugin API; ignores the bound).
+
+        Returns False when the subscription is closed (the message was not put back).
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            self._buf.appendleft(message)
+            if self._waiters:
+                self._wake_one()
+        hooks = self._broker._hooks
+        hooks.redeliver(self._broker, self, message)
+        return True
+
+    def buffered(self) -> list[Message]:
+        """A snapshot of the buffered messages (plugin API)."""
+        with self._lock:
+            return list(self._buf)
+
+    def remove(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """Remove and return the buffered messages ``predicate`` selects (plugin API)."""
+        with self._lock:
+            keep = [m for m in self._buf if not predicate(m)]
+            gone = [m for m in self._buf if predicate(m)]
+            if gone:
+                self._buf.clear()
+                for m in keep:
+                    self._buf.append(m)
+        return gone
+
+    @property
+    def broker(self) -> Broker:
+        """The broker this subscription belongs to."""
+        return self._broker
+
+    # -- acknowledgement -------------------------------------------------------------------------
+
+    def ack(self, ack_id: str) -> None:
+        """Acknowledge a message this subscription delivered (``AckNotFoundError`` if unknown)."""
+        feature = self._broker._ack_feature()
+        if feature is None:
+            raise AckNotSupportedError.because("acknowledgment support is disabled")
+        feature.ack_subscription(self, ack_id)
+
+    def nack(self, ack_id: str, requeue: bool = True) -> None:
+        """Reject a delivered message: redeliver it (``requeue``) or dead-letter it."""
+        feature = self._broker._ack_feature()
+        if feature is None:
+            raise AckNotSupportedError.because("acknowledgment support is disabled")
+        feature.nack_subscription(self, ack_id, requeue)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop receiving (idempotent); buffered messages can still be drained."""
+        self._broker._unsubscribe(self)
+
+    def _close(self) -> bool:
+        """Mark closed and wake every waiter; False if it was already closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            while self._waiters:
+                self._waiters.popleft().wake()
+            while self._space_waiters:
+                self._space_waiters.popleft().wake()
+            return True
+
+    @property
+    def closed(self) -> bool:
+        """Whether the subscription was cancelled or its broker closed."""
+        return self._closed
+
+    def stats(self) -> SubscriptionStats:
+        """Counters: messages enqueued, dropped by policy; buffer length and capacity."""
+        with self._lock:
+            return SubscriptionStats(
+                received=self._received,
+                dropped=self._dropped,
+                queue_len=len(self._buf),
+                queue_cap=self._cap,
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Subscription #{self.id} {self.topic!r} {state} {len(self._buf)}/{self._cap}>"

@@ -1,0 +1,105 @@
+"""Topic rules (the seed's): strip, non-empty, at most 1024 UTF-8 bytes; glob patterns.
+
+Patterns follow Go's ``path.Match`` as the seed's pubsub uses it: ``*`` matches any run of
+characters except ``/`` (so ``orders.*`` matches ``orders.created``), ``?`` one such character,
+``[...]`` a class (``[^...]`` or ``[!...]`` negated, ``a-z`` ranges), ``\\`` escapes. A pattern
+without any of these is an exact topic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from mqkit.core.config import MAX_TOPIC_LENGTH
+from mqkit.core.errors import InvalidTopicError
+
+__all__ = ["compile_pattern", "is_pattern", "normalize_topic"]
+
+_GLOB_CHARS = frozenset("*?[\\")
+
+
+def normalize_topic(topic: object) -> str:
+    """Return the stripped topic, or raise :class:`InvalidTopicError` (seed texts)."""
+    if not isinstance(topic, str):
+        raise InvalidTopicError.because(f"topic must be a str, not {type(topic).__name__}")
+    stripped = topic.strip()
+    if not stripped:
+        raise InvalidTopicError.because("cannot be empty")
+    if len(stripped) > MAX_TOPIC_LENGTH // 4 and len(stripped.encode()) > MAX_TOPIC_LENGTH:
+        raise InvalidTopicError.because(f"topic too long (max {MAX_TOPIC_LENGTH} characters)")
+    return stripped
+
+
+def is_pattern(text: str) -> bool:
+    """Whether ``text`` contains glob syntax."""
+    return not _GLOB_CHARS.isdisjoint(text)
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """Compile a (normalized) glob pattern to a predicate on topics.
+
+    Raises :class:`InvalidTopicError` for a malformed pattern (an unclosed ``[``, a trailing
+    ``\\``, a reversed range).
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            if i + 1 >= n:
+                raise InvalidTopicError.because(f"invalid pattern {pattern!r}: trailing escape")
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            i, cls = _parse_class(pattern, i + 1)
+            out.append(cls)
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        regex = re.compile("".join(out), re.DOTALL)
+    except re.error as exc:  # pragma: no cover - _parse_class rejects what re would
+        raise InvalidTopicError.because(f"invalid pattern {pattern!r}: {exc}") from None
+    match = regex.fullmatch
+    return lambda topic: match(topic) is not None
+
+
+def _parse_class(pattern: str, i: int) -> tuple[int, str]:
+    """Parse ``[...]`` starting after the ``[``; return (index of ``]``, regex class)."""
+    n = len(pattern)
+    negate = i < n and pattern[i] in "^!"
+    if negate:
+        i += 1
+    items: list[str] = []
+    first = True
+    while True:
+        if i >= n:
+            raise InvalidTopicError.because(f"invalid pattern {pattern!r}: unclosed '['")
+        c = pattern[i]
+        if c == "]" and not first:
+            break
+        first = False
+        lo, i = _class_char(pattern, i)
+        if i + 1 < n and pattern[i + 1] == "-" and i + 2 < n and pattern[i + 2] != "]":
+            hi, i = _class_char(pattern, i + 2)
+            if hi < lo:
+                raise InvalidTopicError.because(f"invalid pattern {pattern!r}: bad range")
+            items.append(f"{re.escape(lo)}-{re.escape(hi)}")
+        else:
+            items.append(re.escape(lo))
+        i += 1
+    body = "".join(items)
+    return i, f"[^/{body}]" if negate else f"[{body}]"
+
+
+def _class_char(pattern: str, i: int) -> tuple[str, int]:
+    if pattern[i] == "\\":
+        if i + 1 >= len(pattern):
+            raise InvalidTopicError.because(f"invalid pattern {pattern!r}: trailing escape")
+        return pattern[i + 1], i + 1
+    return pattern[i], i
