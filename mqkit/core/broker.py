@@ -149,8 +149,12 @@ class Broker:
 
     # -- plugins -----------------------------------------------------------------------------------
 
-    def _apply_plugins(self, config: Config) -> list[str]:
-        """Register and unregister plugins so that the set matches ``config``; return added."""
+    def _apply_plugins(self, config: Config, *, running: bool = False) -> list[str]:
+        """Register and unregister plugins so that the set matches ``config``; return added.
+
+        ``running`` (an ``update_config``) refuses to toggle a plugin that cannot be switched
+        on or off at run time.
+        """
         plan = plan_plugins(config, self._extra_plugins)
         current = dict(self._pm.list_name_plugin())
         removed = [n for n in current if n not in plan]
@@ -158,7 +162,7 @@ class Broker:
         for name in removed + added_names:
             target = plan.get(name, current.get(name))
             info = info_of(target)
-            if current and info is not None and not info.runtime_toggle:
+            if running and info is not None and not info.runtime_toggle:
                 what = info.flag or name
                 raise InvalidConfigError(
                     f"{InvalidConfigError.default}: {what} cannot be changed while the broker "
@@ -201,6 +205,19 @@ class Broker:
     def get_plugin(self, name: str) -> object | None:
         """The registered plugin object of this name, or None."""
         return self._pm.get_plugin(name)
+
+    @property
+    def hooks(self) -> Hooks:
+        """The typed hook facade, for plugins that fire hooks themselves (plugin API)."""
+        return self._hooks
+
+    def has_feature(self, key: str) -> bool:
+        """Whether a plugin provides the feature ``key`` (``"deadletter"``, ...) (plugin API)."""
+        return key in self._features
+
+    def features(self) -> list[Feature]:
+        """The feature objects the plugins provide (plugin API)."""
+        return list(self._features.values())
 
     def _feature(self, kind: type[F], key: str | None = None) -> F | None:
         found = self._features.get(key or kind.feature)
@@ -268,7 +285,7 @@ class Broker:
                 route = self._route(topic)
             cls = type(message)
             stamp = _stampers.get(cls)
-            if stamp is None or not message.id:
+            if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
             stamped = stamp(message, route.topic, self._now(), message.attempt)
             hooks = self._hooks
@@ -276,10 +293,14 @@ class Broker:
                 return
             if hooks.accept_on:
                 hooks.accept(self, (stamped,))
-            for sub in route.subs:
-                sub._put(stamped)
             if hooks.published_on:
-                hooks.published(self, (stamped,))
+                copies = 0
+                for sub in route.subs:
+                    copies += sub._put(stamped)
+                hooks.published(self, (stamped,), (copies,))
+            else:
+                for sub in route.subs:
+                    sub._put(stamped)
         except MQError as exc:
             self._failed("publish", topic, exc)
             raise
@@ -323,12 +344,12 @@ class Broker:
         if hooks.accept_on:
             hooks.accept(self, messages)
         routes = self._routes
+        copies: list[int] = []
         for message in messages:
             route = routes.get(message.topic) or self._route(message.topic)
-            for sub in route.subs:
-                sub._put(message)
+            copies.append(sum(sub._put(message) for sub in route.subs))
         if hooks.published_on:
-            hooks.published(self, messages)
+            hooks.published(self, messages, copies)
 
     def dispatch(self, messages: Sequence[Message]) -> None:
         """Deliver already stamped and checked messages, all or none (plugin API).
@@ -678,9 +699,12 @@ class Broker:
             "dead letter queue is disabled",
         )
         count = 0
-        for record in feature.take(limit):
-            self.publish(record.original_topic, record.message)
-            count += 1
+        try:
+            for record in feature.dead_letters(limit):
+                self.publish(record.original_topic, attrs.evolve(record.message, attempt=1))
+                count += 1
+        finally:
+            feature.take(count)  # only what was re-published leaves the queue
         return count
 
     # -- persistence -------------------------------------------------------------------------------
@@ -815,7 +839,7 @@ class Broker:
                 old = self._config
                 self._config = cfg
                 try:
-                    added = self._apply_plugins(cfg)
+                    added = self._apply_plugins(cfg, running=True)
                     self._hooks.broker_start(self, frozenset(added))
                 except BaseException:
                     self._config = old

@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import attrs
-import cattrs
 
 from mqkit.core.convert import converter, describe_structure_error, parse_seconds, parse_str_tuple
 from mqkit.core.errors import InvalidConfigError
@@ -173,13 +172,15 @@ class Config:
         ``source`` (a file name, say) is named in error messages. The result is validated.
         """
         where = f" (in {source})" if source else ""
-        try:
-            config = converter.structure(dict(mapping), cls)
-        except cattrs.ForbiddenExtraKeysError as exc:
-            key = sorted(exc.extra_fields)[0]
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted((k for k in mapping if k not in known), key=str)
+        if unknown:
+            key = str(unknown[0])
             raise InvalidConfigError(
                 f"{InvalidConfigError.default}: unknown key {key!r}{where}", field=key
-            ) from None
+            )
+        try:
+            config = converter.structure(dict(mapping), cls)
         except Exception as exc:
             text, field = describe_structure_error(exc)
             raise InvalidConfigError(

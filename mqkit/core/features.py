@@ -36,6 +36,10 @@ class Feature(abc.ABC):
 
     feature: ClassVar[str]
 
+    def held_bytes(self) -> int:
+        """Estimated bytes of messages this feature holds (for the memory limit)."""
+        return 0
+
 
 class AckFeature(Feature):
     """Per-subscription acknowledgement (the ``ack`` plugin)."""

@@ -182,9 +182,9 @@ class Hooks:
         """Fire ``mqkit_accept``; an MQError (or PluginError) fails the publish."""
         self._decide("mqkit_accept", self._accept, broker, messages)
 
-    def published(self, broker: Broker, messages: Sequence[Message]) -> None:
+    def published(self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]) -> None:
         """Fire ``mqkit_published``."""
-        self._notify("mqkit_published", self._published, broker, messages)
+        self._notify("mqkit_published", self._published, broker, messages, copies)
 
     def drop(
         self, broker: Broker, subscription: Subscription | None, message: Message, reason: str

@@ -132,20 +132,31 @@ def mqkit_accept(broker: Broker, messages: Sequence[Message]) -> None:
 
 
 @hookspec
-def mqkit_published(broker: Broker, messages: Sequence[Message]) -> None:
-    """The messages were routed to every matching subscription. Notification, hot path."""
+def mqkit_published(broker: Broker, messages: Sequence[Message], copies: Sequence[int]) -> None:
+    """The messages were routed to every matching subscription. Notification, hot path.
+
+    ``copies[i]`` is how many subscription buffers ``messages[i]`` entered (filters, closed
+    subscriptions and policy drops of the new message excluded).
+    """
 
 
 @hookspec
 def mqkit_drop(
     broker: Broker, subscription: Subscription | None, message: Message, reason: str
 ) -> None:
-    """A message was dropped and will never be handed out. Notification.
+    """A message was dropped: ``subscription`` will never hand it out. Notification.
 
-    ``reason`` is the backpressure policy that dropped it (``drop_oldest``, ``drop_newest``,
-    ``block_with_timeout``, ``close_subscriber``), or why else: ``dead letter queue off`` (a
-    dead letter with nowhere to go; ``subscription`` is then ``None``), ``unsubscribed`` (left
-    unacked in a cancelled subscription with the DLQ off).
+    ``reason`` is the backpressure policy that dropped it, or why else:
+
+    - ``drop_oldest``: the dropped message was buffered and was evicted to make room;
+    - ``drop_newest``, ``block_with_timeout``, ``close_subscriber``: the *new* message never
+      entered the buffer;
+    - ``withheld``: it left the buffer but was not handed out (``mqkit_deliver`` withheld it,
+      or the ``ttl`` sweep removed it: expired);
+    - ``unsubscribed``: removed from a cancelled subscription's buffer (an ack-required
+      message that could no longer be acknowledged);
+    - ``dead letter queue off``: a dead letter with nowhere to go (``subscription`` is
+      ``None``).
     """
 
 
@@ -176,7 +187,10 @@ def mqkit_ack(broker: Broker, subscription: Subscription, message: Message) -> N
 
 @hookspec
 def mqkit_nack(broker: Broker, subscription: Subscription, message: Message, requeue: bool) -> None:
-    """A consumer rejected ``message``; ``requeue`` says whether it will be redelivered."""
+    """A consumer rejected ``message``; ``requeue`` says whether it will be redelivered.
+
+    Notification.
+    """
 
 
 @hookspec

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import sys
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType, MemberDescriptorType
@@ -27,6 +28,7 @@ __all__ = [
     "PriorityMessage",
     "PriorityTTLMessage",
     "TTLMessage",
+    "estimate_size",
     "message_priority",
     "stamper",
 ]
@@ -114,6 +116,35 @@ class AckTTLMessage(Message):
     ack_policy: AckPolicy = attrs.field(default=AckPolicy.REQUIRED, kw_only=True)
     ack_timeout: float | None = attrs.field(default=None, kw_only=True)
     expires_at: datetime = attrs.field(kw_only=True)
+
+
+_MESSAGE_OVERHEAD: Final = 160  # the slotted object, its datetime and a buffer slot
+
+
+def _payload_size(value: object, depth: int = 0) -> int:
+    if value is None or isinstance(value, bool | int | float):
+        return 32
+    if isinstance(value, str | bytes | bytearray | memoryview):
+        return 49 + len(value)
+    if depth < 3 and isinstance(value, dict):
+        return 64 + sum(
+            _payload_size(k, depth + 1) + _payload_size(v, depth + 1) for k, v in value.items()
+        )
+    if depth < 3 and isinstance(value, list | tuple | set | frozenset):
+        return 56 + sum(_payload_size(v, depth + 1) for v in value)
+    return sys.getsizeof(value)
+
+
+def estimate_size(message: Message) -> int:
+    """Estimate the bytes a message holds: the object, its id, payload and metadata.
+
+    A cheap, deterministic estimate (the same message always gives the same number), used
+    for ``max_memory_usage``; payloads are measured three levels deep.
+    """
+    size = _MESSAGE_OVERHEAD + len(message.id) + _payload_size(message.data)
+    if message.meta:
+        size += sum(98 + len(k) + len(v) for k, v in message.meta.items())
+    return size
 
 
 def message_priority(message: Message) -> int:

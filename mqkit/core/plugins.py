@@ -266,11 +266,9 @@ class PluginManager(pluggy.PluginManager):
             raise
         except Exception as exc:
             raise PluginError.because(f"plugin {name!r} cannot be registered: {exc}") from exc
-        unknown = [
-            hook
-            for hook in dir(plugin)
-            if hook.startswith("mqkit_") and hook not in hookspecs.HOOK_NAMES
-        ]
+        # Every marked method whose hook has no spec (a misspelt name, a ``specname`` naming no
+        # hook, a marked method without the ``mqkit_`` prefix) is an unknown hook.
+        unknown = [caller.name for caller in self.get_hookcallers(plugin) or () if not caller.spec]
         if unknown:
             self.unregister(plugin)
             raise PluginError.because(

@@ -26,6 +26,7 @@ from mqkit.core.status import SubscriptionStats
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
+    from mqkit.core.hooks import Hooks
 
 __all__ = ["Backpressure", "Buffer", "FifoBuffer", "SubOptions", "Subscription"]
 
@@ -74,8 +75,12 @@ class Buffer(Protocol):
         """Remove and return the next message to hand out; ``IndexError`` when empty."""
         ...
 
-    def evict(self) -> Message:
-        """Remove and return the message ``DROP_OLDEST`` drops; ``IndexError`` when empty."""
+    def evict(self, incoming: Message, /) -> Message:
+        """Choose what ``DROP_OLDEST`` drops to make room for ``incoming`` in a full buffer.
+
+        Remove and return a buffered message, or return ``incoming`` itself (not buffered) to
+        drop the new message instead.
+        """
         ...
 
     def clear(self) -> None:
@@ -95,7 +100,7 @@ class FifoBuffer(deque[Message]):
 
     __slots__ = ()
 
-    def evict(self) -> Message:
+    def evict(self, incoming: Message, /) -> Message:
         """Remove the oldest message."""
         return self.popleft()
 
@@ -190,7 +195,7 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+        if hooks.deliver_on and not self._hand_out(hooks, message):
             return self._get_slow(timeout)
         if hooks.delivered_on:
             hooks.delivered(self._broker, self, message)
@@ -217,7 +222,7 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+        if hooks.deliver_on and not self._hand_out(hooks, message):
             return await self._aget_slow(timeout)
         if hooks.delivered_on:
             hooks.delivered(self._broker, self, message)
@@ -234,6 +239,14 @@ class Subscription:
             except SubscriptionClosedError:
                 return
 
+    def _hand_out(self, hooks: Hooks, message: Message) -> bool:
+        """Ask ``mqkit_deliver``; a withheld message is reported as dropped (``withheld``)."""
+        if hooks.deliver(self._broker, self, message):
+            return True
+        if hooks.drop_on:
+            hooks.drop(self._broker, self, message, "withheld")
+        return False
+
     def _get_slow(self, timeout: float | None) -> Message:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -241,7 +254,7 @@ class Subscription:
             if self._space_waiters:
                 self._wake_space()
             hooks = self._broker._hooks
-            if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            if hooks.deliver_on and not self._hand_out(hooks, message):
                 continue
             if hooks.delivered_on:
                 hooks.delivered(self._broker, self, message)
@@ -273,7 +286,7 @@ class Subscription:
             if self._space_waiters:
                 self._wake_space()
             hooks = self._broker._hooks
-            if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            if hooks.deliver_on and not self._hand_out(hooks, message):
                 continue
             if hooks.delivered_on:
                 hooks.delivered(self._broker, self, message)
@@ -314,35 +327,38 @@ class Subscription:
 
     # -- publishers (called by the broker) --------------------------------------------------------
 
-    def _put(self, message: Message) -> None:
-        """Buffer ``message`` under the backpressure policy (publisher side)."""
+    def _put(self, message: Message) -> bool:
+        """Buffer ``message`` under the backpressure policy (publisher side).
+
+        Returns whether the message entered the buffer.
+        """
         filt = self._filter
         if filt is not None and not self._broker._run_filter(self, filt, message):
-            return
+            return False
         with self._lock:
             if self._closed:
-                return
+                return False
             buf = self._buf
             if len(buf) < self._cap:
                 buf.append(message)
                 self._received += 1
                 if self._waiters:
                     self._wake_one()
-                return
-        self._overflow(message)
+                return True
+        return self._overflow(message)
 
-    def _overflow(self, message: Message) -> None:
+    def _overflow(self, message: Message) -> bool:
         policy = self._policy
         dropped: Message | None = None
         close = False
         with self._lock:
             if self._closed:
-                return
+                return False
             buf = self._buf
             if len(buf) < self._cap:  # a consumer made room meanwhile
                 dropped = None
             elif policy is Backpressure.DROP_OLDEST:
-                dropped = buf.evict()
+                dropped = buf.evict(message)
             elif policy is Backpressure.BLOCK_WITH_TIMEOUT:
                 if not self._wait_for_space():
                     dropped = message
@@ -351,7 +367,8 @@ class Subscription:
                 close = policy is Backpressure.CLOSE_SUBSCRIBER
             if dropped is not None:
                 self._dropped += 1
-            if dropped is not message and not self._closed:
+            entered = dropped is not message and not self._closed
+            if entered:
                 buf.append(message)
                 self._received += 1
                 if self._waiters:
@@ -362,6 +379,7 @@ class Subscription:
                 hooks.drop(self._broker, self, dropped, policy.value)
         if close:
             self.cancel()
+        return entered
 
     def _wait_for_space(self) -> bool:
         """Under the lock: wait up to ``block_timeout`` for room. True when there is room."""
@@ -441,6 +459,7 @@ class Subscription:
 
     def ack(self, ack_id: str) -> None:
         """Acknowledge a message this subscription delivered (``AckNotFoundError`` if unknown)."""
+        self._broker._check_open()
         feature = self._broker._ack_feature()
         if feature is None:
             raise AckNotSupportedError.because("acknowledgment support is disabled")
@@ -448,6 +467,7 @@ class Subscription:
 
     def nack(self, ack_id: str, requeue: bool = True) -> None:
         """Reject a delivered message: redeliver it (``requeue``) or dead-letter it."""
+        self._broker._check_open()
         feature = self._broker._ack_feature()
         if feature is None:
             raise AckNotSupportedError.because("acknowledgment support is disabled")

@@ -102,8 +102,7 @@ class TimerHandle:
     def cancel(self) -> None:
         """Cancel the timer (idempotent; harmless after it ran)."""
         if not self.cancelled:
-            self.cancelled = True
-            self._service._cancelled()
+            self._service._cancel(self)
 
 
 class TimerService:
@@ -173,8 +172,11 @@ class TimerService:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _cancelled(self) -> None:
-        with self._cond:
+    def _cancel(self, handle: TimerHandle) -> None:
+        with self._cond:  # the timer thread may pop (and mark) the handle meanwhile
+            if handle.cancelled:
+                return
+            handle.cancelled = True
             self._ncancelled += 1
             if self._ncancelled > 1024 and self._ncancelled * 2 > len(self._heap):
                 self._heap = [e for e in self._heap if not e[2].cancelled]

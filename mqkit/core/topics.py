@@ -26,7 +26,11 @@ def normalize_topic(topic: object) -> str:
     stripped = topic.strip()
     if not stripped:
         raise InvalidTopicError.because("cannot be empty")
-    if len(stripped) > MAX_TOPIC_LENGTH // 4 and len(stripped.encode()) > MAX_TOPIC_LENGTH:
+    try:
+        size = len(stripped.encode())
+    except UnicodeEncodeError:  # a lone surrogate: the topic has no UTF-8 form
+        raise InvalidTopicError.because("topic is not valid UTF-8") from None
+    if size > MAX_TOPIC_LENGTH:
         raise InvalidTopicError.because(f"topic too long (max {MAX_TOPIC_LENGTH} characters)")
     return stripped
 

@@ -1,0 +1,255 @@
+"""The ``ack`` plugin: per-subscription acknowledgement with deadlines, retries and dead letters.
+
+Switched on by ``enable_ack_support``. An ack-required message (an :class:`~mqkit.AckMessage`
+or :class:`~mqkit.AckTTLMessage` whose policy is not ``NONE``; ``TIMEOUT`` behaves as
+``REQUIRED``) is tracked per subscription from the moment ``get`` hands it out:
+
+- ``ack`` settles it;
+- a missed deadline (``ack_timeout``, else ``default_ack_timeout``) or a ``nack`` redelivers it
+  to *that* subscription only, with ``attempt`` raised by one, until ``max_ack_retries``
+  redeliveries were made (``max_ack_retries + 1`` deliveries in all);
+- then, or at once on ``nack(requeue=False)``, it is dead-lettered with reason
+  ``ack timeout after N attempts`` or ``nacked after N attempts`` (with the dead letter queue
+  off it is dropped, counted, and ``health_check()`` says so).
+
+Cancelling a subscription dead-letters what it holds unacknowledged, delivered or still
+buffered (reason ``unsubscribed before ack``): nothing is silently leaked.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import attrs
+
+from mqkit.core.broker import Broker
+from mqkit.core.errors import AckNotFoundError, InvalidMessageError
+from mqkit.core.features import AckFeature
+from mqkit.core.hookspecs import hookimpl
+from mqkit.core.message import AckPolicy, Message, estimate_size, stamper
+from mqkit.core.plugins import PluginInfo
+from mqkit.core.subscription import Subscription
+from mqkit.core.timers import TimerHandle
+from mqkit.core.topics import normalize_topic
+
+__all__ = ["AckPlugin", "needs_ack"]
+
+
+def needs_ack(message: Message) -> bool:
+    """Whether ``message`` must be acknowledged (it has an ack policy other than ``NONE``)."""
+    policy = getattr(message, "ack_policy", None)
+    return policy is not None and policy != AckPolicy.NONE
+
+
+@attrs.define(slots=True, eq=False)
+class _Pending:
+    message: Message
+    subscription: Subscription
+    size: int
+    timer: TimerHandle | None = None
+
+
+class AckPlugin(AckFeature):
+    """Tracks delivered ack-required messages per subscription."""
+
+    plugin_info = PluginInfo(
+        name="ack",
+        description="per-subscription ack/nack with deadlines, retries and dead letters",
+        flag="enable_ack_support",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[Subscription, dict[str, _Pending]] = {}
+        self._ids: dict[str, int] = {}  # ack id -> subscriptions holding it
+        self._bytes = 0
+        self._broker: Broker | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Remember the broker."""
+        self._broker = broker
+
+    @hookimpl
+    def mqkit_broker_close(self) -> None:
+        """Stop every deadline; what is unacked stays unacked (persistence keeps it)."""
+        with self._lock:
+            for held in self._pending.values():
+                for pending in held.values():
+                    if pending.timer is not None:
+                        pending.timer.cancel()
+            self._pending.clear()
+            self._ids.clear()
+            self._bytes = 0
+            self._broker = None
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    @hookimpl
+    def mqkit_publish(self, message: Message) -> None:
+        """Refuse an explicit ack id that is still pending (it could not be told apart)."""
+        ack_id = getattr(message, "ack_id", "")
+        if ack_id and ack_id in self._ids and needs_ack(message):
+            raise InvalidMessageError.because(f"ack id {ack_id!r} is already pending")
+
+    @hookimpl
+    def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """Start the deadline of an ack-required message just handed out."""
+        if not needs_ack(message):
+            return
+        ack_id: str = getattr(message, "ack_id", "")
+        timeout: float | None = getattr(message, "ack_timeout", None)
+        if timeout is None:
+            timeout = broker.config.default_ack_timeout
+        pending = _Pending(message, subscription, estimate_size(message))
+        with self._lock:
+            held = self._pending.setdefault(subscription, {})
+            previous = held.get(ack_id)
+            if previous is None:
+                self._ids[ack_id] = self._ids.get(ack_id, 0) + 1
+            else:
+                self._bytes -= previous.size
+                if previous.timer is not None:
+                    previous.timer.cancel()
+            held[ack_id] = pending
+            self._bytes += pending.size
+        pending.timer = broker.timers.call_later(
+            timeout, lambda: self._deadline(subscription, ack_id, pending)
+        )
+
+    @hookimpl
+    def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
+        """Dead-letter what the cancelled subscription holds unacknowledged."""
+        with self._lock:
+            held = self._pending.pop(subscription, {})
+            for ack_id, pending in held.items():
+                self._forget(ack_id, pending)
+        for pending in held.values():
+            broker.dead_letter(
+                pending.message.topic,
+                pending.message,
+                "unsubscribed before ack",
+                pending.message.attempt,
+            )
+        for message in subscription.remove(needs_ack):
+            broker.hooks.drop(broker, subscription, message, "unsubscribed")
+            broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
+
+    # -- the feature ---------------------------------------------------------------------------
+
+    def ack(self, topic: str, ack_id: str) -> None:
+        """Acknowledge ``ack_id`` on every subscription of ``topic`` holding it."""
+        for subscription in self._holders(topic, ack_id):
+            self.ack_subscription(subscription, ack_id)
+
+    def nack(self, topic: str, ack_id: str, requeue: bool = True) -> None:
+        """Reject ``ack_id`` on every subscription of ``topic`` holding it."""
+        for subscription in self._holders(topic, ack_id):
+            self.nack_subscription(subscription, ack_id, requeue)
+
+    def ack_subscription(self, subscription: Subscription, ack_id: str) -> None:
+        """Settle ``ack_id`` on ``subscription``."""
+        pending = self._take(subscription, ack_id)
+        broker = self._live_broker()
+        broker.hooks.ack(broker, subscription, pending.message)
+
+    def nack_subscription(self, subscription: Subscription, ack_id: str, requeue: bool) -> None:
+        """Redeliver ``ack_id`` to ``subscription`` (``requeue``) or dead-letter it."""
+        pending = self._take(subscription, ack_id)
+        broker = self._live_broker()
+        again = requeue and self._may_retry(broker, pending)
+        broker.hooks.nack(broker, subscription, pending.message, again)
+        self._retry_or_dead_letter(broker, pending, again, "nacked")
+
+    def held_bytes(self) -> int:
+        """Bytes of delivered messages held for a possible redelivery."""
+        return self._bytes
+
+    def pending_count(self, subscription: Subscription | None = None) -> int:
+        """Unacknowledged deliveries (of one subscription, or in all)."""
+        with self._lock:
+            if subscription is not None:
+                return len(self._pending.get(subscription, {}))
+            return sum(len(held) for held in self._pending.values())
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _live_broker(self) -> Broker:
+        broker = self._broker
+        if broker is None:
+            from mqkit.core.errors import BrokerClosedError
+
+            raise BrokerClosedError()
+        return broker
+
+    def _holders(self, topic: str, ack_id: str) -> list[Subscription]:
+        wanted = normalize_topic(topic)
+        with self._lock:
+            found = [
+                sub
+                for sub, held in self._pending.items()
+                if ack_id in held and held[ack_id].message.topic == wanted
+            ]
+        if not found:
+            raise AckNotFoundError.because(f"ack id {ack_id!r} not found on topic {wanted!r}")
+        return found
+
+    def _take(self, subscription: Subscription, ack_id: str) -> _Pending:
+        with self._lock:
+            held = self._pending.get(subscription)
+            pending = held.pop(ack_id, None) if held is not None else None
+            if pending is None:
+                raise AckNotFoundError.because(
+                    f"ack id {ack_id!r} not found (unknown, or already acked or settled)"
+                )
+            if not held:
+                del self._pending[subscription]
+            self._forget(ack_id, pending)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        return pending
+
+    def _forget(self, ack_id: str, pending: _Pending) -> None:
+        """Under the lock: drop the bookkeeping of one pending delivery."""
+        self._bytes -= pending.size
+        left = self._ids.get(ack_id, 0) - 1
+        if left > 0:
+            self._ids[ack_id] = left
+        else:
+            self._ids.pop(ack_id, None)
+
+    def _deadline(self, subscription: Subscription, ack_id: str, pending: _Pending) -> None:
+        broker = self._broker
+        if broker is None:
+            return
+        with self._lock:
+            held = self._pending.get(subscription)
+            if held is None or held.get(ack_id) is not pending:
+                return  # settled (or redelivered) meanwhile
+            del held[ack_id]
+            if not held:
+                del self._pending[subscription]
+            self._forget(ack_id, pending)
+        self._retry_or_dead_letter(broker, pending, self._may_retry(broker, pending), "ack timeout")
+
+    @staticmethod
+    def _may_retry(broker: Broker, pending: _Pending) -> bool:
+        return (
+            pending.message.attempt <= broker.config.max_ack_retries
+            and not pending.subscription.closed
+        )
+
+    @staticmethod
+    def _retry_or_dead_letter(broker: Broker, pending: _Pending, retry: bool, why: str) -> None:
+        message = pending.message
+        if retry:
+            assert message.time is not None
+            again = stamper(type(message))(
+                message, message.topic, message.time, message.attempt + 1
+            )
+            if pending.subscription.redeliver(again):
+                return
+        reason = f"{why} after {message.attempt} attempts"
+        broker.dead_letter(message.topic, message, reason, message.attempt)

@@ -1,0 +1,177 @@
+"""The ``metrics`` plugin (``enable_metrics``): counters per topic and in total, and latency.
+
+Counts, per topic: ``published`` (messages routed), ``delivered`` (handed to a consumer),
+``dropped`` (by a backpressure policy), ``expired``, ``acked``, ``nacked``, ``redelivered``,
+``dead_lettered`` (under the original topic) and ``errors`` (failed operations, a rejected
+publish among them); ``last_error`` is the text of the latest error. Latency is the time from
+publish (the message's ``time``) to the hand-out, over the last ``LATENCY_WINDOW`` deliveries
+for the percentiles and over all deliveries for the mean and maximum.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from mqkit.core.broker import Broker
+from mqkit.core.errors import MQError
+from mqkit.core.features import MetricsFeature
+from mqkit.core.hookspecs import hookimpl
+from mqkit.core.message import Message
+from mqkit.core.plugins import PluginInfo
+from mqkit.core.status import MetricsSnapshot, TopicMetrics
+from mqkit.core.subscription import Backpressure
+
+__all__ = ["LATENCY_WINDOW", "MetricsPlugin"]
+
+LATENCY_WINDOW = 10_000
+"""Deliveries whose latencies the percentiles are computed over."""
+
+_FIELDS = (
+    "published", "delivered", "dropped", "expired", "acked",
+    "nacked", "redelivered", "dead_lettered", "errors",
+)  # fmt: skip
+(_PUBLISHED, _DELIVERED, _DROPPED, _EXPIRED, _ACKED,
+ _NACKED, _REDELIVERED, _DEAD_LETTERED, _ERRORS) = range(len(_FIELDS))  # fmt: skip
+_POLICIES = frozenset(p.value for p in Backpressure)
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class MetricsPlugin(MetricsFeature):
+    """Counts what happens to messages; ``broker.metrics()`` reads it."""
+
+    plugin_info = PluginInfo(
+        name="metrics", description="counters and delivery latency", flag="enable_metrics"
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._topics: dict[str, list[int]] = {}
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._latency_sum = 0.0
+        self._latency_count = 0
+        self._latency_max = 0.0
+        self._last_error = ""
+        self._broker: Broker | None = None
+
+    def _count(self, topic: str, field: int, n: int = 1) -> None:
+        with self._lock:
+            row = self._topics.get(topic)
+            if row is None:
+                row = self._topics[topic] = [0] * len(_FIELDS)
+            row[field] += n
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Remember the broker (for its clock)."""
+        self._broker = broker
+
+    @hookimpl
+    def mqkit_published(self, messages: Sequence[Message]) -> None:
+        """Count routed messages."""
+        if len(messages) == 1:
+            self._count(messages[0].topic, _PUBLISHED)
+            return
+        for message in messages:
+            self._count(message.topic, _PUBLISHED)
+
+    @hookimpl
+    def mqkit_delivered(self, broker: Broker, message: Message) -> None:
+        """Count a hand-out and its publish-to-delivery latency."""
+        latency = 0.0
+        if message.time is not None:
+            latency = max(0.0, (broker.clock.now() - message.time).total_seconds())
+        with self._lock:
+            row = self._topics.get(message.topic)
+            if row is None:
+                row = self._topics[message.topic] = [0] * len(_FIELDS)
+            row[_DELIVERED] += 1
+            self._latencies.append(latency)
+            self._latency_sum += latency
+            self._latency_count += 1
+            if latency > self._latency_max:
+                self._latency_max = latency
+
+    @hookimpl
+    def mqkit_drop(self, message: Message, reason: str) -> None:
+        """Count drops by a backpressure policy."""
+        if reason in _POLICIES:
+            self._count(message.topic, _DROPPED)
+
+    @hookimpl
+    def mqkit_expire(self, topic: str) -> None:
+        """Count an expiry."""
+        self._count(topic, _EXPIRED)
+
+    @hookimpl
+    def mqkit_ack(self, message: Message) -> None:
+        """Count an ack."""
+        self._count(message.topic, _ACKED)
+
+    @hookimpl
+    def mqkit_nack(self, message: Message) -> None:
+        """Count a nack."""
+        self._count(message.topic, _NACKED)
+
+    @hookimpl
+    def mqkit_redeliver(self, message: Message) -> None:
+        """Count a redelivery."""
+        self._count(message.topic, _REDELIVERED)
+
+    @hookimpl
+    def mqkit_dead_letter(self, topic: str) -> None:
+        """Count a dead letter under its original topic."""
+        self._count(topic, _DEAD_LETTERED)
+
+    @hookimpl
+    def mqkit_error(self, topic: str, error: MQError) -> None:
+        """Count a failed operation and remember its text."""
+        with self._lock:
+            self._last_error = str(error)
+        self._count(topic, _ERRORS)
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The counters now (the broker adds the subscription gauges)."""
+        with self._lock:
+            rows = {topic: list(row) for topic, row in self._topics.items()}
+            ordered = sorted(self._latencies)
+            total_latency, count, worst = self._latency_sum, self._latency_count, self._latency_max
+            last_error = self._last_error
+        broker = self._broker
+        subscribers: dict[str, int] = {}
+        if broker is not None:
+            for sub in broker.subscriptions():
+                subscribers[sub.topic] = subscribers.get(sub.topic, 0) + 1
+        totals = [sum(row[i] for row in rows.values()) for i in range(len(_FIELDS))]
+        topics = {
+            topic: TopicMetrics(
+                **dict(zip(_FIELDS, row, strict=True)), subscribers=subscribers.get(topic, 0)
+            )
+            for topic, row in sorted(rows.items())
+            if topic
+        }
+        return MetricsSnapshot(
+            total_published=totals[_PUBLISHED],
+            total_delivered=totals[_DELIVERED],
+            total_dropped=totals[_DROPPED],
+            total_expired=totals[_EXPIRED],
+            total_acked=totals[_ACKED],
+            total_nacked=totals[_NACKED],
+            total_redelivered=totals[_REDELIVERED],
+            total_dead_lettered=totals[_DEAD_LETTERED],
+            total_errors=totals[_ERRORS],
+            average_latency=total_latency / count if count else 0.0,
+            p50_latency=_percentile(ordered, 0.50),
+            p99_latency=_percentile(ordered, 0.99),
+            max_latency=worst,
+            last_error=last_error,
+            topics=MappingProxyType(topics),
+        )

@@ -1,0 +1,135 @@
+"""The ``ttl`` plugin: messages that expire are never handed out (loads by default).
+
+A message's own ``expires_at`` is always honoured; ``Config.message_ttl > 0`` gives every
+message without one a default expiry of ``time + message_ttl``. Expiry is checked:
+
+- at publish: an already expired message is refused with ``MessageExpiredError``;
+- at delivery: a consumer is never handed an expired message (``mqkit_deliver`` withholds it);
+- by a sweep every ``TTL_SWEEP_INTERVAL`` seconds on the broker's timer service, which removes
+  expired messages from buffers nobody reads, so they do not hold memory.
+
+Each expired message is reported through ``mqkit_expire`` and, when the dead letter queue is
+on, dead-lettered with reason ``expired``.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+from mqkit.core.broker import Broker
+from mqkit.core.errors import InvalidMessageError, MessageExpiredError
+from mqkit.core.hookspecs import hookimpl
+from mqkit.core.message import Message
+from mqkit.core.plugins import PluginInfo
+from mqkit.core.subscription import Subscription
+from mqkit.core.timers import TimerHandle
+
+__all__ = ["TTL_SWEEP_INTERVAL", "TTLPlugin", "expiry_of"]
+
+TTL_SWEEP_INTERVAL = 1.0
+"""Seconds between sweeps of expired messages out of subscription buffers."""
+
+
+def expiry_of(message: Message, default_ttl: float) -> datetime | None:
+    """When ``message`` expires: its ``expires_at``, else ``time + default_ttl`` (if > 0)."""
+    expires: datetime | None = getattr(message, "expires_at", None)
+    if expires is not None:
+        return expires
+    if default_ttl > 0 and message.time is not None:
+        return message.time + timedelta(seconds=default_ttl)
+    return None
+
+
+class TTLPlugin:
+    """Refuses expired messages at publish, withholds them at delivery, sweeps buffers."""
+
+    plugin_info = PluginInfo(
+        name="ttl",
+        description="message expiry at publish, at delivery and in buffers",
+        enabled=lambda config: config.message_ttl > 0,
+        default=True,
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sweep: TimerHandle | None = None
+        self._broker: Broker | None = None
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Start sweeping when a default TTL is configured."""
+        self._broker = broker
+        if broker.config.message_ttl > 0:
+            self._schedule_sweep(broker)
+
+    @hookimpl
+    def mqkit_broker_close(self, broker: Broker) -> None:
+        """Stop the sweep."""
+        with self._lock:
+            if self._sweep is not None:
+                self._sweep.cancel()
+                self._sweep = None
+            self._broker = None
+
+    @hookimpl
+    def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
+        """Refuse a message whose ``expires_at`` is not timezone-aware or has passed."""
+        expires: datetime | None = getattr(message, "expires_at", None)
+        if expires is None:
+            return
+        if not isinstance(expires, datetime) or expires.tzinfo is None:
+            raise InvalidMessageError.because(
+                f"expires_at of message {message.id!r} must be a timezone-aware datetime"
+            )
+        if expires <= broker.clock.now():
+            raise MessageExpiredError.because(f"message expired at {expires.isoformat()}")
+        if self._sweep is None:
+            self._schedule_sweep(broker)
+
+    @hookimpl(tryfirst=True)
+    def mqkit_deliver(
+        self, broker: Broker, subscription: Subscription, message: Message
+    ) -> bool | None:
+        """Withhold an expired message (and report it); hand out the others."""
+        expires = expiry_of(message, broker.config.message_ttl)
+        if expires is None or expires > broker.clock.now():
+            return None
+        self._expired(broker, message)
+        return False
+
+    def _expired(self, broker: Broker, message: Message) -> None:
+        broker.hooks.expire(broker, message.topic, message)
+        if broker.has_feature("deadletter"):
+            broker.dead_letter(message.topic, message, "expired", message.attempt)
+
+    def _schedule_sweep(self, broker: Broker) -> None:
+        with self._lock:
+            if self._sweep is None and self._broker is broker:
+                self._sweep = broker.timers.call_later(TTL_SWEEP_INTERVAL, self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        broker = self._broker
+        if broker is None:
+            return
+        with self._lock:
+            self._sweep = None
+        self.sweep(broker)
+        self._schedule_sweep(broker)
+
+    def sweep(self, broker: Broker) -> int:
+        """Remove expired messages from every buffer now; return how many."""
+        now = broker.clock.now()
+        default_ttl = broker.config.message_ttl
+        count = 0
+        for sub in broker.subscriptions():
+
+            def expired(m: Message) -> bool:
+                expires = expiry_of(m, default_ttl)
+                return expires is not None and expires <= now
+
+            for message in sub.remove(expired):
+                broker.hooks.drop(broker, sub, message, "withheld")
+                self._expired(broker, message)
+                count += 1
+        return count
