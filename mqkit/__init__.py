@@ -12,6 +12,7 @@ Everything public is importable from here::
 
 from mqkit.core.broker import Broker, Transaction
 from mqkit.core.config import Config
+from mqkit.core.convert import register_payload_type
 from mqkit.core.errors import (
     AckNotFoundError,
     AckNotSupportedError,
@@ -137,4 +138,5 @@ __all__ = [
     "TransactionTimeoutError",
     "__version__",
     "hookimpl",
+    "register_payload_type",
 ]

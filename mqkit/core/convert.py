@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
 import cattrs
 
 __all__ = ["converter", "parse_bool", "parse_seconds", "parse_str_tuple"]
@@ -97,6 +98,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, lambda v, _: parse_int(v))
     conv.register_structure_hook(float, lambda v, _: parse_seconds(v))
     conv.register_structure_hook(str, lambda v, _: parse_str(v))
+    # IntEnum comes before int in an IntEnum's MRO: without this, int's hook would take it.
+    conv.register_structure_hook(enum.IntEnum, lambda v, t: t(v))
+    conv.register_structure_hook(enum.Enum, lambda v, t: t(v))
     conv.register_structure_hook_func(
         lambda t: t == tuple[str, ...], lambda v, _: parse_str_tuple(v)
     )
@@ -134,3 +138,122 @@ def describe_structure_error(exc: Exception) -> tuple[str, str | None]:
 def unstructure(obj: Any) -> Any:
     """Return ``obj`` as plain, JSON-ready data."""
     return converter.unstructure(obj)
+
+
+# -- payloads and messages (persistence, wire protocols) ------------------------------------------
+
+_payload_types: dict[str, type] = {}
+_payload_names: dict[type, str] = {}
+
+
+def register_payload_type(cls: type, name: str | None = None) -> None:
+    """Let payloads of ``cls`` (an attrs class or dataclass) be stored and come back as ``cls``.
+
+    ``name`` (default: ``module.QualName``) is what is written to the store; keep it stable.
+    """
+    key = name or f"{cls.__module__}.{cls.__qualname__}"
+    _payload_types[key] = cls
+    _payload_names[cls] = key
+
+
+def encode_payload(value: Any) -> Any:
+    """Turn a payload into JSON-ready data that :func:`decode_payload` turns back.
+
+    Supported: None, bool, int, float, str, bytes, lists, tuples and dicts of them (any
+    hashable supported keys), timezone-aware or naive datetimes, and registered attrs classes or
+    dataclasses. Anything else raises :class:`~mqkit.SerializationError`.
+    """
+    from mqkit.core.errors import SerializationError
+
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"$float": repr(value)}
+        return value
+    if isinstance(value, bytes | bytearray):
+        import base64
+
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, list):
+        return [encode_payload(v) for v in value]
+    if isinstance(value, tuple):
+        return {"$tuple": [encode_payload(v) for v in value]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in value):
+            return {k: encode_payload(v) for k, v in value.items()}
+        return {"$dict": [[encode_payload(k), encode_payload(v)] for k, v in value.items()]}
+    name = _payload_names.get(type(value))
+    if name is not None:
+        return {"$type": name, "value": encode_payload(converter.unstructure(value))}
+    raise SerializationError.because(
+        f"cannot store a payload of type {type(value).__qualname__} "
+        "(register it with mqkit.register_payload_type)"
+    )
+
+
+def decode_payload(data: Any) -> Any:
+    """The inverse of :func:`encode_payload`; ``SerializationError`` for malformed data."""
+    from mqkit.core.errors import SerializationError
+
+    try:
+        if isinstance(data, list):
+            return [decode_payload(v) for v in data]
+        if not isinstance(data, dict):
+            return data
+        if len(data) == 1:
+            ((tag, inner),) = data.items()
+            if tag == "$bytes":
+                import base64
+
+                return base64.b64decode(inner, validate=True)
+            if tag == "$datetime":
+                return datetime.fromisoformat(inner)
+            if tag == "$tuple":
+                return tuple(decode_payload(v) for v in inner)
+            if tag == "$dict":
+                return {_hashable(decode_payload(k)): decode_payload(v) for k, v in inner}
+            if tag == "$float":
+                return float(inner)
+        if set(data) == {"$type", "value"}:
+            cls = _payload_types.get(data["$type"])
+            if cls is None:
+                raise SerializationError.because(f"unknown payload type {data['$type']!r}")
+            return converter.structure(decode_payload(data["value"]), cls)
+        return {k: decode_payload(v) for k, v in data.items()}
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError.because(f"malformed stored payload: {exc!r}") from exc
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def message_to_dict(message: Any) -> dict[str, Any]:
+    """A message as JSON-ready data: its class name, fields, and the encoded payload."""
+    data: dict[str, Any] = converter.unstructure(message)
+    data["data"] = encode_payload(message.data)
+    data["$class"] = type(message).__name__
+    return data
+
+
+def message_from_dict(data: dict[str, Any]) -> Any:
+    """The inverse of :func:`message_to_dict` (built-in message classes)."""
+    from mqkit.core import message as messages
+    from mqkit.core.errors import SerializationError
+
+    fields = dict(data)
+    name = fields.pop("$class", "Message")
+    cls = getattr(messages, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, messages.Message)):
+        raise SerializationError.because(f"unknown message class {name!r}")
+    payload = decode_payload(fields.pop("data", None))
+    try:
+        message = converter.structure(fields, cls)
+    except Exception as exc:
+        raise SerializationError.because(f"malformed stored message: {exc!r}") from exc
+    return attrs.evolve(message, data=payload)

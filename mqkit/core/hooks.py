@@ -127,11 +127,17 @@ class Hooks:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def broker_start(self, broker: Broker, plugins: frozenset[str] | None = None) -> None:
-        """Fire ``mqkit_broker_start`` (for ``plugins`` only, when given); errors raise."""
+        """Fire ``mqkit_broker_start`` (for ``plugins`` only, when given).
+
+        An ``MQError`` (a locked persistence directory, say) passes unchanged; anything else
+        becomes a ``PluginError`` naming the plugin.
+        """
         for plugin, fn in self._broker_start:
             if plugins is None or plugin in plugins:
                 try:
                     fn(broker)
+                except MQError:
+                    raise
                 except Exception as exc:
                     raise PluginError.because(
                         f"plugin {plugin!r} failed to start: {exc!r}"

@@ -61,7 +61,8 @@ def mqkit_broker_start(broker: Broker) -> None:
 
     Fires once per plugin: at ``Broker(...)`` for the plugins it loads, and in
     ``update_config`` for a plugin that the new config switches on. Notification.
-    An exception here fails ``Broker(...)`` (or ``update_config``) with ``PluginError``.
+    An exception here fails ``Broker(...)`` (or ``update_config``): an ``MQError`` as it is,
+    anything else as ``PluginError``.
     """
 
 

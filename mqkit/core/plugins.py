@@ -88,6 +88,8 @@ class _EntryPoint:
     value: str
     builtin: bool
     ep: importlib.metadata.EntryPoint
+    clash: str = ""
+    """Why the name cannot be loaded: two installed packages declare it (raised on load)."""
 
 
 _ep_cache: dict[tuple[str, ...], dict[str, _EntryPoint]] = {}
@@ -107,11 +109,12 @@ def entry_points() -> dict[str, _EntryPoint]:
         if previous is not None and previous.value != ep.value:
             if previous.builtin:
                 continue  # never let a third-party package shadow a built-in name
-            if not builtin:
-                raise PluginError.because(
-                    f"two installed packages declare plugin {ep.name!r}: "
-                    f"{previous.value} and {ep.value}"
+            if not builtin:  # fails only a broker that asks for this name
+                clash = f"two installed packages declare plugin {ep.name!r}: "
+                found[ep.name] = attrs.evolve(
+                    previous, clash=f"{clash}{previous.value} and {ep.value}"
                 )
+                continue
         found[ep.name] = _EntryPoint(ep.name, ep.value, builtin, ep)
     _ep_cache.clear()
     _ep_cache[key] = found
@@ -136,6 +139,8 @@ def load_entry_point(name: str) -> Any:
             f"plugin {name!r} not found: no entry point {name!r} in group {ENTRY_POINT_GROUP!r}"
             " (is its package installed?)"
         )
+    if found.clash:
+        raise PluginError.because(found.clash)
     try:
         return found.ep.load()
     except Exception as exc:

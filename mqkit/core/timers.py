@@ -21,6 +21,10 @@ __all__ = ["Clock", "FakeClock", "TimerHandle", "TimerService"]
 
 log = logging.getLogger("mqkit.timers")
 
+_SLACK = 1e-9
+"""Float rounding slack of :meth:`FakeClock.advance`: a timer due within a nanosecond of the
+target fires (three ``advance(0.1)`` calls reach a deadline set at 0.2 + 0.1)."""
+
 
 class Clock:
     """The real clock: ``monotonic()`` for deadlines, ``now()`` for timestamps (UTC, aware)."""
@@ -78,12 +82,12 @@ class FakeClock(Clock):
             while True:
                 due = [d for s in list(self._services) if (d := s.next_deadline()) is not None]
                 nxt = min(due, default=None)
-                if nxt is None or nxt - 1000.0 > target:
+                if nxt is None or nxt - 1000.0 > target + _SLACK:
                     break
                 self._offset = max(self._offset, nxt - 1000.0)
                 for service in list(self._services):
                     service.run_due()
-            self._offset = target
+            self._offset = max(self._offset, target)
             for service in list(self._services):
                 service.run_due()
 
