@@ -21,9 +21,14 @@ Case = Callable[[int], float]  # run n messages, return elapsed seconds
 
 def mqkit_case(subscribers: int) -> Case:
     def run(n: int) -> float:
-        broker = mqkit.Broker(mqkit.Config(enable_metrics=False, enable_priority_queue=False,
-                                           disable_plugins=("ttl",)))
-        subs = [broker.subscribe("bench", mqkit.SubOptions(buffer_size=n)) for _ in range(subscribers)]
+        broker = mqkit.Broker(
+            mqkit.Config(
+                enable_metrics=False, enable_priority_queue=False, disable_plugins=("ttl",)
+            )
+        )
+        subs = [
+            broker.subscribe("bench", mqkit.SubOptions(buffer_size=n)) for _ in range(subscribers)
+        ]
         msgs = [mqkit.Message(str(i), i) for i in range(n)]
         publish = broker.publish
         gets = [s.get for s in subs]
@@ -84,8 +89,10 @@ def main() -> int:
     args = parser.parse_args()
     n = 20_000 if args.quick else 100_000
     rounds = 3 if args.quick else 7
-    print(f"# mqkit core benchmark: python {platform.python_version()} "
-          f"({platform.python_implementation()}), {platform.machine()}, n={n}, rounds={rounds}")
+    print(
+        f"# mqkit core benchmark: python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.machine()}, n={n}, rounds={rounds}"
+    )
     for subs in (1, 10):
         cases: dict[str, Case] = {
             "mqkit publish+get": mqkit_case(subs),
