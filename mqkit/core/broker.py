@@ -138,6 +138,7 @@ class Broker:
         self._extra_plugins = tuple(plugins)
         self._pm = PluginManager()
         self._features: dict[str, Feature] = {}
+        self._feature_list: tuple[Feature, ...] = ()
         self._hooks = Hooks(None, self._report_plugin_error)
         try:
             added = self._apply_plugins(config)
@@ -186,6 +187,7 @@ class Broker:
                 pm.unregister(name=name)
             features = pm.features()
         self._features = features
+        self._feature_list = tuple(features.values())
         self._hooks = Hooks(pm, self._report_plugin_error)
         return added_names
 
@@ -215,9 +217,9 @@ class Broker:
         """Whether a plugin provides the feature ``key`` (``"deadletter"``, ...) (plugin API)."""
         return key in self._features
 
-    def features(self) -> list[Feature]:
+    def features(self) -> tuple[Feature, ...]:
         """The feature objects the plugins provide (plugin API)."""
-        return list(self._features.values())
+        return self._feature_list
 
     def _feature(self, kind: type[F], key: str | None = None) -> F | None:
         found = self._features.get(key or kind.feature)
@@ -431,6 +433,21 @@ class Broker:
             self._failed("subscribe_pattern", pattern, exc)
             raise
 
+    def subscribe_matching(
+        self, key: str, matches: Callable[[str], bool], opts: SubOptions | None = None
+    ) -> Subscription:
+        """Subscribe to every topic ``matches`` accepts (plugin API).
+
+        For plugins with their own topic syntax (the MQTT gateway's ``+``/``#`` filters):
+        ``key`` names the filter (subscriptions with the same key share one entry in the
+        routing table and count as one topic), ``matches(topic)`` decides.
+        """
+        try:
+            return self._subscribe(normalize_topic(key), opts, pattern=True, matches=matches)
+        except MQError as exc:
+            self._failed("subscribe_matching", key, exc)
+            raise
+
     def subscribe_batch(
         self, topics: Sequence[str], opts: SubOptions | None = None
     ) -> list[Subscription]:
@@ -455,7 +472,14 @@ class Broker:
             raise
         return self.subscribe(topic, opts)
 
-    def _subscribe(self, key: str, opts: SubOptions | None, *, pattern: bool) -> Subscription:
+    def _subscribe(
+        self,
+        key: str,
+        opts: SubOptions | None,
+        *,
+        pattern: bool,
+        matches: Callable[[str], bool] | None = None,
+    ) -> Subscription:
         opts = _DEFAULT_OPTIONS if opts is None else opts
         if not isinstance(opts, SubOptions):
             raise InvalidConfigError.because(f"expected SubOptions, got {type(opts).__name__}")
@@ -463,7 +487,8 @@ class Broker:
         if opts.buffer_size < 0:
             raise InvalidConfigError.because("buffer_size cannot be negative")
         capacity = opts.buffer_size or cfg.default_buffer_size
-        matches = compile_pattern(key) if pattern and is_pattern(key) else None
+        if matches is None and pattern and is_pattern(key):
+            matches = compile_pattern(key)
         hooks = self._hooks
         with self._lock:
             self._check_open()

@@ -19,8 +19,7 @@ buffered (reason ``unsubscribed before ack``): nothing is silently leaked.
 from __future__ import annotations
 
 import threading
-
-import attrs
+from collections import OrderedDict
 
 from mqkit.core.broker import Broker
 from mqkit.core.errors import AckNotFoundError, InvalidMessageError
@@ -41,16 +40,39 @@ def needs_ack(message: Message) -> bool:
     return policy is not None and policy != AckPolicy.NONE
 
 
-@attrs.define(slots=True, eq=False)
 class _Pending:
-    message: Message
-    subscription: Subscription
-    size: int
-    timer: TimerHandle | None = None
+    """One unacknowledged delivery."""
+
+    __slots__ = ("ack_id", "deadline", "message", "size", "subscription", "timeout")
+
+    def __init__(
+        self,
+        message: Message,
+        subscription: Subscription,
+        ack_id: str,
+        timeout: float,
+        deadline: float,
+        size: int,
+    ) -> None:
+        self.message = message
+        self.subscription = subscription
+        self.ack_id = ack_id
+        self.timeout = timeout
+        self.deadline = deadline
+        self.size = size
+
+
+_Bucket = OrderedDict[tuple[Subscription, str], _Pending]
 
 
 class AckPlugin(AckFeature):
-    """Tracks delivered ack-required messages per subscription."""
+    """Tracks delivered ack-required messages per subscription.
+
+    Deadlines cost no timer per message: deliveries with the same timeout are kept in one
+    insertion-ordered bucket, which is therefore also deadline-ordered, and a single timer on
+    the broker's timer service is armed for the earliest deadline of all buckets. An ack is a
+    dictionary removal.
+    """
 
     plugin_info = PluginInfo(
         name="ack",
@@ -61,8 +83,11 @@ class AckPlugin(AckFeature):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Subscription, dict[str, _Pending]] = {}
+        self._buckets: dict[float, _Bucket] = {}  # timeout -> deliveries in deadline order
         self._ids: dict[str, int] = {}  # ack id -> subscriptions holding it
         self._bytes = 0
+        self._timer: TimerHandle | None = None
+        self._armed_at: float | None = None
         self._broker: Broker | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -74,13 +99,13 @@ class AckPlugin(AckFeature):
 
     @hookimpl
     def mqkit_broker_close(self) -> None:
-        """Stop every deadline; what is unacked stays unacked (persistence keeps it)."""
+        """Stop the deadlines; what is unacked stays unacked (persistence keeps it)."""
         with self._lock:
-            for held in self._pending.values():
-                for pending in held.values():
-                    if pending.timer is not None:
-                        pending.timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._armed_at = None
             self._pending.clear()
+            self._buckets.clear()
             self._ids.clear()
             self._bytes = 0
             self._broker = None
@@ -103,36 +128,37 @@ class AckPlugin(AckFeature):
         timeout: float | None = getattr(message, "ack_timeout", None)
         if timeout is None:
             timeout = broker.config.default_ack_timeout
-        pending = _Pending(message, subscription, estimate_size(message))
+        deadline = broker.clock.monotonic() + timeout
+        pending = _Pending(message, subscription, ack_id, timeout, deadline, estimate_size(message))
         with self._lock:
-            held = self._pending.setdefault(subscription, {})
+            held = self._pending.get(subscription)
+            if held is None:
+                held = self._pending[subscription] = {}
             previous = held.get(ack_id)
             if previous is None:
                 self._ids[ack_id] = self._ids.get(ack_id, 0) + 1
             else:
-                self._bytes -= previous.size
-                if previous.timer is not None:
-                    previous.timer.cancel()
+                self._unlink(previous)
             held[ack_id] = pending
+            bucket = self._buckets.get(timeout)
+            if bucket is None:
+                bucket = self._buckets[timeout] = OrderedDict()
+            bucket[(subscription, ack_id)] = pending
             self._bytes += pending.size
-        pending.timer = broker.timers.call_later(
-            timeout, lambda: self._deadline(subscription, ack_id, pending)
-        )
+            if self._armed_at is None or deadline < self._armed_at:
+                self._arm(broker, deadline)
 
     @hookimpl
     def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
         """Dead-letter what the cancelled subscription holds unacknowledged."""
         with self._lock:
             held = self._pending.pop(subscription, {})
-            for ack_id, pending in held.items():
-                self._forget(ack_id, pending)
+            for pending in held.values():
+                self._unlink(pending)
+                self._forget_id(pending.ack_id)
         for pending in held.values():
-            broker.dead_letter(
-                pending.message.topic,
-                pending.message,
-                "unsubscribed before ack",
-                pending.message.attempt,
-            )
+            message = pending.message
+            broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
         for message in subscription.remove(needs_ack):
             broker.hooks.drop(broker, subscription, message, "unsubscribed")
             broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
@@ -206,33 +232,66 @@ class AckPlugin(AckFeature):
                 )
             if not held:
                 del self._pending[subscription]
-            self._forget(ack_id, pending)
-        if pending.timer is not None:
-            pending.timer.cancel()
+            self._unlink(pending)
+            self._forget_id(ack_id)
         return pending
 
-    def _forget(self, ack_id: str, pending: _Pending) -> None:
-        """Under the lock: drop the bookkeeping of one pending delivery."""
+    def _unlink(self, pending: _Pending) -> None:
+        """Under the lock: take a delivery out of its deadline bucket and the byte count."""
+        bucket = self._buckets.get(pending.timeout)
+        if bucket is not None:
+            bucket.pop((pending.subscription, pending.ack_id), None)
         self._bytes -= pending.size
+
+    def _forget_id(self, ack_id: str) -> None:
+        """Under the lock: one subscription fewer holds ``ack_id``."""
         left = self._ids.get(ack_id, 0) - 1
         if left > 0:
             self._ids[ack_id] = left
         else:
             self._ids.pop(ack_id, None)
 
-    def _deadline(self, subscription: Subscription, ack_id: str, pending: _Pending) -> None:
+    def _arm(self, broker: Broker, deadline: float) -> None:
+        """Under the lock: (re)arm the one timer for ``deadline``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = deadline
+        self._timer = broker.timers.call_later(deadline - broker.clock.monotonic(), self._expire)
+
+    def _expire(self) -> None:
+        """The timer fired: settle every delivery whose deadline passed, re-arm for the next."""
         broker = self._broker
         if broker is None:
             return
+        now = broker.clock.monotonic()
+        due: list[_Pending] = []
         with self._lock:
-            held = self._pending.get(subscription)
-            if held is None or held.get(ack_id) is not pending:
-                return  # settled (or redelivered) meanwhile
-            del held[ack_id]
-            if not held:
-                del self._pending[subscription]
-            self._forget(ack_id, pending)
-        self._retry_or_dead_letter(broker, pending, self._may_retry(broker, pending), "ack timeout")
+            self._timer = self._armed_at = None
+            nearest: float | None = None
+            for timeout, bucket in list(self._buckets.items()):
+                while bucket:
+                    key, pending = next(iter(bucket.items()))
+                    if pending.deadline > now:
+                        if nearest is None or pending.deadline < nearest:
+                            nearest = pending.deadline
+                        break
+                    del bucket[key]
+                    self._bytes -= pending.size
+                    held = self._pending.get(pending.subscription)
+                    if held is not None and held.get(pending.ack_id) is pending:
+                        del held[pending.ack_id]
+                        if not held:
+                            del self._pending[pending.subscription]
+                    self._forget_id(pending.ack_id)
+                    due.append(pending)
+                if not bucket:
+                    del self._buckets[timeout]
+            if nearest is not None:
+                self._arm(broker, nearest)
+        for pending in due:
+            self._retry_or_dead_letter(
+                broker, pending, self._may_retry(broker, pending), "ack timeout"
+            )
 
     @staticmethod
     def _may_retry(broker: Broker, pending: _Pending) -> bool:

@@ -47,6 +47,7 @@ class DeadLetterPlugin(DeadLetterFeature):
         self._dropped = 0
         self._bytes = 0
         self._last: datetime | None = None
+        self._topic = ""  # the DLQ topic, kept for stats() after close
         self._broker: Broker | None = None
 
     @hookimpl
@@ -55,8 +56,9 @@ class DeadLetterPlugin(DeadLetterFeature):
         self._broker = broker
 
     @hookimpl
-    def mqkit_broker_close(self) -> None:
-        """Stop taking dead letters; the records stay readable in the stats."""
+    def mqkit_broker_close(self, broker: Broker) -> None:
+        """Stop taking dead letters; the records and the topic stay readable in the stats."""
+        self._topic = broker.config.dead_letter_topic
         self._broker = None
 
     def add(self, original_topic: str, message: Message, reason: str, attempts: int) -> None:
@@ -102,7 +104,7 @@ class DeadLetterPlugin(DeadLetterFeature):
         with self._lock:
             return DeadLetterStats(
                 enabled=True,
-                topic=broker.config.dead_letter_topic if broker is not None else "",
+                topic=broker.config.dead_letter_topic if broker is not None else self._topic,
                 total_messages=self._total,
                 current_count=len(self._records),
                 dropped=self._dropped,

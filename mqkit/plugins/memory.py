@@ -47,6 +47,7 @@ class MemoryPlugin(MemoryFeature):
         self._held: dict[int, list[int]] = {}  # id(message) -> [size, copies in buffers]
         self._buffered = 0
         self._released: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._sizes = threading.local()
         self._broker: Broker | None = None
 
     # -- accounting ----------------------------------------------------------------------------
@@ -54,10 +55,11 @@ class MemoryPlugin(MemoryFeature):
     def _enter(self, message: Message, copies: int) -> None:
         if copies <= 0:
             return
+        last = getattr(self._sizes, "last", None)
+        size = last[1] if last is not None and last[0] is message else estimate_size(message)
         with self._lock:
             entry = self._held.get(id(message))
             if entry is None:
-                size = estimate_size(message)
                 self._held[id(message)] = [size, copies]
                 self._buffered += size + copies * SLOT_BYTES
             else:
@@ -77,9 +79,12 @@ class MemoryPlugin(MemoryFeature):
 
     def usage(self) -> int:
         """Estimated bytes held now: buffers plus what features hold."""
+        total = self._buffered
         broker = self._broker
-        held = sum(f.held_bytes() for f in broker.features()) if broker is not None else 0
-        return self._buffered + held
+        if broker is not None:
+            for feature in broker.features():
+                total += feature.held_bytes()
+        return total
 
     def _check(self, broker: Broker, incoming: int) -> None:
         limit = broker.config.max_memory_usage
@@ -112,7 +117,9 @@ class MemoryPlugin(MemoryFeature):
     @hookimpl(tryfirst=True)
     def mqkit_publish(self, broker: Broker, message: Message) -> None:
         """Refuse a message that would take the broker past its limit."""
-        self._check(broker, estimate_size(message) + SLOT_BYTES)
+        size = estimate_size(message)
+        self._check(broker, size + SLOT_BYTES)
+        self._sizes.last = (message, size)  # published() reuses it in this thread
 
     @hookimpl(tryfirst=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
