@@ -34,6 +34,7 @@ from mqkit.core.errors import (
     MQError,
     PersistenceDisabledError,
     ProtocolDisabledError,
+    TransactionNotFoundError,
     TransactionNotSupportedError,
 )
 from mqkit.core.features import (
@@ -77,6 +78,7 @@ log = logging.getLogger("mqkit")
 F = TypeVar("F", bound=Feature)
 _ROUTE_CACHE_MAX: Final = 4096
 _DEFAULT_OPTIONS: Final = SubOptions()
+_REPORTED: Final = "_mqkit_reported"  # set on an MQError once mqkit_error has seen it
 
 
 @attrs.frozen(slots=True)
@@ -94,10 +96,26 @@ class Transaction:
         self._broker = broker
         self.id = tx_id
         """The transaction id."""
+        self._published = False
 
     def publish(self, topic: str, message: Message) -> None:
-        """Hold ``message`` for ``topic`` until the transaction commits."""
-        self._broker.publish_with_transaction(topic, message, self.id)
+        """Hold ``message`` for ``topic`` until the transaction commits.
+
+        Raises ``TransactionNotFoundError`` when the transaction this object began has ended
+        (timed out): a new one must not silently take its place.
+        """
+        broker = self._broker
+        if self._published:
+            feature = broker._feature(TransactionFeature)
+            if feature is not None and not feature.is_open(self.id):
+                error = TransactionNotFoundError.because(
+                    f"{self.id} (ended before this publish: it timed out, or was committed or "
+                    "rolled back)"
+                )
+                broker._failed("publish_with_transaction", topic, error)
+                raise error
+        broker.publish_with_transaction(topic, message, self.id)
+        self._published = True
 
 
 class Broker:
@@ -134,7 +152,8 @@ class Broker:
         self._patterns: dict[str, tuple[Callable[[str], bool], list[Subscription]]] = {}
         self._routes: dict[str, _Route] = {}
         self._plugin_errors: dict[str, int] = {}
-        self._dead_letters_dropped = 0
+        self._dead_letters_dropped = 0  # given up while the DLQ was off
+        self._dead_letters_refused = 0  # given up, and the DLQ refused them (memory limit)
         self._extra_plugins = tuple(plugins)
         self._pm = PluginManager()
         self._features: dict[str, Feature] = {}
@@ -368,6 +387,11 @@ class Broker:
         return self._check_message(message)(message, route.topic, self._now(), message.attempt)  # type: ignore[no-any-return]
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
+        # An error may pass through nested operations (publish_to_dead_letter -> publish):
+        # it is one failure, reported once, by the operation it happened in.
+        if getattr(error, _REPORTED, False):
+            return
+        setattr(error, _REPORTED, True)
         hooks = self._hooks
         if hooks.error_on:
             hooks.error(self, operation, topic if isinstance(topic, str) else "", error)
@@ -638,7 +662,8 @@ class Broker:
     def transaction(self, tx_id: str | None = None) -> Iterator[Transaction]:
         """Open a transaction: commit on normal exit, roll back on an exception.
 
-        ``with broker.transaction() as tx: tx.publish("orders", msg)``.
+        ``with broker.transaction() as tx: tx.publish("orders", msg)``. A block whose
+        transaction ended before the exit (it timed out) raises ``TransactionNotFoundError``.
         """
         feature = self._op(
             "transaction",
@@ -654,7 +679,9 @@ class Broker:
             if feature.is_open(tx.id):
                 self.rollback_transaction(tx.id)
             raise
-        if feature.is_open(tx.id):  # a block that published nothing has nothing to commit
+        # A block that published nothing has nothing to commit; one whose transaction ended
+        # (timed out) gets the error instead of a silent loss.
+        if tx._published or feature.is_open(tx.id):
             self.commit_transaction(tx.id)
 
     # -- dead letters ------------------------------------------------------------------------------
@@ -670,16 +697,18 @@ class Broker:
         )
 
         def add() -> None:
+            topic = normalize_topic(original_topic)  # replay publishes to it
             self._check_message(message)
-            feature.add(original_topic, message, reason, message.attempt)
-            self._hooks.dead_letter(self, original_topic, message, reason)
+            feature.add(topic, message, reason, message.attempt)
+            self._hooks.dead_letter(self, topic, message, reason)
 
         self._guard("publish_to_dead_letter", original_topic, add)
 
     def dead_letter(self, topic: str, message: Message, reason: str, attempts: int) -> bool:
         """Hand a given-up message to the dead letter queue (plugin API: the ack/ttl sink).
 
-        Returns True when the DLQ took it. With the DLQ off the message is dropped, counted,
+        Returns True when the DLQ took it. With the DLQ off, or when it refuses the message
+        (``max_memory_usage``), the message is dropped, counted in ``dead_letter_stats()``,
         reported through ``mqkit_drop`` and by ``health_check()``.
         """
         feature = self._feature(DeadLetterFeature)
@@ -688,20 +717,29 @@ class Broker:
                 feature.add(topic, message, reason, attempts)
             except MQError as exc:
                 log.error("dead letter of %r from %r failed: %s", message.id, topic, exc)
-            else:
-                self._hooks.dead_letter(self, topic, message, reason)
-                return True
+                with self._lock:
+                    self._dead_letters_refused += 1
+                self._hooks.drop(self, None, message, "dead letter refused")
+                return False
+            self._hooks.dead_letter(self, topic, message, reason)
+            return True
         with self._lock:
             self._dead_letters_dropped += 1
         self._hooks.drop(self, None, message, "dead letter queue off")
         return False
 
     def dead_letter_stats(self) -> DeadLetterStats:
-        """Statistics of the dead letter queue (``enabled=False`` when it is off)."""
+        """Statistics of the dead letter queue (``enabled=False`` when it is off).
+
+        ``dropped`` counts every dead letter lost: evicted by ``max_dead_letters``, given up
+        while the queue was off, or refused by it.
+        """
         feature = self._feature(DeadLetterFeature)
+        lost = self._dead_letters_dropped + self._dead_letters_refused
         if feature is None:
-            return DeadLetterStats(enabled=False, dropped=self._dead_letters_dropped)
-        return feature.stats()
+            return DeadLetterStats(enabled=False, dropped=lost)
+        stats = feature.stats()
+        return attrs.evolve(stats, dropped=stats.dropped + lost) if lost else stats
 
     def dead_letters(self, limit: int = 0) -> list[DeadLetter]:
         """The oldest ``limit`` dead letters (all when ``limit <= 0``), left in the queue."""
@@ -729,7 +767,8 @@ class Broker:
                 self.publish(record.original_topic, attrs.evolve(record.message, attempt=1))
                 count += 1
         finally:
-            feature.take(count)  # only what was re-published leaves the queue
+            if count:  # only what was re-published leaves the queue (take(0) takes all)
+                feature.take(count)
         return count
 
     # -- persistence -------------------------------------------------------------------------------
@@ -826,9 +865,12 @@ class Broker:
             with self._lock:
                 errors = dict(self._plugin_errors)
                 dropped = self._dead_letters_dropped
+                refused = self._dead_letters_refused
             problems += [f"plugin {p!r} failed {n} time(s)" for p, n in sorted(errors.items())]
             if dropped:
                 problems.append(f"{dropped} dead letter(s) dropped: the dead letter queue is off")
+            if refused:
+                problems.append(f"{refused} dead letter(s) lost: the dead letter queue refused them")
             problems += self._hooks.health(self)
         metrics = self.metrics()
         status = "closed" if self._closed else ("degraded" if problems else "healthy")

@@ -82,6 +82,8 @@ class Config:
     persistence_max_age: float = _duration(7 * 24 * 3600.0)
     mqtt_host: str = "127.0.0.1"
     amqp_host: str = "127.0.0.1"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
     plugins: tuple[str, ...] = _names()
     disable_plugins: tuple[str, ...] = _names()
     autoload_plugins: bool = False
@@ -150,6 +152,12 @@ class Config:
                 self.enable_amqp and not 0 <= self.amqp_port <= 65535,
                 "must be between 0 (any free port) and 65535",
             ),
+            (
+                "http_port",
+                not 0 <= self.http_port <= 65535,
+                "must be between 0 (any free port) and 65535",
+            ),
+            ("http_host", not self.http_host.strip(), "cannot be empty"),
             ("message_ttl", self.message_ttl < 0, "cannot be negative"),
             ("max_memory_usage", self.max_memory_usage < 0, "cannot be negative"),
             ("max_ack_retries", self.max_ack_retries < 0, "cannot be negative"),
@@ -210,6 +218,35 @@ class Config:
                 )
             values[known[name]] = value
         return cls.from_dict(values, source="environment")
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Config:
+        """Build a config from a TOML file of field names to values (``mqkit.toml``).
+
+        Keys are the field names (``max_topics = 1000``); durations are seconds, lists are
+        arrays. Every error - a missing file, bad TOML, an unknown key, a bad value - is an
+        :class:`~mqkit.InvalidConfigError` naming the key (when there is one) and the file.
+        """
+        import tomllib
+
+        where = os.fspath(path)
+        try:
+            with open(where, "rb") as file:
+                data = tomllib.load(file)
+        except OSError as exc:
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: cannot read {where}: {exc.strerror or exc}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: {where} is not valid TOML: {exc}"
+            ) from None
+        try:
+            return cls.from_dict(data, source=where)
+        except InvalidConfigError as exc:
+            if f"(in {where})" in exc.message:
+                raise
+            raise InvalidConfigError(f"{exc.message} (in {where})", field=exc.field) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain data (the inverse of :meth:`from_dict`)."""

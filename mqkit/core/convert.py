@@ -161,35 +161,49 @@ def encode_payload(value: Any) -> Any:
 
     Supported: None, bool, int, float, str, bytes, lists, tuples and dicts of them (any
     hashable supported keys), timezone-aware or naive datetimes, and registered attrs classes or
-    dataclasses. Anything else raises :class:`~mqkit.SerializationError`.
+    dataclasses - exactly these types, so that each comes back as itself: a subclass (an
+    ``IntEnum``, a named tuple, an ``OrderedDict``) or anything else raises
+    :class:`~mqkit.SerializationError`, and so does a circular or too deeply nested payload.
     """
     from mqkit.core.errors import SerializationError
 
-    if value is None or isinstance(value, bool | int | str):
+    try:
+        return _encode(value)
+    except RecursionError:
+        raise SerializationError.because(
+            "cannot store a payload that is circular or too deeply nested"
+        ) from None
+
+
+def _encode(value: Any) -> Any:
+    from mqkit.core.errors import SerializationError
+
+    kind = type(value)
+    if value is None or kind is bool or kind is int or kind is str:
         return value
-    if isinstance(value, float):
+    if kind is float:
         if value != value or value in (float("inf"), float("-inf")):
             return {"$float": repr(value)}
         return value
-    if isinstance(value, bytes | bytearray):
+    if kind is bytes:
         import base64
 
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, datetime):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if kind is datetime:
         return {"$datetime": value.isoformat()}
-    if isinstance(value, list):
-        return [encode_payload(v) for v in value]
-    if isinstance(value, tuple):
-        return {"$tuple": [encode_payload(v) for v in value]}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
-            return {k: encode_payload(v) for k, v in value.items()}
-        return {"$dict": [[encode_payload(k), encode_payload(v)] for k, v in value.items()]}
-    name = _payload_names.get(type(value))
+    if kind is list:
+        return [_encode(v) for v in value]
+    if kind is tuple:
+        return {"$tuple": [_encode(v) for v in value]}
+    if kind is dict:
+        if all(type(k) is str and not k.startswith("$") for k in value):
+            return {k: _encode(v) for k, v in value.items()}
+        return {"$dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    name = _payload_names.get(kind)
     if name is not None:
-        return {"$type": name, "value": encode_payload(converter.unstructure(value))}
+        return {"$type": name, "value": _encode(converter.unstructure(value))}
     raise SerializationError.because(
-        f"cannot store a payload of type {type(value).__qualname__} "
+        f"cannot store a payload of type {kind.__qualname__} "
         "(register it with mqkit.register_payload_type)"
     )
 

@@ -157,7 +157,9 @@ def mqkit_drop(
     - ``unsubscribed``: removed from a cancelled subscription's buffer (an ack-required
       message that could no longer be acknowledged);
     - ``dead letter queue off``: a dead letter with nowhere to go (``subscription`` is
-      ``None``).
+      ``None``);
+    - ``dead letter refused``: a dead letter the queue could not take (the memory limit;
+      ``subscription`` is ``None``).
     """
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self
 
 import attrs
 
@@ -103,6 +103,10 @@ class FifoBuffer(deque[Message]):
     def evict(self, incoming: Message, /) -> Message:
         """Remove the oldest message."""
         return self.popleft()
+
+
+_NO_MESSAGES: Final[Buffer] = FifoBuffer()
+"""Stands in for a subscription's buffer while ``remove`` works on it; always empty."""
 
 
 class _ThreadWaiter:
@@ -441,13 +445,32 @@ class Subscription:
 
     def remove(self, predicate: Callable[[Message], bool]) -> list[Message]:
         """Remove and return the buffered messages ``predicate`` selects (plugin API)."""
+        # Consumers pop without the lock, and iterating a buffer they pop from fails (or
+        # re-inserts what they took). So hide the buffer behind an empty one first (a
+        # consumer then finds nothing and waits for the lock), take every message out
+        # (``popleft`` hands each to exactly one taker), and put back the kept ones in order.
         with self._lock:
-            keep = [m for m in self._buf if not predicate(m)]
-            gone = [m for m in self._buf if predicate(m)]
-            if gone:
-                self._buf.clear()
-                for m in keep:
-                    self._buf.append(m)
+            buf = self._buf
+            self._buf = _NO_MESSAGES
+            try:
+                taken: list[Message] = []
+                while True:
+                    try:
+                        taken.append(buf.popleft())
+                    except IndexError:
+                        break
+                verdicts = [False] * len(taken)  # a predicate that raises removes nothing
+                try:
+                    verdicts = [bool(predicate(m)) for m in taken]
+                finally:
+                    gone = [m for m, drop in zip(taken, verdicts, strict=True) if drop]
+                    for m, drop in zip(taken, verdicts, strict=True):
+                        if not drop:
+                            buf.append(m)
+            finally:
+                self._buf = buf
+            for _ in range(min(len(gone), len(self._space_waiters))):
+                self._space_waiters.popleft().wake()  # room for blocked publishers
         return gone
 
     @property

@@ -7,21 +7,25 @@ message whose publish returned). A batch is one store transaction.
 
 - **Order and recovery.** Each message gets a sequence number; ``recover_messages(topic,
   limit)`` returns the oldest ``limit`` stored messages of a topic in publish order, and
-  ``replay_messages`` re-delivers them without storing them twice.
+  ``replay_messages`` re-delivers them without storing them twice. A stored message is
+  known by its topic, id and publish time: a message arriving with all three equal to a stored
+  one's is that message replayed, and is not stored again.
 - **What stays.** An ack-required message stays stored until every subscription it reached
   acknowledged it (after a restart, one ack settles it); a dead-lettered message is removed.
   Other messages stay until retention removes them: at most ``persistence_max_messages`` per
   topic and none older than ``persistence_max_age`` - enforced from an in-memory index, without
-  scanning the store.
+  scanning the store, on every store and before every recovery.
 - **Payloads** go through mqkit's one converter (:mod:`mqkit.core.convert`): plain data,
   bytes, datetimes and registered attrs classes/dataclasses come back as their own types; any
   other payload is refused at publish with ``SerializationError`` (nothing stored or delivered).
 - **Exclusive use.** The directory is locked (``flock`` on ``mqkit.lock``, which names the
   holder's pid); a second broker on it fails with ``PersistenceError``. The lock of a killed
   process is released by the OS, so the next broker simply takes it over.
-- **Faults.** A corrupted entry is skipped, counted and reported by ``health_check()``; a store
-  that cannot be written (disk full, read-only) makes publish raise ``PersistenceError`` -
-  nothing is delivered - and the broker keeps working for what does not need the disk.
+- **Faults.** A corrupted entry (a value that does not decode, or a damaged database page) is
+  skipped, counted once and named by ``health_check()``; a store that cannot be opened or
+  indexed raises ``PersistenceError`` at ``Broker(...)``; a store that cannot be written (disk
+  full, read-only) makes publish raise ``PersistenceError`` at once - nothing is delivered -
+  and the broker keeps working for what does not need the disk.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import diskcache
@@ -54,7 +58,15 @@ LOCK_FILE = "mqkit.lock"
 _STORE_DIR = "store"
 # (sequence, topic, message id, publish time in microseconds): unique, ordered, and enough to
 # recognise a stored message again (a replayed or redelivered copy) without reading values.
+# In the store the key is its compact JSON text (a str key: diskcache would pickle a tuple).
 _Key = tuple[int, str, str, int]
+_Identity = tuple[str, str, int]  # (topic, message id, publish time in microseconds)
+# What a diskcache call raises when the store fails. ``diskcache.Timeout`` is raised when a
+# write transaction cannot begin (locked, read-only): its ``__context__`` holds the cause.
+_STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
 
 
 class StoreLock:
@@ -66,7 +78,10 @@ class StoreLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise ``PersistenceError`` naming the directory and the holder."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PersistenceError.because(f"cannot open {str(self.path)!r}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -91,9 +106,60 @@ class StoreLock:
 
 
 def _micros(instant: datetime | None) -> int:
+    """Microseconds since the epoch, exactly (naive instants are taken as UTC)."""
     if instant is None:
         return 0
-    return int(instant.timestamp() * 1_000_000)
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+def _identity(message: Message) -> _Identity:
+    return (message.topic, message.id, _micros(message.time))
+
+
+def _key_text(key: _Key) -> str:
+    return json.dumps(key, separators=(",", ":"))
+
+
+def _parse_key(text: object) -> _Key | None:
+    """The key a stored key text stands for, or None when it is not one of ours."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parts = json.loads(text)
+    except ValueError:
+        return None
+    if not (
+        isinstance(parts, list)
+        and len(parts) == 4
+        and type(parts[0]) is int
+        and type(parts[1]) is str
+        and type(parts[2]) is str
+        and type(parts[3]) is int
+    ):
+        return None
+    key: _Key = (parts[0], parts[1], parts[2], parts[3])
+    return key if _key_text(key) == text else None
+
+
+def _describe(key: _Key) -> str:
+    return f"topic {key[1]!r} message {key[2]!r} (#{key[0]})"
+
+
+def _store_error(exc: BaseException) -> str:
+    """The text of a failed store call (the SQLite error behind a ``diskcache.Timeout``)."""
+    if isinstance(exc, diskcache.Timeout):
+        cause = exc.__context__
+        if isinstance(cause, sqlite3.Error):
+            return str(cause)
+        return "timed out waiting for the store"
+    return str(exc)
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_CORRUPT
 
 
 def _needs_ack(message: Message) -> bool:
@@ -116,13 +182,15 @@ class PersistencePlugin(PersistenceFeature):
         self._cache: diskcache.Cache | None = None
         self._store_lock: StoreLock | None = None
         self._seq = 0
-        # topic -> (key, stored at) in publish order; entries whose identity is no longer in
-        # _by_identity were settled (deleted) and are skipped and trimmed lazily.
+        # topic -> (key, stored at) in publish order; entries no longer in _live were settled
+        # (deleted) and are skipped and trimmed lazily.
         self._index: dict[str, deque[tuple[_Key, float]]] = {}
+        self._live: set[_Key] = set()
         self._live_count: dict[str, int] = {}
-        self._by_identity: dict[tuple[str, str, int], _Key] = {}
-        self._outstanding: dict[_Key, int] = {}  # ack-required: deliveries still unsettled
-        self._corrupted = 0
+        # Usually one key per identity; a batch that repeats an id stores each message.
+        self._by_identity: dict[_Identity, list[_Key]] = {}
+        self._outstanding: dict[_Identity, int] = {}  # ack-required: deliveries unsettled
+        self._corrupted: dict[str, None] = {}  # descriptions, in the order they were found
         self._write_errors = 0
         self._last_write_error = ""
         self._broker: Broker | None = None
@@ -142,6 +210,7 @@ class PersistencePlugin(PersistenceFeature):
             ) from exc
         store_lock = StoreLock(directory)
         store_lock.acquire()
+        cache: diskcache.Cache | None = None
         try:
             cache = diskcache.Cache(
                 str(directory / _STORE_DIR),
@@ -150,13 +219,15 @@ class PersistencePlugin(PersistenceFeature):
                 tag_index=False,
                 sqlite_synchronous=1,
             )
-        except (OSError, sqlite3.Error) as exc:
+            self._load_index(broker, cache)
+        except _STORE_ERRORS as exc:
+            if cache is not None:
+                cache.close()
             store_lock.release()
             raise PersistenceError.because(
-                f"cannot open the store in {str(directory)!r}: {exc}"
+                f"cannot open the store in {str(directory)!r}: {_store_error(exc)}"
             ) from exc
         self._store_lock, self._cache, self._broker = store_lock, cache, broker
-        self._load_index(broker)
 
     @hookimpl
     def mqkit_broker_close(self) -> None:
@@ -170,50 +241,45 @@ class PersistencePlugin(PersistenceFeature):
             self._store_lock.release()
             self._store_lock = None
 
-    def _load_index(self, broker: Broker) -> None:
-        cache = self._live()
-        cache.expire(retry=True)  # drop what outlived persistence_max_age while we were down
+    def _load_index(self, broker: Broker, cache: diskcache.Cache) -> None:
+        cache.expire()  # drop what outlived persistence_max_age while we were down
         keys: list[_Key] = []
-        for key in cache.iterkeys():
-            if self._is_key(key):
-                keys.append(key)
+        for text in cache.iterkeys():
+            key = _parse_key(text)
+            if key is None:
+                self._corrupted[f"key {text!r:.60}"] = None
             else:
-                self._corrupted += 1
+                keys.append(key)
         keys.sort()
         now = broker.clock.monotonic()
         for key in keys:
             self._remember(key, now)
-            if self._seq <= key[0]:
-                self._seq = key[0] + 1
+        if keys:
+            self._seq = keys[-1][0] + 1
         with self._lock:
+            doomed: list[_Key] = []
             for topic in list(self._index):
-                self._enforce(broker, topic)
-
-    @staticmethod
-    def _is_key(key: object) -> bool:
-        return (
-            isinstance(key, tuple)
-            and len(key) == 4
-            and isinstance(key[0], int)
-            and isinstance(key[1], str)
-            and isinstance(key[2], str)
-            and isinstance(key[3], int)
-        )
+                doomed += self._expired(broker, topic)
+            self._delete_stored(cache, doomed)
 
     def _remember(self, key: _Key, stored_at: float) -> None:
+        """Under the lock (or before start): index a stored key."""
         self._index.setdefault(key[1], deque()).append((key, stored_at))
-        self._by_identity[(key[1], key[2], key[3])] = key
+        self._live.add(key)
+        self._by_identity.setdefault((key[1], key[2], key[3]), []).append(key)
         self._live_count[key[1]] = self._live_count.get(key[1], 0) + 1
-
-    def _is_live(self, key: _Key) -> bool:
-        return self._by_identity.get((key[1], key[2], key[3])) == key
 
     def _forget(self, key: _Key) -> bool:
         """Under the lock: mark ``key`` settled; False if it already was."""
-        if not self._is_live(key):
+        if key not in self._live:
             return False
-        del self._by_identity[(key[1], key[2], key[3])]
-        self._outstanding.pop(key, None)
+        self._live.discard(key)
+        identity = (key[1], key[2], key[3])
+        keys = self._by_identity[identity]
+        keys.remove(key)
+        if not keys:
+            del self._by_identity[identity]
+            self._outstanding.pop(identity, None)
         self._live_count[key[1]] -= 1
         return True
 
@@ -222,53 +288,60 @@ class PersistencePlugin(PersistenceFeature):
     @hookimpl(trylast=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
         """Store the messages (one store transaction) before they are delivered."""
+        known = self._by_identity
         encoded: list[tuple[Message, str]] = []
         for message in messages:
-            if (message.topic, message.id, _micros(message.time)) in self._by_identity:
+            if _identity(message) in known:
                 continue  # a replayed message: stored already
-            try:
-                text = json.dumps(message_to_dict(message), separators=(",", ":"))
-            except SerializationError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise SerializationError.because(
-                    f"message {message.id!r} cannot be stored: {exc}"
-                ) from exc
-            encoded.append((message, text))
+            encoded.append((message, self._encode(message)))
         if not encoded:
             return
         expire = broker.config.persistence_max_age
         with self._lock:
-            cache = self._live()
+            cache = self._live_cache()
             first = self._seq
-            keys = [(first + i, m.topic, m.id, _micros(m.time)) for i, (m, _) in enumerate(encoded)]
+            keys = [
+                (first + i, m.topic, m.id, _micros(m.time)) for i, (m, _) in enumerate(encoded)
+            ]
             try:
                 if len(encoded) == 1:
-                    cache.set(keys[0], encoded[0][1], expire=expire, retry=True)
+                    cache.set(_key_text(keys[0]), encoded[0][1], expire=expire)
                 else:
-                    with cache.transact(retry=True):
+                    with cache.transact():
                         for key, (_, text) in zip(keys, encoded, strict=True):
-                            cache.set(key, text, expire=expire, retry=True)
-            except (OSError, sqlite3.Error) as exc:
-                self._write_errors += 1
-                self._last_write_error = str(exc)
-                raise PersistenceError.because(f"cannot store message(s): {exc}") from exc
+                            cache.set(_key_text(key), text, expire=expire)
+            except _STORE_ERRORS as exc:
+                detail = self._write_failed(exc)
+                raise PersistenceError.because(f"cannot store message(s): {detail}") from exc
             self._seq = first + len(encoded)
             now = broker.clock.monotonic()
             for key in keys:
                 self._remember(key, now)
-            for topic in {m.topic for m, _ in encoded}:
-                self._enforce(broker, topic)
+            doomed: list[_Key] = []
+            for topic in {key[1] for key in keys}:
+                doomed += self._expired(broker, topic)
+            self._delete_stored(cache, doomed)
+
+    @staticmethod
+    def _encode(message: Message) -> str:
+        try:
+            return json.dumps(message_to_dict(message), separators=(",", ":"))
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SerializationError.because(
+                f"message {message.id!r} cannot be stored: {exc}"
+            ) from exc
 
     @hookimpl
     def mqkit_published(self, messages: Sequence[Message], copies: Sequence[int]) -> None:
         """Note how many deliveries an ack-required message waits for."""
         for message, n in zip(messages, copies, strict=True):
             if n > 0 and _needs_ack(message):
-                key = self._by_identity.get((message.topic, message.id, _micros(message.time)))
-                if key is not None:
-                    with self._lock:
-                        self._outstanding[key] = self._outstanding.get(key, 0) + n
+                identity = _identity(message)
+                with self._lock:
+                    if identity in self._by_identity:
+                        self._outstanding[identity] = self._outstanding.get(identity, 0) + n
 
     # -- settling --------------------------------------------------------------------------------
 
@@ -286,50 +359,68 @@ class PersistencePlugin(PersistenceFeature):
     @hookimpl
     def mqkit_dead_letter(self, message: Message) -> None:
         """A dead-lettered message leaves the store."""
-        key = self._by_identity.get((message.topic, message.id, _micros(message.time)))
-        if key is not None:
-            self._delete(key)
+        with self._lock:
+            keys = self._by_identity.get(_identity(message))
+            if keys:
+                self._remove(list(keys))
 
     def _settle(self, message: Message) -> None:
-        key = self._by_identity.get((message.topic, message.id, _micros(message.time)))
-        if key is None:
-            return
+        identity = _identity(message)
         with self._lock:
-            left = self._outstanding.get(key, 1) - 1
+            keys = self._by_identity.get(identity)
+            if not keys:
+                return
+            left = self._outstanding.get(identity, 1) - 1
             if left > 0:
-                self._outstanding[key] = left
+                self._outstanding[identity] = left
                 return
-        self._delete(key)
+            self._remove(list(keys))
 
-    def _delete(self, key: _Key) -> None:
-        with self._lock:
-            if not self._forget(key):
-                return
-            self._trim(key[1])
-            cache = self._cache
-        if cache is not None:
-            try:
-                cache.delete(key, retry=True)
-            except (OSError, sqlite3.Error) as exc:
-                with self._lock:
-                    self._write_errors += 1
-                    self._last_write_error = str(exc)
+    def _remove(self, keys: Iterable[_Key]) -> None:
+        """Under the lock: settle ``keys`` and delete them from the store."""
+        doomed = [key for key in keys if self._forget(key)]
+        for topic in {key[1] for key in doomed}:
+            self._trim(topic)
+        if self._cache is not None:
+            self._delete_stored(self._cache, doomed)
+
+    def _delete_stored(self, cache: diskcache.Cache, keys: list[_Key]) -> None:
+        """Under the lock: delete settled keys from the store (one transaction)."""
+        if not keys:
+            return
+        try:
+            if len(keys) == 1:
+                cache.delete(_key_text(keys[0]))
+            else:
+                with cache.transact():
+                    for key in keys:
+                        cache.delete(_key_text(key))
+        except _STORE_ERRORS as exc:
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: BaseException) -> str:
+        """Under the lock: count a failed write; return its text."""
+        detail = _store_error(exc)
+        self._write_errors += 1
+        self._last_write_error = detail
+        return detail
 
     # -- retention -------------------------------------------------------------------------------
 
     def _trim(self, topic: str) -> None:
         """Under the lock: pop settled entries off the front of a topic's index."""
         entries = self._index.get(topic)
-        while entries and not self._is_live(entries[0][0]):
+        while entries and entries[0][0] not in self._live:
             entries.popleft()
         if not entries:
             self._index.pop(topic, None)
             self._live_count.pop(topic, None)
 
-    def _enforce(self, broker: Broker, topic: str) -> None:
-        """Under the lock: drop a topic's oldest entries past the count and age bounds.
+    def _expired(self, broker: Broker, topic: str) -> list[_Key]:
+        """Under the lock: settle a topic's oldest entries past the count and age bounds.
 
-        Costs O(entries removed): the index is in publish order, so the oldest are in front.
+        Returns the keys to delete from the store. Costs O(entries removed): the index is in
+        publish order, so the oldest are in front.
         """
         config = broker.config
         cutoff = broker.clock.monotonic() - config.persistence_max_age
@@ -345,43 +436,47 @@ class PersistencePlugin(PersistenceFeature):
                 doomed.append(key)
             self._trim(topic)
             entries = self._index.get(topic)
-        cache = self._cache
-        if doomed and cache is not None:
-            try:
-                with cache.transact(retry=True):
-                    for key in doomed:
-                        cache.delete(key, retry=True)
-            except (OSError, sqlite3.Error) as exc:
-                self._write_errors += 1
-                self._last_write_error = str(exc)
+        return doomed
 
     # -- reading ---------------------------------------------------------------------------------
 
     def recover(self, topic: str, limit: int) -> list[Message]:
         """The oldest ``limit`` stored messages of ``topic`` in publish order (all: ``<= 0``)."""
         with self._lock:
-            cache = self._live()
-            keys = [key for key, _ in self._index.get(topic, ()) if self._is_live(key)]
+            cache = self._live_cache()
+            if self._broker is not None:
+                self._delete_stored(cache, self._expired(self._broker, topic))
+            keys = [key for key, _ in self._index.get(topic, ()) if key in self._live]
         messages: list[Message] = []
         for key in keys:
             if 0 < limit <= len(messages):
                 break
             try:
-                raw = cache.get(key, default=None, retry=True)
-            except (OSError, sqlite3.Error) as exc:
-                raise PersistenceError.because(f"cannot read the store: {exc}") from exc
+                raw = cache.get(_key_text(key), default=None)
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise PersistenceError.because(f"cannot read the store: {exc}") from exc
+                self._note_corrupted(key)
+                continue
+            except _STORE_ERRORS as exc:
+                raise PersistenceError.because(
+                    f"cannot read the store: {_store_error(exc)}"
+                ) from exc
             if raw is None:
                 continue  # expired by age meanwhile
             try:
                 if not isinstance(raw, str):
                     raise SerializationError.because("stored value is not text")
                 message = message_from_dict(json.loads(raw))
-            except (MQError, ValueError, TypeError, KeyError):
-                with self._lock:
-                    self._corrupted += 1
+            except (MQError, ValueError, TypeError, KeyError, RecursionError):
+                self._note_corrupted(key)
                 continue
             messages.append(message)
         return messages
+
+    def _note_corrupted(self, key: _Key) -> None:
+        with self._lock:
+            self._corrupted[_describe(key)] = None
 
     def stored_count(self, topic: str | None = None) -> int:
         """How many messages the index holds (of ``topic``, or in all)."""
@@ -393,21 +488,27 @@ class PersistencePlugin(PersistenceFeature):
     @property
     def cache(self) -> diskcache.Cache:
         """The open diskcache (for tools and tests)."""
-        return self._live()
+        return self._live_cache()
 
     @hookimpl
     def mqkit_health(self) -> list[str]:
-        """Report skipped corrupted entries and failed writes."""
+        """Report skipped corrupted entries (naming the first few) and failed writes."""
         problems = []
-        if self._corrupted:
-            problems.append(f"persistence skipped {self._corrupted} corrupted entr(y/ies)")
-        if self._write_errors:
-            problems.append(
-                f"persistence failed {self._write_errors} write(s); last: {self._last_write_error}"
-            )
+        with self._lock:
+            corrupted = list(self._corrupted)
+            write_errors, last = self._write_errors, self._last_write_error
+        if corrupted:
+            named = "; ".join(corrupted[:_NAMED_CORRUPTIONS])
+            more = len(corrupted) - _NAMED_CORRUPTIONS
+            if more > 0:
+                named += f"; and {more} more"
+            entries = "entry" if len(corrupted) == 1 else "entries"
+            problems.append(f"persistence skipped {len(corrupted)} corrupted {entries}: {named}")
+        if write_errors:
+            problems.append(f"persistence failed {write_errors} write(s); last: {last}")
         return problems
 
-    def _live(self) -> diskcache.Cache:
+    def _live_cache(self) -> diskcache.Cache:
         cache = self._cache
         if cache is None:
             raise PersistenceError.because("the store is closed")

@@ -77,6 +77,8 @@ class TTLPlugin:
         """Refuse a message whose ``expires_at`` is not timezone-aware or has passed."""
         expires: datetime | None = getattr(message, "expires_at", None)
         if expires is None:
+            if self._sweep is None and broker.config.message_ttl > 0:
+                self._schedule_sweep(broker)  # message_ttl was switched on at run time
             return
         if not isinstance(expires, datetime) or expires.tzinfo is None:
             raise InvalidMessageError.because(
