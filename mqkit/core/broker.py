@@ -31,6 +31,7 @@ from mqkit.core.errors import (
     InvalidConfigError,
     InvalidMessageError,
     LimitExceededError,
+    MessageExpiredError,
     MQError,
     PersistenceDisabledError,
     ProtocolDisabledError,
@@ -753,7 +754,12 @@ class Broker:
         return list(feature.dead_letters(limit))
 
     def replay_dead_letters(self, limit: int = 0) -> int:
-        """Remove the oldest ``limit`` dead letters and re-publish each to its original topic."""
+        """Remove the oldest ``limit`` dead letters and re-publish each to its original topic.
+
+        Returns how many were re-published. A record whose message has expired meanwhile is
+        removed without being re-published (TTL: it must never be delivered). If a re-publish
+        fails, that record and the later ones stay in the queue and the error propagates.
+        """
         feature = self._op(
             "replay_dead_letters",
             "",
@@ -761,15 +767,20 @@ class Broker:
             DeadLetterNotSupportedError,
             "dead letter queue is disabled",
         )
-        count = 0
+        done = republished = 0
         try:
             for record in feature.dead_letters(limit):
-                self.publish(record.original_topic, attrs.evolve(record.message, attempt=1))
-                count += 1
+                try:
+                    self.publish(record.original_topic, attrs.evolve(record.message, attempt=1))
+                except MessageExpiredError:
+                    pass
+                else:
+                    republished += 1
+                done += 1
         finally:
-            if count:  # only what was re-published leaves the queue (take(0) takes all)
-                feature.take(count)
-        return count
+            if done:  # only what was handled leaves the queue (take(0) would take all)
+                feature.take(done)
+        return republished
 
     # -- persistence -------------------------------------------------------------------------------
 
@@ -870,7 +881,9 @@ class Broker:
             if dropped:
                 problems.append(f"{dropped} dead letter(s) dropped: the dead letter queue is off")
             if refused:
-                problems.append(f"{refused} dead letter(s) lost: the dead letter queue refused them")
+                problems.append(
+                    f"{refused} dead letter(s) lost: the dead letter queue refused them"
+                )
             problems += self._hooks.health(self)
         metrics = self.metrics()
         status = "closed" if self._closed else ("degraded" if problems else "healthy")

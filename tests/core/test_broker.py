@@ -480,3 +480,33 @@ def test_feature_errors_are_feature_not_enabled(bare_broker: mqkit.Broker) -> No
     broker.publish("t", mqkit.Message("ok"))
     assert sub.get_nowait().id == "ok"
     assert broker.health_check().status == "healthy"
+
+
+def test_status_records_are_json_ready(make_broker) -> None:
+    import json
+
+    from mqkit.core.convert import unstructure
+
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    broker.publish("t", mqkit.Message("m"))
+    for record in (
+        broker.health_check(),
+        broker.metrics(),
+        broker.dead_letter_stats(),
+        broker.cluster_status(),
+        sub.stats(),
+    ):
+        data = json.loads(json.dumps(unstructure(record)))
+        assert isinstance(data, dict)
+    health = json.loads(json.dumps(unstructure(broker.health_check())))
+    assert health["status"] == "healthy"
+    assert health["total_subscribers"] == 1
+
+
+def test_repr_shows_the_state(make_broker) -> None:
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    assert "open" in repr(broker) and "open" in repr(sub)
+    broker.close()
+    assert "closed" in repr(broker) and "closed" in repr(sub)

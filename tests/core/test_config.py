@@ -147,6 +147,8 @@ RULES: list[tuple[dict[str, Any], str, str]] = [
         "amqp_port",
         "must be between 0 (any free port) and 65535",
     ),
+    ({"http_port": 65536}, "http_port", "must be between 0 (any free port) and 65535"),
+    ({"http_host": "  "}, "http_host", "cannot be empty"),
     ({"message_ttl": -1}, "message_ttl", "cannot be negative"),
     ({"max_memory_usage": -1}, "max_memory_usage", "cannot be negative"),
     ({"max_ack_retries": -1}, "max_ack_retries", "cannot be negative"),
@@ -169,6 +171,11 @@ def test_each_rule(changes: dict[str, Any], field: str, suffix: str) -> None:
     with pytest.raises(mqkit.InvalidConfigError) as at_build:
         mqkit.Broker(cfg)
     assert str(at_build.value) == str(info.value)
+
+
+def test_rules_cover_every_rule_of_config() -> None:
+    """RULES above mirrors Config's rules one for one, in order (update both together)."""
+    assert [field for _, field, _ in RULES] == [rule[0] for rule in mqkit.Config()._rules()]
 
 
 def test_seed_example_text() -> None:
@@ -197,6 +204,8 @@ def test_rules_fire_in_order() -> None:
         "transaction_timeout": 30,
         "mqtt_port": 1883,
         "amqp_port": 5672,
+        "http_port": 8080,
+        "http_host": "127.0.0.1",
         "message_ttl": 0,
         "max_memory_usage": 0,
         "max_ack_retries": 3,
@@ -336,7 +345,14 @@ def test_from_dict_validates() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("true", True), ("false", False), ("1", True), ("0", False), ("True", True), (" FALSE ", False)],
+    [
+        ("true", True),
+        ("false", False),
+        ("1", True),
+        ("0", False),
+        ("True", True),
+        (" FALSE ", False),
+    ],
 )
 def test_from_dict_bool_strings(text: str, value: bool) -> None:
     assert mqkit.Config.from_dict({"enable_transactions": text}).enable_transactions is value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -326,7 +327,9 @@ def test_filter_false_skips_silently(make_broker) -> None:
     for i in range(5):
         broker.publish("t", mqkit.Message(str(i)))
     assert ids([evens.get_nowait() for _ in range(3)]) == ["0", "2", "4"]
-    assert evens.stats() == mqkit.SubscriptionStats(received=3, dropped=0, queue_len=0, queue_cap=16)
+    assert evens.stats() == mqkit.SubscriptionStats(
+        received=3, dropped=0, queue_len=0, queue_cap=16
+    )
     assert everything.stats().received == 5
     assert seen_topics == ["t"] * 5  # the filter sees the stamped message
     assert broker.health_check().status == "healthy"
@@ -391,3 +394,107 @@ def test_generated_ack_id_is_visible(make_broker) -> None:
     assert isinstance(got, mqkit.AckMessage)
     assert got.ack_id
     assert original.ack_id == ""
+
+
+# -- the buffer API plugins use (remove, buffered, redeliver) --------------------------------------
+
+
+def test_remove_returns_the_selected_and_keeps_the_order_of_the_rest(make_broker) -> None:
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    for i in range(6):
+        broker.publish("t", mqkit.Message(str(i)))
+    gone = sub.remove(lambda m: int(m.id) % 2 == 1)
+    assert ids(gone) == ["1", "3", "5"]
+    assert ids(sub.buffered()) == ["0", "2", "4"]
+    assert sub.remove(lambda m: False) == []
+    assert ids([sub.get_nowait() for _ in range(3)]) == ["0", "2", "4"]
+
+
+def test_remove_with_a_failing_predicate_removes_nothing(make_broker) -> None:
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    for i in range(4):
+        broker.publish("t", mqkit.Message(str(i)))
+
+    def picky(message: mqkit.Message) -> bool:
+        if message.id == "2":
+            raise ValueError("predicate bug")
+        return True
+
+    with pytest.raises(ValueError, match="predicate bug"):
+        sub.remove(picky)
+    assert ids([sub.get_nowait() for _ in range(4)]) == ["0", "1", "2", "3"]
+
+
+def _remove_while_consuming(broker: mqkit.Broker, n: int) -> None:
+    sub = broker.subscribe("t", mqkit.SubOptions(buffer_size=n))
+    for i in range(n):
+        broker.publish("t", mqkit.Message(str(i)))
+    got: list[int] = []
+    go = threading.Event()
+
+    def consume() -> None:
+        go.wait(WAIT)
+        got.extend(int(m.id) for m in sub)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    go.set()
+    removed = [int(m.id) for m in sub.remove(lambda m: int(m.id) % 7 == 0)]
+    sub.cancel()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert sorted(got + removed) == list(range(n))
+    assert got == sorted(got)
+    assert all(i % 7 == 0 for i in removed)
+
+
+def test_remove_is_safe_while_consumers_pop(make_broker) -> None:
+    """Consumers pop without the lock; remove() must neither crash nor lose/duplicate."""
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # make thread switches inside remove() likely
+    try:
+        for _ in range(5):
+            _remove_while_consuming(make_broker(), 3000)
+    finally:
+        sys.setswitchinterval(old_interval)
+
+
+def test_remove_makes_room_for_a_blocked_publisher(make_broker) -> None:
+    broker = make_broker()
+    reached_put = threading.Event()
+
+    def note(message: mqkit.Message) -> bool:
+        if message.id == "m2":
+            reached_put.set()
+        return True
+
+    opts = mqkit.SubOptions(
+        buffer_size=1, policy=mqkit.Backpressure.BLOCK_WITH_TIMEOUT, block_timeout=60, filter=note
+    )
+    sub = broker.subscribe("t", opts)
+    broker.publish("t", mqkit.Message("m1"))
+    thread = threading.Thread(target=broker.publish, args=("t", mqkit.Message("m2")))
+    thread.start()
+    assert reached_put.wait(WAIT)
+    assert ids(sub.remove(lambda m: m.id == "m1")) == ["m1"]
+    thread.join(WAIT)  # released by the room remove() made, long before the 60 s timeout
+    assert not thread.is_alive()
+    assert ids([sub.get(timeout=WAIT)]) == ["m2"]
+    assert sub.stats().dropped == 0
+
+
+def test_redeliver_puts_a_message_in_front(make_broker) -> None:
+    broker = make_broker()
+    sub = broker.subscribe("t", mqkit.SubOptions(buffer_size=2))
+    broker.publish("t", mqkit.Message("a"))
+    broker.publish("t", mqkit.Message("b"))
+    first = sub.get_nowait()
+    assert sub.redeliver(first) is True  # ignores the bound
+    assert ids(sub.buffered()) == ["a", "b"]
+    assert ids([sub.get_nowait(), sub.get_nowait()]) == ["a", "b"]
+    sub.cancel()
+    assert sub.redeliver(first) is False
+    with pytest.raises(mqkit.SubscriptionClosedError):
+        sub.get_nowait()
