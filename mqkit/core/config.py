@@ -8,7 +8,7 @@ is accepted); lists are tuples. ``validate()`` checks in the seed's order and ra
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +37,15 @@ def _duration(default: float) -> Any:
 
 def _names(default: tuple[str, ...] = ()) -> Any:
     return attrs.field(default=default, converter=_strs)
+
+
+_FIELD_TYPES: dict[str, Callable[[object], bool]] = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "tuple[str, ...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+}
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -89,7 +98,20 @@ class Config:
     autoload_plugins: bool = False
 
     def validate(self) -> None:
-        """Raise :class:`~mqkit.InvalidConfigError` for the first invalid field, in seed order."""
+        """Raise :class:`~mqkit.InvalidConfigError` for the first invalid field, in seed order.
+
+        Field types are checked first (``Config(max_topics="3")`` names ``max_topics``), then
+        the seed's rules.
+        """
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            expected = _FIELD_TYPES.get(str(field.type))
+            if expected is not None and not expected(value):
+                raise InvalidConfigError(
+                    f"{InvalidConfigError.default}: {field.name} must be {field.type}, "
+                    f"not {type(value).__name__} {value!r}",
+                    field=field.name,
+                )
         for field, bad, why in self._rules():
             if bad:
                 raise InvalidConfigError(
