@@ -121,7 +121,17 @@ class AckTTLMessage(Message):
 _MESSAGE_OVERHEAD: Final = 160  # the slotted object, its datetime and a buffer slot
 
 
+_SCALAR_SIZES: Final[dict[type, int]] = {type(None): 32, bool: 32, int: 32, float: 32}
+_SIZED_TYPES: Final = frozenset({str, bytes, bytearray, memoryview})
+
+
 def _payload_size(value: object, depth: int = 0) -> int:
+    kind = type(value)
+    scalar = _SCALAR_SIZES.get(kind)
+    if scalar is not None:
+        return scalar
+    if kind in _SIZED_TYPES:
+        return 49 + len(value)  # type: ignore[arg-type]
     if value is None or isinstance(value, bool | int | float):
         return 32
     if isinstance(value, str | bytes | bytearray | memoryview):

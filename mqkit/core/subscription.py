@@ -339,7 +339,10 @@ class Subscription:
         filt = self._filter
         if filt is not None and not self._broker._run_filter(self, filt, message):
             return False
-        with self._lock:
+        # acquire/try/finally rather than ``with``: half the cost on the hottest line.
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._closed:
                 return False
             buf = self._buf
@@ -349,6 +352,8 @@ class Subscription:
                 if self._waiters:
                     self._wake_one()
                 return True
+        finally:
+            lock.release()
         return self._overflow(message)
 
     def _overflow(self, message: Message) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from mqkit.core.broker import Broker
 from mqkit.core.errors import MemoryLimitExceededError
-from mqkit.core.features import MemoryFeature
+from mqkit.core.features import Feature, MemoryFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
 from mqkit.core.plugins import PluginInfo
@@ -48,6 +48,8 @@ class MemoryPlugin(MemoryFeature):
         self._buffered = 0
         self._released: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._sizes = threading.local()
+        self._features_seen: tuple[Feature, ...] = ()
+        self._holders: tuple[Feature, ...] = ()
         self._broker: Broker | None = None
 
     # -- accounting ----------------------------------------------------------------------------
@@ -55,19 +57,27 @@ class MemoryPlugin(MemoryFeature):
     def _enter(self, message: Message, copies: int) -> None:
         if copies <= 0:
             return
-        last = getattr(self._sizes, "last", None)
-        size = last[1] if last is not None and last[0] is message else estimate_size(message)
-        with self._lock:
+        lock = self._lock  # acquire/finally, not ``with``: this runs for every message
+        lock.acquire()
+        try:
             entry = self._held.get(id(message))
             if entry is None:
+                last = getattr(self._sizes, "last", None)
+                size = (
+                    last[1] if last is not None and last[0] is message else estimate_size(message)
+                )
                 self._held[id(message)] = [size, copies]
                 self._buffered += size + copies * SLOT_BYTES
             else:
                 entry[1] += copies
                 self._buffered += copies * SLOT_BYTES
+        finally:
+            lock.release()
 
     def _leave(self, message: Message) -> None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             entry = self._held.get(id(message))
             if entry is None:
                 return
@@ -76,13 +86,21 @@ class MemoryPlugin(MemoryFeature):
             if entry[1] <= 0:
                 del self._held[id(message)]
                 self._buffered -= entry[0]
+        finally:
+            lock.release()
 
     def usage(self) -> int:
         """Estimated bytes held now: buffers plus what features hold."""
         total = self._buffered
         broker = self._broker
         if broker is not None:
-            for feature in broker.features():
+            features = broker.features()
+            if features is not self._features_seen:  # the plugin set changed: look again
+                self._holders = tuple(
+                    f for f in features if type(f).held_bytes is not Feature.held_bytes
+                )
+                self._features_seen = features
+            for feature in self._holders:
                 total += feature.held_bytes()
         return total
 

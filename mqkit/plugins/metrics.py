@@ -27,7 +27,7 @@ from mqkit.core.subscription import Backpressure
 __all__ = ["LATENCY_WINDOW", "MetricsPlugin"]
 
 LATENCY_WINDOW = 10_000
-"""Deliveries whose latencies the percentiles are computed over."""
+"""Deliveries (of each consumer thread) whose latencies the percentiles are computed over."""
 
 _FIELDS = (
     "published", "delivered", "dropped", "expired", "acked",
@@ -45,8 +45,26 @@ def _percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+class _Shard:
+    """One thread's counters: only that thread writes them, so no lock is taken to count."""
+
+    __slots__ = ("latencies", "latency_count", "latency_max", "latency_sum", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[int]] = {}
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.latency_max = 0.0
+
+
 class MetricsPlugin(MetricsFeature):
-    """Counts what happens to messages; ``broker.metrics()`` reads it."""
+    """Counts what happens to messages; ``broker.metrics()`` reads it.
+
+    Counting takes no lock: each thread counts into its own shard, and a snapshot adds the
+    shards up (a snapshot taken while messages flow is a consistent-enough sum of each
+    counter, as with any live metrics source).
+    """
 
     plugin_info = PluginInfo(
         name="metrics", description="counters and delivery latency", flag="enable_metrics"
@@ -54,20 +72,26 @@ class MetricsPlugin(MetricsFeature):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._topics: dict[str, list[int]] = {}
-        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._latency_sum = 0.0
-        self._latency_count = 0
-        self._latency_max = 0.0
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
         self._last_error = ""
         self._broker: Broker | None = None
 
+    def _shard(self) -> _Shard:
+        try:
+            shard: _Shard = self._local.shard
+        except AttributeError:
+            shard = self._local.shard = _Shard()
+            with self._lock:
+                self._shards.append(shard)
+        return shard
+
     def _count(self, topic: str, field: int, n: int = 1) -> None:
-        with self._lock:
-            row = self._topics.get(topic)
-            if row is None:
-                row = self._topics[topic] = [0] * len(_FIELDS)
-            row[field] += n
+        rows = self._shard().rows
+        row = rows.get(topic)
+        if row is None:
+            row = rows[topic] = [0] * len(_FIELDS)
+        row[field] += n
 
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
@@ -89,16 +113,16 @@ class MetricsPlugin(MetricsFeature):
         latency = 0.0
         if message.time is not None:
             latency = max(0.0, (broker.clock.now() - message.time).total_seconds())
-        with self._lock:
-            row = self._topics.get(message.topic)
-            if row is None:
-                row = self._topics[message.topic] = [0] * len(_FIELDS)
-            row[_DELIVERED] += 1
-            self._latencies.append(latency)
-            self._latency_sum += latency
-            self._latency_count += 1
-            if latency > self._latency_max:
-                self._latency_max = latency
+        shard = self._shard()
+        row = shard.rows.get(message.topic)
+        if row is None:
+            row = shard.rows[message.topic] = [0] * len(_FIELDS)
+        row[_DELIVERED] += 1
+        shard.latencies.append(latency)
+        shard.latency_sum += latency
+        shard.latency_count += 1
+        if latency > shard.latency_max:
+            shard.latency_max = latency
 
     @hookimpl
     def mqkit_drop(self, message: Message, reason: str) -> None:
@@ -141,10 +165,21 @@ class MetricsPlugin(MetricsFeature):
     def snapshot(self) -> MetricsSnapshot:
         """The counters now (the broker adds the subscription gauges)."""
         with self._lock:
-            rows = {topic: list(row) for topic, row in self._topics.items()}
-            ordered = sorted(self._latencies)
-            total_latency, count, worst = self._latency_sum, self._latency_count, self._latency_max
+            shards = list(self._shards)
             last_error = self._last_error
+        rows: dict[str, list[int]] = {}
+        latencies: list[float] = []
+        total_latency, count, worst = 0.0, 0, 0.0
+        for shard in shards:
+            for topic, row in list(shard.rows.items()):  # one C-level copy: safe while counting
+                into = rows.setdefault(topic, [0] * len(_FIELDS))
+                for i, value in enumerate(list(row)):
+                    into[i] += value
+            latencies.extend(list(shard.latencies))
+            total_latency += shard.latency_sum
+            count += shard.latency_count
+            worst = max(worst, shard.latency_max)
+        ordered = sorted(latencies)
         broker = self._broker
         subscribers: dict[str, int] = {}
         if broker is not None:

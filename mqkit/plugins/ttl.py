@@ -94,8 +94,13 @@ class TTLPlugin:
         self, broker: Broker, subscription: Subscription, message: Message
     ) -> bool | None:
         """Withhold an expired message (and report it); hand out the others."""
-        expires = expiry_of(message, broker.config.message_ttl)
-        if expires is None or expires > broker.clock.now():
+        expires: datetime | None = getattr(message, "expires_at", None)
+        if expires is None:
+            default_ttl = broker.config.message_ttl
+            if default_ttl <= 0 or message.time is None:
+                return None  # the common case: nothing can expire
+            expires = message.time + timedelta(seconds=default_ttl)
+        if expires > broker.clock.now():
             return None
         self._expired(broker, message)
         return False
