@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Final, Protocol, Self
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar
 
 import attrs
 
@@ -151,6 +151,7 @@ class _AsyncWaiter:
 
 
 _Waiter = _ThreadWaiter | _AsyncWaiter
+_W = TypeVar("_W", _ThreadWaiter, _AsyncWaiter)
 
 
 class Subscription:
@@ -255,77 +256,79 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._pop_or_wait(deadline)
-            if self._space_waiters:
-                self._wake_space()
-            hooks = self._broker._hooks
-            if hooks.deliver_on and not self._hand_out(hooks, message):
-                continue
-            if hooks.delivered_on:
-                hooks.delivered(self._broker, self, message)
-            return message
+            if self._after_pop(message):
+                return message
+
+    def _after_pop(self, message: Message) -> bool:
+        """Wake a blocked publisher, then hand ``message`` out unless a plugin withholds it."""
+        if self._space_waiters:
+            self._wake_space()
+        hooks = self._broker._hooks
+        if hooks.deliver_on and not self._hand_out(hooks, message):
+            return False
+        if hooks.delivered_on:
+            hooks.delivered(self._broker, self, message)
+        return True
+
+    def _pop_or_enlist(self, remaining: float | None, waiter: _W) -> Message | _W:
+        """Under the lock: pop a message, raise (closed, or out of time), or enlist ``waiter``."""
+        with self._lock:
+            if self._buf:
+                return self._buf.popleft()
+            if self._closed:
+                raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"no message on {self.topic!r} in time")
+            self._waiters.append(waiter)
+            return waiter
+
+    def _discard(self, waiter: _Waiter) -> bool:
+        """Under the lock: withdraw ``waiter``; False if a publisher already woke it."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            return True
+        return False
 
     def _pop_or_wait(self, deadline: float | None) -> Message:
         while True:
-            with self._lock:
-                if self._buf:
-                    return self._buf.popleft()
-                if self._closed:
-                    raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no message on {self.topic!r} in time")
-                waiter = _ThreadWaiter()
-                self._waiters.append(waiter)
-            if not waiter.wait(remaining):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            got = self._pop_or_enlist(remaining, _ThreadWaiter())
+            if not isinstance(got, _ThreadWaiter):
+                return got
+            if not got.wait(remaining):
                 with self._lock:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-            # Woken, timed out or both: the top of the loop decides.
+                    self._discard(got)
+            # Woken, timed out or both: the next round decides.
 
     async def _aget_slow(self, timeout: float | None) -> Message:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             message = await self._apop_or_wait(loop, deadline)
-            if self._space_waiters:
-                self._wake_space()
-            hooks = self._broker._hooks
-            if hooks.deliver_on and not self._hand_out(hooks, message):
-                continue
-            if hooks.delivered_on:
-                hooks.delivered(self._broker, self, message)
-            return message
+            if self._after_pop(message):
+                return message
 
     async def _apop_or_wait(
         self, loop: asyncio.AbstractEventLoop, deadline: float | None
     ) -> Message:
         while True:
-            with self._lock:
-                if self._buf:
-                    return self._buf.popleft()
-                if self._closed:
-                    raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no message on {self.topic!r} in time")
-                waiter = _AsyncWaiter(loop)
-                self._waiters.append(waiter)
+            remaining = None if deadline is None else deadline - loop.time()
+            got = self._pop_or_enlist(remaining, _AsyncWaiter(loop))
+            if not isinstance(got, _AsyncWaiter):
+                return got
             try:
                 if remaining is None:
-                    await waiter.fut
+                    await got.fut
                 else:
                     async with asyncio.timeout(remaining):
-                        await waiter.fut
+                        await got.fut
             except TimeoutError:
                 with self._lock:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
+                    self._discard(got)
             except BaseException:
                 # Cancelled: if we were already woken, hand the wake-up on so it is not lost.
                 with self._lock:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-                    elif self._buf:
+                    if not self._discard(got) and self._buf:
                         self._wake_one()
                 raise
 
