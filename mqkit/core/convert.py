@@ -7,8 +7,9 @@ through :data:`converter`. Its hooks are strict where Python is lax: ``"false"``
 
 from __future__ import annotations
 
+import base64
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -144,10 +145,15 @@ def unstructure(obj: Any) -> Any:
 
 _payload_types: dict[str, type] = {}
 _payload_names: dict[type, str] = {}
+_INF = float("inf")
+_NEG_INF = float("-inf")
 
 
 def register_payload_type(cls: type, name: str | None = None) -> None:
     """Let payloads of ``cls`` (an attrs class or dataclass) be stored and come back as ``cls``.
+
+    A subclass of :class:`~mqkit.Message` is registered the same way, so that messages of it
+    can be stored (persistence) and come back as that class.
 
     ``name`` (default: ``module.QualName``) is what is written to the store; keep it stable.
     """
@@ -175,33 +181,45 @@ def encode_payload(value: Any) -> Any:
         ) from None
 
 
-def _encode(value: Any) -> Any:
-    from mqkit.core.errors import SerializationError
+_AS_IS: frozenset[type] = frozenset({str, int, bool, type(None)})  # JSON-ready as they are
 
+
+def _encode(value: Any) -> Any:
     kind = type(value)
-    if value is None or kind is bool or kind is int or kind is str:
+    if kind in _AS_IS:
         return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str or k[:1] == "$":
+                return {"$dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
+            out[k] = v if type(v) in _AS_IS else _encode(v)
+        return out
+    if kind is list:
+        return [v if type(v) in _AS_IS else _encode(v) for v in value]
     if kind is float:
-        if value != value or value in (float("inf"), float("-inf")):
+        if value != value or value in (_INF, _NEG_INF):
             return {"$float": repr(value)}
         return value
     if kind is bytes:
-        import base64
-
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if kind is datetime:
         return {"$datetime": value.isoformat()}
-    if kind is list:
-        return [_encode(v) for v in value]
     if kind is tuple:
         return {"$tuple": [_encode(v) for v in value]}
-    if kind is dict:
-        if all(type(k) is str and not k.startswith("$") for k in value):
-            return {k: _encode(v) for k, v in value.items()}
-        return {"$dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    from mqkit.core.errors import SerializationError
+
     name = _payload_names.get(kind)
     if name is not None:
-        return {"$type": name, "value": _encode(converter.unstructure(value))}
+        try:
+            fields = converter.unstructure(value)
+        except RecursionError:
+            raise
+        except Exception as exc:  # a field whose value does not fit its declared type
+            raise SerializationError.because(
+                f"cannot store a payload of type {kind.__qualname__}: {exc!r}"
+            ) from exc
+        return {"$type": name, "value": _encode(fields)}
     raise SerializationError.because(
         f"cannot store a payload of type {kind.__qualname__} "
         "(register it with mqkit.register_payload_type)"
@@ -220,8 +238,6 @@ def decode_payload(data: Any) -> Any:
         if len(data) == 1:
             ((tag, inner),) = data.items()
             if tag == "$bytes":
-                import base64
-
                 return base64.b64decode(inner, validate=True)
             if tag == "$datetime":
                 return datetime.fromisoformat(inner)
@@ -247,22 +263,48 @@ def _hashable(value: Any) -> Any:
     return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
+_message_unstructurers: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {}
+
+
 def message_to_dict(message: Any) -> dict[str, Any]:
-    """A message as JSON-ready data: its class name, fields, and the encoded payload."""
-    data: dict[str, Any] = converter.unstructure(message)
+    """A message as JSON-ready data: its class name, fields, and the encoded payload.
+
+    The payload goes through :func:`encode_payload` only (cattrs never walks it). The class is
+    a built-in message class or one registered with :func:`register_payload_type`; any other
+    raises :class:`~mqkit.SerializationError` (it could not be read back).
+    """
+    cls = type(message)
+    known = _message_unstructurers.get(cls)
+    if known is None:
+        from cattrs.gen import make_dict_unstructure_fn, override
+
+        from mqkit.core import message as messages
+        from mqkit.core.errors import SerializationError
+
+        name = cls.__name__ if getattr(messages, cls.__name__, None) is cls else None
+        name = name or _payload_names.get(cls)
+        if name is None:
+            raise SerializationError.because(
+                f"cannot store a message of class {cls.__qualname__} "
+                "(register it with mqkit.register_payload_type)"
+            )
+        known = (name, make_dict_unstructure_fn(cls, converter, data=override(omit=True)))
+        _message_unstructurers[cls] = known
+    name, unstructure_fields = known
+    data = unstructure_fields(message)
     data["data"] = encode_payload(message.data)
-    data["$class"] = type(message).__name__
+    data["$class"] = name
     return data
 
 
 def message_from_dict(data: dict[str, Any]) -> Any:
-    """The inverse of :func:`message_to_dict` (built-in message classes)."""
+    """The inverse of :func:`message_to_dict` (built-in and registered message classes)."""
     from mqkit.core import message as messages
     from mqkit.core.errors import SerializationError
 
     fields = dict(data)
-    name = fields.pop("$class", "Message")
-    cls = getattr(messages, str(name), None)
+    name = str(fields.pop("$class", "Message"))
+    cls = getattr(messages, name, None) or _payload_types.get(name)
     if not (isinstance(cls, type) and issubclass(cls, messages.Message)):
         raise SerializationError.because(f"unknown message class {name!r}")
     payload = decode_payload(fields.pop("data", None))

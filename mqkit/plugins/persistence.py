@@ -51,6 +51,7 @@ from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import AckPolicy, Message
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
+from mqkit.core.topics import normalize_topic
 
 __all__ = ["LOCK_FILE", "PersistencePlugin", "StoreLock"]
 
@@ -67,6 +68,7 @@ _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
+_to_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
 
 
 class StoreLock:
@@ -119,7 +121,7 @@ def _identity(message: Message) -> _Identity:
 
 
 def _key_text(key: _Key) -> str:
-    return json.dumps(key, separators=(",", ":"))
+    return _to_json(key)
 
 
 def _parse_key(text: object) -> _Key | None:
@@ -154,7 +156,9 @@ def _store_error(exc: BaseException) -> str:
         if isinstance(cause, sqlite3.Error):
             return str(cause)
         return "timed out waiting for the store"
-    return str(exc)
+    if isinstance(exc, OSError | sqlite3.Error):
+        return str(exc)
+    return repr(exc)
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -220,7 +224,7 @@ class PersistencePlugin(PersistenceFeature):
                 sqlite_synchronous=1,
             )
             self._load_index(broker, cache)
-        except _STORE_ERRORS as exc:
+        except Exception as exc:  # diskcache fails in many ways on a damaged database
             if cache is not None:
                 cache.close()
             store_lock.release()
@@ -244,12 +248,19 @@ class PersistencePlugin(PersistenceFeature):
     def _load_index(self, broker: Broker, cache: diskcache.Cache) -> None:
         cache.expire()  # drop what outlived persistence_max_age while we were down
         keys: list[_Key] = []
+        listed = 0
         for text in cache.iterkeys():
+            listed += 1
             key = _parse_key(text)
             if key is None:
                 self._corrupted[f"key {text!r:.60}"] = None
             else:
                 keys.append(key)
+        counted = len(cache)  # kept by triggers, apart from the key index: damage shows here
+        if counted != listed:
+            self._corrupted[f"the store counts {counted} entries but its index lists {listed}"] = (
+                None
+            )
         keys.sort()
         now = broker.clock.monotonic()
         for key in keys:
@@ -300,9 +311,7 @@ class PersistencePlugin(PersistenceFeature):
         with self._lock:
             cache = self._live_cache()
             first = self._seq
-            keys = [
-                (first + i, m.topic, m.id, _micros(m.time)) for i, (m, _) in enumerate(encoded)
-            ]
+            keys = [(first + i, m.topic, m.id, _micros(m.time)) for i, (m, _) in enumerate(encoded)]
             try:
                 if len(encoded) == 1:
                     cache.set(_key_text(keys[0]), encoded[0][1], expire=expire)
@@ -325,7 +334,7 @@ class PersistencePlugin(PersistenceFeature):
     @staticmethod
     def _encode(message: Message) -> str:
         try:
-            return json.dumps(message_to_dict(message), separators=(",", ":"))
+            return _to_json(message_to_dict(message))
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
@@ -441,7 +450,11 @@ class PersistencePlugin(PersistenceFeature):
     # -- reading ---------------------------------------------------------------------------------
 
     def recover(self, topic: str, limit: int) -> list[Message]:
-        """The oldest ``limit`` stored messages of ``topic`` in publish order (all: ``<= 0``)."""
+        """The oldest ``limit`` stored messages of ``topic`` in publish order (all: ``<= 0``).
+
+        ``topic`` is checked and stripped as ``publish`` does (``InvalidTopicError``).
+        """
+        topic = normalize_topic(topic)
         with self._lock:
             cache = self._live_cache()
             if self._broker is not None:
@@ -462,12 +475,17 @@ class PersistencePlugin(PersistenceFeature):
                 raise PersistenceError.because(
                     f"cannot read the store: {_store_error(exc)}"
                 ) from exc
+            except Exception:  # a damaged row (diskcache cannot unpickle or fetch it)
+                self._note_corrupted(key)
+                continue
             if raw is None:
                 continue  # expired by age meanwhile
             try:
                 if not isinstance(raw, str):
                     raise SerializationError.because("stored value is not text")
                 message = message_from_dict(json.loads(raw))
+                if _identity(message) != (key[1], key[2], key[3]):
+                    raise SerializationError.because("the stored message does not match its key")
             except (MQError, ValueError, TypeError, KeyError, RecursionError):
                 self._note_corrupted(key)
                 continue
