@@ -147,6 +147,7 @@ class Broker:
         self._now = self.clock.now
         self._lock = threading.RLock()
         self._closed = False
+        self._closing = False
         self._started_at = self.clock.monotonic()
         self._sub_ids = itertools.count(1)
         self._exact: dict[str, list[Subscription]] = {}
@@ -572,7 +573,8 @@ class Broker:
 
     def routes(self, topic: str) -> tuple[Subscription, ...]:
         """The subscriptions a publish to ``topic`` reaches now (plugin API)."""
-        return self._route(topic).subs
+        route = self._routes.get(topic)
+        return (route if route is not None else self._route(topic)).subs
 
     def topics(self) -> list[str]:
         """The exact topics with at least one live subscription, sorted."""
@@ -944,8 +946,11 @@ class Broker:
         mqkit thread is alive when this returns.
         """
         with self._lock:
-            if self._closed:
+            if self._closed or self._closing:
                 return
+            self._closing = True
+        self._hooks.broker_closing(self)  # the broker still publishes (gateways: wills)
+        with self._lock:
             self._closed = True
             self._routes.clear()
         try:

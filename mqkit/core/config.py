@@ -91,6 +91,37 @@ class Config:
     persistence_max_age: float = _duration(7 * 24 * 3600.0)
     mqtt_host: str = "127.0.0.1"
     amqp_host: str = "127.0.0.1"
+    # --- the MQTT gateway (the ``mqtt`` plugin; see mqkit/protocols/mqtt) ----------------
+    mqtt_tls_port: int = 8883
+    """The MQTT gateway's TLS listener port (0: any free port); used with a certificate."""
+    mqtt_tls_cert: str = ""
+    """PEM certificate (chain) of the MQTT TLS listener; with ``mqtt_tls_key`` it turns TLS on."""
+    mqtt_tls_key: str = ""
+    """PEM private key of ``mqtt_tls_cert``."""
+    mqtt_tls_ca: str = ""
+    """CA bundle to verify MQTT client certificates with; when set, clients must present one."""
+    mqtt_password_file: str = ""
+    """MQTT users: ``user:hash`` lines (salted scrypt/pbkdf2); see ``mqkit.protocols.mqtt.auth``."""
+    mqtt_acl_file: str = ""
+    """Per-user MQTT ACLs for publish and subscribe topic filters; without one all is allowed."""
+    mqtt_allow_anonymous: bool = True
+    """Whether MQTT clients without a user name may connect."""
+    mqtt_max_connections: int = 10_000
+    """Most MQTT connections at once (0: no limit); the next one is refused."""
+    mqtt_max_packet_size: int = 1_048_576
+    """Largest MQTT packet accepted, in bytes; a larger one closes that connection (0x95)."""
+    mqtt_max_inflight: int = 32
+    """MQTT Receive Maximum: QoS 1/2 messages in flight per client, each way (3.1.1: to it)."""
+    mqtt_max_queued_messages: int = 1000
+    """Buffer size of each MQTT subscription: what a slow or offline client may fall behind."""
+    mqtt_backpressure: str = "drop_oldest"
+    """What a full MQTT subscription buffer does: a ``Backpressure`` value."""
+    mqtt_topic_alias_maximum: int = 10
+    """Topic aliases an MQTT 5 client may use towards the gateway (0: none)."""
+    mqtt_max_keep_alive: int = 0
+    """Cap on MQTT keep-alive seconds (0: the client's value; MQTT 5 is told the cap)."""
+    mqtt_connect_timeout: float = _duration(10.0)
+    """Seconds a new MQTT connection has to complete CONNECT."""
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     plugins: tuple[str, ...] = _names()
@@ -186,6 +217,44 @@ class Config:
             ("max_dead_letters", self.max_dead_letters < 1, "must be at least 1"),
             ("persistence_max_messages", self.persistence_max_messages < 1, "must be at least 1"),
             ("persistence_max_age", self.persistence_max_age <= 0, "must be positive"),
+            *self._mqtt_rules(),
+        ]
+
+    def _mqtt_rules(self) -> list[tuple[str, bool, str]]:
+        """The MQTT gateway's fields (checked when ``enable_mqtt`` is on)."""
+        on = self.enable_mqtt
+        return [
+            (
+                "mqtt_tls_port",
+                on and not 0 <= self.mqtt_tls_port <= 65535,
+                "must be between 0 (any free port) and 65535",
+            ),
+            (
+                "mqtt_tls_key",
+                on and bool(self.mqtt_tls_cert) != bool(self.mqtt_tls_key),
+                "and mqtt_tls_cert must be given together",
+            ),
+            ("mqtt_max_connections", self.mqtt_max_connections < 0, "cannot be negative"),
+            (
+                "mqtt_max_packet_size",
+                not 32 <= self.mqtt_max_packet_size <= 268_435_460,
+                "must be between 32 and 268435460 bytes",
+            ),
+            ("mqtt_max_inflight", not 1 <= self.mqtt_max_inflight <= 65535, "must be 1..65535"),
+            ("mqtt_max_queued_messages", self.mqtt_max_queued_messages < 1, "must be at least 1"),
+            (
+                "mqtt_backpressure",
+                self.mqtt_backpressure
+                not in ("drop_oldest", "drop_newest", "block_with_timeout", "close_subscriber"),
+                "must be drop_oldest, drop_newest, block_with_timeout or close_subscriber",
+            ),
+            (
+                "mqtt_topic_alias_maximum",
+                not 0 <= self.mqtt_topic_alias_maximum <= 65535,
+                "must be 0..65535",
+            ),
+            ("mqtt_max_keep_alive", not 0 <= self.mqtt_max_keep_alive <= 65535, "must be 0..65535"),
+            ("mqtt_connect_timeout", self.mqtt_connect_timeout <= 0, "must be positive"),
         ]
 
     def replace(self, **changes: Any) -> Config:

@@ -114,7 +114,7 @@ def _make_converter() -> cattrs.Converter:
     )
     conv.register_unstructure_hook_func(
         lambda t: t is Mapping or getattr(t, "__origin__", None) is Mapping,
-        lambda m: dict(m),
+        lambda m: {k: conv.unstructure(v) for k, v in m.items()},
     )
     return conv
 

@@ -78,6 +78,9 @@ class Hooks:
         """Compiled implementations per hook name (read-only; for tests and tooling)."""
         self._broker_start = table["mqkit_broker_start"]
         self._broker_close = table["mqkit_broker_close"]
+        self._broker_closing = table["mqkit_broker_closing"]
+        self._authenticate = table["mqkit_authenticate"]
+        self._authorize = table["mqkit_authorize"]
         self._subscription_buffer = table["mqkit_subscription_buffer"]
         self._subscribe = table["mqkit_subscribe"]
         self._unsubscribe = table["mqkit_unsubscribe"]
@@ -153,6 +156,52 @@ class Hooks:
         """Fire ``mqkit_broker_close`` (for ``plugins`` only, when given)."""
         impls = [i for i in self._broker_close if plugins is None or i[0] in plugins]
         self._notify("mqkit_broker_close", impls, broker)
+
+    def broker_closing(self, broker: Broker) -> None:
+        """Fire ``mqkit_broker_closing``."""
+        self._notify("mqkit_broker_closing", self._broker_closing, broker)
+
+    def authenticate(
+        self,
+        broker: Broker,
+        protocol: str,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        method: str,
+        data: bytes | None,
+        state: dict[str, Any],
+    ) -> bool | bytes | None:
+        """Ask ``mqkit_authenticate`` (firstresult); a failing plugin refuses (``False``)."""
+        for plugin, fn in self._authenticate:
+            try:
+                result = fn(broker, protocol, client_id, username, password, method, data, state)
+            except Exception as exc:
+                self._report(plugin, "mqkit_authenticate", exc)
+                return False
+            if result is not None:
+                return result if isinstance(result, bytes) else bool(result)
+        return None
+
+    def authorize(
+        self,
+        broker: Broker,
+        protocol: str,
+        client_id: str,
+        username: str | None,
+        action: str,
+        topic: str,
+    ) -> bool:
+        """Ask ``mqkit_authorize`` (firstresult); no opinion allows, a failing plugin denies."""
+        for plugin, fn in self._authorize:
+            try:
+                result = fn(broker, protocol, client_id, username, action, topic)
+            except Exception as exc:
+                self._report(plugin, "mqkit_authorize", exc)
+                return False
+            if result is not None:
+                return bool(result)
+        return True
 
     def subscription_buffer(self, broker: Broker, subscription: Subscription) -> Buffer | None:
         """Ask ``mqkit_subscription_buffer`` for a buffer (firstresult)."""

@@ -33,7 +33,7 @@ A message's path: ``publish`` â†’ :func:`mqkit_publish` (check, or take over) â†
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -72,6 +72,55 @@ def mqkit_broker_close(broker: Broker) -> None:
 
     Fires before subscriptions end and before the timer service stops, so a plugin may still
     dead-letter or persist what it holds. Notification: exceptions are counted and logged.
+    """
+
+
+@hookspec
+def mqkit_broker_closing(broker: Broker) -> None:
+    """``close()`` has begun and the broker still accepts publishes: finish conversations here.
+
+    Fires once, at the start of ``close()``, before the broker is marked closed and before
+    :func:`mqkit_broker_close`. Protocol gateways disconnect their clients here and publish
+    what a disconnection implies (MQTT wills). Notification: exceptions are counted and logged.
+    """
+
+
+@hookspec(firstresult=True)
+def mqkit_authenticate(
+    broker: Broker,
+    protocol: str,
+    client_id: str,
+    username: str | None,
+    password: bytes | None,
+    method: str,
+    data: bytes | None,
+    state: dict[str, Any],
+) -> bool | bytes | None:
+    """A client of a protocol gateway (``protocol``: ``"mqtt"``, ...) asks to connect.
+
+    Fires once per connection attempt, and once per step of a challenge-response
+    (``method`` names it: MQTT 5 enhanced authentication; ``""`` for a plain user name and
+    password), in a worker thread of the gateway: it may block briefly (key derivation), never
+    for long. ``state`` is a per-connection dict an implementation may keep data in between
+    the steps. firstresult: return ``True`` to let the client in, ``False`` to refuse it,
+    ``bytes`` to send a challenge and continue (its answer comes in the next call's ``data``),
+    ``None`` for no opinion. With no opinion at all, a plain login is refused and an unknown
+    ``method`` is answered "bad authentication method". An exception refuses the client and
+    is counted against the plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def mqkit_authorize(
+    broker: Broker, protocol: str, client_id: str, username: str | None, action: str, topic: str
+) -> bool | None:
+    """Decide whether a gateway client may ``publish`` to a topic or ``subscribe`` to a filter.
+
+    ``action`` is ``"publish"`` (``topic`` is a topic name) or ``"subscribe"`` (``topic`` is
+    a topic filter, e.g. MQTT ``sensors/+/temp``). Fires in the gateway's event loop: must
+    not block; gateways may cache the answer for a connection's lifetime. firstresult: return
+    ``True`` to allow, ``False`` to deny, ``None`` for no opinion (allowed). An exception
+    denies the action and is counted against the plugin.
     """
 
 

@@ -113,7 +113,7 @@ class AckPlugin(AckFeature):
     # -- hooks ---------------------------------------------------------------------------------
 
     @hookimpl
-    def mqkit_publish(self, message: Message) -> None:
+    def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
         """Refuse an explicit ack id that is still pending (it could not be told apart)."""
         ack_id = getattr(message, "ack_id", "")
         if ack_id and ack_id in self._ids and needs_ack(message):

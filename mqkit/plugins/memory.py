@@ -2,9 +2,9 @@
 
 "Memory" is what the broker itself holds, estimated per message with
 :func:`mqkit.core.message.estimate_size` when it is published: messages in subscription buffers
-(a message shared by several buffers counts once, plus a slot per buffer), plus what features
-hold - open transactions, unacknowledged deliveries kept for redelivery, dead letters
-(``Feature.held_bytes()``). It is not the process's heap.
+(each buffered copy counts, plus a slot per buffer: conservative for a message shared by several
+buffers), plus what features hold - open transactions, unacknowledged deliveries kept for
+redelivery, dead letters (``Feature.held_bytes()``). It is not the process's heap.
 
 A publish (any path: ``publish``, batches, typed entry points, transactions, dead letters) that
 would take the total past ``max_memory_usage`` is refused with ``MemoryLimitExceededError``:
@@ -14,11 +14,10 @@ nothing is delivered or stored. ``health_check()`` reports ``degraded`` at 90 % 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Sequence
 
 from mqkit.core.broker import Broker
-from mqkit.core.errors import MemoryLimitExceededError
+from mqkit.core.errors import MemoryLimitExceededError, MQError
 from mqkit.core.features import Feature, MemoryFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
@@ -33,8 +32,23 @@ SLOT_BYTES = 64
 _LEFT_BUFFER = frozenset({"drop_oldest", "withheld", "unsubscribed"})
 
 
+class _Shard:
+    """One thread's net change of buffered bytes: only that thread writes it (no lock)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 class MemoryPlugin(MemoryFeature):
-    """Accounts buffered bytes exactly through the message-path hooks; enforces the limit."""
+    """Accounts buffered bytes through the message-path hooks; enforces the limit.
+
+    Each buffered copy counts the message's estimated size plus ``SLOT_BYTES``: a message
+    shared by several buffers is counted once per buffer, which errs on the safe side for a
+    limit. Counting takes no lock: each thread adds what it buffers and subtracts what it
+    takes out in a shard of its own, and the usage is the sum of the shards.
+    """
 
     plugin_info = PluginInfo(
         name="memory",
@@ -44,9 +58,8 @@ class MemoryPlugin(MemoryFeature):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: dict[int, list[int]] = {}  # id(message) -> [size, copies in buffers]
-        self._buffered = 0
-        self._released: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
         self._sizes = threading.local()
         self._features_seen: tuple[Feature, ...] = ()
         self._holders: tuple[Feature, ...] = ()
@@ -54,40 +67,35 @@ class MemoryPlugin(MemoryFeature):
 
     # -- accounting ----------------------------------------------------------------------------
 
-    def _enter(self, message: Message, copies: int) -> None:
-        if copies <= 0:
-            return
-        lock = self._lock  # acquire/finally, not ``with``: this runs for every message
-        lock.acquire()
+    def _shard(self) -> _Shard:
         try:
-            entry = self._held.get(id(message))
-            if entry is None:
-                last = getattr(self._sizes, "last", None)
-                size = (
-                    last[1] if last is not None and last[0] is message else estimate_size(message)
-                )
-                self._held[id(message)] = [size, copies]
-                self._buffered += size + copies * SLOT_BYTES
-            else:
-                entry[1] += copies
-                self._buffered += copies * SLOT_BYTES
-        finally:
-            lock.release()
+            shard: _Shard = self._local.shard
+        except AttributeError:
+            shard = self._local.shard = _Shard()
+            with self._lock:
+                self._shards.append(shard)
+        return shard
+
+    def _size(self, message: Message) -> int:
+        """The message's bytes in one buffer (reusing this thread's last publish estimate)."""
+        last = getattr(self._sizes, "last", None)
+        if last is not None and last[0] is message:
+            return int(last[1])
+        return estimate_size(message) + SLOT_BYTES
+
+    def _enter(self, message: Message, copies: int) -> None:
+        if copies > 0:
+            self._shard().bytes += copies * self._size(message)
 
     def _leave(self, message: Message) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
-            entry = self._held.get(id(message))
-            if entry is None:
-                return
-            entry[1] -= 1
-            self._buffered -= SLOT_BYTES
-            if entry[1] <= 0:
-                del self._held[id(message)]
-                self._buffered -= entry[0]
-        finally:
-            lock.release()
+        self._shard().bytes -= estimate_size(message) + SLOT_BYTES
+
+    @property
+    def _buffered(self) -> int:
+        total = 0
+        for shard in self._shards:  # appended to under the lock; reading needs none
+            total += shard.bytes
+        return total
 
     def usage(self) -> int:
         """Estimated bytes held now: buffers plus what features hold."""
@@ -128,54 +136,61 @@ class MemoryPlugin(MemoryFeature):
     def mqkit_broker_close(self) -> None:
         """Forget everything."""
         with self._lock:
-            self._held.clear()
-            self._buffered = 0
+            for shard in self._shards:
+                shard.bytes = 0
         self._broker = None
 
     @hookimpl(tryfirst=True)
-    def mqkit_publish(self, broker: Broker, message: Message) -> None:
-        """Refuse a message that would take the broker past its limit."""
-        size = estimate_size(message)
-        self._check(broker, size + SLOT_BYTES)
-        self._sizes.last = (message, size)  # published() reuses it in this thread
+    def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
+        """Refuse a message that would take the broker past its limit (one copy per buffer).
 
-    @hookimpl(tryfirst=True)
-    def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Refuse a batch whose total would take the broker past its limit."""
-        if len(messages) > 1:
-            self._check(broker, sum(estimate_size(m) + SLOT_BYTES for m in messages))
+        Within one publish call (a batch), the messages already checked count too: the
+        thread's ``pending`` sum is reset once the call was routed (or failed).
+        """
+        size = estimate_size(message) + SLOT_BYTES
+        sizes = self._sizes
+        pending = getattr(sizes, "pending", 0)
+        incoming = size * max(1, len(broker.routes(message.topic)))
+        self._check(broker, pending + incoming)
+        sizes.pending = pending + incoming
+        sizes.last = (message, size)  # published() reuses it in this thread
 
     @hookimpl
-    def mqkit_published(self, messages: Sequence[Message], copies: Sequence[int]) -> None:
+    def mqkit_published(
+        self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
+    ) -> None:
         """Count the buffered copies."""
+        self._sizes.pending = 0
         for message, n in zip(messages, copies, strict=True):
             self._enter(message, n)
 
     @hookimpl
-    def mqkit_delivered(self, subscription: Subscription, message: Message) -> None:
-        """A copy left its buffer."""
-        if subscription not in self._released:
+    def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """A copy left its buffer (a cancelled subscription's were un-counted at the cancel)."""
+        if not subscription.closed:
             self._leave(message)
 
     @hookimpl
-    def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
+    def mqkit_drop(
+        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
+    ) -> None:
         """A buffered copy was evicted or withheld (other drops never entered a buffer)."""
-        if (
-            subscription is not None
-            and reason in _LEFT_BUFFER
-            and subscription not in self._released
-        ):
+        if subscription is not None and reason in _LEFT_BUFFER and not subscription.closed:
             self._leave(message)
 
     @hookimpl
-    def mqkit_redeliver(self, message: Message) -> None:
+    def mqkit_error(self, broker: Broker, operation: str, topic: str, error: MQError) -> None:
+        """A publish call failed: what it had checked in this thread is not coming."""
+        self._sizes.pending = 0
+
+    @hookimpl
+    def mqkit_redeliver(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """A redelivered copy entered a buffer."""
         self._enter(message, 1)
 
     @hookimpl
     def mqkit_unsubscribe(self, subscription: Subscription) -> None:
-        """A cancelled subscription's buffer is no longer the broker's."""
-        self._released.add(subscription)
+        """A cancelled subscription's buffer is no longer the broker's: un-count it."""
         for message in subscription.buffered():
             self._leave(message)
 

@@ -22,7 +22,7 @@ from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.status import MetricsSnapshot, TopicMetrics
-from mqkit.core.subscription import Backpressure
+from mqkit.core.subscription import Backpressure, Subscription
 
 __all__ = ["LATENCY_WINDOW", "MetricsPlugin"]
 
@@ -99,7 +99,9 @@ class MetricsPlugin(MetricsFeature):
         self._broker = broker
 
     @hookimpl
-    def mqkit_published(self, messages: Sequence[Message]) -> None:
+    def mqkit_published(
+        self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
+    ) -> None:
         """Count routed messages."""
         if len(messages) == 1:
             self._count(messages[0].topic, _PUBLISHED)
@@ -108,7 +110,7 @@ class MetricsPlugin(MetricsFeature):
             self._count(message.topic, _PUBLISHED)
 
     @hookimpl
-    def mqkit_delivered(self, broker: Broker, message: Message) -> None:
+    def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Count a hand-out and its publish-to-delivery latency."""
         latency = 0.0
         if message.time is not None:
@@ -125,38 +127,42 @@ class MetricsPlugin(MetricsFeature):
             shard.latency_max = latency
 
     @hookimpl
-    def mqkit_drop(self, message: Message, reason: str) -> None:
+    def mqkit_drop(
+        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
+    ) -> None:
         """Count drops by a backpressure policy."""
         if reason in _POLICIES:
             self._count(message.topic, _DROPPED)
 
     @hookimpl
-    def mqkit_expire(self, topic: str) -> None:
+    def mqkit_expire(self, broker: Broker, topic: str, message: Message) -> None:
         """Count an expiry."""
         self._count(topic, _EXPIRED)
 
     @hookimpl
-    def mqkit_ack(self, message: Message) -> None:
+    def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Count an ack."""
         self._count(message.topic, _ACKED)
 
     @hookimpl
-    def mqkit_nack(self, message: Message) -> None:
+    def mqkit_nack(
+        self, broker: Broker, subscription: Subscription, message: Message, requeue: bool
+    ) -> None:
         """Count a nack."""
         self._count(message.topic, _NACKED)
 
     @hookimpl
-    def mqkit_redeliver(self, message: Message) -> None:
+    def mqkit_redeliver(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Count a redelivery."""
         self._count(message.topic, _REDELIVERED)
 
     @hookimpl
-    def mqkit_dead_letter(self, topic: str) -> None:
+    def mqkit_dead_letter(self, broker: Broker, topic: str, message: Message, reason: str) -> None:
         """Count a dead letter under its original topic."""
         self._count(topic, _DEAD_LETTERED)
 
     @hookimpl
-    def mqkit_error(self, topic: str, error: MQError) -> None:
+    def mqkit_error(self, broker: Broker, operation: str, topic: str, error: MQError) -> None:
         """Count a failed operation and remember its text."""
         with self._lock:
             self._last_error = str(error)

@@ -343,7 +343,9 @@ class PersistencePlugin(PersistenceFeature):
             ) from exc
 
     @hookimpl
-    def mqkit_published(self, messages: Sequence[Message], copies: Sequence[int]) -> None:
+    def mqkit_published(
+        self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
+    ) -> None:
         """Note how many deliveries an ack-required message waits for."""
         for message, n in zip(messages, copies, strict=True):
             if n > 0 and _needs_ack(message):
@@ -355,18 +357,20 @@ class PersistencePlugin(PersistenceFeature):
     # -- settling --------------------------------------------------------------------------------
 
     @hookimpl
-    def mqkit_ack(self, message: Message) -> None:
+    def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """An acknowledged delivery: remove the message once every delivery is settled."""
         self._settle(message)
 
     @hookimpl
-    def mqkit_drop(self, subscription: Subscription | None, message: Message) -> None:
+    def mqkit_drop(
+        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
+    ) -> None:
         """A delivery that will never happen is settled too."""
         if subscription is not None and _needs_ack(message):
             self._settle(message)
 
     @hookimpl
-    def mqkit_dead_letter(self, message: Message) -> None:
+    def mqkit_dead_letter(self, broker: Broker, topic: str, message: Message, reason: str) -> None:
         """A dead-lettered message leaves the store."""
         with self._lock:
             keys = self._by_identity.get(_identity(message))

@@ -155,6 +155,33 @@ RULES: list[tuple[dict[str, Any], str, str]] = [
     ({"max_dead_letters": 0}, "max_dead_letters", "must be at least 1"),
     ({"persistence_max_messages": 0}, "persistence_max_messages", "must be at least 1"),
     ({"persistence_max_age": 0}, "persistence_max_age", "must be positive"),
+    # the MQTT gateway's fields (mqkit/protocols/mqtt)
+    (
+        {"enable_mqtt": True, "mqtt_tls_port": 65536},
+        "mqtt_tls_port",
+        "must be between 0 (any free port) and 65535",
+    ),
+    (
+        {"enable_mqtt": True, "mqtt_tls_cert": "c.pem"},
+        "mqtt_tls_key",
+        "and mqtt_tls_cert must be given together",
+    ),
+    ({"mqtt_max_connections": -1}, "mqtt_max_connections", "cannot be negative"),
+    (
+        {"mqtt_max_packet_size": 10},
+        "mqtt_max_packet_size",
+        "must be between 32 and 268435460 bytes",
+    ),
+    ({"mqtt_max_inflight": 0}, "mqtt_max_inflight", "must be 1..65535"),
+    ({"mqtt_max_queued_messages": 0}, "mqtt_max_queued_messages", "must be at least 1"),
+    (
+        {"mqtt_backpressure": "nope"},
+        "mqtt_backpressure",
+        "must be drop_oldest, drop_newest, block_with_timeout or close_subscriber",
+    ),
+    ({"mqtt_topic_alias_maximum": -1}, "mqtt_topic_alias_maximum", "must be 0..65535"),
+    ({"mqtt_max_keep_alive": 70000}, "mqtt_max_keep_alive", "must be 0..65535"),
+    ({"mqtt_connect_timeout": 0}, "mqtt_connect_timeout", "must be positive"),
 ]
 
 
@@ -212,6 +239,16 @@ def test_rules_fire_in_order() -> None:
         "max_dead_letters": 10,
         "persistence_max_messages": 10,
         "persistence_max_age": 10,
+        "mqtt_tls_port": 8883,
+        "mqtt_tls_key": "k.pem",
+        "mqtt_max_connections": 10,
+        "mqtt_max_packet_size": 1024,
+        "mqtt_max_inflight": 10,
+        "mqtt_max_queued_messages": 10,
+        "mqtt_backpressure": "drop_oldest",
+        "mqtt_topic_alias_maximum": 10,
+        "mqtt_max_keep_alive": 0,
+        "mqtt_connect_timeout": 10,
     }
     cfg = mqkit.Config(**everything_bad)
     reported = []

@@ -20,7 +20,7 @@ from mqkit import (
 )
 from mqkit.core.message import estimate_size
 from mqkit.plugins.memory import SLOT_BYTES
-from mqkit.testing import FakeClock
+from mqkit.testing import FakeClock, broker_config
 
 from .helpers import DLQ, drain, drain_ids, in_
 
@@ -53,14 +53,26 @@ def test_memory_goes_up_on_publish_and_down_when_consumed(broker: mqkit.Broker) 
     assert broker.memory_usage() == 0
 
 
-def test_a_message_in_several_buffers_counts_once_plus_a_slot_each(broker) -> None:
+def test_a_message_in_several_buffers_counts_once_per_buffer(broker) -> None:
     subs = [broker.subscribe("t") for _ in range(3)]
     m = Message("m", "x" * 100)
     broker.publish("t", m)
-    assert broker.memory_usage() == size(m) + 3 * SLOT_BYTES
+    one = size(m) + SLOT_BYTES
+    assert broker.memory_usage() == 3 * one  # conservative: each buffered copy counts
     for i, sub in enumerate(subs):
         sub.get_nowait()
-        assert broker.memory_usage() == (size(m) + (2 - i) * SLOT_BYTES if i < 2 else 0)
+        assert broker.memory_usage() == (2 - i) * one
+
+
+def test_the_limit_counts_every_buffer_a_publish_would_fill() -> None:
+    m = Message("m", "x" * 100)
+    one = size(m) + SLOT_BYTES
+    with mqkit.Broker(broker_config("memory", config=Config(max_memory_usage=3 * one - 1))) as b:
+        subs = [b.subscribe("t") for _ in range(3)]
+        with pytest.raises(mqkit.MemoryLimitExceededError):
+            b.publish("t", m)
+        assert all(s.stats().queue_len == 0 for s in subs)
+        b.publish("other", m)  # no subscriber: one copy's worth fits
 
 
 def test_nothing_is_held_for_a_topic_without_subscribers(broker: mqkit.Broker) -> None:

@@ -1,0 +1,305 @@
+"""Authentication and authorisation of MQTT clients: password file, ACL file, default hooks.
+
+**Password file** (``Config.mqtt_password_file``): one ``user:hash`` per line; ``#`` starts a
+comment. A hash is ``$scrypt$<n>$<r>$<p>$<salt>$<key>`` or
+``$pbkdf2-sha256$<iterations>$<salt>$<key>`` (salt and key in unpadded base64), as
+:func:`hash_password` writes them. Manage it with
+``python -m mqkit.protocols.mqtt.auth passwd FILE USER`` (reads the password from stdin). The
+file is re-read when it changes. A verified password is remembered (as a SHA-256 of the user
+and password) so that reconnecting clients do not pay the key derivation again.
+
+**ACL file** (``Config.mqtt_acl_file``)::
+
+    # rules before any "user" line apply to every client, anonymous ones included
+    topic read public/#
+    user alice
+    topic readwrite sensors/#
+    topic write commands/alice/+
+    # "pattern" rules apply to every client; %u is the user name, %c the client id
+    pattern readwrite clients/%c/#
+
+``read`` allows subscribing to filters the rule covers (``sensors/+/temp`` under
+``sensors/#``), ``write`` allows publishing to topics the rule matches, ``readwrite`` both.
+With an ACL file, anything no rule allows is denied; without one, everything is allowed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Sequence
+
+import attrs
+
+from mqkit.core.errors import InvalidConfigError
+from mqkit.protocols.mqtt.topics import compile_filter, covers, filter_is_valid
+
+__all__ = [
+    "AccessControl",
+    "AclRule",
+    "Authenticator",
+    "PasswordFile",
+    "hash_password",
+    "verify_password",
+]
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+PBKDF2_ITERATIONS = 200_000
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def hash_password(password: str | bytes, method: str = "scrypt") -> str:
+    """A salted hash of ``password`` for the password file (``scrypt`` or ``pbkdf2-sha256``)."""
+    raw = password.encode() if isinstance(password, str) else password
+    salt = secrets.token_bytes(16)
+    if method == "scrypt":
+        key = hashlib.scrypt(raw, salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+        return f"$scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+    if method == "pbkdf2-sha256":
+        key = hashlib.pbkdf2_hmac("sha256", raw, salt, PBKDF2_ITERATIONS)
+        return f"$pbkdf2-sha256${PBKDF2_ITERATIONS}${_b64(salt)}${_b64(key)}"
+    raise ValueError(f"unknown password hash method {method!r}")
+
+
+def verify_password(stored: str, password: bytes) -> bool:
+    """Whether ``password`` matches the ``stored`` hash (False for a malformed hash)."""
+    parts = stored.split("$")
+    try:
+        if len(parts) == 7 and parts[1] == "scrypt":
+            n, r, p = int(parts[2]), int(parts[3]), int(parts[4])
+            salt, key = _unb64(parts[5]), _unb64(parts[6])
+            got = hashlib.scrypt(
+                password, salt=salt, n=n, r=r, p=p, dklen=len(key), maxmem=256 * 1024 * 1024
+            )
+        elif len(parts) == 5 and parts[1] == "pbkdf2-sha256":
+            salt, key = _unb64(parts[3]), _unb64(parts[4])
+            got = hashlib.pbkdf2_hmac("sha256", password, salt, int(parts[2]), len(key))
+        else:
+            return False
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, key)
+
+
+class PasswordFile:
+    """The users of a password file, re-read when the file changes. Thread-safe."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        """The file's path."""
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, int] | None = None
+        self._users: dict[str, str] = {}
+        self._verified: dict[bytes, bool] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime, st.st_size)
+            if stamp == self._stamp:
+                return
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: mqtt_password_file cannot be read: {exc}",
+                field="mqtt_password_file",
+            ) from None
+        users: dict[str, str] = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, sep, hashed = line.partition(":")
+            if sep:
+                users[user] = hashed
+        self._users = users
+        self._verified = {}
+        self._stamp = stamp
+
+    def users(self) -> list[str]:
+        """The user names in the file."""
+        with self._lock:
+            self._load()
+            return sorted(self._users)
+
+    def check(self, username: str, password: bytes) -> bool:
+        """Whether ``username`` exists and ``password`` is theirs."""
+        with self._lock:
+            self._load()
+            stored = self._users.get(username)
+            if stored is None:
+                return False
+            token = hashlib.sha256(username.encode() + b"\x00" + password).digest()
+            known = self._verified.get(token)
+            if known is not None:
+                return known
+        ok = verify_password(stored, password)
+        with self._lock:
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[token] = ok
+        return ok
+
+
+@attrs.frozen(slots=True)
+class AclRule:
+    """One ACL line: ``access`` is ``read``, ``write`` or ``readwrite``."""
+
+    access: str
+    topic_filter: str
+    pattern: bool = False
+    """A ``pattern`` rule: ``%u``/``%c`` are replaced by the user name and client id."""
+
+    def allows(self, action: str) -> bool:
+        """Whether the rule grants ``action`` (``publish`` or ``subscribe``)."""
+        need = "write" if action == "publish" else "read"
+        return need in self.access
+
+
+class AccessControl:
+    """Per-user ACLs read from an ACL file (see the module docstring)."""
+
+    def __init__(self, general: Sequence[AclRule], per_user: dict[str, list[AclRule]]) -> None:
+        self.general = tuple(general)
+        """Rules for every client (lines before any ``user`` line, and ``pattern`` lines)."""
+        self.per_user = {u: tuple(r) for u, r in per_user.items()}
+        """Rules per user name."""
+
+    @classmethod
+    def load(cls, path: str) -> AccessControl:
+        """Read an ACL file; ``InvalidConfigError`` (naming ``mqtt_acl_file``) if it is bad."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: mqtt_acl_file cannot be read: {exc}",
+                field="mqtt_acl_file",
+            ) from None
+        return cls.parse(text)
+
+    @classmethod
+    def parse(cls, text: str) -> AccessControl:
+        """Parse ACL text."""
+        general: list[AclRule] = []
+        per_user: dict[str, list[AclRule]] = {}
+        current: list[AclRule] = general
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            word, _, rest = line.partition(" ")
+            rest = rest.strip()
+            if word == "user":
+                if not rest:
+                    raise _acl_error(number, "user needs a name")
+                current = per_user.setdefault(rest, [])
+                continue
+            if word not in ("topic", "pattern"):
+                raise _acl_error(number, f"unknown keyword {word!r}")
+            access, _, topic_filter = rest.partition(" ")
+            if access not in ("read", "write", "readwrite"):
+                access, topic_filter = "readwrite", rest
+            topic_filter = topic_filter.strip()
+            if not filter_is_valid(topic_filter):
+                raise _acl_error(number, f"invalid topic filter {topic_filter!r}")
+            rule = AclRule(access, topic_filter, pattern=word == "pattern")
+            (general if word == "pattern" else current).append(rule)
+        return cls(general, per_user)
+
+    def allowed(self, username: str | None, client_id: str, action: str, topic: str) -> bool:
+        """Whether ``username`` may ``publish`` to a topic or ``subscribe`` to a filter."""
+        rules = self.general + (self.per_user.get(username, ()) if username is not None else ())
+        for rule in rules:
+            if not rule.allows(action):
+                continue
+            pattern = rule.topic_filter
+            if rule.pattern:
+                if username is None and "%u" in pattern:
+                    continue
+                pattern = pattern.replace("%u", username or "").replace("%c", client_id)
+                if not filter_is_valid(pattern):
+                    continue
+            if action == "publish":
+                if compile_filter(pattern)(topic):
+                    return True
+            elif covers(pattern, topic):
+                return True
+        return False
+
+
+def _acl_error(line: int, why: str) -> InvalidConfigError:
+    return InvalidConfigError(
+        f"{InvalidConfigError.default}: mqtt_acl_file line {line}: {why}", field="mqtt_acl_file"
+    )
+
+
+class Authenticator:
+    """The built-in checks behind the MQTT plugin's ``mqkit_authenticate``/``mqkit_authorize``."""
+
+    def __init__(
+        self,
+        password_file: str = "",
+        acl_file: str = "",
+        allow_anonymous: bool = True,
+    ) -> None:
+        self.passwords = PasswordFile(password_file) if password_file else None
+        """The password file, when configured."""
+        self.acl = AccessControl.load(acl_file) if acl_file else None
+        """The ACLs, when configured."""
+        self.allow_anonymous = allow_anonymous
+        """Whether clients without a user name are let in."""
+
+    def authenticate(self, username: str | None, password: bytes | None) -> bool:
+        """Check a user name and password (may take tens of milliseconds: key derivation)."""
+        if username is None:
+            return self.allow_anonymous
+        if self.passwords is None:
+            return self.allow_anonymous
+        return self.passwords.check(username, password or b"")
+
+    def authorize(self, username: str | None, client_id: str, action: str, topic: str) -> bool:
+        """Check an action against the ACLs (everything is allowed without an ACL file)."""
+        if self.acl is None:
+            return True
+        return self.acl.allowed(username, client_id, action, topic)
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``passwd FILE USER``: add or replace USER with the password read from stdin."""
+    if len(argv) != 3 or argv[0] != "passwd":
+        print("usage: python -m mqkit.protocols.mqtt.auth passwd FILE USER", file=sys.stderr)
+        return 2
+    _, path, user = argv
+    if ":" in user:
+        print("a user name cannot contain ':'", file=sys.stderr)
+        return 2
+    password = sys.stdin.readline().rstrip("\n")
+    lines: list[str] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.partition(":")[0] != user]
+    lines.append(f"{user}:{hash_password(password)}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a command-line tool
+    raise SystemExit(_main(sys.argv[1:]))

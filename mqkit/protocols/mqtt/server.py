@@ -1,0 +1,1058 @@
+"""The MQTT server: an asyncio listener, one protocol object per connection, the session table.
+
+Everything here runs on the gateway's own event loop (see :mod:`.plugin`). A connection parses
+packets as they arrive (:class:`~.codec.PacketReader`) and handles each at once; work that may
+block - authentication (key derivation, plugin hooks) and a publish that meets a
+``BLOCK_WITH_TIMEOUT`` subscriber - goes to a small thread pool while that one connection stops
+reading, so no client and no in-process publisher ever waits for another client.
+
+Errors follow the specification: a malformed packet or a protocol error closes that connection
+only, after a DISCONNECT with the reason code for MQTT 5 clients (a CONNACK with one, when it
+is the CONNECT that is wrong); MQTT 3.1.1 clients are simply disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from mqkit.core.convert import message_from_dict, message_to_dict
+from mqkit.core.errors import InvalidTopicError, LimitExceededError, MQError
+from mqkit.core.message import Message
+from mqkit.core.subscription import Backpressure, SubOptions
+from mqkit.protocols.mqtt import codec
+from mqkit.protocols.mqtt.codec import (
+    NO_PROPERTIES,
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    MalformedPacket,
+    PacketReader,
+    PacketTooLarge,
+    Properties,
+    PubAck,
+    Publish,
+    PubRec,
+    Reason,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    Will,
+)
+from mqkit.protocols.mqtt.mapping import Outgoing, message_from_publish
+from mqkit.protocols.mqtt.session import NEVER, Session, SessionSub, SharedGroup
+from mqkit.protocols.mqtt.topics import compile_filter, filter_is_valid, parse_shared
+
+if TYPE_CHECKING:
+    from mqkit.core.broker import Broker
+
+__all__ = ["Connection", "Server"]
+
+log = logging.getLogger("mqkit.mqtt")
+
+KEY_PREFIX: Final = "mqtt:"
+"""Broker subscription keys of MQTT filters: ``mqtt:<filter>``."""
+_HIGH_WATER: Final = 256 * 1024
+_READ_PAUSE: Final = 1024 * 1024
+_OUTGOING_CACHE: Final = 2048
+
+_NEW, _AUTHENTICATING, _CONNECTED, _CLOSED = range(4)
+
+
+class Server:
+    """The MQTT server of one broker (loop-thread only, except where noted)."""
+
+    def __init__(self, broker: Broker, store: Any = None) -> None:
+        cfg = broker.config
+        self.broker = broker
+        self.hooks = broker.hooks
+        self.store = store
+        """The persistence store (a ``diskcache.Cache``) or None."""
+        self.max_packet_size = cfg.mqtt_max_packet_size
+        self.receive_maximum = cfg.mqtt_max_inflight
+        self.topic_alias_maximum = cfg.mqtt_topic_alias_maximum
+        self.max_keep_alive = cfg.mqtt_max_keep_alive
+        self.max_connections = cfg.mqtt_max_connections
+        self.connect_timeout = cfg.mqtt_connect_timeout
+        self.sub_options = SubOptions(
+            buffer_size=cfg.mqtt_max_queued_messages, policy=Backpressure(cfg.mqtt_backpressure)
+        )
+        self.acks = broker.has_feature("ack")
+        self.sessions: dict[str, Session] = {}
+        self.connections: set[Connection] = set()
+        self.groups: dict[str, SharedGroup] = {}
+        self.retained: dict[str, Message] = {}
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqkit-mqtt")
+        self.closing = False
+        self._servers: list[asyncio.base_events.Server] = []
+        self._matchers: dict[str, Callable[[str], bool]] = {}
+        self._outgoing: dict[int, tuple[Message, Outgoing]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def listen(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Start a listener; return its bound address."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: Connection(self), host, port, ssl=tls, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        sockname = server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def shutdown(self, publish_wills: bool) -> None:
+        """Stop listening, disconnect every client (v5: 0x8B), then stop every session."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.shut_down(publish_wills)
+        for server in self._servers:
+            await server.wait_closed()
+        if self.store is not None:
+            self.save_sessions()
+        for session in list(self.sessions.values()):
+            session.end()
+        for group in list(self.groups.values()):
+            if group.task is not None:
+                group.task.cancel()
+            group.sub.cancel()
+        self.groups.clear()
+        self.sessions.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the server waits for at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def now(self) -> datetime:
+        """The broker's clock."""
+        return self.broker.clock.now()
+
+    # -- publishing into the broker --------------------------------------------------------------
+
+    def outgoing(self, message: Message) -> Outgoing:
+        """The wire form of ``message``, computed once per message (a small cache)."""
+        key = id(message)
+        found = self._outgoing.get(key)
+        if found is not None and found[0] is message:
+            return found[1]
+        out = Outgoing(message)
+        if len(self._outgoing) >= _OUTGOING_CACHE:
+            self._outgoing.clear()
+        self._outgoing[key] = (message, out)
+        return out
+
+    def publish_status(self, topic: str, message: Message) -> int:
+        """Publish in-process now; return a reason code (0 when it was accepted)."""
+        try:
+            self.broker.publish(topic, message)
+        except LimitExceededError:
+            return Reason.QUOTA_EXCEEDED
+        except InvalidTopicError:
+            return Reason.TOPIC_NAME_INVALID
+        except MQError as exc:
+            log.warning("mqtt: publish to %r refused: %s", topic, exc)
+            return Reason.UNSPECIFIED_ERROR
+        return 0
+
+    def may_block(self, topic: str) -> bool:
+        """Whether a publish to ``topic`` could block (a BLOCK_WITH_TIMEOUT subscriber)."""
+        try:
+            subs = self.broker.routes(topic)
+        except MQError:
+            return False
+        block = Backpressure.BLOCK_WITH_TIMEOUT
+        return any(s.options.policy is block for s in subs)
+
+    def set_retained(self, topic: str, message: Message) -> None:
+        """Store (or, with an empty payload, clear) the retained message of ``topic``."""
+        if message.data:
+            self.retained[topic] = message
+        else:
+            self.retained.pop(topic, None)
+        if self.store is not None:
+            key = ("r", topic)
+            try:
+                if message.data:
+                    self.store.set(key, json.dumps(message_to_dict(message)), retry=True)
+                else:
+                    self.store.delete(key, retry=True)
+            except Exception as exc:  # the gateway goes on; the loss is logged
+                log.error("mqtt: cannot store retained message of %r: %s", topic, exc)
+
+    def retained_for(self, matches: Callable[[str], bool]) -> list[Message]:
+        """The retained messages whose topics ``matches`` accepts (expired ones dropped)."""
+        now = self.now()
+        found: list[Message] = []
+        for topic, message in list(self.retained.items()):
+            if not matches(topic):
+                continue
+            expires = getattr(message, "expires_at", None)
+            if expires is not None and expires <= now:
+                del self.retained[topic]
+                continue
+            found.append(message)
+        return found
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def matcher(self, topic_filter: str) -> Callable[[str], bool]:
+        """The compiled matcher of a (valid, non-shared) filter, cached."""
+        found = self._matchers.get(topic_filter)
+        if found is None:
+            if len(self._matchers) > 10_000:
+                self._matchers.clear()
+            found = self._matchers[topic_filter] = compile_filter(topic_filter)
+        return found
+
+    def make_sub(self, session: Session, topic_filter: str) -> SessionSub:
+        """A broker subscription for one filter of ``session`` (joining a shared group)."""
+        shared = parse_shared(topic_filter)
+        inner = shared.topic_filter if shared is not None else topic_filter
+        matches = self.matcher(inner)
+        key = KEY_PREFIX + topic_filter
+        if shared is None:
+            sub = self.broker.subscribe_matching(key, matches, self.sub_options)
+            return SessionSub(topic_filter, inner, None, matches, sub)
+        group = self.groups.get(key)
+        if group is None:
+            sub = self.broker.subscribe_matching(key, matches, self.sub_options)
+            group = self.groups[key] = SharedGroup(key, sub)
+            group.task = asyncio.get_running_loop().create_task(group.pump(self._group_closed))
+        return SessionSub(topic_filter, inner, group, matches, group.sub)
+
+    def release_sub(self, session: Session, ssub: SessionSub) -> None:
+        """A session dropped ``ssub``: cancel its broker subscription (or leave the group)."""
+        group = ssub.group
+        if group is None:
+            ssub.sub.cancel()
+            return
+        group.remove(session)
+        if not group.members and self.groups.get(group.key) is group:
+            del self.groups[group.key]
+            if group.task is not None:
+                group.task.cancel()
+            group.sub.cancel()
+
+    def _group_closed(self, group: SharedGroup) -> None:
+        """The broker closed a group's subscription (``CLOSE_SUBSCRIBER``): drop it."""
+        for session, ssub in list(group.members.items()):
+            if session.subs.get(ssub.topic_filter) is ssub:
+                session.remove_sub(ssub.topic_filter)
+
+    def broker_closed_sub(self, sub_id: int) -> None:
+        """The broker closed subscription ``sub_id`` (loop thread; via ``mqkit_unsubscribe``)."""
+        if self.closing:
+            return
+        for session in list(self.sessions.values()):
+            for ssub in list(session.subs.values()):
+                if ssub.sub.id == sub_id:
+                    if ssub.group is not None:
+                        self._group_closed(ssub.group)
+                    else:
+                        self.subscription_lost(session, ssub)
+                    return
+
+    def subscription_lost(self, session: Session, ssub: SessionSub) -> None:
+        """The broker closed a subscription (``CLOSE_SUBSCRIBER``): the client is too slow."""
+        session.remove_sub(ssub.topic_filter)
+        if self.closing:
+            return
+        conn = session.conn
+        if conn is not None:
+            conn.fail(Reason.QUOTA_EXCEEDED, "subscriber too slow: its subscription was closed")
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def end_session(self, session: Session) -> None:
+        """End a session now (its pending will, if any, is published first)."""
+        if session.will_publish is not None:
+            publish, session.will_publish = session.will_publish, None
+            publish()
+        session.end()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        if self.store is not None:
+            try:
+                self.store.delete(("s", session.client_id), retry=True)
+            except Exception as exc:
+                log.error("mqtt: cannot forget session %r: %s", session.client_id, exc)
+
+    def schedule_expiry(self, session: Session) -> None:
+        """A persistent session went offline: end it when its expiry interval runs out."""
+        if session.expiry == 0:
+            self.end_session(session)
+        elif session.expiry != NEVER:
+            loop = asyncio.get_running_loop()
+            session.expiry_handle = loop.call_later(session.expiry, lambda: self._expire(session))
+
+    def _expire(self, session: Session) -> None:
+        if session.conn is None and not session.ended:
+            self.end_session(session)
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save_sessions(self) -> None:
+        """Write every persistent session, shared group buffer and retained message."""
+        store = self.store
+        now = self.now().timestamp()
+        try:
+            for session in self.sessions.values():
+                if session.expiry == 0 or session.ended:
+                    continue
+                record = {
+                    "client_id": session.client_id,
+                    "expiry": session.expiry,
+                    "saved_at": now,
+                    "subs": [
+                        [s.topic_filter, s.qos, s.no_local, s.retain_as_published, s.identifier]
+                        for s in session.subs.values()
+                    ],
+                    "queued": [message_to_dict(m) for m in session.queued()],
+                }
+                store.set(("s", session.client_id), json.dumps(record), retry=True)
+            for key, group in self.groups.items():
+                queued = [message_to_dict(m) for m in group.sub.buffered()]
+                store.set(("g", key), json.dumps(queued), retry=True)
+        except Exception as exc:
+            log.error("mqtt: cannot save sessions: %s", exc)
+
+    def load(self) -> None:
+        """Restore retained messages and persistent sessions saved by a previous run."""
+        store = self.store
+        now = self.now().timestamp()
+        groups: dict[str, list[Message]] = {}
+        for key in list(store.iterkeys()):
+            if not (isinstance(key, tuple) and len(key) == 2):
+                continue
+            kind, name = key
+            try:
+                raw = store.get(key, retry=True)
+                if kind == "r":
+                    self.retained[name] = message_from_dict(json.loads(raw))
+                elif kind == "g":
+                    groups[name] = [message_from_dict(d) for d in json.loads(raw)]
+                    store.delete(key, retry=True)
+                elif kind == "s":
+                    self._load_session(json.loads(raw), now)
+            except Exception as exc:
+                log.error("mqtt: skipped unreadable stored %r: %s", key, exc)
+        for key, messages in groups.items():
+            group = self.groups.get(key)
+            if group is not None:
+                for message in reversed(messages):
+                    group.sub.redeliver(message)
+
+    def _load_session(self, record: dict[str, Any], now: float) -> None:
+        expiry = int(record["expiry"])
+        if expiry != NEVER and now - float(record["saved_at"]) >= expiry:
+            self.store.delete(("s", record["client_id"]), retry=True)
+            return
+        session = Session(self, str(record["client_id"]))
+        session.expiry = expiry
+        session.version = 5
+        self.sessions[session.client_id] = session
+        for topic_filter, qos, no_local, rap, identifier in record["subs"]:
+            ssub = self.make_sub(session, topic_filter)
+            ssub.qos, ssub.no_local, ssub.retain_as_published = qos, no_local, rap
+            ssub.identifier = identifier
+            session.add_sub(ssub)
+        for data in record["queued"]:
+            message = message_from_dict(data)
+            target = next(
+                (s for s in session.subs.values() if s.group is None and s.matches(message.topic)),
+                None,
+            )
+            if target is not None:
+                session.offer(message, target)
+        if expiry != NEVER:
+            left = expiry - (now - float(record["saved_at"]))
+            loop = asyncio.get_running_loop()
+            session.expiry_handle = loop.call_later(left, lambda: self._expire(session))
+
+    # -- authorisation ---------------------------------------------------------------------------
+
+    def authorize(self, conn: Connection, action: str, topic: str) -> bool:
+        """Ask ``mqkit_authorize`` (answers for publish are cached per connection)."""
+        cache = conn.acl_cache
+        key = (action, topic)
+        found = cache.get(key)
+        if found is None:
+            found = self.hooks.authorize(
+                self.broker, "mqtt", conn.client_id, conn.username, action, topic
+            )
+            if len(cache) > 1024:
+                cache.clear()
+            cache[key] = found
+        return found
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: framing, the packet handlers, keep-alive and will."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.broker = server.broker
+        self.transport: asyncio.Transport | None = None
+        self.reader = PacketReader(server.max_packet_size)
+        self.version = 0
+        self.state = _NEW
+        self.session: Session | None = None
+        self.client_id = ""
+        self.username: str | None = None
+        self.will: Will | None = None
+        self.keep_alive = 0
+        self.last_rx = 0.0
+        self.aliases: dict[int, str] = {}
+        self.acl_cache: dict[tuple[str, str], bool] = {}
+        self.auth_state: dict[str, Any] = {}
+        self.auth_method = ""
+        self.over_limit = False
+        self.taken_over = False
+        self._busy = False
+        self._reauth = False
+        self._reading_paused = False
+        self._connect: Connect | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._base_meta: tuple[str, ...] = ()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Accept: count it against the limit, start the CONNECT timeout."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        server = self.server
+        if server.max_connections and len(server.connections) >= server.max_connections:
+            self.over_limit = True
+        server.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.last_rx = loop.time()
+        self._timer = loop.call_later(server.connect_timeout, self._connect_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        """Frame and handle what arrived."""
+        self.last_rx = asyncio.get_running_loop().time()
+        self.reader.feed(data)
+        if not self._busy:
+            self._process()
+        elif self.reader.buffered() > _READ_PAUSE and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: close our side too."""
+        return None
+
+    def pause_writing(self) -> None:
+        """The client reads slowly: stop feeding it until the buffer drains."""
+        if self.session is not None and self.session.conn is self:
+            self.session.set_writable(False)
+
+    def resume_writing(self) -> None:
+        """The buffer drained: go on."""
+        if self.session is not None and self.session.conn is self:
+            self.session.set_writable(True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Clean up: will, session detach or end."""
+        self.state = _CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        server = self.server
+        server.connections.discard(self)
+        session = self.session
+        self.session = None
+        if session is None or session.conn is not self:
+            return
+        session.detach()
+        self._handle_will(session)
+        if server.closing:
+            return
+        if session.expiry == 0:
+            server.end_session(session)
+        else:
+            server.schedule_expiry(session)
+
+    # -- writing and closing ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send bytes (dropped once closing)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def close(self) -> None:
+        """Close after what is buffered is sent (at once, if the client stopped reading)."""
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size() > _HIGH_WATER:
+                transport.abort()
+            else:
+                transport.close()
+
+    def fail(self, reason: int, why: str) -> None:
+        """A protocol violation (or a server decision): DISCONNECT (v5) and close; will follows."""
+        log.info("mqtt: closing %r: %s (0x%02x)", self.client_id or "?", why, reason)
+        if self.state == _CONNECTED and self.version >= 5:
+            self.write(Disconnect(reason_code=reason).encode(5))
+        self.state = _CLOSED
+        self.close()
+
+    def shut_down(self, publish_wills: bool) -> None:
+        """The server stops: DISCONNECT 0x8B (v5), will as on any unexpected close."""
+        if self.state == _CONNECTED and self.version >= 5:
+            self.write(Disconnect(reason_code=Reason.SERVER_SHUTTING_DOWN).encode(5))
+        session = self.session
+        if session is not None and session.conn is self:
+            self.session = None
+            session.detach()
+            if publish_wills and self.will is not None:
+                will, self.will = self.will, None
+                message = self._will_message(will)
+                if message is not None:  # now: the server is about to stop its tasks
+                    self.server.publish_status(will.topic, message)
+        self.state = _CLOSED
+        self.close()
+
+    def _handle_will(self, session: Session) -> None:
+        will = self.will
+        self.will = None
+        if will is None or self.server.closing:
+            return
+        delay = will.properties.will_delay_interval or 0
+        if delay and session.expiry:
+            loop = asyncio.get_running_loop()
+
+            def publish() -> None:
+                session.will_publish = None
+                self.server.spawn(self._publish_will(will))
+
+            session.will_publish = publish
+            if session.expiry == NEVER or delay < session.expiry:
+                session.will_handle = loop.call_later(delay, publish)
+            return
+        self.server.spawn(self._publish_will(will))
+
+    def _will_message(self, will: Will) -> Message | None:
+        """The will as a message (stored as retained if it says so), or None if not allowed."""
+        server = self.server
+        if not server.authorize(self, "publish", will.topic):
+            return None
+        message = message_from_publish(
+            will.topic,
+            will.payload,
+            will.qos,
+            will.retain,
+            self.client_id,
+            will.properties,
+            server.now(),
+        )
+        if will.retain:
+            server.set_retained(will.topic, message)
+        return message
+
+    async def _publish_will(self, will: Will) -> None:
+        server = self.server
+        message = self._will_message(will)
+        if message is None:
+            return
+        if server.may_block(will.topic):
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(server.executor, server.publish_status, will.topic, message)
+        else:
+            server.publish_status(will.topic, message)
+
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        if self.state in (_NEW, _AUTHENTICATING):
+            self.fail(Reason.MAXIMUM_CONNECT_TIME, "no CONNECT in time")
+
+    def _keep_alive_check(self) -> None:
+        self._timer = None
+        if self.state != _CONNECTED:
+            return
+        loop = asyncio.get_running_loop()
+        limit = self.keep_alive * 1.5
+        idle = loop.time() - self.last_rx
+        if idle >= limit:
+            self.fail(Reason.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+        else:
+            self._timer = loop.call_later(limit - idle, self._keep_alive_check)
+
+    # -- the packet loop -------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        reader = self.reader
+        while not self._busy and self.state != _CLOSED:
+            try:
+                frame = reader.next_frame()
+                if frame is None:
+                    return
+                first, body = frame
+                if self.state == _NEW:
+                    awaitable = self._first_packet(first, body)
+                else:
+                    awaitable = self._dispatch(codec.decode(first, body, self.version))
+            except PacketTooLarge as exc:
+                if self.state == _NEW:
+                    level = codec.connect_level(reader.peek_body())
+                    self._refuse_connect(Reason.PACKET_TOO_LARGE, level or 4, str(exc))
+                else:
+                    self.fail(exc.reason_code, str(exc))
+                return
+            except MalformedPacket as exc:
+                self.fail(exc.reason_code, str(exc))
+                return
+            if awaitable is not None:
+                self._busy = True
+                self.server.spawn(self._run(awaitable))
+
+    async def _run(self, awaitable: Coroutine[Any, Any, None]) -> None:
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("mqtt: handler failed for %r", self.client_id)
+            self.fail(Reason.UNSPECIFIED_ERROR, "internal error")
+        self._busy = False
+        if self._reading_paused and self.transport is not None and self.state != _CLOSED:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._process()
+
+    def _dispatch(self, packet: codec.Packet) -> Coroutine[Any, Any, None] | None:
+        if self.state == _AUTHENTICATING:
+            if isinstance(packet, Auth):
+                return self._on_auth(packet)
+            if isinstance(packet, Disconnect):
+                self.close()
+                return None
+            raise MalformedPacket("expected AUTH during authentication", Reason.PROTOCOL_ERROR)
+        if isinstance(packet, Publish):
+            return self._on_publish(packet)
+        session = self.session
+        assert session is not None
+        if isinstance(packet, codec.PubAck):
+            session.on_puback(packet.packet_id)
+        elif isinstance(packet, codec.PubRec):
+            if not session.on_pubrec(packet.packet_id, packet.reason_code):
+                self.write(
+                    codec.PubRel(
+                        packet_id=packet.packet_id, reason_code=Reason.PACKET_IDENTIFIER_NOT_FOUND
+                    ).encode(self.version)
+                )
+        elif isinstance(packet, codec.PubComp):
+            session.on_pubcomp(packet.packet_id)
+        elif isinstance(packet, codec.PubRel):
+            known = packet.packet_id in session.incoming_qos2
+            session.incoming_qos2.discard(packet.packet_id)
+            reason = 0 if known else Reason.PACKET_IDENTIFIER_NOT_FOUND
+            self.write(
+                codec.PubComp(packet_id=packet.packet_id, reason_code=reason).encode(self.version)
+            )
+        elif isinstance(packet, codec.PingReq):
+            self.write(b"\xd0\x00")
+        elif isinstance(packet, Subscribe):
+            self._on_subscribe(packet)
+        elif isinstance(packet, Unsubscribe):
+            self._on_unsubscribe(packet)
+        elif isinstance(packet, Disconnect):
+            self._on_disconnect(packet)
+        elif isinstance(packet, Auth):
+            return self._on_auth(packet)
+        elif isinstance(packet, Connect):
+            raise MalformedPacket("second CONNECT", Reason.PROTOCOL_ERROR)
+        else:
+            raise MalformedPacket(
+                f"a client may not send packet type {packet.packet_type}", Reason.PROTOCOL_ERROR
+            )
+        return None
+
+    # -- CONNECT and authentication --------------------------------------------------------------
+
+    def _first_packet(self, first: int, body: bytes) -> Coroutine[Any, Any, None] | None:
+        if first >> 4 != codec.CONNECT:
+            self.state = _CLOSED
+            self.close()  # not MQTT, or not a CONNECT first: close without a word
+            return None
+        try:
+            packet = codec.decode(first, body)
+        except MalformedPacket as exc:
+            level = codec.connect_level(body)
+            if exc.reason_code == Reason.UNSUPPORTED_PROTOCOL_VERSION:
+                self._refuse_connect(exc.reason_code, level or 4, str(exc))
+            elif level == 5:
+                self._refuse_connect(exc.reason_code, 5, str(exc))
+            else:
+                self.state = _CLOSED
+                self.close()
+            return None
+        assert isinstance(packet, Connect)
+        self.version = packet.protocol_level
+        self.state = _AUTHENTICATING
+        return self._on_connect(packet)
+
+    def _refuse_connect(self, reason: int, level: int, why: str) -> None:
+        """Answer a CONNECT with a failure (in the format of the client's level) and close."""
+        log.info("mqtt: refusing a connection: %s", why)
+        if level >= 5:
+            self.write(ConnAck(reason_code=reason).encode(5))
+        else:
+            v3 = {
+                Reason.UNSUPPORTED_PROTOCOL_VERSION: Reason.V3_UNACCEPTABLE_PROTOCOL_VERSION,
+                Reason.CLIENT_IDENTIFIER_NOT_VALID: Reason.V3_IDENTIFIER_REJECTED,
+                Reason.BAD_USER_NAME_OR_PASSWORD: Reason.V3_BAD_USER_NAME_OR_PASSWORD,
+                Reason.NOT_AUTHORIZED: Reason.V3_NOT_AUTHORIZED,
+                Reason.SERVER_UNAVAILABLE: Reason.V3_SERVER_UNAVAILABLE,
+                Reason.QUOTA_EXCEEDED: Reason.V3_SERVER_UNAVAILABLE,
+            }.get(reason)
+            if v3 is not None:
+                self.write(ConnAck(reason_code=v3).encode(4))
+        self.state = _CLOSED
+        self.close()
+
+    async def _on_connect(self, packet: Connect) -> None:
+        v5 = self.version >= 5
+        client_id = packet.client_id
+        self._connect = packet
+        if not client_id:
+            if not v5 and not packet.clean_start:
+                self._refuse_connect(Reason.CLIENT_IDENTIFIER_NOT_VALID, 4, "empty client id")
+                return
+            client_id = f"mqkit-{uuid.uuid4().hex}"
+        self.client_id = client_id
+        self.username = packet.username
+        if self.over_limit:
+            self._refuse_connect(Reason.QUOTA_EXCEEDED, self.version, "too many connections")
+            return
+        method = packet.properties.authentication_method or ""
+        self.auth_method = method
+        await self._auth_step(packet.password, packet.properties.authentication_data)
+
+    async def _auth_step(self, password: bytes | None, data: bytes | None) -> None:
+        server = self.server
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            server.executor,
+            server.hooks.authenticate,
+            server.broker,
+            "mqtt",
+            self.client_id,
+            self.username,
+            password,
+            self.auth_method,
+            data,
+            self.auth_state,
+        )
+        if self.state == _CLOSED:
+            return
+        reauth = self.state == _CONNECTED
+        if isinstance(result, bytes):
+            if self.version < 5 or not self.auth_method:
+                result = False
+            else:
+                if not reauth:
+                    self.state = _AUTHENTICATING
+                self.write(
+                    Auth(
+                        reason_code=Reason.CONTINUE_AUTHENTICATION,
+                        properties=Properties(
+                            authentication_method=self.auth_method, authentication_data=result
+                        ),
+                    ).encode(5)
+                )
+                return
+        if result is None and self.auth_method:
+            reason = Reason.BAD_AUTHENTICATION_METHOD
+        elif not result:
+            reason = (
+                Reason.BAD_USER_NAME_OR_PASSWORD
+                if self.username is not None
+                else Reason.NOT_AUTHORIZED
+            )
+        else:
+            reason = 0
+        if reauth:
+            self._reauth = False
+            if reason:
+                self.fail(reason, "re-authentication failed")
+            else:
+                props = Properties(authentication_method=self.auth_method)
+                self.write(Auth(reason_code=0, properties=props).encode(5))
+            return
+        if reason:
+            self._refuse_connect(reason, self.version, "authentication failed")
+            return
+        self._accept()
+
+    async def _on_auth(self, packet: Auth) -> None:
+        method = packet.properties.authentication_method or ""
+        if self.version < 5 or not self.auth_method or method != self.auth_method:
+            self.fail(Reason.PROTOCOL_ERROR, "AUTH without (or with another) method")
+            return
+        if self.state == _CONNECTED:
+            expected = Reason.CONTINUE_AUTHENTICATION if self._reauth else Reason.REAUTHENTICATE
+            if packet.reason_code != expected:
+                self.fail(Reason.PROTOCOL_ERROR, "unexpected AUTH")
+                return
+            self._reauth = True
+        await self._auth_step(None, packet.properties.authentication_data)
+
+    def _accept(self) -> None:
+        packet = self._connect
+        assert packet is not None
+        server = self.server
+        v5 = self.version >= 5
+        props = packet.properties
+        client_id = self.client_id
+        keep_alive = packet.keep_alive
+        server_keep_alive = None
+        if server.max_keep_alive and (keep_alive == 0 or keep_alive > server.max_keep_alive):
+            keep_alive = server.max_keep_alive
+            server_keep_alive = keep_alive if v5 else None
+        self.keep_alive = keep_alive
+        # Take the session over from a connection that still holds it.
+        existing = server.sessions.get(client_id)
+        if existing is not None and existing.conn is not None:
+            old = existing.conn
+            old.taken_over = True
+            existing.detach()
+            old.session = None
+            if old.state == _CONNECTED and old.version >= 5:
+                old.write(Disconnect(reason_code=Reason.SESSION_TAKEN_OVER).encode(5))
+            old.state = _CLOSED
+            old.close()
+            will = old.will
+            old.will = None
+            if will is not None:
+                delay = will.properties.will_delay_interval or 0
+                if not (delay and not packet.clean_start):
+                    server.spawn(old._publish_will(will))
+        session_present = False
+        if existing is not None and (packet.clean_start or existing.ended):
+            server.end_session(existing)
+            existing = None
+        if existing is not None:
+            session = existing
+            session_present = True
+            session.will_publish = None
+        else:
+            session = Session(server, client_id)
+            server.sessions[client_id] = session
+        if v5:
+            session.expiry = props.session_expiry_interval or 0
+        else:
+            session.expiry = 0 if packet.clean_start else NEVER
+        self.will = packet.will
+        self._connect = None
+        ack_props = NO_PROPERTIES
+        if v5:
+            ack_props = Properties(
+                receive_maximum=(
+                    server.receive_maximum if server.receive_maximum != 65535 else None
+                ),
+                maximum_packet_size=server.max_packet_size,
+                topic_alias_maximum=server.topic_alias_maximum or None,
+                # Always: the id in effect (assigned when the client sent none).
+                assigned_client_identifier=client_id,
+                server_keep_alive=server_keep_alive,
+                authentication_method=self.auth_method or None,
+            )
+        self.write(
+            ConnAck(session_present=session_present, properties=ack_props).encode(self.version)
+        )
+        self.state = _CONNECTED
+        self.session = session
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if keep_alive:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(keep_alive * 1.5, self._keep_alive_check)
+        window = min(props.receive_maximum or 65535, 65535)
+        if not v5:
+            window = server.receive_maximum
+        session.attach(self, window, props.maximum_packet_size or 0)
+
+    # -- PUBLISH ---------------------------------------------------------------------------------
+
+    def _on_publish(self, packet: Publish) -> Coroutine[Any, Any, None] | None:
+        session = self.session
+        assert session is not None
+        topic = packet.topic
+        props = packet.properties
+        version = self.version
+        if props.topic_alias is not None:
+            alias = props.topic_alias
+            if alias == 0 or alias > self.server.topic_alias_maximum:
+                raise MalformedPacket(
+                    f"topic alias {alias} out of range", Reason.TOPIC_ALIAS_INVALID
+                )
+            if topic:
+                self.aliases[alias] = topic
+            else:
+                found = self.aliases.get(alias)
+                if found is None:
+                    raise MalformedPacket(f"unknown topic alias {alias}", Reason.PROTOCOL_ERROR)
+                topic = found
+            props = attrs.evolve(props, topic_alias=None)
+        if not topic:
+            raise MalformedPacket("PUBLISH without a topic", Reason.PROTOCOL_ERROR)
+        if "+" in topic or "#" in topic:
+            raise MalformedPacket(f"wildcard in topic name {topic!r}", Reason.TOPIC_NAME_INVALID)
+        qos = packet.qos
+        pid = packet.packet_id
+        if qos == 2 and pid in session.incoming_qos2:
+            self.write(PubRec(packet_id=pid).encode(version))  # a resend: deliver only once
+            return None
+        if qos == 2 and len(session.incoming_qos2) >= self.server.receive_maximum:
+            raise MalformedPacket(
+                "too many QoS 2 messages in flight", Reason.RECEIVE_MAXIMUM_EXCEEDED
+            )
+        server = self.server
+        if not server.authorize(self, "publish", topic):
+            self._ack_publish(qos, pid, Reason.NOT_AUTHORIZED)
+            return None
+        if topic != topic.strip() or len(topic.encode()) > 1024:
+            self._ack_publish(qos, pid, Reason.TOPIC_NAME_INVALID)
+            return None
+        message = message_from_publish(
+            topic, packet.payload, qos, packet.retain, self.client_id, props, server.now()
+        )
+        if packet.retain:
+            server.set_retained(topic, message)
+        if server.may_block(topic):
+            return self._publish_blocking(topic, message, qos, pid)
+        self._ack_publish(qos, pid, server.publish_status(topic, message))
+        return None
+
+    async def _publish_blocking(self, topic: str, message: Message, qos: int, pid: int) -> None:
+        server = self.server
+        loop = asyncio.get_running_loop()
+        reason = await loop.run_in_executor(server.executor, server.publish_status, topic, message)
+        if self.state == _CONNECTED:
+            self._ack_publish(qos, pid, reason)
+
+    def _ack_publish(self, qos: int, pid: int, reason: int) -> None:
+        if qos == 0:
+            return
+        v5 = self.version >= 5
+        code = reason if v5 else 0
+        if qos == 1:
+            self.write(PubAck(packet_id=pid, reason_code=code).encode(self.version))
+            return
+        if code < 0x80 and self.session is not None:
+            self.session.incoming_qos2.add(pid)
+        self.write(PubRec(packet_id=pid, reason_code=code).encode(self.version))
+
+    # -- SUBSCRIBE / UNSUBSCRIBE / DISCONNECT ----------------------------------------------------
+
+    def _on_subscribe(self, packet: Subscribe) -> None:
+        session = self.session
+        assert session is not None
+        server = self.server
+        v5 = self.version >= 5
+        ids = packet.properties.subscription_identifiers
+        identifier = ids[0] if ids else None
+        codes: list[int] = []
+        retained: list[tuple[SessionSub, bool]] = []
+        for req in packet.subscriptions:
+            topic_filter = req.topic_filter
+            try:
+                shared = parse_shared(topic_filter)
+            except ValueError:
+                codes.append(Reason.TOPIC_FILTER_INVALID if v5 else 0x80)
+                continue
+            inner = shared.topic_filter if shared is not None else topic_filter
+            if shared is not None and req.no_local:
+                raise MalformedPacket("No Local on a shared subscription", Reason.PROTOCOL_ERROR)
+            key = KEY_PREFIX + topic_filter
+            if not filter_is_valid(inner) or key != key.strip() or len(key.encode()) > 1024:
+                codes.append(Reason.TOPIC_FILTER_INVALID if v5 else 0x80)
+                continue
+            if not server.authorize(self, "subscribe", inner):
+                codes.append(Reason.NOT_AUTHORIZED if v5 else 0x80)
+                continue
+            ssub = session.subs.get(topic_filter)
+            is_new = ssub is None
+            if ssub is None:
+                try:
+                    ssub = server.make_sub(session, topic_filter)
+                except MQError as exc:
+                    log.warning("mqtt: subscription to %r refused: %s", topic_filter, exc)
+                    codes.append(Reason.QUOTA_EXCEEDED if v5 else 0x80)
+                    continue
+            ssub.qos = req.qos
+            ssub.no_local = req.no_local
+            ssub.retain_as_published = req.retain_as_published
+            ssub.identifier = identifier
+            if is_new:
+                session.add_sub(ssub)
+            codes.append(req.qos)
+            if shared is None and (
+                req.retain_handling == 0 or (req.retain_handling == 1 and is_new)
+            ):
+                retained.append((ssub, is_new))
+        self.write(
+            SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)).encode(self.version)
+        )
+        for ssub, _ in retained:
+            for message in server.retained_for(ssub.matches):
+                session.offer(message, ssub, retained=True)
+
+    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        for topic_filter in packet.topic_filters:
+            found = session.remove_sub(topic_filter)
+            codes.append(0 if found is not None else Reason.NO_SUBSCRIPTION_EXISTED)
+        self.write(
+            UnsubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)).encode(self.version)
+        )
+
+    def _on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        assert session is not None
+        if self.version >= 5:
+            expiry = packet.properties.session_expiry_interval
+            if expiry is not None:
+                if session.expiry == 0 and expiry != 0:
+                    raise MalformedPacket(
+                        "session expiry set at DISCONNECT after 0 at CONNECT",
+                        Reason.PROTOCOL_ERROR,
+                    )
+                session.expiry = expiry
+            if packet.reason_code != Reason.DISCONNECT_WITH_WILL:
+                self.will = None
+        else:
+            self.will = None
+        self.state = _CLOSED
+        self.close()

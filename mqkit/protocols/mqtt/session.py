@@ -1,0 +1,500 @@
+"""Per-client MQTT session state: subscriptions, in-flight messages, packet ids, offline queue.
+
+A :class:`Session` outlives its connections when it is persistent (MQTT 3.1.1
+``clean_session=0``, MQTT 5 Session Expiry Interval > 0). Each of its topic filters is a broker
+:class:`~mqkit.Subscription` (key ``mqtt:<filter>``) with its own buffer and backpressure
+policy, drained by one pump task; a shared subscription (``$share/<group>/<filter>``) is one
+broker subscription per group, drained by a pump of every member session (competing
+consumers). While the client is offline the pumps stop, so the broker subscriptions buffer
+(``mqtt_max_queued_messages`` each, under ``mqtt_backpressure``).
+
+Delivery respects the client's Receive Maximum: at most that many QoS 1/2 messages are in
+flight; beyond it, each pump parks at most one message in ``pending`` and stops taking more
+from its subscription, so a slow client fills its own buffers (and its policy applies) without
+holding up anybody else. Overlapping subscriptions of one session deliver a message once, at
+the highest granted QoS, with every matching subscription identifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mqkit.core.errors import MQError, SubscriptionClosedError
+from mqkit.core.message import Message
+from mqkit.core.subscription import Subscription
+from mqkit.protocols.mqtt.codec import encode_publish
+from mqkit.protocols.mqtt.mapping import Outgoing
+
+if TYPE_CHECKING:
+    from mqkit.protocols.mqtt.server import Connection, Server
+
+__all__ = ["NEVER", "InFlight", "Session", "SessionSub", "SharedGroup"]
+
+log = logging.getLogger("mqkit.mqtt")
+
+NEVER = 0xFFFFFFFF
+"""A Session Expiry Interval meaning "never expires"."""
+
+
+class SharedGroup:
+    """One shared subscription ``$share/<group>/<filter>``: a broker subscription and members.
+
+    One pump per group takes messages from the broker subscription and hands each to the next
+    ready member in turn (round robin), so members share the load whatever their speed.
+    """
+
+    __slots__ = ("_order", "key", "members", "ready", "sub", "task")
+
+    def __init__(self, key: str, sub: Subscription) -> None:
+        self.key = key
+        """``mqtt:$share/<group>/<filter>``."""
+        self.sub = sub
+        """The broker subscription the members compete for."""
+        self.members: dict[Session, SessionSub] = {}
+        """The sessions subscribed, and their subscription entries."""
+        self.ready = asyncio.Event()
+        """Set while at least one member can take a message."""
+        self.task: asyncio.Task[None] | None = None
+        """The group's pump."""
+        self._order: deque[Session] = deque()
+
+    def add(self, session: Session, ssub: SessionSub) -> None:
+        """A session joined (or re-subscribed)."""
+        if session not in self.members:
+            self._order.append(session)
+        self.members[session] = ssub
+        self.update()
+
+    def remove(self, session: Session) -> None:
+        """A session left."""
+        if self.members.pop(session, None) is not None:
+            self._order.remove(session)
+        self.update()
+
+    def update(self) -> None:
+        """Recompute ``ready`` after a member's readiness changed."""
+        if any(s.ready.is_set() for s in self.members.values()):
+            self.ready.set()
+        else:
+            self.ready.clear()
+
+    def _next(self) -> tuple[Session, SessionSub] | None:
+        order = self._order
+        for _ in range(len(order)):
+            session = order[0]
+            order.rotate(-1)
+            ssub = self.members[session]
+            if ssub.ready.is_set():
+                return session, ssub
+        return None
+
+    async def pump(self, on_closed: Callable[[SharedGroup], None]) -> None:
+        """Hand the group's messages to its members in turn while any of them is ready."""
+        sub = self.sub
+        while True:
+            if not self.ready.is_set():
+                await self.ready.wait()
+                continue
+            try:
+                message = await sub.aget()
+            except SubscriptionClosedError:
+                on_closed(self)
+                return
+            chosen = self._next()
+            if chosen is None:
+                sub.redeliver(message)  # everybody went away meanwhile: keep it for later
+                self.ready.clear()
+                continue
+            session, ssub = chosen
+            try:
+                session.offer(message, ssub)
+            except Exception:
+                log.exception("mqtt: delivering %r to %r failed", message.id, session.client_id)
+
+
+class SessionSub:
+    """One topic filter of a session with its options, broker subscription and pump."""
+
+    __slots__ = (
+        "group",
+        "held",
+        "identifier",
+        "inner",
+        "matches",
+        "no_local",
+        "qos",
+        "ready",
+        "retain_as_published",
+        "sub",
+        "task",
+        "topic_filter",
+    )
+
+    def __init__(
+        self,
+        topic_filter: str,
+        inner: str,
+        group: SharedGroup | None,
+        matches: Callable[[str], bool],
+        sub: Subscription,
+    ) -> None:
+        self.topic_filter = topic_filter
+        """The filter as subscribed (``$share/...`` included)."""
+        self.inner = inner
+        """The filter without the ``$share/<group>/`` prefix."""
+        self.group = group
+        """The shared group, or None."""
+        self.matches = matches
+        """Whether a topic name matches ``inner``."""
+        self.sub = sub
+        """The broker subscription (the group's, when shared)."""
+        self.qos = 0
+        """The granted QoS."""
+        self.no_local = False
+        """MQTT 5 No Local: skip messages this client published."""
+        self.retain_as_published = False
+        """MQTT 5 Retain As Published."""
+        self.identifier: int | None = None
+        """MQTT 5 Subscription Identifier."""
+        self.held = 0
+        """Messages of this subscription parked in the session's pending queue."""
+        self.ready = asyncio.Event()
+        """Set while the pump may take the next message."""
+        self.task: asyncio.Task[None] | None = None
+        """The pump."""
+
+
+class InFlight:
+    """A QoS 1/2 message sent to the client and not yet fully acknowledged."""
+
+    __slots__ = ("message", "out", "packet_id", "qos", "released", "retain", "ssub", "sub_ids")
+
+    def __init__(
+        self,
+        packet_id: int,
+        message: Message,
+        out: Outgoing,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        ssub: SessionSub | None,
+    ) -> None:
+        self.packet_id = packet_id
+        self.message = message
+        self.out = out
+        self.qos = qos
+        self.retain = retain
+        self.sub_ids = sub_ids
+        self.ssub = ssub
+        self.released = False
+        """QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP."""
+
+
+# A message waiting for a window slot: (message, subscription or None, QoS, retain, ids).
+Pending = tuple[Message, SessionSub | None, int, bool, tuple[int, ...]]
+
+
+class Session:
+    """The state of one client identifier (see the module docstring). Loop-thread only."""
+
+    def __init__(self, server: Server, client_id: str) -> None:
+        self.server = server
+        self.client_id = client_id
+        """The client identifier."""
+        self.version = 4
+        """Protocol level of the last connection."""
+        self.expiry = 0
+        """Session Expiry Interval in seconds (``NEVER``: does not expire)."""
+        self.subs: dict[str, SessionSub] = {}
+        self.inflight: dict[int, InFlight] = {}
+        self.pending: deque[Pending] = deque()
+        self.incoming_qos2: set[int] = set()
+        self.conn: Connection | None = None
+        self.window = 65535
+        """How many QoS 1/2 messages may be in flight to the client."""
+        self.max_packet = 0
+        """The client's Maximum Packet Size (0: no limit)."""
+        self.writable = True
+        self.ended = False
+        self.expiry_handle: asyncio.TimerHandle | None = None
+        self.will_handle: asyncio.TimerHandle | None = None
+        self.will_publish: Callable[[], None] | None = None
+        self._next_id = 0
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def attach(self, conn: Connection, window: int, max_packet: int) -> None:
+        """A connection took the session: resend what is in flight, then go on delivering."""
+        self.conn = conn
+        self.version = conn.version
+        self.window = window
+        self.max_packet = max_packet
+        self.writable = True
+        for h in (self.expiry_handle, self.will_handle):
+            if h is not None:
+                h.cancel()
+        self.expiry_handle = self.will_handle = None
+        self.will_publish = None
+        for inf in list(self.inflight.values()):
+            if inf.released:
+                conn.write(_pubrel(inf.packet_id))
+            else:
+                self._write_publish(inf, dup=True)
+        self._drain()
+        self._refresh()
+
+    def detach(self) -> None:
+        """The connection went away; a persistent session waits for the next one."""
+        self.conn = None
+        keep: deque[Pending] = deque()
+        for entry in self.pending:
+            ssub = entry[1]
+            if ssub is not None and ssub.group is not None:
+                ssub.held -= 1
+                ssub.sub.redeliver(entry[0])  # another member may take it now
+            else:
+                keep.append(entry)
+        self.pending = keep
+        self._refresh()
+
+    def set_writable(self, writable: bool) -> None:
+        """The transport's buffer crossed a water mark: stop or resume the pumps."""
+        self.writable = writable
+        self._refresh()
+
+    def _refresh(self, only: SessionSub | None = None) -> None:
+        go = self.conn is not None and self.writable and not self.ended
+        for ssub in (only,) if only is not None else self.subs.values():
+            if go and ssub.held <= 0:
+                ssub.ready.set()
+            else:
+                ssub.ready.clear()
+            if ssub.group is not None:
+                ssub.group.update()
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    def add_sub(self, ssub: SessionSub) -> None:
+        """Register a new subscription and start its pump."""
+        self.subs[ssub.topic_filter] = ssub
+        if ssub.group is None:
+            ssub.task = asyncio.get_running_loop().create_task(self._pump(ssub))
+        else:
+            ssub.group.add(self, ssub)
+        self._refresh(ssub)
+
+    def remove_sub(self, topic_filter: str) -> SessionSub | None:
+        """Forget a subscription: stop its pump and drop (or give back) its pending messages."""
+        ssub = self.subs.pop(topic_filter, None)
+        if ssub is None:
+            return None
+        if ssub.task is not None:
+            ssub.task.cancel()
+        if ssub.held:
+            keep: deque[Pending] = deque()
+            for entry in self.pending:
+                if entry[1] is ssub:
+                    if ssub.group is not None:
+                        ssub.sub.redeliver(entry[0])
+                else:
+                    keep.append(entry)
+            self.pending = keep
+            ssub.held = 0
+        self.server.release_sub(self, ssub)
+        return ssub
+
+    async def _pump(self, ssub: SessionSub) -> None:
+        sub = ssub.sub
+        ready = ssub.ready
+        while True:
+            if not ready.is_set():
+                await ready.wait()
+                continue
+            try:
+                message = await sub.aget()
+            except SubscriptionClosedError:
+                if self.subs.get(ssub.topic_filter) is ssub and not self.ended:
+                    self.server.subscription_lost(self, ssub)
+                return
+            if self.ended or self.subs.get(ssub.topic_filter) is not ssub:
+                if ssub.group is not None:
+                    sub.redeliver(message)
+                return
+            try:
+                self.offer(message, ssub)
+            except Exception:  # a bug must not kill the pump silently
+                log.exception("mqtt: delivering %r to %r failed", message.id, self.client_id)
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    def offer(self, message: Message, ssub: SessionSub, retained: bool = False) -> None:
+        """Deliver ``message`` that ``ssub`` received (or, ``retained``, matched at subscribe)."""
+        out = self.server.outgoing(message)
+        client_id = self.client_id
+        if ssub.no_local and out.client_id == client_id and not retained:
+            return
+        qos = ssub.qos
+        retain = retained or (ssub.retain_as_published and out.retain)
+        ids: tuple[int, ...] = () if ssub.identifier is None else (ssub.identifier,)
+        if ssub.group is None and not retained and len(self.subs) > 1:
+            topic = message.topic
+            matching = [
+                s
+                for s in self.subs.values()
+                if s.group is None
+                and s.matches(topic)
+                and not (s.no_local and out.client_id == client_id)
+            ]
+            if len(matching) > 1:
+                if min(s.sub.id for s in matching) != ssub.sub.id:
+                    return  # the oldest matching subscription delivers for all of them
+                qos = max(s.qos for s in matching)
+                retain = any(s.retain_as_published for s in matching) and out.retain
+                ids = tuple(s.identifier for s in matching if s.identifier is not None)
+        qos = min(qos, out.qos)
+        if self.conn is None or (qos and (self.pending or len(self.inflight) >= self.window)):
+            self.pending.append((message, ssub, qos, retain, ids))
+            ssub.held += 1
+            self._refresh(ssub)
+            return
+        self._send(message, out, ssub, qos, retain, ids)
+
+    def _send(
+        self,
+        message: Message,
+        out: Outgoing,
+        ssub: SessionSub | None,
+        qos: int,
+        retain: bool,
+        ids: tuple[int, ...],
+    ) -> None:
+        if qos == 0:
+            data = self._encode(out, 0, retain, False, 0, ids)
+            if data is not None and self.conn is not None:
+                self.conn.write(data)
+            self._settle(message, ssub)
+            return
+        inf = InFlight(self._packet_id(), message, out, qos, retain, ids, ssub)
+        if self._write_publish(inf, dup=False):
+            self.inflight[inf.packet_id] = inf
+        else:
+            self._settle(message, ssub)
+
+    def _encode(
+        self, out: Outgoing, qos: int, retain: bool, dup: bool, packet_id: int, ids: tuple[int, ...]
+    ) -> bytes | None:
+        props: bytes | None = None
+        if self.version >= 5:
+            props = out.properties(self.server.now(), ids)
+            if props is None:
+                return None  # expired
+        elif out.expires_at is not None and out.expires_at <= self.server.now():
+            return None
+        data = encode_publish(out.topic_bytes, out.payload, qos, retain, dup, packet_id, props)
+        if self.max_packet and len(data) > self.max_packet:
+            return None  # the client could not take it: discarded, as the spec says
+        return data
+
+    def _write_publish(self, inf: InFlight, dup: bool) -> bool:
+        data = self._encode(inf.out, inf.qos, inf.retain, dup, inf.packet_id, inf.sub_ids)
+        if data is None:
+            return False
+        if self.conn is not None:
+            self.conn.write(data)
+        return True
+
+    def _packet_id(self) -> int:
+        n = self._next_id
+        inflight = self.inflight
+        while True:
+            n = n + 1 if n < 65535 else 1
+            if n not in inflight:
+                self._next_id = n
+                return n
+
+    def _drain(self) -> None:
+        pending = self.pending
+        while pending and self.conn is not None and len(self.inflight) < self.window:
+            message, ssub, qos, retain, ids = pending.popleft()
+            if ssub is not None:
+                ssub.held -= 1
+                if ssub.held == 0:
+                    self._refresh(ssub)
+            self._send(message, self.server.outgoing(message), ssub, qos, retain, ids)
+
+    def _settle(self, message: Message, ssub: SessionSub | None) -> None:
+        """Tell the ack plugin an ack-required message was delivered for good."""
+        ack_id = getattr(message, "ack_id", "")
+        if ack_id and ssub is not None and self.server.acks:
+            with contextlib.suppress(MQError):
+                ssub.sub.ack(ack_id)
+
+    # -- acknowledgements from the client --------------------------------------------------------
+
+    def on_puback(self, packet_id: int) -> None:
+        """PUBACK: a QoS 1 delivery is complete."""
+        inf = self.inflight.get(packet_id)
+        if inf is not None and inf.qos == 1:
+            del self.inflight[packet_id]
+            self._settle(inf.message, inf.ssub)
+            self._drain()
+
+    def on_pubrec(self, packet_id: int, reason: int) -> bool:
+        """PUBREC: answer PUBREL (False when the packet id is unknown)."""
+        inf = self.inflight.get(packet_id)
+        if inf is None or inf.qos != 2:
+            return False
+        if reason >= 0x80:  # the client refused it: the flow ends here
+            del self.inflight[packet_id]
+            self._drain()
+            return True
+        inf.released = True
+        if self.conn is not None:
+            self.conn.write(_pubrel(packet_id))
+        return True
+
+    def on_pubcomp(self, packet_id: int) -> None:
+        """PUBCOMP: a QoS 2 delivery is complete."""
+        inf = self.inflight.get(packet_id)
+        if inf is not None and inf.released:
+            del self.inflight[packet_id]
+            self._settle(inf.message, inf.ssub)
+            self._drain()
+
+    # -- end -------------------------------------------------------------------------------------
+
+    def end(self) -> None:
+        """The session is over: stop pumps, drop subscriptions, give shared messages back."""
+        if self.ended:
+            return
+        self.ended = True
+        for h in (self.expiry_handle, self.will_handle):
+            if h is not None:
+                h.cancel()
+        self.expiry_handle = self.will_handle = None
+        for inf in self.inflight.values():
+            ssub = inf.ssub
+            if ssub is not None and ssub.group is not None and not inf.released:
+                ssub.sub.redeliver(inf.message)
+        self.inflight.clear()
+        for topic_filter in list(self.subs):
+            self.remove_sub(topic_filter)
+        self.pending.clear()
+
+    def queued(self) -> list[Message]:
+        """Every message the session holds for its client: in flight, pending, buffered."""
+        found = [inf.message for inf in self.inflight.values()]
+        found += [entry[0] for entry in self.pending]
+        for ssub in self.subs.values():
+            if ssub.group is None:
+                found += ssub.sub.buffered()
+        return found
+
+
+def _pubrel(packet_id: int) -> bytes:
+    return b"\x62\x02" + packet_id.to_bytes(2, "big")

@@ -1,0 +1,100 @@
+"""Slow MQTT clients meet their subscription's backpressure policy and hold up nobody else."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import mqkit
+from mqkit.protocols.mqtt import codec
+
+from .helpers import TIMEOUT, Paho, Raw, Srv
+
+ServerFactory = Callable[..., Srv]
+
+
+def subscribe_raw(c: Raw, topic_filter: str, qos: int = 1) -> None:
+    req = codec.SubscriptionRequest(topic_filter=topic_filter, qos=qos)
+    c.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode(c.version))
+    assert isinstance(c.packet(), codec.SubAck)
+
+
+def test_slow_client_drops_oldest_and_blocks_nobody(
+    server_factory: ServerFactory, paho_factory: Callable[..., Paho]
+) -> None:
+    srv = server_factory(mqtt_max_queued_messages=100)
+    slow = Raw(srv)
+    try:
+        slow.connect("slow", properties=codec.Properties(receive_maximum=5))
+        subscribe_raw(slow, "flood")  # ... and never reads again
+        fast = paho_factory(srv, "fast", version=5)
+        fast.subscribe("flood", 1)
+        payload = b"x" * 1024
+        for batch in range(60):  # 3 MB in all: far more than the slow client's buffers
+            for i in range(50):  # the in-process publisher never waits
+                srv.broker.publish("flood", mqkit.Message(f"m{batch}-{i}", payload))
+            # The fast client gets every message while the slow one reads nothing.
+            assert all(fast.get().payload == payload for _ in range(50))
+        slow_sub = next(s for s in srv.broker.subscriptions("mqtt:flood") if s.stats().dropped > 0)
+        assert slow_sub.stats().queue_len <= 100
+    finally:
+        slow.close()
+
+
+def test_close_subscriber_policy_disconnects_the_slow_client(
+    server_factory: ServerFactory,
+) -> None:
+    srv = server_factory(mqtt_max_queued_messages=5, mqtt_backpressure="close_subscriber")
+    slow = Raw(srv)
+    try:
+        slow.connect("slow", properties=codec.Properties(receive_maximum=1))
+        subscribe_raw(slow, "flood")
+        for i in range(2000):
+            srv.broker.publish("flood", mqkit.Message(f"m{i}", b"y" * 1024))
+        # Read what was sent: it ends with DISCONNECT 0x97 (quota exceeded), then EOF.
+        last = None
+        try:
+            while True:
+                last = slow.packet()
+        except ConnectionError:
+            pass
+        assert isinstance(last, codec.Disconnect | codec.Publish)
+        assert "slow" not in srv.plugin.server.sessions
+    finally:
+        slow.close()
+
+
+def test_blocking_in_process_subscriber_stalls_no_other_client(srv: Srv) -> None:
+    stuck = srv.broker.subscribe(
+        "blocked",
+        mqkit.SubOptions(
+            buffer_size=1, policy=mqkit.Backpressure.BLOCK_WITH_TIMEOUT, block_timeout=0.05
+        ),
+    )
+    order: list[str] = []
+    lock = threading.Lock()
+    with Raw(srv) as a, Raw(srv) as b:
+        a.connect("a")
+        b.connect("b")
+        subscribe_raw(b, "free")
+        for pid in range(1, 21):  # each of these waits 50 ms for the stuck subscriber
+            a.send(codec.Publish(topic="blocked", payload=b"z", qos=1, packet_id=pid).encode())
+
+        def read_a() -> None:
+            for _ in range(20):
+                assert isinstance(a.packet(), codec.PubAck)
+            with lock:
+                order.append("a done")
+
+        reader = threading.Thread(target=read_a)
+        reader.start()
+        b.send(b"\xc0\x00")
+        assert b.raw_packet() == b"\xd0\x00"
+        b.send(codec.Publish(topic="free", payload=b"ok", qos=1, packet_id=1).encode())
+        got = {type(b.packet()), type(b.packet())}
+        assert got == {codec.PubAck, codec.Publish}
+        with lock:
+            order.append("b done")
+        reader.join(TIMEOUT)
+        assert order == ["b done", "a done"]
+    assert stuck.stats().received >= 1

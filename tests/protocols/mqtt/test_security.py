@@ -1,0 +1,233 @@
+"""Password file, ACLs, the authentication hooks, TLS, and connection limits."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trustme
+
+import mqkit
+from mqkit.protocols.mqtt import codec
+from mqkit.protocols.mqtt.auth import AccessControl, hash_password, verify_password
+from mqkit.protocols.mqtt.codec import Reason
+
+from .helpers import TIMEOUT, Paho, Raw, Srv
+
+ServerFactory = Callable[..., Srv]
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> str:
+    path = tmp_path / "passwd"
+    path.write_text(
+        f"alice:{hash_password('wonderland')}\nbob:{hash_password('builder', 'pbkdf2-sha256')}\n"
+    )
+    return str(path)
+
+
+def test_hashes_are_salted_and_verify() -> None:
+    a, b = hash_password("pw"), hash_password("pw")
+    assert a != b
+    assert verify_password(a, b"pw") and not verify_password(a, b"nope")
+    assert not verify_password("garbage", b"pw")
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_password_file(server_factory: ServerFactory, password_file: str, version: int) -> None:
+    srv = server_factory(mqtt_password_file=password_file, mqtt_allow_anonymous=False)
+    with Raw(srv, version) as c:
+        assert c.connect("a", username="alice", password=b"wonderland").reason_code == 0
+    with Raw(srv, version) as c:
+        assert c.connect("b", username="bob", password=b"builder").reason_code == 0
+    bad = Reason.BAD_USER_NAME_OR_PASSWORD if version == 5 else Reason.V3_BAD_USER_NAME_OR_PASSWORD
+    with Raw(srv, version) as c:
+        assert c.connect("x", username="alice", password=b"wrong").reason_code == bad
+        assert c.closed()
+    anonymous = Reason.NOT_AUTHORIZED if version == 5 else Reason.V3_NOT_AUTHORIZED
+    with Raw(srv, version) as c:
+        assert c.connect("y").reason_code == anonymous
+
+
+def test_mosquitto_clients_authenticate(server_factory: ServerFactory, password_file: str) -> None:
+    srv = server_factory(mqtt_password_file=password_file, mqtt_allow_anonymous=False)
+    inproc = srv.broker.subscribe("auth/x")
+    base = ["mosquitto_pub", "-h", srv.host, "-p", str(srv.port), "-t", "auth/x", "-q", "1"]
+    ok = subprocess.run([*base, "-m", "in", "-u", "alice", "-P", "wonderland"], timeout=TIMEOUT)
+    assert ok.returncode == 0
+    assert inproc.get(timeout=TIMEOUT).data == b"in"
+    bad = subprocess.run(
+        [*base, "-m", "out", "-u", "alice", "-P", "x"], capture_output=True, timeout=TIMEOUT
+    )
+    assert bad.returncode != 0
+
+
+ACL = """
+topic read public/#
+user alice
+topic readwrite sensors/#
+topic write commands/alice/+
+pattern readwrite clients/%c/#
+"""
+
+
+def test_acl_parsing_and_rules() -> None:
+    acl = AccessControl.parse(ACL)
+    assert acl.allowed("alice", "c1", "subscribe", "sensors/+/temp")
+    assert acl.allowed("alice", "c1", "publish", "commands/alice/x")
+    assert not acl.allowed("alice", "c1", "subscribe", "commands/alice/x")
+    assert acl.allowed(None, "c1", "subscribe", "public/news")
+    assert not acl.allowed(None, "c1", "publish", "public/news")
+    assert acl.allowed(None, "c1", "publish", "clients/c1/state")
+    assert not acl.allowed(None, "c2", "publish", "clients/c1/state")
+    with pytest.raises(mqkit.InvalidConfigError, match="mqtt_acl_file line 1"):
+        AccessControl.parse("bogus line")
+
+
+def test_acls_over_the_wire(
+    server_factory: ServerFactory, password_file: str, tmp_path: Path
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(ACL)
+    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=str(acl))
+    inproc = srv.broker.subscribe("sensors/x")
+    with Raw(srv) as c:
+        c.connect("a1", username="alice", password=b"wonderland")
+        reqs = tuple(
+            codec.SubscriptionRequest(topic_filter=f, qos=1)
+            for f in ("sensors/#", "secret/#", "public/+")
+        )
+        c.send(codec.Subscribe(packet_id=1, subscriptions=reqs).encode())
+        ack = c.packet()
+        assert isinstance(ack, codec.SubAck)
+        assert ack.reason_codes == (1, Reason.NOT_AUTHORIZED, 1)
+        c.send(codec.Publish(topic="secret/x", payload=b"no", qos=1, packet_id=2).encode())
+        assert c.raw_packet() == b"\x40\x03\x00\x02\x87"
+        c.send(codec.Publish(topic="sensors/x", payload=b"yes", qos=1, packet_id=3).encode())
+        got = [c.packet(), c.packet()]
+        assert any(isinstance(p, codec.PubAck) and p.reason_code == 0 for p in got)
+    assert inproc.get(timeout=TIMEOUT).data == b"yes"
+    with Raw(srv, 4) as c:  # 3.1.1 cannot say "not authorized": acked, dropped
+        c.connect("anon")
+        c.send(codec.Publish(topic="sensors/x", payload=b"dropped", qos=1, packet_id=4).encode(4))
+        assert c.raw_packet() == b"\x40\x02\x00\x04"
+        req = codec.SubscriptionRequest(topic_filter="sensors/#")
+        c.send(codec.Subscribe(packet_id=5, subscriptions=(req,)).encode(4))
+        assert c.raw_packet() == b"\x90\x03\x00\x05\x80"
+    with pytest.raises(TimeoutError):
+        inproc.get(timeout=0.2)
+
+
+class EnhancedAuth:
+    """A challenge-response method for the hook: the answer must be the challenge reversed."""
+
+    @mqkit.hookimpl
+    def mqkit_authenticate(
+        self, protocol: str, method: str, data: bytes | None, state: dict[str, object]
+    ) -> bool | bytes | None:
+        if protocol != "mqtt" or method != "REVERSE":
+            return None
+        if data is None:  # a new exchange: CONNECT, or AUTH 0x19 to re-authenticate
+            state["challenge"] = b"abc123"
+            return b"abc123"
+        return data == b"321cba"
+
+
+def test_enhanced_authentication_with_auth_packets() -> None:
+    broker = mqkit.Broker(mqkit.Config(enable_mqtt=True, mqtt_port=0), plugins=[EnhancedAuth()])
+    try:
+        host, port = broker.start_mqtt_server()
+        with Raw((host, port)) as c:
+            props = codec.Properties(authentication_method="REVERSE")
+            c.send(codec.Connect(client_id="e", properties=props).encode())
+            challenge = c.packet()
+            assert isinstance(challenge, codec.Auth)
+            assert challenge.reason_code == Reason.CONTINUE_AUTHENTICATION
+            assert challenge.properties.authentication_data == b"abc123"
+            answer = codec.Properties(
+                authentication_method="REVERSE", authentication_data=b"321cba"
+            )
+            c.send(codec.Auth(reason_code=0x18, properties=answer).encode())
+            ack = c.packet()
+            assert isinstance(ack, codec.ConnAck) and ack.reason_code == 0
+            # Re-authentication on the same connection.
+            c.send(codec.Auth(reason_code=0x19, properties=props).encode())
+            assert isinstance(c.packet(), codec.Auth)
+            c.send(codec.Auth(reason_code=0x18, properties=answer).encode())
+            done = c.packet()
+            assert isinstance(done, codec.Auth) and done.reason_code == 0
+        with Raw((host, port)) as c:
+            props = codec.Properties(authentication_method="UNKNOWN")
+            c.send(codec.Connect(client_id="u", properties=props).encode())
+            assert c.raw_packet() == b"\x20\x03\x00\x8c\x00"
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path_factory.mktemp("tls")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    return str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem")
+
+
+def test_tls(server_factory: ServerFactory, tls_files: tuple[str, str, str]) -> None:
+    ca, cert, key = tls_files
+    srv = server_factory(mqtt_tls_cert=cert, mqtt_tls_key=key)
+    tls_host, tls_port = srv.plugin.tls_address
+    inproc = srv.broker.subscribe("secure/x")
+    client = Paho(Srv(srv.broker, tls_host, tls_port), "tls", version=5, connect=False)
+    try:
+        client.client.tls_set(ca_certs=ca)
+        client.connect()
+        client.subscribe("secure/#", 1)
+        client.publish("secure/x", b"encrypted", 1)
+        assert client.get().payload == b"encrypted"
+        assert inproc.get(timeout=TIMEOUT).data == b"encrypted"
+    finally:
+        client.close()
+    out = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(tls_port), "--cafile", ca,
+         "-t", "secure/x", "-m", "mosq", "-q", "1"],
+        capture_output=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert inproc.get(timeout=TIMEOUT).data == b"mosq"
+    # A client that does not trust the certificate is refused by the TLS handshake.
+    context = ssl.create_default_context()
+    import socket
+
+    with (
+        socket.create_connection((tls_host, tls_port), timeout=TIMEOUT) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_bad_tls_files_fail_construction(tmp_path: Path) -> None:
+    with pytest.raises(mqkit.InvalidConfigError, match="mqtt_tls_cert"):
+        mqkit.Broker(
+            mqkit.Config(
+                enable_mqtt=True,
+                mqtt_tls_cert=str(tmp_path / "none.pem"),
+                mqtt_tls_key=str(tmp_path / "none.key"),
+            )
+        )
+
+
+def test_connection_limit(server_factory: ServerFactory) -> None:
+    srv = server_factory(mqtt_max_connections=2)
+    with Raw(srv) as a, Raw(srv, 4) as b:
+        assert a.connect("a").reason_code == 0
+        assert b.connect("b").reason_code == 0
+        with Raw(srv) as c:
+            assert c.connect("c").reason_code == Reason.QUOTA_EXCEEDED
+        with Raw(srv, 4) as d:
+            assert d.connect("d").reason_code == Reason.V3_SERVER_UNAVAILABLE
