@@ -26,7 +26,10 @@ def render() -> str:
         opts = getattr(fn, "mqkit_spec", {}) or {}
         kind = "firstresult" if opts.get("firstresult") else "all implementations"
         sig = str(inspect.signature(fn)).replace("'", "")
-        parts.append(f"\n## `{name}`\n\n```python\ndef {name}{sig}\n```\n\n*Call type:* {kind}.\n\n")
+        parts.append(
+            f'\n## `{name}`\n\n```python title="signature"\ndef {name}{sig}\n```\n\n'
+            f"*Call type:* {kind}.\n\n"
+        )
         parts.append(inspect.cleandoc(fn.__doc__ or "") + "\n")
     return "".join(parts)
 

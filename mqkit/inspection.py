@@ -1,0 +1,313 @@
+"""Read a persistence directory without a broker: what ``mqkit inspect PATH`` shows.
+
+:func:`inspect_store` opens the store's SQLite database **read-only** (``mode=ro``) and never
+touches the directory lock, so it may look at the directory of a running broker: it then
+reports the broker's pid in :attr:`StoreReport.locked_by` and reads what that broker has
+committed so far. It reports, per topic, how many messages are stored and the oldest and newest
+publish times; the stored ack-required messages (acknowledged ones are removed by the broker, so
+every one left is still pending); and the dead letters (the copies the dead letter queue
+published, with their original topic and reason).
+
+The records are frozen attrs classes; ``mqkit.core.convert.unstructure(report)`` gives JSON-ready
+data (``mqkit inspect --json``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mqkit.core.convert import message_from_dict
+from mqkit.core.errors import MQError, PersistenceError
+from mqkit.core.message import AckPolicy, Message
+
+__all__ = [
+    "DeadLetterRecord",
+    "PendingAck",
+    "StoreReport",
+    "TopicReport",
+    "inspect_store",
+    "lock_holder",
+]
+
+LOCK_FILE = "mqkit.lock"
+"""The lock file a broker holds in its persistence directory (see the persistence plugin)."""
+STORE_DIR = "store"
+"""The sub-directory holding the diskcache database."""
+DATABASE = "cache.db"
+
+_MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4  # diskcache's value modes
+
+
+@attrs.frozen(kw_only=True)
+class TopicReport:
+    """What the store holds for one topic."""
+
+    topic: str
+    messages: int
+    oldest: datetime | None
+    """Publish time of the oldest stored message."""
+    newest: datetime | None
+    """Publish time of the newest stored message."""
+    pending_acks: int
+    dead_letters: int
+    """Stored dead-letter copies (non-zero only for a dead letter topic)."""
+
+
+@attrs.frozen(kw_only=True)
+class PendingAck:
+    """A stored ack-required message: published, not yet acknowledged by every subscriber."""
+
+    topic: str
+    id: str
+    ack_id: str
+    attempt: int
+    time: datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetterRecord:
+    """A stored dead-letter copy: the message given up, where it came from and why."""
+
+    topic: str
+    """The dead letter topic it was published to."""
+    id: str
+    original_topic: str
+    reason: str
+    attempts: int
+    time: datetime | None
+    """When it was dead-lettered."""
+
+
+@attrs.frozen(kw_only=True)
+class StoreReport:
+    """Everything :func:`inspect_store` found in a persistence directory."""
+
+    path: str
+    locked_by: int | None
+    """The pid of the broker holding the directory now, or None when no broker holds it."""
+    total_messages: int
+    topics: tuple[TopicReport, ...]
+    pending_acks: tuple[PendingAck, ...]
+    dead_letters: tuple[DeadLetterRecord, ...]
+    unreadable: int = 0
+    """Entries that could not be decoded (the broker skips and reports them too)."""
+    expired: int = 0
+    """Entries past ``persistence_max_age`` that the next broker will remove."""
+
+
+class _NoGlobals(pickle.Unpickler):
+    """Unpickles plain data only (the store's keys are tuples of ints and strings)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _unpickle(data: bytes) -> Any:
+    return _NoGlobals(io.BytesIO(data)).load()
+
+
+def lock_holder(path: str | os.PathLike[str]) -> int | None:
+    """The pid of the process holding ``path``'s directory lock, or None. Never takes the lock.
+
+    Reads the pid the broker wrote into ``mqkit.lock``; on Linux ``/proc/locks`` says whether
+    that file is locked right now (a stale pid from a broker that exited is not reported).
+    Elsewhere, a live process with that pid counts as the holder.
+    """
+    lock = Path(path) / LOCK_FILE
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+        info = lock.stat()
+    except OSError:
+        return None
+    pid = int(text) if text.isdigit() else None
+    try:
+        with open("/proc/locks", encoding="ascii") as file:
+            table = file.read().splitlines()
+    except OSError:
+        table = None
+    if table is not None:
+        wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+        for line in table:
+            fields = line.split()
+            if len(fields) < 6 or "FLOCK" not in fields:
+                continue
+            where = fields[5 if fields[1] != "->" else 6].split(":")
+            try:
+                device = (int(where[0], 16), int(where[1], 16), int(where[2]))
+            except (IndexError, ValueError):
+                continue
+            if device == wanted:
+                holder = fields[4 if fields[1] != "->" else 5]
+                return int(holder) if holder.isdigit() else pid
+        return None
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _rows(directory: Path) -> Iterator[tuple[Any, ...]]:
+    database = directory / STORE_DIR / DATABASE
+    if not database.is_file():
+        if not directory.is_dir():
+            raise PersistenceError.because(f"{str(directory)!r} is not a directory")
+        raise PersistenceError.because(
+            f"{str(directory)!r} holds no mqkit store (no {STORE_DIR}/{DATABASE})"
+        )
+    uri = f"{database.resolve().as_uri()}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise PersistenceError.because(f"cannot open {str(database)!r}: {exc}") from exc
+    try:
+        cursor = connection.execute(
+            "SELECT key, raw, expire_time, mode, filename, value FROM Cache ORDER BY rowid"
+        )
+        yield from cursor
+    except sqlite3.Error as exc:
+        raise PersistenceError.because(f"cannot read {str(database)!r}: {exc}") from exc
+    finally:
+        connection.close()
+
+
+def _value(directory: Path, mode: int, filename: str | None, value: Any) -> Any:
+    if mode == _MODE_RAW:
+        return value
+    if filename is None and mode == _MODE_PICKLE:
+        return _unpickle(bytes(value))
+    if filename is None:
+        raise ValueError("value without a file")
+    full = directory / STORE_DIR / filename
+    if mode == _MODE_TEXT:
+        return full.read_text(encoding="utf-8")
+    data = full.read_bytes()
+    return _unpickle(data) if mode == _MODE_PICKLE else data
+
+
+def _parse_key(key: Any, raw: int) -> tuple[int, str, str, int]:
+    """A stored key: ``(sequence, topic, message id, publish time in microseconds)``.
+
+    The store writes it as compact JSON text; older stores pickled the tuple.
+    """
+    parts = (json.loads(key) if isinstance(key, str) else key) if raw else _unpickle(bytes(key))
+    if not (
+        isinstance(parts, list | tuple)
+        and len(parts) == 4
+        and type(parts[0]) is int
+        and type(parts[1]) is str
+        and type(parts[2]) is str
+        and type(parts[3]) is int
+    ):
+        raise ValueError("not a message key")
+    return (parts[0], parts[1], parts[2], parts[3])
+
+
+def _from_micros(micros: int) -> datetime | None:
+    return datetime.fromtimestamp(micros / 1_000_000, UTC) if micros else None
+
+
+def _needs_ack(message: Message) -> bool:
+    policy = getattr(message, "ack_policy", None)
+    return policy is not None and policy != AckPolicy.NONE
+
+
+def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
+    """Report what the persistence directory ``path`` holds, reading it read-only.
+
+    Raises :class:`~mqkit.PersistenceError` when ``path`` is not an mqkit persistence
+    directory or its database cannot be read.
+    """
+    directory = Path(path).expanduser()
+    now = time.time()
+    entries: list[tuple[tuple[int, str, str, int], Any]] = []
+    unreadable = expired = 0
+    for key, raw, expire_time, mode, filename, value in _rows(directory):
+        try:
+            decoded = _parse_key(key, raw)
+            if expire_time is not None and expire_time <= now:
+                expired += 1
+                continue
+            entries.append((decoded, _value(directory, mode, filename, value)))
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+            unreadable += 1
+    entries.sort(key=lambda entry: entry[0][0])
+
+    counts: dict[str, list[Any]] = {}  # topic -> [messages, oldest, newest, pending, dead]
+    pending: list[PendingAck] = []
+    dead: list[DeadLetterRecord] = []
+    for (_, topic, _, micros), text in entries:
+        try:
+            if not isinstance(text, str):
+                raise ValueError("stored value is not text")
+            message: Message = message_from_dict(json.loads(text))
+        except (MQError, ValueError, TypeError, KeyError):
+            unreadable += 1
+            continue
+        stamp = message.time or _from_micros(micros)
+        row = counts.setdefault(topic, [0, None, None, 0, 0])
+        row[0] += 1
+        if stamp is not None:
+            row[1] = stamp if row[1] is None or stamp < row[1] else row[1]
+            row[2] = stamp if row[2] is None or stamp > row[2] else row[2]
+        if _needs_ack(message):
+            row[3] += 1
+            pending.append(
+                PendingAck(
+                    topic=topic,
+                    id=message.id,
+                    ack_id=str(getattr(message, "ack_id", "")),
+                    attempt=message.attempt,
+                    time=stamp,
+                )
+            )
+        reason = message.meta.get("x-dead-letter-reason")
+        if reason is not None:
+            row[4] += 1
+            attempts = message.meta.get("x-attempts", "")
+            dead.append(
+                DeadLetterRecord(
+                    topic=topic,
+                    id=message.id,
+                    original_topic=message.meta.get("x-original-topic", ""),
+                    reason=reason,
+                    attempts=int(attempts) if attempts.isdigit() else 0,
+                    time=stamp,
+                )
+            )
+    topics = tuple(
+        TopicReport(
+            topic=topic,
+            messages=row[0],
+            oldest=row[1],
+            newest=row[2],
+            pending_acks=row[3],
+            dead_letters=row[4],
+        )
+        for topic, row in sorted(counts.items())
+    )
+    return StoreReport(
+        path=str(directory.resolve()),
+        locked_by=lock_holder(directory),
+        total_messages=sum(t.messages for t in topics),
+        topics=topics,
+        pending_acks=tuple(pending),
+        dead_letters=tuple(dead),
+        unreadable=unreadable,
+        expired=expired,
+    )

@@ -1,0 +1,167 @@
+"""Helpers for the command-line tests: run ``python -m mqkit`` as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MQKIT = [sys.executable, "-m", "mqkit"]
+STARTUP_DEADLINE = 30.0
+"""Seconds a started ``mqkit serve`` may take to print its URL (generous: CI machines vary)."""
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: wide enough that rich does not truncate tables."""
+    env = dict(os.environ)
+    env["COLUMNS"] = "200"
+    env.pop("MQKIT_AUTOLOAD_PLUGINS", None)
+    env.update(extra)
+    return env
+
+
+def flat(text: str) -> str:
+    """``text`` with every run of white space made one space (rich wraps long lines)."""
+    return " ".join(text.split())
+
+
+def run_mqkit(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mqkit ARGS`` to completion and return what it printed."""
+    return subprocess.run(
+        [*MQKIT, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        cwd=cwd,
+        check=False,
+    )
+
+
+class Server:
+    """A ``mqkit serve`` subprocess whose output is read by a thread, line by line."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*MQKIT, "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or cli_env(),
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = ""
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout.append(line)
+            self.lines.put(line)
+
+    def wait_for_url(self, deadline: float = STARTUP_DEADLINE) -> str:
+        """Wait until the server printed ``listening on http://...``; return that URL."""
+        end = time.monotonic() + deadline
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and self.lines.empty()):
+                self.stop_now()
+                raise AssertionError(
+                    f"mqkit serve did not come up; stdout={''.join(self.stdout)!r} "
+                    f"stderr={self.stderr!r}"
+                )
+            try:
+                line = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line.startswith("listening on "):
+                self.url = line.split()[2]
+                return self.url
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; return its exit code (fails after ``timeout``)."""
+        code = self.proc.wait(timeout=timeout)
+        self._finish()
+        return code
+
+    def _finish(self) -> None:
+        self._reader.join(timeout=10)
+        if self.proc.stderr is not None and not self.proc.stderr.closed:
+            self.stderr = self.proc.stderr.read()
+            self.proc.stderr.close()
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
+
+    def output(self) -> str:
+        """Everything printed on stdout so far."""
+        return "".join(self.stdout)
+
+    def stop_now(self) -> None:
+        """Kill the process if it still runs (test cleanup), and close its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._finish()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Any]:
+    """``start_server(args, env=None) -> Server``; every server is killed at the end if alive."""
+    started: list[Server] = []
+
+    def start(args: Sequence[str], env: dict[str, str] | None = None) -> Server:
+        server = Server(args, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop_now()
+
+
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 10
+) -> tuple[int, str, dict[str, str]]:
+    """Send one HTTP request; return (status, body text, headers) - errors included."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode(), dict(exc.headers)
+
+
+def write_toml(path: Path, **values: Any) -> Path:
+    """Write a flat TOML file of ``values`` (str, bool, int, float, list of str)."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str | list):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        lines.append(f"{key} = {text}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,124 @@
+"""The generated references are current and complete; the site builds in strict mode."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+
+import mqkit
+from mqkit.core import hookspecs
+
+from .conftest import DOCS, ROOT, blocks, load_script
+
+SEED_README = ROOT.parent / "shared" / "seed" / "000_a884e727fb185abb.txt"
+
+# Every Go API name of the seed README (plumego net/mq), extracted once from its text: the
+# constructors, broker and subscription methods, message and option types with their fields,
+# constants, config fields, status fields and errors.
+SEED_NAMES = [
+    "NewInProcBroker", "New", "WithConfig", "DefaultConfig", "Config", "Subscribe", "SubOptions",
+    "BufferSize", "Cancel", "C", "Publish", "Message", "ID", "Data", "PriorityMessage",
+    "Priority", "PriorityHigh", "PriorityLowest", "PriorityHighest", "MessagePriority",
+    "PublishPriority", "TTLMessage", "ExpiresAt", "PublishTTL", "AckMessage", "AckID",
+    "AckPolicy", "AckRequired", "AckNone", "AckTimeout", "PublishWithAck", "Ack", "Nack",
+    "PublishWithTransaction", "CommitTransaction", "RollbackTransaction", "PublishToDeadLetter",
+    "GetDeadLetterStats", "TotalMessages", "RecoverMessages", "ReplayMessages", "Close",
+    "HealthCheck", "Status", "Uptime", "TotalTopics", "TotalSubs", "MemoryUsage", "Metrics",
+    "TotalPublished", "TotalDelivered", "TotalDropped", "PriorityTTLMessage", "AckTTLMessage",
+    "EnableHealthCheck", "MaxTopics", "MaxSubscribers", "DefaultBufferSize", "EnableMetrics",
+    "HealthCheckInterval", "MessageTTL", "EnablePriorityQueue", "EnableAckSupport",
+    "DefaultAckTimeout", "MaxMemoryUsage", "EnableTransactions", "TransactionTimeout",
+    "EnableDeadLetterQueue", "DeadLetterTopic", "EnablePersistence", "PersistencePath",
+    "ErrNotInitialized", "ErrBrokerClosed", "ErrInvalidTopic", "ErrMessageExpired",
+    "ErrTransactionNotFound", "ErrTransactionTimeout", "ErrMemoryLimitExceeded",
+    "ErrDeadLetterNotSupported",
+]  # fmt: skip
+
+
+def go_names_in(text: str) -> set[str]:
+    """The Go API names a seed README uses: selectors, struct-literal fields and errors."""
+    names: set[str] = set()
+    for code in re.findall(r"```go\n(.*?)```", text, flags=re.S):
+        code = re.sub(r"//.*", "", code)  # comments
+        code = re.sub(r'"[^"]*"', '""', code)  # strings
+        for receiver, name in re.findall(r"\b(\w+)\.([A-Z]\w*)", code):
+            if receiver not in {"fmt", "log", "time", "context"}:
+                names.add(name)
+        names.update(re.findall(r"\b([A-Z]\w*):", code))  # struct literal fields
+        names.update(re.findall(r"^\s*([A-Z]\w*)\s+[\w.\[\]*]+", code, flags=re.M))  # fields
+    names.update(re.findall(r"`(Err\w+)`", text))
+    names.update(re.findall(r"\b(Priority(?:Lowest|Highest))\b", text))
+    return names
+
+
+def test_every_hook_has_a_docstring() -> None:
+    undocumented = [
+        name
+        for name in hookspecs.HOOK_NAMES
+        if len(inspect.cleandoc(getattr(hookspecs, name).__doc__ or "")) < 20
+    ]
+    assert undocumented == []
+
+
+def test_hook_reference_is_current() -> None:
+    gen = load_script(DOCS / "gen_hooks.py")
+    assert (DOCS / "hooks.md").read_text(encoding="utf-8") == gen.render(), (
+        "docs/hooks.md is stale: run python docs/gen_hooks.py"
+    )
+    text = (DOCS / "hooks.md").read_text(encoding="utf-8")
+    for name in hookspecs.HOOK_NAMES:
+        assert f"## `{name}`" in text
+
+
+def test_configuration_reference_is_current_and_complete() -> None:
+    gen = load_script(DOCS / "gen_config.py")
+    assert gen.undocumented() == [], "describe these Config fields in docs/gen_config.py"
+    assert (DOCS / "configuration.md").read_text(encoding="utf-8") == gen.render(), (
+        "docs/configuration.md is stale: run python docs/gen_config.py"
+    )
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    for field in attrs.fields(mqkit.Config):
+        assert f"| `{field.name}` |" in text
+
+
+def test_the_lifecycle_diagram_names_every_hook() -> None:
+    (diagram,) = [b for b in blocks(DOCS / "lifecycle.md") if b.lang == "mermaid"]
+    missing = [name for name in hookspecs.HOOK_NAMES if name not in diagram.text]
+    assert missing == []
+
+
+def test_the_seed_mapping_covers_every_go_name() -> None:
+    if SEED_README.is_file():  # beside the repository (CI, developers): check the list too
+        assert go_names_in(SEED_README.read_text(encoding="utf-8")) <= set(SEED_NAMES)
+    page = (DOCS / "seed-mapping.md").read_text(encoding="utf-8")
+    go_column = " ".join(line.split("|")[1] for line in page.splitlines() if line.startswith("| `"))
+    missing = [name for name in SEED_NAMES if not re.search(rf"\b{name}\b", go_column)]
+    assert missing == []
+
+
+def test_every_page_is_in_the_navigation_and_the_site_builds_strict(tmp_path: Path) -> None:
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = sorted(
+        str(p.relative_to(DOCS))
+        for p in DOCS.rglob("*.md")
+        if "examples" not in p.relative_to(DOCS).parts
+    )
+    assert [p for p in pages if f": {p}" not in nav] == []
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert (tmp_path / "site" / "img" / "benchmarks.png").is_file()
+    plugins_page = (tmp_path / "site" / "plugins" / "index.html").read_text(encoding="utf-8")
+    assert "AuditPlugin" in plugins_page  # the example package's source is included
