@@ -3,8 +3,9 @@
 ``mqkit bench`` (rich tables and a chart) and ``python benchmarks/run.py`` (Markdown) both run
 it. The cases are organised in groups (:data:`GROUPS`); each group has one or more tables, and
 the cases of a table run interleaved: every round runs each case of the table once (the order
-rotates from round to round), and the table reports the median of the rounds. Ratios are taken
-between cases of the same run, never across runs: on a shared machine absolute numbers drift.
+rotates from round to round), and the table reports the median of the rounds. A ratio is the
+median of the per-round ratios of two cases of the same table (:func:`paired_ratio`): compare
+cases of one run, never numbers across runs - on a shared machine absolute numbers drift.
 
 - **core**: publish -> get in one thread, 1 -> 1 and 1 -> 10 subscribers: mqkit (core, no
   plugins) against pyee, blinker, pypubsub, aiopubsub (sync listeners), a plain list of
@@ -26,7 +27,7 @@ between cases of the same run, never across runs: on a shared machine absolute n
 
 Every subscriber, of every library, is the same kind of Python function: it appends the message
 to a list. mqkit's consumers call it on what ``get()`` returns; callback libraries call it
-themselves. The messages are built before the clock starts, the same objects for every case.
+themselves. The messages are built before the clock starts, alike for every case.
 Peers are optional: a missing one shows as "not installed". Nothing here asserts a speed.
 """
 
@@ -1787,8 +1788,9 @@ def memory_tables(results: Sequence[MemoryResult]) -> list[ReportTable]:
                 ),
                 rows=tuple(rows),
                 notes=(
-                    f"{note}, in a child process (resource.getrusage ru_maxrss); batches of "
-                    "1,000 published, then drained by each subscriber (a counting function)",
+                    f"{note}, in a child process started through /bin/sh (resource.getrusage "
+                    "ru_maxrss); batches of 1,000 published, then drained by each subscriber "
+                    "(a counting function)",
                 ),
             )
         )

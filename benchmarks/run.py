@@ -1,0 +1,165 @@
+"""The benchmark suite of mqkit, in one command: mqkit against its peers, in one process run.
+
+Run from a clone of the repository (the peers come with the ``bench`` extra)::
+
+    python benchmarks/run.py [--quick] [--group NAME ...] [--json FILE] [--chart FILE]
+
+Groups: core, cross-thread, asyncio, plugins, durable, ack, memory (the suite in
+``mqkit/bench.py``, which ``mqkit bench`` runs too) and mqtt (``benchmarks/bench_mqtt.py``: the
+MQTT gateway against mosquitto, in its own processes). Without ``--group`` every group runs;
+``--quick`` leaves out mqtt (CI runs it on its own line). Each table is printed in Markdown
+with the median of interleaved rounds and the ratios; then the targets with their verdicts.
+
+``--profile "TABLE/CASE"`` runs one case under cProfile instead (``--profile "1 -> 1/mqkit"``)
+and prints where its time goes. Nothing here asserts a speed; the exit code is 1 only when a
+case failed to run (a missing peer is reported, not a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from mqkit import bench
+
+HERE = Path(__file__).resolve().parent
+
+
+def header(args: argparse.Namespace, rounds: int, info: dict[str, str]) -> str:
+    peers = ", ".join(f"{d} {info[d]}" for d in (*bench.PEERS, "matplotlib"))
+    mode = "quick" if args.quick else "full"
+    lines = [
+        "# mqkit benchmark suite",
+        "",
+        f"- machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
+        f"load average at start {info.get('load average', 'n/a')}",
+        f"- Python {info['python']}, SQLite {info['sqlite']}, mqkit {info['mqkit']}",
+        f"- peers: {peers}",
+        f"- run: {mode}, median of {rounds} interleaved rounds"
+        + (f", {args.messages:,} messages per run" if args.messages else ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_mqtt(quick: bool) -> int:
+    """Run benchmarks/bench_mqtt.py (its own processes) and print its output as a block."""
+    if shutil.which("mosquitto") is None:
+        print("\n**mqtt**: mosquitto is not installed; bench_mqtt.py measures mqkit alone\n")
+    command = [sys.executable, str(HERE / "bench_mqtt.py"), *(["--quick"] if quick else [])]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    print("\n**mqtt: the MQTT gateway against mosquitto (benchmarks/bench_mqtt.py)**\n")
+    print("```text")
+    print(proc.stdout.rstrip())
+    print("```")
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+    return proc.returncode
+
+
+def profile(spec: str, quick: bool, messages: int | None, top: int) -> int:
+    """Run one case under cProfile; print its top functions by own time, with their share."""
+    cases = bench.suite([g for g in bench.GROUPS if g != "memory"])
+    found = [c for c in cases if f"{c.group}/{c.name}" == spec] or [
+        c for c in cases if c.name == spec
+    ]
+    if len(found) != 1:
+        names = "\n  ".join(f"{c.group}/{c.name}" for c in cases)
+        print(f"no single case {spec!r}; the cases are:\n  {names}", file=sys.stderr)
+        return 2
+    case = found[0]
+    n = messages or (case.quick_messages if quick else case.messages)
+    case.run(min(n, 500))  # warm up (imports, generated code)
+    plain = min(case.run(n) for _ in range(3))
+    stats = pstats.Stats(bench.profile_case(case, n))
+    entries = stats.stats
+    total = sum(v[2] for v in entries.values())
+    print(f"## profile: {case.group} / {case.name}, {n:,} messages")
+    print(
+        f"\nwithout the profiler: {plain / n * 1e6:.2f} µs per message (best of 3); "
+        f"profiled: {total / n * 1e6:.2f} µs per message (cProfile's own cost inflates "
+        "functions that make many small calls; read the shares, not the times)"
+    )
+    print("\n| function | calls / msg | own µs / msg | share of own time | cumulative µs / msg |")
+    print("|---|---:|---:|---:|---:|")
+    rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    for (file, line, name), (_cc, ncalls, tottime, cumtime, _callers) in rows:
+        where = f"{Path(file).name}:{line}({name})" if line else name
+        print(
+            f"| `{where}` | {ncalls / n:.2f} | {tottime / n * 1e6:.3f} | "
+            f"{tottime / total * 100:.1f}% | {cumtime / n * 1e6:.3f} |"
+        )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="mqkit's benchmark suite: mqkit against its peers, in one process run."
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer messages and rounds")
+    parser.add_argument(
+        "--group",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        choices=[*bench.GROUPS, "mqtt"],
+        help=f"run only these groups: {', '.join(bench.GROUPS)}, mqtt",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--chart", type=Path, metavar="FILE", help="draw the PNG chart here")
+    parser.add_argument("--rounds", type=int, help="rounds per case (default 7; quick 3)")
+    parser.add_argument("--messages", type=int, help="messages per run for every case")
+    parser.add_argument("--profile", metavar="TABLE/CASE", help="profile one case instead")
+    parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")
+    args = parser.parse_args()
+    if args.profile:
+        return profile(args.profile, args.quick, args.messages, args.top)
+    rounds = args.rounds or (3 if args.quick else 7)
+    groups = list(dict.fromkeys(args.group or [*bench.GROUPS, *([] if args.quick else ["mqtt"])]))
+    machine = bench.machine_info()  # at the start: its load average is the one before the run
+    print(header(args, rounds, machine))
+    cases = bench.suite([g for g in groups if g in bench.GROUPS and g != "memory"])
+    done: Counter[str] = Counter()
+    started = time.perf_counter()
+
+    def ran(case: bench.BenchCase) -> None:
+        key = f"{case.group} / {case.name}"
+        done[key] += 1
+        if done[key] == rounds:
+            print(f"  [{time.perf_counter() - started:6.1f}s] {key}", file=sys.stderr, flush=True)
+
+    results = bench.run_suite(cases, args.messages, rounds, ran, quick=args.quick)
+    memory = bench.run_memory(args.messages, quick=args.quick) if "memory" in groups else []
+    tables = [*bench.timing_tables(results), *bench.memory_tables(memory)]
+    targets = bench.evaluate_targets(results)
+    if targets:
+        tables.append(bench.target_table(targets))
+    print(bench.markdown(tables))
+    code = 0
+    if "mqtt" in groups:
+        code = run_mqtt(args.quick)
+    title = f"mqkit benchmark suite ({'quick' if args.quick else 'full'}), median of {rounds}"
+    if args.json:
+        data = bench.to_json(results, memory, title, machine)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.chart:
+        print(f"wrote {bench.write_chart(results, args.chart, title, memory)}", file=sys.stderr)
+    failed = [f"{r.group} / {r.name}: {r.status}" for r in results if r.status != "ok"]
+    failed = [f for f in failed if "not installed" not in f]
+    failed += [f"memory / {m.name}: {m.status}" for m in memory if m.status != "ok"]
+    for line in failed:
+        print(f"FAILED: {line}", file=sys.stderr)
+    print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    return 1 if failed or code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
