@@ -129,7 +129,9 @@ class AckPlugin(AckFeature):
         if timeout is None:
             timeout = broker.config.default_ack_timeout
         deadline = broker.clock.monotonic() + timeout
-        pending = _Pending(message, subscription, ack_id, timeout, deadline, estimate_size(message))
+        # Bytes held for redelivery matter only to a memory limit: skip the estimate without one.
+        size = estimate_size(message) if broker.has_feature("memory") else 0
+        pending = _Pending(message, subscription, ack_id, timeout, deadline, size)
         with self._lock:
             held = self._pending.get(subscription)
             if held is None:
