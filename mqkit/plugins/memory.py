@@ -22,6 +22,7 @@ from mqkit.core.features import Feature, MemoryFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
 from mqkit.core.plugins import PluginInfo
+from mqkit.core.shards import ThreadShards
 from mqkit.core.subscription import Subscription
 
 __all__ = ["SLOT_BYTES", "MemoryPlugin"]
@@ -57,24 +58,13 @@ class MemoryPlugin(MemoryFeature):
     )
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._shards: list[_Shard] = []
+        self._shards = ThreadShards(_Shard)
         self._sizes = threading.local()
         self._features_seen: tuple[Feature, ...] = ()
         self._holders: tuple[Feature, ...] = ()
         self._broker: Broker | None = None
 
     # -- accounting ----------------------------------------------------------------------------
-
-    def _shard(self) -> _Shard:
-        try:
-            shard: _Shard = self._local.shard
-        except AttributeError:
-            shard = self._local.shard = _Shard()
-            with self._lock:
-                self._shards.append(shard)
-        return shard
 
     def _size(self, message: Message) -> int:
         """The message's bytes in one buffer (reusing this thread's last publish estimate)."""
@@ -85,15 +75,15 @@ class MemoryPlugin(MemoryFeature):
 
     def _enter(self, message: Message, copies: int) -> None:
         if copies > 0:
-            self._shard().bytes += copies * self._size(message)
+            self._shards.get().bytes += copies * self._size(message)
 
     def _leave(self, message: Message) -> None:
-        self._shard().bytes -= estimate_size(message) + SLOT_BYTES
+        self._shards.get().bytes -= estimate_size(message) + SLOT_BYTES
 
     @property
     def _buffered(self) -> int:
         total = 0
-        for shard in self._shards:  # appended to under the lock; reading needs none
+        for shard in self._shards:
             total += shard.bytes
         return total
 
@@ -135,9 +125,8 @@ class MemoryPlugin(MemoryFeature):
     @hookimpl
     def mqkit_broker_close(self) -> None:
         """Forget everything."""
-        with self._lock:
-            for shard in self._shards:
-                shard.bytes = 0
+        for shard in self._shards:
+            shard.bytes = 0
         self._broker = None
 
     @hookimpl(tryfirst=True)

@@ -21,6 +21,7 @@ from mqkit.core.features import MetricsFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
 from mqkit.core.plugins import PluginInfo
+from mqkit.core.shards import ThreadShards
 from mqkit.core.status import MetricsSnapshot, TopicMetrics
 from mqkit.core.subscription import Backpressure, Subscription
 
@@ -72,22 +73,12 @@ class MetricsPlugin(MetricsFeature):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._shards: list[_Shard] = []
+        self._shards = ThreadShards(_Shard)
         self._last_error = ""
         self._broker: Broker | None = None
 
-    def _shard(self) -> _Shard:
-        try:
-            shard: _Shard = self._local.shard
-        except AttributeError:
-            shard = self._local.shard = _Shard()
-            with self._lock:
-                self._shards.append(shard)
-        return shard
-
     def _count(self, topic: str, field: int, n: int = 1) -> None:
-        rows = self._shard().rows
+        rows = self._shards.get().rows
         row = rows.get(topic)
         if row is None:
             row = rows[topic] = [0] * len(_FIELDS)
@@ -115,7 +106,7 @@ class MetricsPlugin(MetricsFeature):
         latency = 0.0
         if message.time is not None:
             latency = max(0.0, (broker.clock.now() - message.time).total_seconds())
-        shard = self._shard()
+        shard = self._shards.get()
         row = shard.rows.get(message.topic)
         if row is None:
             row = shard.rows[message.topic] = [0] * len(_FIELDS)

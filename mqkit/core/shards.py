@@ -1,0 +1,43 @@
+"""Per-thread shards: lock-free counting for plugins that count every message.
+
+Each thread that counts gets a shard of its own (only that thread writes it, so counting takes
+no lock); readers add the shards up. The ``metrics`` and ``memory`` plugins count this way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["ThreadShards"]
+
+T = TypeVar("T")
+
+
+class ThreadShards(Generic[T]):
+    """One ``T`` per thread, made by ``factory`` on the thread's first ``get()``."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[T] = []
+
+    def get(self) -> T:
+        """Return the calling thread's shard (made on its first call)."""
+        try:
+            shard: T = self._local.shard
+        except AttributeError:
+            shard = self._local.shard = self._factory()
+            with self._lock:
+                self._all.append(shard)
+        return shard
+
+    def __iter__(self) -> Iterator[T]:
+        """Every thread's shard (of threads alive or gone), to add up.
+
+        Takes no lock: shards are only ever appended (under the lock), and iterating a list
+        that grows meanwhile is safe; a shard added during the iteration may be missed.
+        """
+        return iter(self._all)
