@@ -20,7 +20,7 @@ import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -293,8 +293,3 @@ class PluginManager(pluggy.PluginManager):
                     )
                 found[key] = plugin
         return found
-
-
-def iter_names(objs: Iterable[object]) -> list[str]:
-    """Names of plugin objects (for messages)."""
-    return [plugin_name(o) for o in objs]

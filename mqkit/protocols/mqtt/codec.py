@@ -12,6 +12,7 @@ large, ...). Version numbers are the protocol levels: 3 (3.1), 4 (3.1.1) and 5 (
 
 from __future__ import annotations
 
+import abc
 import struct
 from collections.abc import Iterator
 from typing import Any, ClassVar, Final
@@ -471,15 +472,15 @@ def _decode_properties(buf: _Buf, packet_type: int) -> Properties:
 # -- packets -------------------------------------------------------------------------------------
 
 
-class Packet:
+class Packet(abc.ABC):
     """Base of every packet class; ``packet_type`` is the control packet type (1-15)."""
 
     __slots__ = ()
     packet_type: ClassVar[int]
 
+    @abc.abstractmethod
     def encode(self, version: int = 5) -> bytes:
         """The packet's bytes in protocol ``version`` (3/4: 3.1/3.1.1, 5: 5.0)."""
-        raise NotImplementedError
 
 
 @attrs.frozen(slots=True, kw_only=True)
