@@ -151,7 +151,12 @@ def estimate_size(message: Message) -> int:
     A cheap, deterministic estimate (the same message always gives the same number), used
     for ``max_memory_usage``; payloads are measured three levels deep.
     """
-    size = _MESSAGE_OVERHEAD + len(message.id) + _payload_size(message.data)
+    data = message.data
+    kind = type(data)
+    payload = _SCALAR_SIZES.get(kind)  # the common payloads without a further call
+    if payload is None:
+        payload = 49 + len(data) if kind in _SIZED_TYPES else _payload_size(data)
+    size = _MESSAGE_OVERHEAD + len(message.id) + payload
     if message.meta:
         size += sum(98 + len(k) + len(v) for k, v in message.meta.items())
     return size

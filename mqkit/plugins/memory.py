@@ -13,7 +13,6 @@ nothing is delivered or stored. ``health_check()`` reports ``degraded`` at 90 % 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 from mqkit.core.broker import Broker
@@ -34,12 +33,20 @@ _LEFT_BUFFER = frozenset({"drop_oldest", "withheld", "unsubscribed"})
 
 
 class _Shard:
-    """One thread's net change of buffered bytes: only that thread writes it (no lock)."""
+    """One thread's accounting; only that thread writes it, so it takes no lock.
 
-    __slots__ = ("bytes",)
+    ``bytes`` is the thread's net change of buffered bytes; ``pending`` what the thread's
+    current publish call has checked so far; ``last``/``last_size`` its last estimate, which
+    ``mqkit_published`` reuses.
+    """
+
+    __slots__ = ("bytes", "last", "last_size", "pending")
 
     def __init__(self) -> None:
         self.bytes = 0
+        self.pending = 0
+        self.last: Message | None = None
+        self.last_size = 0
 
 
 class MemoryPlugin(MemoryFeature):
@@ -59,37 +66,17 @@ class MemoryPlugin(MemoryFeature):
 
     def __init__(self) -> None:
         self._shards = ThreadShards(_Shard)
-        self._sizes = threading.local()
         self._features_seen: tuple[Feature, ...] = ()
         self._holders: tuple[Feature, ...] = ()
         self._broker: Broker | None = None
 
-    # -- accounting ----------------------------------------------------------------------------
-
-    def _size(self, message: Message) -> int:
-        """The message's bytes in one buffer (reusing this thread's last publish estimate)."""
-        last = getattr(self._sizes, "last", None)
-        if last is not None and last[0] is message:
-            return int(last[1])
-        return estimate_size(message) + SLOT_BYTES
-
-    def _enter(self, message: Message, copies: int) -> None:
-        if copies > 0:
-            self._shards.get().bytes += copies * self._size(message)
-
-    def _leave(self, message: Message) -> None:
-        self._shards.get().bytes -= estimate_size(message) + SLOT_BYTES
-
-    @property
-    def _buffered(self) -> int:
-        total = 0
-        for shard in self._shards:
-            total += shard.bytes
-        return total
+    # -- accounting (flat on purpose: these run for every message) --------------------------------
 
     def usage(self) -> int:
         """Estimated bytes held now: buffers plus what features hold."""
-        total = self._buffered
+        total = 0
+        for shard in self._shards:
+            total += shard.bytes
         broker = self._broker
         if broker is not None:
             features = broker.features()
@@ -102,15 +89,8 @@ class MemoryPlugin(MemoryFeature):
                 total += feature.held_bytes()
         return total
 
-    def _check(self, broker: Broker, incoming: int) -> None:
-        limit = broker.config.max_memory_usage
-        if limit <= 0:
-            return
-        used = self.usage()
-        if used + incoming > limit:
-            raise MemoryLimitExceededError.because(
-                f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
-            )
+    def _leave(self, message: Message) -> None:
+        self._shards.get().bytes -= estimate_size(message) + SLOT_BYTES
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -118,9 +98,10 @@ class MemoryPlugin(MemoryFeature):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Start accounting, counting what buffers already hold (switched on at run time)."""
         self._broker = broker
+        shard = self._shards.get()
         for sub in broker.subscriptions():
             for message in sub.buffered():
-                self._enter(message, 1)
+                shard.bytes += estimate_size(message) + SLOT_BYTES
 
     @hookimpl
     def mqkit_broker_close(self) -> None:
@@ -137,27 +118,38 @@ class MemoryPlugin(MemoryFeature):
         thread's ``pending`` sum is reset once the call was routed (or failed).
         """
         size = estimate_size(message) + SLOT_BYTES
-        sizes = self._sizes
-        pending = getattr(sizes, "pending", 0)
-        incoming = size * max(1, len(broker.routes(message.topic)))
-        self._check(broker, pending + incoming)
-        sizes.pending = pending + incoming
-        sizes.last = (message, size)  # published() reuses it in this thread
+        shard = self._shards.get()
+        incoming = shard.pending + size * max(1, len(broker.routes(topic)))
+        limit = broker.config.max_memory_usage
+        if limit > 0:
+            used = self.usage()
+            if used + incoming > limit:
+                raise MemoryLimitExceededError.because(
+                    f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
+                )
+        shard.pending = incoming
+        shard.last, shard.last_size = message, size  # published() reuses it
 
     @hookimpl
     def mqkit_published(
         self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
     ) -> None:
         """Count the buffered copies."""
-        self._sizes.pending = 0
+        shard = self._shards.get()
+        shard.pending = 0
         for message, n in zip(messages, copies, strict=True):
-            self._enter(message, n)
+            if n > 0:
+                if message is shard.last:
+                    shard.bytes += n * shard.last_size
+                else:
+                    shard.bytes += n * (estimate_size(message) + SLOT_BYTES)
+        shard.last = None
 
     @hookimpl
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """A copy left its buffer (a cancelled subscription's were un-counted at the cancel)."""
-        if not subscription.closed:
-            self._leave(message)
+        if not subscription.closed:  # _leave, inlined: this runs for every message
+            self._shards.get().bytes -= estimate_size(message) + SLOT_BYTES
 
     @hookimpl
     def mqkit_drop(
@@ -170,12 +162,14 @@ class MemoryPlugin(MemoryFeature):
     @hookimpl
     def mqkit_error(self, broker: Broker, operation: str, topic: str, error: MQError) -> None:
         """A publish call failed: what it had checked in this thread is not coming."""
-        self._sizes.pending = 0
+        shard = self._shards.get()
+        shard.pending = 0
+        shard.last = None
 
     @hookimpl
     def mqkit_redeliver(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """A redelivered copy entered a buffer."""
-        self._enter(message, 1)
+        self._shards.get().bytes += estimate_size(message) + SLOT_BYTES
 
     @hookimpl
     def mqkit_unsubscribe(self, subscription: Subscription) -> None:
