@@ -311,6 +311,7 @@ class Broker:
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
             stamped = stamp(message, route.topic, self._now(), message.attempt)
+            # From here on: _dispatch for one message, inlined (no lists on the hot path).
             hooks = self._hooks
             if hooks.publish_on and hooks.publish(self, route.topic, stamped):
                 return

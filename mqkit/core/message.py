@@ -214,13 +214,3 @@ def stamper(cls: type[M]) -> Stamper[M]:
     fn: Stamper[M] = namespace["stamp"]
     _stampers[cls] = fn
     return fn
-
-
-MESSAGE_TYPES: Final = (
-    Message,
-    PriorityMessage,
-    TTLMessage,
-    AckMessage,
-    PriorityTTLMessage,
-    AckTTLMessage,
-)

@@ -197,6 +197,7 @@ class Subscription:
             message = self._buf.popleft()
         except IndexError:
             return self._get_slow(timeout)
+        # _after_pop, inlined: one call less on the hottest consumer line.
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
@@ -224,6 +225,7 @@ class Subscription:
             message = self._buf.popleft()
         except IndexError:
             return await self._aget_slow(timeout)
+        # _after_pop, inlined (as in get).
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
