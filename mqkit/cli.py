@@ -316,11 +316,15 @@ def serve(
     info.add_row("health", f"{service.url}/healthz")
     info.add_row("metrics", f"{service.url}/metrics")
     info.add_row("publish", f"POST {service.url}/publish/<topic>")
-    console.print(Panel.fit(info, title=f"[bold]mqkit serve[/] (pid {os.getpid()})"))
-    console.print(f"listening on {service.url} - Ctrl-C or SIGTERM to stop")
-    sys.stdout.flush()
+
+    def announce() -> None:
+        # Called with the signal handlers installed: whoever reads "listening" may SIGTERM us.
+        console.print(Panel.fit(info, title=f"[bold]mqkit serve[/] (pid {os.getpid()})"))
+        console.print(f"listening on {service.url} - Ctrl-C or SIGTERM to stop")
+        sys.stdout.flush()
+
     try:
-        received = service.run_until_signal()
+        received = service.run_until_signal(ready=announce)
         console.print(f"received {received or 'a stop request'}: shutting down")
     finally:
         service.close()

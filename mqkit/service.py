@@ -328,11 +328,13 @@ class Service:
         self.signal_name = self.signal_name or reason
         self._stop.set()
 
-    def run_until_signal(self) -> str:
+    def run_until_signal(self, ready: Callable[[], None] | None = None) -> str:
         """Block until SIGINT or SIGTERM (or :meth:`request_stop`); return the signal's name.
 
-        Must be called from the main thread. The service is *not* closed here: call
-        :meth:`close` afterwards.
+        ``ready`` is called once the signal handlers are installed: announce the service
+        there, so a supervisor that reacts to the announcement with SIGTERM gets a clean
+        stop rather than the default (fatal) signal action. Must be called from the main
+        thread. The service is *not* closed here: call :meth:`close` afterwards.
         """
 
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -340,6 +342,8 @@ class Service:
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if ready is not None:
+                ready()
             while not self._stop.wait(0.5):
                 pass
         finally:
