@@ -71,6 +71,10 @@ class Message:
     time: datetime | None = attrs.field(default=None, kw_only=True)
     meta: Mapping[str, str] = attrs.field(default=EMPTY_META, kw_only=True)
     attempt: int = attrs.field(default=1, kw_only=True)
+    # estimate_size's memo (-1: not measured yet). Not a part of the message: no __init__
+    # argument, not compared, hashed, shown or serialised; a stamped copy carries it along,
+    # attrs.evolve (which may change the payload) starts afresh.
+    _size: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
 
 
 @attrs.frozen(slots=True)
@@ -137,11 +141,31 @@ def _payload_size(value: object, depth: int = 0) -> int:
     if isinstance(value, str | bytes | bytearray | memoryview):
         return 49 + len(value)
     if depth < 3 and isinstance(value, dict):
-        return 64 + sum(
-            _payload_size(k, depth + 1) + _payload_size(v, depth + 1) for k, v in value.items()
-        )
+        # Scalars and strings are measured in the loop: a flat payload costs one call.
+        total = 64
+        for item in value.items():
+            for part in item:
+                kind = type(part)
+                scalar = _SCALAR_SIZES.get(kind)
+                if scalar is not None:
+                    total += scalar
+                elif kind is str:
+                    total += 49 + len(part)
+                else:
+                    total += _payload_size(part, depth + 1)
+        return total
     if depth < 3 and isinstance(value, list | tuple | set | frozenset):
-        return 56 + sum(_payload_size(v, depth + 1) for v in value)
+        total = 56
+        for part in value:
+            kind = type(part)
+            scalar = _SCALAR_SIZES.get(kind)
+            if scalar is not None:
+                total += scalar
+            elif kind is str:
+                total += 49 + len(part)
+            else:
+                total += _payload_size(part, depth + 1)
+        return total
     return sys.getsizeof(value)
 
 
@@ -149,8 +173,13 @@ def estimate_size(message: Message) -> int:
     """Estimate the bytes a message holds: the object, its id, payload and metadata.
 
     A cheap, deterministic estimate (the same message always gives the same number), used
-    for ``max_memory_usage``; payloads are measured three levels deep.
+    for ``max_memory_usage``; payloads are measured three levels deep. The estimate is
+    measured once per message and remembered on it (and on its stamped copies): the memory
+    plugin asks for it at publish and again when each copy leaves its buffer.
     """
+    size: int = message._size
+    if size >= 0:
+        return size
     data = message.data
     kind = type(data)
     payload = _SCALAR_SIZES.get(kind)  # the common payloads without a further call
@@ -159,7 +188,12 @@ def estimate_size(message: Message) -> int:
     size = _MESSAGE_OVERHEAD + len(message.id) + payload
     if message.meta:
         size += sum(98 + len(k) + len(v) for k, v in message.meta.items())
+    _remember_size(message, size)
     return size
+
+
+_remember_size: Final[Callable[[Message, int], None]] = Message.__dict__["_size"].__set__
+"""Write the memo slot of a (frozen) message: a cache of a pure function, so a race is benign."""
 
 
 def message_priority(message: Message) -> int:

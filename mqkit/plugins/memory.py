@@ -36,17 +36,14 @@ class _Shard:
     """One thread's accounting; only that thread writes it, so it takes no lock.
 
     ``bytes`` is the thread's net change of buffered bytes; ``pending`` what the thread's
-    current publish call has checked so far; ``last``/``last_size`` its last estimate, which
-    ``mqkit_published`` reuses.
+    current publish call has checked so far.
     """
 
-    __slots__ = ("bytes", "last", "last_size", "pending")
+    __slots__ = ("bytes", "pending")
 
     def __init__(self) -> None:
         self.bytes = 0
         self.pending = 0
-        self.last: Message | None = None
-        self.last_size = 0
 
 
 class MemoryPlugin(MemoryFeature):
@@ -128,7 +125,6 @@ class MemoryPlugin(MemoryFeature):
                     f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
                 )
         shard.pending = incoming
-        shard.last, shard.last_size = message, size  # published() reuses it
 
     @hookimpl
     def mqkit_published(
@@ -138,12 +134,8 @@ class MemoryPlugin(MemoryFeature):
         shard = self._shards.get()
         shard.pending = 0
         for message, n in zip(messages, copies, strict=True):
-            if n > 0:
-                if message is shard.last:
-                    shard.bytes += n * shard.last_size
-                else:
-                    shard.bytes += n * (estimate_size(message) + SLOT_BYTES)
-        shard.last = None
+            if n > 0:  # the estimate is remembered on the message: measured at publish
+                shard.bytes += n * (estimate_size(message) + SLOT_BYTES)
 
     @hookimpl
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
@@ -162,9 +154,7 @@ class MemoryPlugin(MemoryFeature):
     @hookimpl
     def mqkit_error(self, broker: Broker, operation: str, topic: str, error: MQError) -> None:
         """A publish call failed: what it had checked in this thread is not coming."""
-        shard = self._shards.get()
-        shard.pending = 0
-        shard.last = None
+        self._shards.get().pending = 0
 
     @hookimpl
     def mqkit_redeliver(self, broker: Broker, subscription: Subscription, message: Message) -> None:

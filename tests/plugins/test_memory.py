@@ -18,6 +18,7 @@ from mqkit import (
     SubOptions,
     TTLMessage,
 )
+from mqkit.core.convert import message_to_dict
 from mqkit.core.message import estimate_size
 from mqkit.plugins.memory import SLOT_BYTES
 from mqkit.testing import FakeClock, broker_config
@@ -51,6 +52,26 @@ def test_memory_goes_up_on_publish_and_down_when_consumed(broker: mqkit.Broker) 
     assert broker.memory_usage() == size(n) + SLOT_BYTES
     sub.get_nowait()
     assert broker.memory_usage() == 0
+
+
+def test_a_payload_changed_after_publish_is_released_as_it_was_counted(broker) -> None:
+    # The estimate is measured once, at publish: what leaves a buffer is exactly what entered.
+    sub = broker.subscribe("t")
+    payload = {"k": "v"}
+    broker.publish("t", Message("m", payload))
+    payload["big"] = "x" * 10_000
+    assert sub.get_nowait().data is payload
+    assert broker.memory_usage() == 0
+
+
+def test_the_size_memo_is_not_a_part_of_the_message() -> None:
+    m = Message("m", {"k": "v"})
+    fresh = Message("m", {"k": "v"})
+    assert estimate_size(m) > 0
+    assert m == fresh
+    assert repr(m) == repr(fresh)
+    assert message_to_dict(m) == message_to_dict(fresh)
+    assert "_size" not in message_to_dict(m) and "size" not in message_to_dict(m)
 
 
 def test_a_message_in_several_buffers_counts_once_per_buffer(broker) -> None:
