@@ -30,6 +30,7 @@ import attrs
 from mqkit.core.convert import message_from_dict
 from mqkit.core.errors import MQError, PersistenceError
 from mqkit.core.message import AckPolicy, Message
+from mqkit.plugins.persistence import batch_members, parse_entry_key
 
 __all__ = [
     "DeadLetterRecord",
@@ -46,6 +47,7 @@ STORE_DIR = "store"
 """The sub-directory holding the diskcache database."""
 DATABASE = "cache.db"
 
+_to_json = json.JSONEncoder(separators=(",", ":")).encode  # the store's key text
 _MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4  # diskcache's value modes
 
 
@@ -200,22 +202,10 @@ def _value(directory: Path, mode: int, filename: str | None, value: Any) -> Any:
     return _unpickle(data) if mode == _MODE_PICKLE else data
 
 
-def _parse_key(key: Any, raw: int) -> tuple[int, str, str, int]:
-    """A stored key: ``(sequence, topic, message id, publish time in microseconds)``.
-
-    The store writes it as compact JSON text; older stores pickled the tuple.
-    """
+def _key_parts(key: Any, raw: int) -> Any:
+    """A stored key's parts: compact JSON text (older stores pickled the tuple)."""
     parts = (json.loads(key) if isinstance(key, str) else key) if raw else _unpickle(bytes(key))
-    if not (
-        isinstance(parts, list | tuple)
-        and len(parts) == 4
-        and type(parts[0]) is int
-        and type(parts[1]) is str
-        and type(parts[2]) is str
-        and type(parts[3]) is int
-    ):
-        raise ValueError("not a message key")
-    return (parts[0], parts[1], parts[2], parts[3])
+    return _to_json(list(parts)) if isinstance(parts, list | tuple) else None
 
 
 def _from_micros(micros: int) -> datetime | None:
@@ -235,27 +225,47 @@ def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
     """
     directory = Path(path).expanduser()
     now = time.time()
-    entries: list[tuple[tuple[int, str, str, int], Any]] = []
+    entries: list[tuple[tuple[int, str, str, int], Any]] = []  # (key, text or message data)
+    batches: list[tuple[int, int, Any]] = []
+    tombstones: set[int] = set()
     unreadable = expired = 0
     for key, raw, expire_time, mode, filename, value in _rows(directory):
         try:
-            decoded = _parse_key(key, raw)
+            parsed = parse_entry_key(_key_parts(key, raw))
+            if parsed is None:
+                raise ValueError("not an mqkit key")
             if expire_time is not None and expire_time <= now:
                 expired += 1
                 continue
-            entries.append((decoded, _value(directory, mode, filename, value)))
+            if len(parsed) == 4:
+                entries.append((parsed, _value(directory, mode, filename, value)))
+            elif len(parsed) == 2:
+                batches.append((*parsed, _value(directory, mode, filename, value)))
+            else:
+                tombstones.add(parsed[0])  # a settled member of a batch
         except (OSError, ValueError, pickle.UnpicklingError, EOFError):
             unreadable += 1
+    for first, count, text in batches:
+        try:
+            members = batch_members(text, first, count)
+        except (ValueError, RecursionError):
+            unreadable += 1
+            continue
+        entries += [(key, data) for key, data in members if key[0] not in tombstones]
     entries.sort(key=lambda entry: entry[0][0])
 
     counts: dict[str, list[Any]] = {}  # topic -> [messages, oldest, newest, pending, dead]
     pending: list[PendingAck] = []
     dead: list[DeadLetterRecord] = []
-    for (_, topic, _, micros), text in entries:
+    for (_, topic, _, micros), stored in entries:
         try:
-            if not isinstance(text, str):
+            if isinstance(stored, dict):  # a batch member, parsed with its batch
+                data = stored
+            elif isinstance(stored, str):
+                data = json.loads(stored)
+            else:
                 raise ValueError("stored value is not text")
-            message: Message = message_from_dict(json.loads(text))
+            message: Message = message_from_dict(data)
         except (MQError, ValueError, TypeError, KeyError):
             unreadable += 1
             continue

@@ -3,7 +3,8 @@
 Every accepted message - through every publish path; transactional ones when they commit - is
 written to ``persistence_path`` before it is delivered, and ``publish`` returns only after the
 store's transaction committed (SQLite in WAL mode: a process killed at any instant loses no
-message whose publish returned). A batch is one store transaction.
+message whose publish returned). A batch (``publish_batch``, a committed transaction) is one
+store entry, written in one store transaction: storing it costs one write, not one per message.
 
 - **Order and recovery.** Each message gets a sequence number; ``recover_messages(topic,
   limit)`` returns the oldest ``limit`` stored messages of a topic in publish order, and
@@ -21,6 +22,11 @@ message whose publish returned). A batch is one store transaction.
 - **Exclusive use.** The directory is locked (``flock`` on ``mqkit.lock``, which names the
   holder's pid); a second broker on it fails with ``PersistenceError``. The lock of a killed
   process is released by the OS, so the next broker simply takes it over.
+- **Entries.** A message published alone is one entry, keyed ``[seq, topic, id, micros]``
+  (the index is rebuilt from the keys alone). A batch is one entry keyed ``[first seq, count]``
+  holding ``[[topic, id, micros, message], ...]``; a member settled while others are still
+  stored is marked by a tombstone entry ``[seq]``, and the entry and its tombstones go when the
+  last member is settled. A restart reads batch entries to index their members.
 - **Faults.** A corrupted entry (a value that does not decode, or a damaged database page) is
   skipped, counted once and named by ``health_check()``; a store that cannot be opened or
   indexed raises ``PersistenceError`` at ``Broker(...)``; a store that cannot be written (disk
@@ -53,7 +59,7 @@ from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.topics import normalize_topic
 
-__all__ = ["LOCK_FILE", "PersistencePlugin", "StoreLock"]
+__all__ = ["LOCK_FILE", "PersistencePlugin", "StoreLock", "batch_members", "parse_entry_key"]
 
 LOCK_FILE = "mqkit.lock"
 _STORE_DIR = "store"
@@ -62,11 +68,13 @@ _STORE_DIR = "store"
 # In the store the key is its compact JSON text (a str key: diskcache would pickle a tuple).
 _Key = tuple[int, str, str, int]
 _Identity = tuple[str, str, int]  # (topic, message id, publish time in microseconds)
+_TOMBSTONE = ""  # the value of a tombstone entry
 # What a diskcache call raises when the store fails. ``diskcache.Timeout`` is raised when a
 # write transaction cannot begin (locked, read-only): its ``__context__`` holds the cause.
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_IN_DATABASE = 1 << 30  # diskcache keeps values smaller than this in SQLite, not in files
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
 _to_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
 
@@ -124,25 +132,35 @@ def _key_text(key: _Key) -> str:
     return _to_json(key)
 
 
-def _parse_key(text: object) -> _Key | None:
-    """The key a stored key text stands for, or None when it is not one of ours."""
+def parse_entry_key(text: object) -> tuple[int] | tuple[int, int] | _Key | None:
+    """What a stored key text stands for; None when it is not one of ours.
+
+    A message ``[seq, topic, id, micros]``, a batch ``[first, count]`` or a tombstone ``[seq]``.
+    """
     if not isinstance(text, str):
         return None
     try:
         parts = json.loads(text)
     except ValueError:
         return None
-    if not (
-        isinstance(parts, list)
-        and len(parts) == 4
+    if not isinstance(parts, list):
+        return None
+    parsed: tuple[int] | tuple[int, int] | _Key
+    if (
+        len(parts) == 4
         and type(parts[0]) is int
         and type(parts[1]) is str
         and type(parts[2]) is str
         and type(parts[3]) is int
     ):
+        parsed = (parts[0], parts[1], parts[2], parts[3])
+    elif len(parts) == 2 and type(parts[0]) is int and type(parts[1]) is int and parts[1] > 1:
+        parsed = (parts[0], parts[1])
+    elif len(parts) == 1 and type(parts[0]) is int:
+        parsed = (parts[0],)
+    else:
         return None
-    key: _Key = (parts[0], parts[1], parts[2], parts[3])
-    return key if _key_text(key) == text else None
+    return parsed if _to_json(parsed) == text else None
 
 
 def _describe(key: _Key) -> str:
@@ -171,6 +189,48 @@ def _needs_ack(message: Message) -> bool:
     return policy is not None and policy != AckPolicy.NONE
 
 
+class _Batch:
+    """A stored batch entry: which of its members are settled, which have tombstones."""
+
+    __slots__ = ("count", "first", "live", "tombstoned")
+
+    def __init__(self, first: int, count: int, live: int) -> None:
+        self.first = first
+        self.count = count
+        self.live = live  # members not settled yet
+        self.tombstoned: list[int] = []  # the sequence numbers of its tombstone entries
+
+    @property
+    def text(self) -> str:
+        return _to_json((self.first, self.count))
+
+
+def batch_members(raw: object, first: int, count: int) -> list[tuple[_Key, dict[str, object]]]:
+    """The members of the batch entry ``[first, count]`` whose stored value is ``raw``.
+
+    Each member comes with its key ``(seq, topic, id, micros)`` and its message data (for
+    ``message_from_dict``). Raises ``ValueError`` when ``raw`` is not such a batch.
+    """
+    if not isinstance(raw, str):
+        raise ValueError("stored value is not text")
+    items = json.loads(raw)
+    if not isinstance(items, list) or len(items) != count:
+        raise ValueError("not a batch of the size its key says")
+    members: list[tuple[_Key, dict[str, object]]] = []
+    for i, item in enumerate(items):
+        if not (
+            isinstance(item, list)
+            and len(item) == 4
+            and type(item[0]) is str
+            and type(item[1]) is str
+            and type(item[2]) is int
+            and isinstance(item[3], dict)
+        ):
+            raise ValueError(f"member {i} is malformed")
+        members.append(((first + i, item[0], item[1], item[2]), item[3]))
+    return members
+
+
 class PersistencePlugin(PersistenceFeature):
     """Stores accepted messages in a diskcache directory and recovers them in publish order."""
 
@@ -194,6 +254,7 @@ class PersistencePlugin(PersistenceFeature):
         # Usually one key per identity; a batch that repeats an id stores each message.
         self._by_identity: dict[_Identity, list[_Key]] = {}
         self._outstanding: dict[_Identity, int] = {}  # ack-required: deliveries unsettled
+        self._batches: dict[int, _Batch] = {}  # sequence number of a live member -> its entry
         self._corrupted: dict[str, None] = {}  # descriptions, in the order they were found
         self._write_errors = 0
         self._last_write_error = ""
@@ -222,6 +283,10 @@ class PersistencePlugin(PersistenceFeature):
                 statistics=False,
                 tag_index=False,
                 sqlite_synchronous=1,
+                # Age retention runs from the index (_expired): no culling query on every write.
+                cull_limit=0,
+                # Batches stay in the database, written in the same transaction as their row.
+                disk_min_file_size=_IN_DATABASE,
             )
             self._load_index(broker, cache)
         except Exception as exc:  # diskcache fails in many ways on a damaged database
@@ -248,30 +313,65 @@ class PersistencePlugin(PersistenceFeature):
     def _load_index(self, broker: Broker, cache: diskcache.Cache) -> None:
         cache.expire()  # drop what outlived persistence_max_age while we were down
         keys: list[_Key] = []
+        batches: list[_Batch] = []
+        tombstones: set[int] = set()
         listed = 0
         for text in cache.iterkeys():
             listed += 1
-            key = _parse_key(text)
-            if key is None:
+            parsed = parse_entry_key(text)
+            if parsed is None:
                 self._corrupted[f"key {text!r:.60}"] = None
+            elif len(parsed) == 4:
+                keys.append(parsed)
+            elif len(parsed) == 2:
+                batches.append(_Batch(parsed[0], parsed[1], 0))
             else:
-                keys.append(key)
+                tombstones.add(parsed[0])
         counted = len(cache)  # kept by triggers, apart from the key index: damage shows here
         if counted != listed:
             self._corrupted[f"the store counts {counted} entries but its index lists {listed}"] = (
                 None
             )
+        doomed_texts: list[str] = []
+        used_tombstones: set[int] = set()
+        for batch in batches:
+            seqs = range(batch.first, batch.first + batch.count)
+            batch.tombstoned = [seq for seq in seqs if seq in tombstones]
+            used_tombstones.update(batch.tombstoned)
+            try:
+                raw = cache.get(batch.text, default=None)
+                members = batch_members(raw, batch.first, batch.count)
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise
+                members = None
+            except Exception:  # a damaged row or value
+                members = None
+            if members is None:
+                last = batch.first + batch.count - 1
+                self._corrupted[f"batch #{batch.first}..#{last}"] = None
+                continue
+            for key, _ in members:
+                if key[0] not in tombstones:
+                    keys.append(key)
+                    self._batches[key[0]] = batch
+                    batch.live += 1
+            if batch.live == 0:  # every member settled; the entry outlived them
+                doomed_texts.append(batch.text)
+                doomed_texts += [_to_json((seq,)) for seq in batch.tombstoned]
+        doomed_texts += [_to_json((seq,)) for seq in tombstones - used_tombstones]
         keys.sort()
         now = broker.clock.monotonic()
         for key in keys:
             self._remember(key, now)
-        if keys:
-            self._seq = keys[-1][0] + 1
+        used = [key[0] for key in keys[-1:]] + [b.first + b.count - 1 for b in batches]
+        if used or tombstones:  # new entries never reuse a sequence number the store holds
+            self._seq = max(used + list(tombstones)) + 1
         with self._lock:
             doomed: list[_Key] = []
             for topic in list(self._index):
                 doomed += self._expired(broker, topic)
-            self._delete_stored(cache, doomed)
+            self._delete_stored(cache, doomed, doomed_texts)
 
     def _remember(self, key: _Key, stored_at: float) -> None:
         """Under the lock (or before start): index a stored key."""
@@ -298,38 +398,47 @@ class PersistencePlugin(PersistenceFeature):
 
     @hookimpl(trylast=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Store the messages (one store transaction) before they are delivered."""
+        """Store the messages (one entry, one store transaction) before they are delivered."""
         known = self._by_identity
-        encoded: list[tuple[Message, str]] = []
+        fresh: list[tuple[Message, _Identity]] = []
         for message in messages:
-            if _identity(message) in known:
-                continue  # a replayed message: stored already
-            encoded.append((message, self._encode(message)))
-        if not encoded:
+            identity = (message.topic, message.id, _micros(message.time))
+            if identity not in known:  # else a replayed message: stored already
+                fresh.append((message, identity))
+        if not fresh:
             return
         expire = broker.config.persistence_max_age
+        text = self._encode(fresh[0][0]) if len(fresh) == 1 else self._encode_batch(fresh)
         with self._lock:
             cache = self._live_cache()
             first = self._seq
-            keys = [(first + i, m.topic, m.id, _micros(m.time)) for i, (m, _) in enumerate(encoded)]
+            keys = [(first + i, *identity) for i, (_, identity) in enumerate(fresh)]
+            batch = None if len(keys) == 1 else _Batch(first, len(keys), len(keys))
             try:
-                if len(encoded) == 1:
-                    cache.set(_key_text(keys[0]), encoded[0][1], expire=expire)
-                else:
-                    with cache.transact():
-                        for key, (_, text) in zip(keys, encoded, strict=True):
-                            cache.set(_key_text(key), text, expire=expire)
+                entry = _key_text(keys[0]) if batch is None else batch.text
+                cache.set(entry, text, expire=expire)
             except _STORE_ERRORS as exc:
                 detail = self._write_failed(exc)
                 raise PersistenceError.because(f"cannot store message(s): {detail}") from exc
-            self._seq = first + len(encoded)
+            self._seq = first + len(keys)
             now = broker.clock.monotonic()
+            batches = self._batches
             for key in keys:
                 self._remember(key, now)
+                if batch is not None:
+                    batches[key[0]] = batch
             doomed: list[_Key] = []
             for topic in {key[1] for key in keys}:
                 doomed += self._expired(broker, topic)
             self._delete_stored(cache, doomed)
+
+    def _encode_batch(self, members: list[tuple[Message, _Identity]]) -> str:
+        try:
+            return _to_json([(*identity, message_to_dict(m)) for m, identity in members])
+        except (TypeError, ValueError, RecursionError, SerializationError):
+            for message, _ in members:
+                self._encode(message)  # raises SerializationError naming the message
+            raise
 
     @staticmethod
     def _encode(message: Message) -> str:
@@ -397,17 +506,47 @@ class PersistencePlugin(PersistenceFeature):
         if self._cache is not None:
             self._delete_stored(self._cache, doomed)
 
-    def _delete_stored(self, cache: diskcache.Cache, keys: list[_Key]) -> None:
-        """Under the lock: delete settled keys from the store (one transaction)."""
-        if not keys:
+    def _delete_stored(
+        self, cache: diskcache.Cache, keys: list[_Key], texts: Sequence[str] = ()
+    ) -> None:
+        """Under the lock: take settled keys (and entries ``texts``) out of the store.
+
+        One store transaction. A message stored alone is deleted; a batch member gets a
+        tombstone, unless it was the batch's last: then the batch and its tombstones go.
+        """
+        deletes = list(texts)
+        touched: dict[int, tuple[_Batch, list[int]]] = {}
+        batches = self._batches
+        for key in keys:
+            batch = batches.pop(key[0], None)
+            if batch is None:
+                deletes.append(_key_text(key))
+            else:
+                batch.live -= 1
+                touched.setdefault(batch.first, (batch, []))[1].append(key[0])
+        tombstones: list[str] = []
+        for batch, settled in touched.values():
+            if batch.live == 0:
+                deletes.append(batch.text)
+                deletes += [_to_json((seq,)) for seq in batch.tombstoned]
+                batch.tombstoned = []
+            else:
+                tombstones += [_to_json((seq,)) for seq in settled]
+                batch.tombstoned += settled
+        if not deletes and not tombstones:
             return
         try:
-            if len(keys) == 1:
-                cache.delete(_key_text(keys[0]))
+            if len(deletes) + len(tombstones) == 1:
+                if deletes:
+                    cache.delete(deletes[0])
+                else:
+                    cache.set(tombstones[0], _TOMBSTONE)
             else:
                 with cache.transact():
-                    for key in keys:
-                        cache.delete(_key_text(key))
+                    for text in deletes:
+                        cache.delete(text)
+                    for text in tombstones:
+                        cache.set(text, _TOMBSTONE)
         except _STORE_ERRORS as exc:
             self._write_failed(exc)
 
@@ -463,31 +602,49 @@ class PersistencePlugin(PersistenceFeature):
             cache = self._live_cache()
             if self._broker is not None:
                 self._delete_stored(cache, self._expired(self._broker, topic))
-            keys = [key for key, _ in self._index.get(topic, ()) if key in self._live]
+            batches = self._batches
+            keys = [
+                (key, batches.get(key[0]))
+                for key, _ in self._index.get(topic, ())
+                if key in self._live
+            ]
         messages: list[Message] = []
-        for key in keys:
+        read: dict[int, dict[_Key, object] | None] = {}  # batches read by this call
+        for key, batch in keys:
             if 0 < limit <= len(messages):
                 break
+            if batch is None:
+                raw = self._read(cache, _key_text(key), key)
+                if raw is None:
+                    continue  # damaged, or expired by age meanwhile
+                try:
+                    if not isinstance(raw, str):
+                        raise SerializationError.because("stored value is not text")
+                    data: object = json.loads(raw)
+                except (MQError, ValueError, RecursionError):
+                    self._note_corrupted(key)
+                    continue
+            else:
+                if batch.first not in read:
+                    raw = self._read(cache, batch.text, key)
+                    try:
+                        read[batch.first] = (
+                            None
+                            if raw is None
+                            else dict(batch_members(raw, batch.first, batch.count))
+                        )
+                    except (ValueError, RecursionError):
+                        read[batch.first] = None
+                        self._note_corrupted(key)
+                members = read[batch.first]
+                if members is None:
+                    continue
+                data = members.get(key)
+                if data is None:
+                    self._note_corrupted(key)  # the entry holds another message here
+                    continue
             try:
-                raw = cache.get(_key_text(key), default=None)
-            except sqlite3.DatabaseError as exc:
-                if not _is_corruption(exc):
-                    raise PersistenceError.because(f"cannot read the store: {exc}") from exc
-                self._note_corrupted(key)
-                continue
-            except _STORE_ERRORS as exc:
-                raise PersistenceError.because(
-                    f"cannot read the store: {_store_error(exc)}"
-                ) from exc
-            except Exception:  # a damaged row (diskcache cannot unpickle or fetch it)
-                self._note_corrupted(key)
-                continue
-            if raw is None:
-                continue  # expired by age meanwhile
-            try:
-                if not isinstance(raw, str):
-                    raise SerializationError.because("stored value is not text")
-                message = message_from_dict(json.loads(raw))
+                message = message_from_dict(data)  # type: ignore[arg-type]
                 if _identity(message) != (key[1], key[2], key[3]):
                     raise SerializationError.because("the stored message does not match its key")
             except (MQError, ValueError, TypeError, KeyError, RecursionError):
@@ -495,6 +652,20 @@ class PersistencePlugin(PersistenceFeature):
                 continue
             messages.append(message)
         return messages
+
+    def _read(self, cache: diskcache.Cache, text: str, key: _Key) -> object:
+        """The stored value of entry ``text``; None when it is gone or damaged (noted)."""
+        try:
+            return cache.get(text, default=None)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise PersistenceError.because(f"cannot read the store: {exc}") from exc
+        except _STORE_ERRORS as exc:
+            raise PersistenceError.because(f"cannot read the store: {_store_error(exc)}") from exc
+        except Exception:  # a damaged row (diskcache cannot unpickle or fetch it): noted below
+            pass
+        self._note_corrupted(key)
+        return None
 
     def _note_corrupted(self, key: _Key) -> None:
         with self._lock:

@@ -29,9 +29,11 @@ def fill(broker: mqkit.Broker) -> dict[str, mqkit.Message]:
     payments = broker.subscribe("payments")
     broker.publish("orders", mqkit.Message("o-1", {"sku": "A"}))
     broker.publish("orders", mqkit.PriorityMessage("o-2", priority=mqkit.Priority.HIGH))
-    broker.publish("payments", mqkit.AckMessage("p-1", 10, ack_id="ack-p-1"))
-    broker.publish("payments", mqkit.AckMessage("p-2", 20, ack_id="ack-p-2"))
-    broker.publish("payments", mqkit.AckMessage("p-3", 30, ack_id="ack-p-3"))
+    # One batch entry in the store; its settled members are marked with tombstones.
+    broker.publish_batch(
+        "payments",
+        [mqkit.AckMessage(f"p-{i}", 10 * i, ack_id=f"ack-p-{i}") for i in (1, 2, 3)],
+    )
     seen = {m.id: m for m in (orders.get(timeout=5), orders.get(timeout=5))}
     for _ in range(3):
         message = payments.get(timeout=5)

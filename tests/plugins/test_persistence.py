@@ -47,6 +47,12 @@ def cache_of(broker: mqkit.Broker) -> diskcache.Cache:
     return cache
 
 
+def entries(broker: mqkit.Broker) -> tuple[int, int, int]:
+    """What the store holds: (messages stored alone, batch entries, tombstones)."""
+    kinds = [len(json.loads(key)) for key in cache_of(broker).iterkeys()]
+    return kinds.count(4), kinds.count(2), kinds.count(1)
+
+
 def stored_key(broker: mqkit.Broker, message_id: str) -> object:
     """The store key of the message ``message_id`` (found by reading the stored values)."""
     cache = cache_of(broker)
@@ -277,7 +283,103 @@ def test_batch_repeating_an_id_stores_each_message(make_broker: Factory, tmp_pat
     broker.close()
     reopened = make_broker("persistence", config=config(tmp_path))
     assert ids(reopened.recover_messages("t")) == ["x", "y", "z"]
-    assert len(cache_of(reopened)) == 3  # nothing orphaned in the store
+    # z alone; the batch, whose retired first member has a tombstone: nothing orphaned.
+    assert entries(reopened) == (1, 1, 1)
+
+
+def test_batch_is_one_entry_whose_members_settle_one_by_one(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    sub = broker.subscribe_with_ack("t", BIG)
+    broker.publish_batch("t", [mqkit.AckMessage(f"a{i}", i, ack_id=f"k{i}") for i in range(4)])
+    assert entries(broker) == (0, 1, 0)  # one write for the whole batch
+    assert [sub.get(timeout=5).id for _ in range(4)] == ["a0", "a1", "a2", "a3"]
+    sub.ack("k1")
+    sub.ack("k3")
+    assert entries(broker) == (0, 1, 2)  # settled members are marked, the rest stays stored
+    assert ids(broker.recover_messages("t")) == ["a0", "a2"]
+    broker.close()
+
+    reopened = make_broker("persistence", "ack", config=config(tmp_path))
+    assert [(m.id, m.data) for m in reopened.recover_messages("t")] == [("a0", 0), ("a2", 2)]
+    sub = reopened.subscribe_with_ack("t", BIG)
+    assert reopened.replay_messages("t") == 2
+    for message in (sub.get(timeout=5), sub.get(timeout=5)):
+        sub.ack(message.ack_id)
+    assert reopened.recover_messages("t") == []
+    assert entries(reopened) == (0, 0, 0)  # the last member took the entry and its marks along
+    assert reopened.health_check().status == "healthy"
+
+
+def test_new_entries_never_reuse_a_stored_sequence_number(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    sub = broker.subscribe_with_ack("t", BIG)
+    broker.publish("t", mqkit.Message("alone"))
+    broker.publish_batch("t", [mqkit.AckMessage(f"b{i}", ack_id=f"k{i}") for i in range(3)])
+    for _ in range(4):
+        sub.get(timeout=5)
+    for i in range(2):
+        sub.ack(f"k{i}")
+    broker.close()
+    reopened = make_broker("persistence", config=config(tmp_path))
+    reopened.publish_batch("t", [mqkit.Message("c0"), mqkit.Message("c1")])
+    reopened.publish("t", mqkit.Message("d"))
+    assert ids(reopened.recover_messages("t")) == ["alone", "b2", "c0", "c1", "d"]
+    reopened.close()
+    again = make_broker("persistence", config=config(tmp_path))
+    assert ids(again.recover_messages("t")) == ["alone", "b2", "c0", "c1", "d"]
+
+
+def test_orphaned_tombstones_are_removed_on_start(make_broker: Factory, tmp_path: Path) -> None:
+    broker = make_broker("persistence", config=config(tmp_path))
+    broker.publish("t", mqkit.Message("a"))
+    cache_of(broker).set("[12345]", "")  # the mark of a member whose batch is gone
+    broker.close()
+    reopened = make_broker("persistence", config=config(tmp_path))
+    assert entries(reopened) == (1, 0, 0)
+    assert ids(reopened.recover_messages("t")) == ["a"]
+    assert reopened.health_check().status == "healthy"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["not json", "[]", '[["t", "b0", 0, {}]]', "[1, 2, 3]", 42],
+    ids=["text", "empty", "short", "not-members", "not-text"],
+)
+def test_corrupted_batch_is_skipped_counted_and_named(
+    make_broker: Factory, tmp_path: Path, garbage: object
+) -> None:
+    broker = make_broker("persistence", config=config(tmp_path))
+    broker.publish("t", mqkit.Message("before"))
+    broker.publish_batch("t", [mqkit.Message(f"b{i}") for i in range(3)])
+    broker.publish("t", mqkit.Message("after"))
+    (batch_key,) = [key for key in cache_of(broker).iterkeys() if len(json.loads(key)) == 2]
+    cache_of(broker).set(batch_key, garbage)
+    assert ids(broker.recover_messages("t")) == ["before", "after"]
+    assert broker.health_check().status == "degraded"
+    broker.close()
+    reopened = make_broker("persistence", config=config(tmp_path))
+    assert ids(reopened.recover_messages("t")) == ["before", "after"]
+    (problem,) = reopened.health_check().problems
+    assert "corrupted" in problem and "batch #1..#3" in problem
+
+
+def test_batch_member_swapped_for_another_message_is_skipped(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    broker = make_broker("persistence", config=config(tmp_path))
+    broker.publish_batch("t", [mqkit.Message("x"), mqkit.Message("y")])
+    cache = cache_of(broker)
+    (batch_key,) = list(cache.iterkeys())
+    members = json.loads(cache[batch_key])
+    members[1][1] = "x"  # the second member claims to be x
+    cache.set(batch_key, json.dumps(members))
+    assert ids(broker.recover_messages("t")) == ["x"]
+    (problem,) = broker.health_check().problems
+    assert "'y'" in problem
 
 
 # -- replay -------------------------------------------------------------------------------------
@@ -510,13 +612,14 @@ def test_max_messages_keeps_the_newest_per_topic(make_broker: Factory, tmp_path:
     assert ids(broker.recover_messages("t", 2)) == ["m7", "m8"]
     assert ids(broker.recover_messages("u")) == [f"u{i}" for i in range(3, 8)]
     assert ids(broker.recover_messages("other")) == ["o"]
-    assert len(cache_of(broker)) == 11  # trimmed on disk too
+    # Trimmed on disk too: 5 + 1 stored alone; the batch of 8 with 3 members retired.
+    assert entries(broker) == (6, 1, 3)
     broker.close()
 
     smaller = make_broker("persistence", config=config(tmp_path, persistence_max_messages=2))
     assert ids(smaller.recover_messages("t")) == ["m10", "m11"]
     assert ids(smaller.recover_messages("u")) == ["u6", "u7"]
-    assert len(cache_of(smaller)) == 5
+    assert entries(smaller) == (3, 1, 6)
 
 
 def test_max_age_drops_older_messages(

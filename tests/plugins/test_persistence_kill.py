@@ -53,7 +53,20 @@ with mqkit.Broker(config) as broker:
             consumer.ack(received.ack_id)
             out.write(f"acked {mid}\\n")
             out.flush()
-        elif roll < 0.4:  # a batch
+        elif roll < 0.35:  # a batch of ack-required messages, consumed and acked one by one
+            mids = [f"{prefix}-{i + k}" for k in range(rng.randint(2, 4))]
+            i += len(mids)
+            batch = [mqkit.AckMessage(m, m, meta={"consume": "1"}) for m in mids]
+            broker.publish_batch("kill", batch)
+            out.write("".join(m + "\\n" for m in mids))
+            out.flush()
+            for mid in mids:
+                received = consumer.get(timeout=60)
+                assert received.id == mid, (received.id, mid)
+                consumer.ack(received.ack_id)
+                out.write(f"acked {mid}\\n")
+                out.flush()
+        elif roll < 0.45:  # a batch
             mids = [f"{prefix}-{i + k}" for k in range(rng.randint(2, 6))]
             i += len(mids)
             batch = [mqkit.Message(m, "b" * rng.randint(0, 300)) for m in mids]

@@ -367,13 +367,18 @@ def test_payload_round_trips_through_the_store(broker: mqkit.Broker, payload: An
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(messages(expiries=future), min_size=1, max_size=5))
-def test_messages_round_trip_through_a_reopened_store(batch: list[mqkit.Message]) -> None:
+@given(st.lists(messages(expiries=future), min_size=1, max_size=5), st.booleans())
+def test_messages_round_trip_through_a_reopened_store(
+    batch: list[mqkit.Message], as_batch: bool
+) -> None:
     with tempfile.TemporaryDirectory() as path:
         config = mqkit.Config(enable_persistence=True, persistence_path=path)
         with mqkit.Broker(config) as first:
-            for message in batch:
-                first.publish("t", message)
+            if as_batch:  # one store entry for them all
+                first.publish_batch("t", batch)
+            else:
+                for message in batch:
+                    first.publish("t", message)
             stored = first.recover_messages("t")
         with mqkit.Broker(config) as second:
             recovered = second.recover_messages("t")
