@@ -849,7 +849,11 @@ def _stored_texts(msgs: Sequence[Message]) -> list[str]:
 
 
 def _open_cache(directory: Path) -> Any:
-    """A diskcache Cache with the persistence plugin's settings."""
+    """A diskcache Cache with the persistence plugin's durability settings.
+
+    WAL with ``synchronous=NORMAL``, no eviction, no statistics or tag index - but diskcache's
+    default culling (the plugin turns it off: its retention runs from its own index).
+    """
     diskcache = importlib.import_module("diskcache")
     return diskcache.Cache(
         str(directory),
@@ -1164,7 +1168,7 @@ def suite(groups: Sequence[str] | None = None) -> list[BenchCase]:
         "diskcache",
         "diskcache Cache.set",
         _in_temp_dir(_diskcache_set),
-        "the plugin's settings and JSON text",
+        "the plugin's durability settings and JSON text",
     )
     t.peer("diskcache", f"diskcache Cache.set, {BATCH} per transact()", _in_temp_dir(_batched_set))
     t.stdlib(
