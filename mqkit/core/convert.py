@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 import cattrs
 
+from mqkit.core.errors import SerializationError
+
 __all__ = ["converter", "parse_bool", "parse_seconds", "parse_str_tuple"]
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -93,6 +95,19 @@ def _structure_datetime(value: object, _: type) -> datetime:
     raise ValueError(f"expected an ISO 8601 datetime, got {value!r}")
 
 
+_last_time: tuple[datetime | None, str] = (None, "")
+
+
+def _datetime_text(value: datetime) -> str:
+    """``value.isoformat()``, remembering the last one: a batch's messages share one instant."""
+    global _last_time
+    last, text = _last_time  # one read of an immutable pair: safe from any thread
+    if value is not last:
+        text = value.isoformat()
+        _last_time = (value, text)
+    return text
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
     conv.register_structure_hook(bool, lambda v, _: parse_bool(v))
@@ -106,7 +121,7 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == tuple[str, ...], lambda v, _: parse_str_tuple(v)
     )
     conv.register_structure_hook(datetime, _structure_datetime)
-    conv.register_unstructure_hook(datetime, lambda d: d.isoformat())
+    conv.register_unstructure_hook(datetime, _datetime_text)
     conv.register_unstructure_hook(timedelta, lambda d: d.total_seconds())
     conv.register_unstructure_hook_func(
         lambda t: isinstance(t, type) and issubclass(t, enum.Enum),
@@ -170,9 +185,9 @@ def encode_payload(value: Any) -> Any:
     dataclasses - exactly these types, so that each comes back as itself: a subclass (an
     ``IntEnum``, a named tuple, an ``OrderedDict``) or anything else raises
     :class:`~mqkit.SerializationError`, and so does a circular or too deeply nested payload.
+    The result may share containers with ``value`` (a dict that is JSON-ready already is
+    returned as it is): encode it to text, do not change it.
     """
-    from mqkit.core.errors import SerializationError
-
     try:
         return _encode(value)
     except RecursionError:
@@ -182,6 +197,7 @@ def encode_payload(value: Any) -> Any:
 
 
 _AS_IS: frozenset[type] = frozenset({str, int, bool, type(None)})  # JSON-ready as they are
+_STR_ONLY: frozenset[type] = frozenset({str})
 
 
 def _encode(value: Any) -> Any:
@@ -189,12 +205,15 @@ def _encode(value: Any) -> Any:
     if kind in _AS_IS:
         return value
     if kind is dict:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if type(k) is not str or k[:1] == "$":
-                return {"$dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
-            out[k] = v if type(v) in _AS_IS else _encode(v)
-        return out
+        # String keys are written as they are, unless the dict could be read as one of the
+        # tagged forms below (one "$" key, or "$type" and "value"); other keys need "$dict".
+        if set(map(type, value)) <= _STR_ONLY and (
+            len(value) > 2 or not any(k[:1] == "$" for k in value)
+        ):
+            if set(map(type, value.values())) <= _AS_IS:
+                return value  # already JSON-ready: shared, not copied (nothing changes it)
+            return {k: v if type(v) in _AS_IS else _encode(v) for k, v in value.items()}
+        return {"$dict": [[_encode(k), _encode(v)] for k, v in value.items()]}
     if kind is list:
         return [v if type(v) in _AS_IS else _encode(v) for v in value]
     if kind is float:
@@ -207,8 +226,6 @@ def _encode(value: Any) -> Any:
         return {"$datetime": value.isoformat()}
     if kind is tuple:
         return {"$tuple": [_encode(v) for v in value]}
-    from mqkit.core.errors import SerializationError
-
     name = _payload_names.get(kind)
     if name is not None:
         try:
@@ -228,8 +245,6 @@ def _encode(value: Any) -> Any:
 
 def decode_payload(data: Any) -> Any:
     """The inverse of :func:`encode_payload`; ``SerializationError`` for malformed data."""
-    from mqkit.core.errors import SerializationError
-
     try:
         if isinstance(data, list):
             return [decode_payload(v) for v in data]
@@ -266,6 +281,10 @@ def _hashable(value: Any) -> Any:
 _message_unstructurers: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {}
 
 
+def _meta_dict(meta: Mapping[str, str]) -> dict[str, str]:
+    return dict(meta) if meta else {}
+
+
 def message_to_dict(message: Any) -> dict[str, Any]:
     """A message as JSON-ready data: its class name, fields, and the encoded payload.
 
@@ -279,7 +298,6 @@ def message_to_dict(message: Any) -> dict[str, Any]:
         from cattrs.gen import make_dict_unstructure_fn, override
 
         from mqkit.core import message as messages
-        from mqkit.core.errors import SerializationError
 
         name = cls.__name__ if getattr(messages, cls.__name__, None) is cls else None
         name = name or _payload_names.get(cls)
@@ -288,7 +306,10 @@ def message_to_dict(message: Any) -> dict[str, Any]:
                 f"cannot store a message of class {cls.__qualname__} "
                 "(register it with mqkit.register_payload_type)"
             )
-        known = (name, make_dict_unstructure_fn(cls, converter, data=override(omit=True)))
+        fields = make_dict_unstructure_fn(
+            cls, converter, data=override(omit=True), meta=override(unstruct_hook=_meta_dict)
+        )
+        known = (name, fields)
         _message_unstructurers[cls] = known
     name, unstructure_fields = known
     data = unstructure_fields(message)
@@ -300,7 +321,6 @@ def message_to_dict(message: Any) -> dict[str, Any]:
 def message_from_dict(data: dict[str, Any]) -> Any:
     """The inverse of :func:`message_to_dict` (built-in and registered message classes)."""
     from mqkit.core import message as messages
-    from mqkit.core.errors import SerializationError
 
     fields = dict(data)
     name = str(fields.pop("$class", "Message"))
