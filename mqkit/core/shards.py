@@ -20,16 +20,18 @@ class ThreadShards(Generic[T]):
 
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
-        self._local = threading.local()
+        self.local = threading.local()
+        """``local.shard`` is the calling thread's shard once :meth:`get` made it: a hot path
+        reads it directly (``try: local.shard`` / ``except AttributeError: get()``)."""
         self._lock = threading.Lock()
         self._all: list[T] = []
 
     def get(self) -> T:
         """Return the calling thread's shard (made on its first call)."""
         try:
-            shard: T = self._local.shard
+            shard: T = self.local.shard
         except AttributeError:
-            shard = self._local.shard = self._factory()
+            shard = self.local.shard = self._factory()
             with self._lock:
                 self._all.append(shard)
         return shard

@@ -63,6 +63,7 @@ class MemoryPlugin(MemoryFeature):
 
     def __init__(self) -> None:
         self._shards = ThreadShards(_Shard)
+        self._local = self._shards.local
         self._features_seen: tuple[Feature, ...] = ()
         self._holders: tuple[Feature, ...] = ()
         self._broker: Broker | None = None
@@ -114,9 +115,15 @@ class MemoryPlugin(MemoryFeature):
         Within one publish call (a batch), the messages already checked count too: the
         thread's ``pending`` sum is reset once the call was routed (or failed).
         """
-        size = estimate_size(message) + SLOT_BYTES
-        shard = self._shards.get()
-        incoming = shard.pending + size * max(1, len(broker.routes(topic)))
+        size = message._size  # estimate_size's memo, read inline (this runs for every message)
+        if size < 0:
+            size = estimate_size(message)
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shards.get()
+        subs = len(broker.routes(topic))
+        incoming = shard.pending + (size + SLOT_BYTES) * (subs if subs > 1 else 1)
         limit = broker.config.max_memory_usage
         if limit > 0:
             used = self.usage()
@@ -130,18 +137,30 @@ class MemoryPlugin(MemoryFeature):
     def mqkit_published(
         self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
     ) -> None:
-        """Count the buffered copies."""
-        shard = self._shards.get()
+        """Count the buffered copies (each message's size was measured at publish)."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shards.get()
         shard.pending = 0
-        for message, n in zip(messages, copies, strict=True):
-            if n > 0:  # the estimate is remembered on the message: measured at publish
-                shard.bytes += n * (estimate_size(message) + SLOT_BYTES)
+        for i, n in enumerate(copies):
+            if n > 0:
+                size = messages[i]._size
+                if size < 0:
+                    size = estimate_size(messages[i])
+                shard.bytes += n * (size + SLOT_BYTES)
 
     @hookimpl
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """A copy left its buffer (a cancelled subscription's were un-counted at the cancel)."""
         if not subscription.closed:  # _leave, inlined: this runs for every message
-            self._shards.get().bytes -= estimate_size(message) + SLOT_BYTES
+            size = message._size
+            if size < 0:
+                size = estimate_size(message)
+            try:
+                self._local.shard.bytes -= size + SLOT_BYTES
+            except AttributeError:
+                self._shards.get().bytes -= size + SLOT_BYTES
 
     @hookimpl
     def mqkit_drop(

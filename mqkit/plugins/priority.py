@@ -18,13 +18,15 @@ from collections.abc import Iterator
 
 from mqkit.core.broker import Broker
 from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import Message, message_priority
+from mqkit.core.message import Message, Priority, message_priority
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 
 __all__ = ["PriorityBuffer", "PriorityPlugin"]
 
 _Entry = tuple[int, int, Message]  # (-priority, sequence, message)
+_push = heapq.heappush
+_pop = heapq.heappop
 
 
 class PriorityBuffer:
@@ -43,7 +45,9 @@ class PriorityBuffer:
 
     def append(self, message: Message, /) -> None:
         """Add a message behind the others of its priority."""
-        heapq.heappush(self._heap, (-message_priority(message), next(self._seq), message))
+        # message_priority, inlined: this runs for every buffered message.
+        priority: int = getattr(message, "priority", Priority.NORMAL)
+        _push(self._heap, (-priority, next(self._seq), message))
 
     def appendleft(self, message: Message, /) -> None:
         """Put a message back ahead of the others of its priority (redelivery)."""
@@ -51,7 +55,7 @@ class PriorityBuffer:
 
     def popleft(self) -> Message:
         """Remove and return the highest-priority, oldest message."""
-        return heapq.heappop(self._heap)[2]
+        return _pop(self._heap)[2]
 
     def evict(self, incoming: Message, /) -> Message:
         """Drop the oldest message of the lowest priority present, ``incoming`` included."""
