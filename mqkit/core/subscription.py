@@ -237,14 +237,32 @@ class Subscription:
 
     def __aiter__(self) -> AsyncIterator[Message]:
         """``async for message in subscription``: until closed and drained."""
-        return self._aiter()
+        return self
 
-    async def _aiter(self) -> AsyncIterator[Message]:
-        while True:
+    async def __anext__(self) -> Message:
+        """The next message for ``async for`` (``aget``; closed and drained: the loop ends).
+
+        One coroutine per message: ``aget``'s fast path is repeated here rather than wrapped
+        in an async generator, which would cost a second frame and object per message.
+        """
+        try:
+            message = self._buf.popleft()
+        except IndexError:
             try:
-                yield await self.aget()
+                return await self._aget_slow(None)
             except SubscriptionClosedError:
-                return
+                raise StopAsyncIteration from None
+        if self._space_waiters:
+            self._wake_space()
+        hooks = self._broker._hooks
+        if hooks.deliver_on and not self._hand_out(hooks, message):
+            try:
+                return await self._aget_slow(None)
+            except SubscriptionClosedError:
+                raise StopAsyncIteration from None
+        if hooks.delivered_on:
+            hooks.delivered(self._broker, self, message)
+        return message
 
     def _hand_out(self, hooks: Hooks, message: Message) -> bool:
         """Ask ``mqkit_deliver``; a withheld message is reported as dropped (``withheld``)."""

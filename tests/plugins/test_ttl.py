@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -199,6 +200,26 @@ def test_message_ttl_gives_messages_without_expiry_a_default(make_broker, fake_c
     fake_clock.advance(10)
     assert drain(sub) == []
     assert broker.metrics().total_expired == 1
+
+
+def test_async_consumers_never_see_a_message_expiring_in_the_buffer(
+    make_broker, fake_clock: FakeClock, hook_recorder
+) -> None:
+    broker = make_broker("ttl", "metrics", objects=[hook_recorder])
+    sub = broker.subscribe("t")
+    publish_short_lived(broker, fake_clock)
+    fake_clock.advance(0.6)
+
+    async def consume() -> tuple[str, list[str]]:
+        first = await sub.aget(timeout=0)  # aget skips the expired one
+        publish_short_lived(broker, fake_clock)
+        fake_clock.advance(0.6)
+        sub.cancel()  # async for drains what is buffered, then ends
+        return first.id, [m.id async for m in sub]
+
+    assert asyncio.run(consume()) == ("plain", ["plain"])
+    assert drops(hook_recorder) == [("short", "withheld"), ("short", "withheld")]
+    assert broker.metrics().total_expired == 2
 
 
 def test_default_ttl_is_checked_at_delivery(make_broker, fake_clock, hook_recorder) -> None:
