@@ -49,7 +49,7 @@ from mqkit.core.features import (
     ProtocolFeature,
     TransactionFeature,
 )
-from mqkit.core.hookspecs import hookimpl
+from mqkit.core.hookspecs import for_messages, hookimpl
 from mqkit.core.message import (
     AckMessage,
     AckPolicy,
@@ -137,6 +137,7 @@ __all__ = [
     "TransactionNotSupportedError",
     "TransactionTimeoutError",
     "__version__",
+    "for_messages",
     "hookimpl",
     "register_payload_type",
 ]

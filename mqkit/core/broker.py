@@ -209,7 +209,7 @@ class Broker:
             features = pm.features()
         self._features = features
         self._feature_list = tuple(features.values())
-        self._hooks = Hooks(pm, self._report_plugin_error)
+        self._hooks = Hooks(pm, self._report_plugin_error, config)
         return added_names
 
     def _report_plugin_error(self, plugin: str, hook: str, exc: BaseException) -> None:

@@ -8,7 +8,9 @@ from pluggy's ordered implementation lists (``HookCaller.get_hookimpls()``, call
 pluggy itself does), each implementation adapted once to the hook's full positional signature.
 A call is then a plain loop over functions: pluggy's order, pluggy's firstresult rule, and
 per-implementation error isolation that pluggy cannot give (a failing observer must not stop the
-others). Hook wrappers are refused at registration, so nothing is bypassed.
+others). Hook wrappers are refused at registration, so nothing is bypassed. The per-message
+hooks ``mqkit_publish``, ``mqkit_deliver`` and ``mqkit_delivered`` skip implementations that
+declined the message's class (:func:`mqkit.core.hookspecs.for_messages`), from a per-class cache.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING, Any, cast
 import pluggy
 
 from mqkit.core.errors import MQError, PluginError
-from mqkit.core.hookspecs import HOOK_NAMES
+from mqkit.core.hookspecs import HOOK_NAMES, MESSAGE_INTEREST, Interest
 from mqkit.core.message import Message
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
+    from mqkit.core.config import Config
     from mqkit.core.subscription import Buffer, Subscription
 
 __all__ = ["Hooks"]
@@ -63,17 +66,73 @@ def compile_hook(pm: pluggy.PluginManager, name: str) -> list[Impl]:
     ]
 
 
+def _interests(pm: pluggy.PluginManager, name: str) -> list[Interest | None]:
+    """The ``for_messages`` interest of each implementation, in ``compile_hook``'s order."""
+    caller = getattr(pm.hook, name)
+    return [getattr(i.function, MESSAGE_INTEREST, None) for i in reversed(caller.get_hookimpls())]
+
+
+class _ByClass:
+    """A per-message hook's implementations narrowed to each message class (``for_messages``)."""
+
+    __slots__ = ("_cache", "_config", "_hook", "_impls", "_report")
+
+    def __init__(
+        self,
+        hook: str,
+        impls: list[Impl],
+        interests: list[Interest | None],
+        config: Config | None,
+        report: Report,
+    ) -> None:
+        self._hook = hook
+        self._impls = list(zip(impls, interests, strict=True))
+        self._config = config
+        self._report = report
+        self._cache: dict[type, list[Impl]] = {}
+
+    def get(self, cls: type) -> list[Impl]:
+        """The implementations to call for messages of ``cls`` (computed once per class)."""
+        found = self._cache.get(cls)
+        if found is None:
+            found = []
+            for impl, interest in self._impls:
+                if interest is not None and self._config is not None:
+                    try:
+                        if not interest(cls, self._config):
+                            continue
+                    except Exception as exc:  # counts as interested; the plugin is reported
+                        self._report(impl[0], self._hook, exc)
+                found.append(impl)
+            self._cache[cls] = found  # a race computes the same list twice: harmless
+        return found
+
+
 class Hooks:
     """Typed, compiled dispatch of every hook (see the module docstring).
 
     Built by the plugin host; immutable afterwards (a plugin change builds a new one).
     """
 
-    def __init__(self, pm: pluggy.PluginManager | None, report: Report) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager | None, report: Report, config: Config | None = None
+    ) -> None:
         self._report = report
         table: dict[str, list[Impl]] = {
             name: (compile_hook(pm, name) if pm is not None else []) for name in HOOK_NAMES
         }
+        # The per-message hooks whose implementations may be narrowed by message class.
+        narrowed: dict[str, _ByClass | None] = {}
+        for name in ("mqkit_publish", "mqkit_deliver", "mqkit_delivered"):
+            interests = _interests(pm, name) if pm is not None else []
+            narrowed[name] = (
+                _ByClass(name, table[name], interests, config, report)
+                if any(i is not None for i in interests)
+                else None
+            )
+        self._publish_by_class = narrowed["mqkit_publish"]
+        self._deliver_by_class = narrowed["mqkit_deliver"]
+        self._delivered_by_class = narrowed["mqkit_delivered"]
         self.impls = table
         """Compiled implementations per hook name (read-only; for tests and tooling)."""
         self._broker_start = table["mqkit_broker_start"]
@@ -237,7 +296,9 @@ class Hooks:
 
     def publish(self, broker: Broker, topic: str, message: Message) -> bool:
         """Fire ``mqkit_publish``; True when a plugin took the message over."""
-        for plugin, fn in self._publish:  # _decide, inlined: this is the hottest hook
+        by_class = self._publish_by_class
+        impls = self._publish if by_class is None else by_class.get(message.__class__)
+        for plugin, fn in impls:  # _decide, inlined: this is the hottest hook
             try:
                 result = fn(broker, topic, message)
             except MQError:
@@ -270,7 +331,9 @@ class Hooks:
 
     def deliver(self, broker: Broker, subscription: Subscription, message: Message) -> bool:
         """Fire ``mqkit_deliver``; False when a plugin withholds the message."""
-        for plugin, fn in self._deliver:
+        by_class = self._deliver_by_class
+        impls = self._deliver if by_class is None else by_class.get(message.__class__)
+        for plugin, fn in impls:
             try:
                 result = fn(broker, subscription, message)
             except Exception as exc:
@@ -282,7 +345,9 @@ class Hooks:
 
     def delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Fire ``mqkit_delivered``."""
-        for plugin, fn in self._delivered:
+        by_class = self._delivered_by_class
+        impls = self._delivered if by_class is None else by_class.get(message.__class__)
+        for plugin, fn in impls:
             try:
                 fn(broker, subscription, message)
             except Exception as exc:

@@ -23,6 +23,11 @@ or the broker's timer thread. They must not block; they may call back into the b
 last, otherwise the most recently registered first. Built-in plugins register before
 third-party ones, so third-party implementations run before built-in ones of the same bucket.
 
+**Narrowing.** An implementation of ``mqkit_publish``, ``mqkit_deliver`` or
+``mqkit_delivered`` that concerns some message classes only (those with ``expires_at``, say)
+may say so with :func:`for_messages`: the facade then skips it for the other classes, without
+a call (the answer is cached per class until the configuration or the plugin set changes).
+
 A message's path: ``publish`` → :func:`mqkit_publish` (check, or take over) →
 :func:`mqkit_accept` (store) → buffered in each matching subscription (or :func:`mqkit_drop`) →
 :func:`mqkit_published` → a consumer's ``get`` → :func:`mqkit_deliver` (hand out or withhold) →
@@ -32,8 +37,8 @@ A message's path: ``publish`` → :func:`mqkit_publish` (check, or take over) �
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -42,14 +47,45 @@ from mqkit.core.message import Message
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
+    from mqkit.core.config import Config
     from mqkit.core.subscription import Buffer, Subscription
 
-__all__ = ["HOOK_NAMES", "hookimpl", "hookspec"]
+__all__ = ["HOOK_NAMES", "MESSAGE_INTEREST", "Interest", "for_messages", "hookimpl", "hookspec"]
 
 PROJECT = "mqkit"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 """Marks a plugin method as a hook implementation: ``@mqkit.hookimpl``."""
+
+Interest = Callable[[type[Message], "Config"], bool]
+"""``interest(message_class, config) -> bool``: does an implementation concern that class?"""
+MESSAGE_INTEREST = "mqkit_message_interest"
+"""The attribute :func:`for_messages` sets on an implementation."""
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def for_messages(interest: Interest) -> Callable[[_F], _F]:
+    """Narrow an implementation of a per-message hook to the message classes it concerns.
+
+    For ``mqkit_publish``, ``mqkit_deliver`` and ``mqkit_delivered`` only (elsewhere it has no
+    effect). The facade asks ``interest(type(message), broker.config)`` once per message class
+    and caches the answer until the configuration or the plugin set changes; for a class it
+    declines, the implementation is not called at all. Use it for an implementation that would
+    return at once for other classes::
+
+        @mqkit.hookimpl
+        @mqkit.for_messages(lambda cls, config: hasattr(cls, "expires_at"))
+        def mqkit_publish(self, broker, topic, message): ...
+
+    The answer must depend on the class and the configuration only. An ``interest`` that
+    raises counts as interested (and is reported against the plugin).
+    """
+
+    def mark(fn: _F) -> _F:
+        setattr(fn, MESSAGE_INTEREST, interest)
+        return fn
+
+    return mark
 
 
 # --- lifecycle ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
     "PriorityTTLMessage",
     "TTLMessage",
     "estimate_size",
+    "has_field",
     "message_priority",
     "stamper",
 ]
@@ -194,6 +195,11 @@ def estimate_size(message: Message) -> int:
 
 _remember_size: Final[Callable[[Message, int], None]] = Message.__dict__["_size"].__set__
 """Write the memo slot of a (frozen) message: a cache of a pure function, so a race is benign."""
+
+
+def has_field(cls: type, name: str) -> bool:
+    """Whether the attrs class ``cls`` (a message class) declares the field ``name``."""
+    return attrs.has(cls) and any(f.name == name for f in attrs.fields(cls))
 
 
 def message_priority(message: Message) -> int:

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from mqkit.core.broker import Broker
 from mqkit.core.errors import AckNotFoundError, InvalidMessageError
 from mqkit.core.features import AckFeature
-from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import AckPolicy, Message, estimate_size, stamper
+from mqkit.core.hookspecs import for_messages, hookimpl
+from mqkit.core.message import AckPolicy, Message, estimate_size, has_field, stamper
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
@@ -113,6 +113,7 @@ class AckPlugin(AckFeature):
     # -- hooks ---------------------------------------------------------------------------------
 
     @hookimpl
+    @for_messages(lambda cls, config: has_field(cls, "ack_id"))
     def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
         """Refuse an explicit ack id that is still pending (it could not be told apart)."""
         ack_id = getattr(message, "ack_id", "")
@@ -120,6 +121,7 @@ class AckPlugin(AckFeature):
             raise InvalidMessageError.because(f"ack id {ack_id!r} is already pending")
 
     @hookimpl
+    @for_messages(lambda cls, config: has_field(cls, "ack_policy"))
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Start the deadline of an ack-required message just handed out."""
         if not needs_ack(message):

@@ -18,9 +18,10 @@ import threading
 from datetime import datetime, timedelta
 
 from mqkit.core.broker import Broker
+from mqkit.core.config import Config
 from mqkit.core.errors import InvalidMessageError, MessageExpiredError
-from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import Message
+from mqkit.core.hookspecs import for_messages, hookimpl
+from mqkit.core.message import Message, has_field
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
@@ -39,6 +40,11 @@ def expiry_of(message: Message, default_ttl: float) -> datetime | None:
     if default_ttl > 0 and message.time is not None:
         return message.time + timedelta(seconds=default_ttl)
     return None
+
+
+def _may_expire(cls: type[Message], config: Config) -> bool:
+    """The classes the hooks concern: with ``expires_at``, or all under a default TTL."""
+    return config.message_ttl > 0 or has_field(cls, "expires_at")
 
 
 class TTLPlugin:
@@ -73,6 +79,7 @@ class TTLPlugin:
             self._broker = None
 
     @hookimpl
+    @for_messages(_may_expire)
     def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
         """Refuse a message whose ``expires_at`` is not timezone-aware or has passed."""
         expires: datetime | None = getattr(message, "expires_at", None)
@@ -90,6 +97,7 @@ class TTLPlugin:
             self._schedule_sweep(broker)
 
     @hookimpl(tryfirst=True)
+    @for_messages(_may_expire)
     def mqkit_deliver(
         self, broker: Broker, subscription: Subscription, message: Message
     ) -> bool | None:

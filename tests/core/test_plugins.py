@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from attrs import evolve as attrs_evolve
 
 import mqkit
 from mqkit import Config, Message, PluginError
@@ -670,6 +671,87 @@ def test_none_lets_the_message_go_on(make_broker: MakeBroker) -> None:
     broker.publish("t", Message("m-1"))
     assert log == ["b", "a"]
     assert sub.get_nowait().id == "m-1"
+
+
+# --- for_messages: per-message hooks narrowed by message class -----------------------------------
+
+
+class Narrow:
+    """Concerned with priority messages only, and with every message while max_topics == 7."""
+
+    plugin_info = mqkit.PluginInfo(name="narrow")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.asked: list[type] = []
+
+    def interest(self, cls: type[Message], config: Config) -> bool:
+        self.asked.append(cls)
+        return issubclass(cls, mqkit.PriorityMessage) or config.max_topics == 7
+
+    @mqkit.hookimpl
+    @mqkit.for_messages(lambda cls, config: Narrow.current.interest(cls, config))
+    def mqkit_publish(self, message: Message) -> None:
+        self.seen.append(f"publish {message.id}")
+
+    @mqkit.hookimpl
+    @mqkit.for_messages(lambda cls, config: Narrow.current.interest(cls, config))
+    def mqkit_deliver(self, message: Message) -> None:
+        self.seen.append(f"deliver {message.id}")
+
+    @mqkit.hookimpl
+    @mqkit.for_messages(lambda cls, config: Narrow.current.interest(cls, config))
+    def mqkit_delivered(self, message: Message) -> None:
+        self.seen.append(f"delivered {message.id}")
+
+    current: Narrow
+
+
+def test_for_messages_skips_the_classes_an_implementation_declined(
+    make_broker: MakeBroker, hook_recorder: HookRecorder
+) -> None:
+    narrow = Narrow.current = Narrow()
+    broker = make_broker(objects=[narrow, hook_recorder])
+    sub = broker.subscribe("t")
+    for i in range(3):
+        broker.publish("t", Message(f"plain-{i}"))
+        broker.publish("t", mqkit.PriorityMessage(f"prio-{i}"))
+    assert [sub.get_nowait().id for _ in range(6)] == [
+        m for i in range(3) for m in (f"plain-{i}", f"prio-{i}")
+    ]
+    assert narrow.seen == [f"publish prio-{i}" for i in range(3)] + [
+        f"{hook} prio-{i}" for i in range(3) for hook in ("deliver", "delivered")
+    ]
+    # The other implementations still see every message; each class was asked about once
+    # per hook, not once per message.
+    assert len(hook_recorder.of("mqkit_publish")) == 6
+    assert sorted(c.__name__ for c in narrow.asked) == sorted(["Message", "PriorityMessage"] * 3)
+
+    # The answer may depend on the configuration: a new configuration asks again.
+    narrow.seen.clear()
+    broker.update_config(attrs_evolve(broker.config, max_topics=7))
+    broker.publish("t", Message("plain-after"))
+    assert sub.get_nowait().id == "plain-after"
+    assert narrow.seen == ["publish plain-after", "deliver plain-after", "delivered plain-after"]
+
+
+def test_an_interest_that_raises_counts_as_interested(make_broker: MakeBroker) -> None:
+    seen: list[str] = []
+
+    def broken(cls: type[Message], config: Config) -> bool:
+        raise RuntimeError("boom")
+
+    def mqkit_publish(self: object, message: Message) -> None:
+        seen.append(message.id)
+
+    narrowed = mqkit.for_messages(broken)(mqkit_publish)
+    plugin = named("broken", mqkit_publish=mqkit.hookimpl(narrowed))
+    broker = make_broker(objects=[plugin()])
+    broker.publish("t", Message("m-1"))
+    broker.publish("t", Message("m-2"))
+    assert seen == ["m-1", "m-2"]
+    problems = broker.health_check().problems
+    assert any(by("broken") in p for p in problems), problems
 
 
 # --- no plugin, no pluggy call -------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import attrs
 import pytest
 
 import mqkit
@@ -230,6 +231,25 @@ def test_default_ttl_is_checked_at_delivery(make_broker, fake_clock, hook_record
     assert sub.stats().queue_len == 1
     assert drain(sub) == []
     assert [c.message.id for c in hook_recorder.of("mqkit_expire")] == ["m"]
+
+
+def test_default_ttl_switched_on_at_run_time_applies_to_plain_messages(
+    make_broker, fake_clock
+) -> None:
+    # Without a default TTL the plugin's hooks skip plain messages; with one, they must not.
+    broker = make_broker("ttl")
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("before"))
+    fake_clock.advance(3600)
+    assert drain_ids(sub) == ["before"]
+    broker.update_config(attrs.evolve(broker.config, message_ttl=0.5))
+    broker.publish("t", Message("after"))
+    fake_clock.advance(0.6)
+    assert drain(sub) == []
+    broker.update_config(attrs.evolve(broker.config, message_ttl=0))
+    broker.publish("t", Message("again"))
+    fake_clock.advance(3600)
+    assert drain_ids(sub) == ["again"]
 
 
 def test_own_expiry_wins_over_the_default(make_broker, fake_clock) -> None:
