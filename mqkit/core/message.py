@@ -142,18 +142,25 @@ def _payload_size(value: object, depth: int = 0) -> int:
     if isinstance(value, str | bytes | bytearray | memoryview):
         return 49 + len(value)
     if depth < 3 and isinstance(value, dict):
-        # Scalars and strings are measured in the loop: a flat payload costs one call.
+        # Strings and scalars are measured in the loop (unrolled for the key and the value):
+        # a flat payload costs one call.
         total = 64
-        for item in value.items():
-            for part in item:
-                kind = type(part)
-                scalar = _SCALAR_SIZES.get(kind)
-                if scalar is not None:
-                    total += scalar
-                elif kind is str:
-                    total += 49 + len(part)
-                else:
-                    total += _payload_size(part, depth + 1)
+        scalars = _SCALAR_SIZES.get
+        for key, item in value.items():
+            kind = type(key)
+            if kind is str:
+                total += 49 + len(key)
+            else:
+                scalar = scalars(kind)
+                total += scalar if scalar is not None else _payload_size(key, depth + 1)
+            kind = type(item)
+            scalar = scalars(kind)
+            if scalar is not None:
+                total += scalar
+            elif kind is str:
+                total += 49 + len(item)
+            else:
+                total += _payload_size(item, depth + 1)
         return total
     if depth < 3 and isinstance(value, list | tuple | set | frozenset):
         total = 56
