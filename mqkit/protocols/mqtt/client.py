@@ -177,7 +177,7 @@ class AsyncClient:
         pid = self._packet_id()
         fut: asyncio.Future[codec.Packet] = asyncio.get_running_loop().create_future()
         self._waiting[pid] = fut
-        fut.add_done_callback(lambda _: self._slots.release())
+        fut.add_done_callback(self._settled)
         self._write(
             Publish(
                 topic=topic,
@@ -193,6 +193,16 @@ class AsyncClient:
         if not wait:
             return None
         return await fut
+
+    def _settled(self, fut: asyncio.Future[codec.Packet]) -> None:
+        """A QoS 1/2 publish is settled: free its slot.
+
+        A lost connection is not reported as an error nobody saw: ``publish(wait=False)``
+        leaves nobody awaiting the future.
+        """
+        self._slots.release()
+        if not fut.cancelled():
+            fut.exception()  # marks it retrieved; whoever awaits it still gets it
 
     async def subscribe(
         self, *filters: str | SubscriptionRequest, properties: Properties = NO_PROPERTIES
