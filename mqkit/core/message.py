@@ -128,6 +128,10 @@ _MESSAGE_OVERHEAD: Final = 160  # the slotted object, its datetime and a buffer 
 
 _SCALAR_SIZES: Final[dict[type, int]] = {type(None): 32, bool: 32, int: 32, float: 32}
 _SIZED_TYPES: Final = frozenset({str, bytes, bytearray, memoryview})
+# isinstance() with a tuple: ``int | float`` would build a union object on every call.
+_SCALAR_CLASSES: Final = (type(None), bool, int, float)
+_SIZED_CLASSES: Final = (str, bytes, bytearray, memoryview)
+_COLLECTIONS: Final = (list, tuple, set, frozenset)
 
 
 def _payload_size(value: object, depth: int = 0) -> int:
@@ -137,10 +141,11 @@ def _payload_size(value: object, depth: int = 0) -> int:
         return scalar
     if kind in _SIZED_TYPES:
         return 49 + len(value)  # type: ignore[arg-type]
-    if value is None or isinstance(value, bool | int | float):
-        return 32
-    if isinstance(value, str | bytes | bytearray | memoryview):
-        return 49 + len(value)
+    if kind is not dict:  # subclasses of the common types (a dict goes straight on)
+        if isinstance(value, _SCALAR_CLASSES):
+            return 32
+        if isinstance(value, _SIZED_CLASSES):
+            return 49 + len(value)
     if depth < 3 and isinstance(value, dict):
         # Strings and scalars are measured in the loop (unrolled for the key and the value):
         # a flat payload costs one call.
@@ -162,7 +167,7 @@ def _payload_size(value: object, depth: int = 0) -> int:
             else:
                 total += _payload_size(item, depth + 1)
         return total
-    if depth < 3 and isinstance(value, list | tuple | set | frozenset):
+    if depth < 3 and isinstance(value, _COLLECTIONS):
         total = 56
         for part in value:
             kind = type(part)
