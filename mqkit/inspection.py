@@ -6,7 +6,10 @@ reports the broker's pid in :attr:`StoreReport.locked_by` and reads what that br
 committed so far. It reports, per topic, how many messages are stored and the oldest and newest
 publish times; the stored ack-required messages (acknowledged ones are removed by the broker, so
 every one left is still pending); and the dead letters (the copies the dead letter queue
-published, with their original topic and reason).
+published, with their original topic and reason). Entries are read with the persistence
+plugin's own parsers (:func:`~mqkit.plugins.persistence.parse_entry_key`,
+:func:`~mqkit.plugins.persistence.batch_members`): messages stored alone, batches (whose
+members marked by a tombstone were settled and are not counted) and tombstones.
 
 The records are frozen attrs classes; ``mqkit.core.convert.unstructure(report)`` gives JSON-ready
 data (``mqkit inspect --json``).
