@@ -179,7 +179,7 @@ def describe(name: str) -> tuple[str, str]:
     """(section, description) of a field; ``("", "")`` when it has none."""
     own = attribute_docs().get(name)
     section, text = DESCRIPTIONS.get(name, ("mqkit", ""))
-    return section, own or text
+    return section, (own or text).replace("``", "`")  # reST literals as Markdown code
 
 
 def undocumented() -> list[str]:
