@@ -201,7 +201,8 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not self._hand_out(hooks, message):
+        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            self._withheld(hooks, message)  # _hand_out, inlined
             return self._get_slow(timeout)
         if hooks.delivered_on:
             hooks.delivered(self._broker, self, message)
@@ -229,7 +230,8 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not self._hand_out(hooks, message):
+        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            self._withheld(hooks, message)  # _hand_out, inlined
             return await self._aget_slow(timeout)
         if hooks.delivered_on:
             hooks.delivered(self._broker, self, message)
@@ -255,7 +257,8 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not self._hand_out(hooks, message):
+        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+            self._withheld(hooks, message)  # _hand_out, inlined
             try:
                 return await self._aget_slow(None)
             except SubscriptionClosedError:
@@ -268,9 +271,12 @@ class Subscription:
         """Ask ``mqkit_deliver``; a withheld message is reported as dropped (``withheld``)."""
         if hooks.deliver(self._broker, self, message):
             return True
+        self._withheld(hooks, message)
+        return False
+
+    def _withheld(self, hooks: Hooks, message: Message) -> None:
         if hooks.drop_on:
             hooks.drop(self._broker, self, message, "withheld")
-        return False
 
     def _get_slow(self, timeout: float | None) -> Message:
         deadline = None if timeout is None else time.monotonic() + timeout
