@@ -313,7 +313,11 @@ class Broker:
             stamped = stamp(message, route.topic, self._now(), message.attempt)
             # From here on: _dispatch for one message, inlined (no lists on the hot path).
             hooks = self._hooks
-            if hooks.publish_on and hooks.publish(self, route.topic, stamped):
+            if (
+                hooks.publish_on
+                and cls not in hooks.publish_idle
+                and hooks.publish(self, route.topic, stamped)
+            ):
                 return
             if hooks.accept_on:
                 hooks.accept(self, (stamped,))

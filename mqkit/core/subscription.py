@@ -201,10 +201,14 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+        if (
+            hooks.deliver_on
+            and message.__class__ not in hooks.deliver_idle
+            and not hooks.deliver(self._broker, self, message)
+        ):
             self._withheld(hooks, message)  # _hand_out, inlined
             return self._get_slow(timeout)
-        if hooks.delivered_on:
+        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
             hooks.delivered(self._broker, self, message)
         return message
 
@@ -230,10 +234,14 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+        if (
+            hooks.deliver_on
+            and message.__class__ not in hooks.deliver_idle
+            and not hooks.deliver(self._broker, self, message)
+        ):
             self._withheld(hooks, message)  # _hand_out, inlined
             return await self._aget_slow(timeout)
-        if hooks.delivered_on:
+        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
             hooks.delivered(self._broker, self, message)
         return message
 
@@ -257,13 +265,17 @@ class Subscription:
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not hooks.deliver(self._broker, self, message):
+        if (
+            hooks.deliver_on
+            and message.__class__ not in hooks.deliver_idle
+            and not hooks.deliver(self._broker, self, message)
+        ):
             self._withheld(hooks, message)  # _hand_out, inlined
             try:
                 return await self._aget_slow(None)
             except SubscriptionClosedError:
                 raise StopAsyncIteration from None
-        if hooks.delivered_on:
+        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
             hooks.delivered(self._broker, self, message)
         return message
 
@@ -292,7 +304,7 @@ class Subscription:
         hooks = self._broker._hooks
         if hooks.deliver_on and not self._hand_out(hooks, message):
             return False
-        if hooks.delivered_on:
+        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
             hooks.delivered(self._broker, self, message)
         return True
 

@@ -727,12 +727,32 @@ def test_for_messages_skips_the_classes_an_implementation_declined(
     assert len(hook_recorder.of("mqkit_publish")) == 6
     assert sorted(c.__name__ for c in narrow.asked) == sorted(["Message", "PriorityMessage"] * 3)
 
+    hooks = broker.hooks  # the hook recorder wants every message: no class is idle
+    assert hooks.publish_idle == hooks.deliver_idle == hooks.delivered_idle == set()
+
     # The answer may depend on the configuration: a new configuration asks again.
     narrow.seen.clear()
     broker.update_config(attrs_evolve(broker.config, max_topics=7))
     broker.publish("t", Message("plain-after"))
     assert sub.get_nowait().id == "plain-after"
     assert narrow.seen == ["publish plain-after", "deliver plain-after", "delivered plain-after"]
+
+
+def test_a_class_no_implementation_wants_skips_the_hook_call(make_broker: MakeBroker) -> None:
+    narrow = Narrow.current = Narrow()
+    broker = make_broker(objects=[narrow])
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("plain"))
+    broker.publish("t", mqkit.PriorityMessage("prio"))
+    assert [sub.get_nowait().id for _ in range(2)] == ["plain", "prio"]
+    hooks = broker.hooks
+    for idle in (hooks.publish_idle, hooks.deliver_idle, hooks.delivered_idle):
+        assert idle == {Message}
+    asked = len(narrow.asked)
+    broker.publish("t", Message("plain-2"))
+    assert sub.get_nowait().id == "plain-2"
+    assert len(narrow.asked) == asked  # the answer is kept: not asked again
+    assert narrow.seen == ["publish prio", "deliver prio", "delivered prio"]
 
 
 def test_an_interest_that_raises_counts_as_interested(make_broker: MakeBroker) -> None:
