@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from mqkit.core.convert import message_from_dict
+from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError
 from mqkit.core.message import AckPolicy, Message
 from mqkit.plugins.persistence import batch_members, parse_entry_key
@@ -50,7 +51,6 @@ STORE_DIR = "store"
 """The sub-directory holding the diskcache database."""
 DATABASE = "cache.db"
 
-_to_json = json.JSONEncoder(separators=(",", ":")).encode  # the store's key text
 _MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4  # diskcache's value modes
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import attrs
@@ -154,6 +156,37 @@ def describe_structure_error(exc: Exception) -> tuple[str, str | None]:
 def unstructure(obj: Any) -> Any:
     """Return ``obj`` as plain, JSON-ready data."""
     return converter.unstructure(obj)
+
+
+# -- JSON text ------------------------------------------------------------------------------------
+
+
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_to_json() -> Callable[[object], str]:
+    if c_make_encoder is None:  # not CPython
+        encode: Callable[[object], str] = json.JSONEncoder(separators=(",", ":")).encode
+        return encode
+    encoder = c_make_encoder(
+        None, _not_json, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+    def to_json(value: object) -> str:
+        return "".join(encoder(value, 0))
+
+    return to_json
+
+
+to_json: Callable[[object], str] = _make_to_json()
+"""Compact JSON text (``json.dumps(value, separators=(",", ":"))``, the same text), faster.
+
+``json.dumps`` builds a new C encoder on every call, which costs more than encoding a small
+message; this one is made once. It has no circular-reference check: give it JSON-ready data
+(what :func:`message_to_dict` and :func:`encode_payload` return); too deep a nesting still
+raises ``RecursionError``.
+"""
 
 
 # -- payloads and messages (persistence, wire protocols) ------------------------------------------

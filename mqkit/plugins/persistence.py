@@ -45,12 +45,14 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 import diskcache
 
 from mqkit.core.broker import Broker
 from mqkit.core.convert import message_from_dict, message_to_dict
+from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError, SerializationError
 from mqkit.core.features import PersistenceFeature
 from mqkit.core.hookspecs import hookimpl
@@ -76,7 +78,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _IN_DATABASE = 1 << 30  # diskcache keeps values smaller than this in SQLite, not in files
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
-_to_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
 
 
 class StoreLock:
@@ -129,7 +130,10 @@ def _identity(message: Message) -> _Identity:
 
 
 def _key_text(key: _Key) -> str:
-    return _to_json(key)
+    """``_to_json(key)``, written out: the key of every message stored alone."""
+    return (
+        f"[{key[0]},{encode_basestring_ascii(key[1])},{encode_basestring_ascii(key[2])},{key[3]}]"
+    )
 
 
 def parse_entry_key(text: object) -> tuple[int] | tuple[int, int] | _Key | None:

@@ -29,7 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mqkit
-from mqkit.core.convert import decode_payload, encode_payload, message_from_dict, message_to_dict
+from mqkit.core.convert import (
+    decode_payload,
+    encode_payload,
+    message_from_dict,
+    message_to_dict,
+    to_json,
+)
 
 # -- registered payload and message types ---------------------------------------------------------
 
@@ -283,6 +289,12 @@ def wrap(bad: Any, how: int, good: Any) -> Any:
 
 
 unsupported = st.builds(wrap, st.sampled_from(UNSUPPORTED), st.integers(0, 4), payloads)
+
+
+@given(payloads)
+def test_to_json_writes_what_json_dumps_writes(payload: Any) -> None:
+    data = message_to_dict(mqkit.Message("m", payload))
+    assert to_json(data) == json.dumps(data, separators=(",", ":"))
 
 
 @given(unsupported)

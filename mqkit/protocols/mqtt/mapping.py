@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from mqkit.core.convert import encode_payload
+from mqkit.core.convert import encode_payload, to_json
 from mqkit.core.message import Message, TTLMessage
 from mqkit.protocols.mqtt.codec import NO_PROPERTIES, Properties, encode_varint
 
@@ -146,7 +146,7 @@ class Outgoing:
             payload = data.encode()
             payload_format = True
         else:
-            payload = json.dumps(encode_payload(data), separators=(",", ":")).encode()
+            payload = to_json(encode_payload(data)).encode()
             payload_format = True
             if content_type is None:
                 content_type = "application/json"
