@@ -379,10 +379,19 @@ class PersistencePlugin(PersistenceFeature):
 
     def _remember(self, key: _Key, stored_at: float) -> None:
         """Under the lock (or before start): index a stored key."""
-        self._index.setdefault(key[1], deque()).append((key, stored_at))
+        topic = key[1]
+        entries = self._index.get(topic)  # not setdefault: it would build a deque every time
+        if entries is None:
+            entries = self._index[topic] = deque()
+        entries.append((key, stored_at))
         self._live.add(key)
-        self._by_identity.setdefault((key[1], key[2], key[3]), []).append(key)
-        self._live_count[key[1]] = self._live_count.get(key[1], 0) + 1
+        identity = (topic, key[2], key[3])
+        same = self._by_identity.get(identity)
+        if same is None:
+            self._by_identity[identity] = [key]
+        else:
+            same.append(key)
+        self._live_count[topic] = self._live_count.get(topic, 0) + 1
 
     def _forget(self, key: _Key) -> bool:
         """Under the lock: mark ``key`` settled; False if it already was."""
