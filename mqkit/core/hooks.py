@@ -182,6 +182,8 @@ class Hooks:
         self.drop_on = bool(self._drop)
         self.deliver_on = bool(self._deliver)
         self.delivered_on = bool(self._delivered)
+        self.on_take = self.deliver_on or self.delivered_on
+        """Whether a consumer taking a message fires any hook (``deliver`` or ``delivered``)."""
         self.error_on = bool(self._error)
 
     def calls_any(self) -> bool:

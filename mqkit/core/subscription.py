@@ -26,7 +26,6 @@ from mqkit.core.status import SubscriptionStats
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
-    from mqkit.core.hooks import Hooks
 
 __all__ = ["Backpressure", "Buffer", "FifoBuffer", "SubOptions", "Subscription"]
 
@@ -197,19 +196,9 @@ class Subscription:
             message = self._buf.popleft()
         except IndexError:
             return self._get_slow(timeout)
-        # _after_pop, inlined: one call less on the hottest consumer line.
-        if self._space_waiters:
-            self._wake_space()
-        hooks = self._broker._hooks
-        if (
-            hooks.deliver_on
-            and message.__class__ not in hooks.deliver_idle
-            and not hooks.deliver(self._broker, self, message)
-        ):
-            self._withheld(hooks, message)  # _hand_out, inlined
+        # Without a blocked publisher or a consumer-side hook, nothing else is due: no call.
+        if (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message):
             return self._get_slow(timeout)
-        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
-            hooks.delivered(self._broker, self, message)
         return message
 
     def get_nowait(self) -> Message:
@@ -230,19 +219,8 @@ class Subscription:
             message = self._buf.popleft()
         except IndexError:
             return await self._aget_slow(timeout)
-        # _after_pop, inlined (as in get).
-        if self._space_waiters:
-            self._wake_space()
-        hooks = self._broker._hooks
-        if (
-            hooks.deliver_on
-            and message.__class__ not in hooks.deliver_idle
-            and not hooks.deliver(self._broker, self, message)
-        ):
-            self._withheld(hooks, message)  # _hand_out, inlined
+        if (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message):
             return await self._aget_slow(timeout)
-        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
-            hooks.delivered(self._broker, self, message)
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
@@ -256,39 +234,17 @@ class Subscription:
         in an async generator, which would cost a second frame and object per message.
         """
         try:
-            message = self._buf.popleft()
+            message: Message | None = self._buf.popleft()
         except IndexError:
-            try:
-                return await self._aget_slow(None)
-            except SubscriptionClosedError:
-                raise StopAsyncIteration from None
-        if self._space_waiters:
-            self._wake_space()
-        hooks = self._broker._hooks
-        if (
-            hooks.deliver_on
-            and message.__class__ not in hooks.deliver_idle
-            and not hooks.deliver(self._broker, self, message)
+            message = None
+        if message is None or (
+            (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message)
         ):
-            self._withheld(hooks, message)  # _hand_out, inlined
             try:
                 return await self._aget_slow(None)
             except SubscriptionClosedError:
                 raise StopAsyncIteration from None
-        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
-            hooks.delivered(self._broker, self, message)
         return message
-
-    def _hand_out(self, hooks: Hooks, message: Message) -> bool:
-        """Ask ``mqkit_deliver``; a withheld message is reported as dropped (``withheld``)."""
-        if hooks.deliver(self._broker, self, message):
-            return True
-        self._withheld(hooks, message)
-        return False
-
-    def _withheld(self, hooks: Hooks, message: Message) -> None:
-        if hooks.drop_on:
-            hooks.drop(self._broker, self, message, "withheld")
 
     def _get_slow(self, timeout: float | None) -> Message:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -298,13 +254,24 @@ class Subscription:
                 return message
 
     def _after_pop(self, message: Message) -> bool:
-        """Wake a blocked publisher, then hand ``message`` out unless a plugin withholds it."""
+        """Wake a blocked publisher, then hand ``message`` out unless a plugin withholds it.
+
+        Every consumer path calls this for each message it pops; a withheld message is
+        reported as dropped (``withheld``) and the caller looks for the next one.
+        """
         if self._space_waiters:
             self._wake_space()
         hooks = self._broker._hooks
-        if hooks.deliver_on and not self._hand_out(hooks, message):
+        cls = message.__class__
+        if (
+            hooks.deliver_on
+            and cls not in hooks.deliver_idle
+            and not hooks.deliver(self._broker, self, message)
+        ):
+            if hooks.drop_on:
+                hooks.drop(self._broker, self, message, "withheld")
             return False
-        if hooks.delivered_on and message.__class__ not in hooks.delivered_idle:
+        if hooks.delivered_on and cls not in hooks.delivered_idle:
             hooks.delivered(self._broker, self, message)
         return True
 
