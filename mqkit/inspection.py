@@ -33,7 +33,7 @@ import attrs
 from mqkit.core.convert import message_from_dict
 from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError
-from mqkit.core.message import AckPolicy, Message
+from mqkit.core.message import Message, needs_ack
 from mqkit.plugins.persistence import batch_members, parse_entry_key
 
 __all__ = [
@@ -215,11 +215,6 @@ def _from_micros(micros: int) -> datetime | None:
     return datetime.fromtimestamp(micros / 1_000_000, UTC) if micros else None
 
 
-def _needs_ack(message: Message) -> bool:
-    policy = getattr(message, "ack_policy", None)
-    return policy is not None and policy != AckPolicy.NONE
-
-
 def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
     """Report what the persistence directory ``path`` holds, reading it read-only.
 
@@ -278,7 +273,7 @@ def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
         if stamp is not None:
             row[1] = stamp if row[1] is None or stamp < row[1] else row[1]
             row[2] = stamp if row[2] is None or stamp > row[2] else row[2]
-        if _needs_ack(message):
+        if needs_ack(message):
             row[3] += 1
             pending.append(
                 PendingAck(

@@ -31,6 +31,7 @@ __all__ = [
     "estimate_size",
     "has_field",
     "message_priority",
+    "needs_ack",
     "stamper",
 ]
 
@@ -212,6 +213,12 @@ _remember_size: Final[Callable[[Message, int], None]] = Message.__dict__["_size"
 def has_field(cls: type, name: str) -> bool:
     """Whether the attrs class ``cls`` (a message class) declares the field ``name``."""
     return attrs.has(cls) and any(f.name == name for f in attrs.fields(cls))
+
+
+def needs_ack(message: Message) -> bool:
+    """Whether ``message`` must be acknowledged (it has an ack policy other than ``NONE``)."""
+    policy = getattr(message, "ack_policy", None)
+    return policy is not None and policy != AckPolicy.NONE
 
 
 def message_priority(message: Message) -> int:

@@ -25,19 +25,13 @@ from mqkit.core.broker import Broker
 from mqkit.core.errors import AckNotFoundError, InvalidMessageError
 from mqkit.core.features import AckFeature
 from mqkit.core.hookspecs import for_messages, hookimpl
-from mqkit.core.message import AckPolicy, Message, estimate_size, has_field, stamper
+from mqkit.core.message import Message, estimate_size, has_field, needs_ack, stamper
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
 from mqkit.core.topics import normalize_topic
 
 __all__ = ["AckPlugin", "needs_ack"]
-
-
-def needs_ack(message: Message) -> bool:
-    """Whether ``message`` must be acknowledged (it has an ack policy other than ``NONE``)."""
-    policy = getattr(message, "ack_policy", None)
-    return policy is not None and policy != AckPolicy.NONE
 
 
 class _Pending:

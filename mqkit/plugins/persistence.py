@@ -56,7 +56,7 @@ from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError, SerializationError
 from mqkit.core.features import PersistenceFeature
 from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import AckPolicy, Message
+from mqkit.core.message import Message, needs_ack
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.topics import normalize_topic
@@ -186,11 +186,6 @@ def _store_error(exc: BaseException) -> str:
 def _is_corruption(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_CORRUPT
-
-
-def _needs_ack(message: Message) -> bool:
-    policy = getattr(message, "ack_policy", None)
-    return policy is not None and policy != AckPolicy.NONE
 
 
 class _Batch:
@@ -470,7 +465,7 @@ class PersistencePlugin(PersistenceFeature):
     ) -> None:
         """Note how many deliveries an ack-required message waits for."""
         for message, n in zip(messages, copies, strict=True):
-            if n > 0 and _needs_ack(message):
+            if n > 0 and needs_ack(message):
                 identity = _identity(message)
                 with self._lock:
                     if identity in self._by_identity:
@@ -488,7 +483,7 @@ class PersistencePlugin(PersistenceFeature):
         self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
     ) -> None:
         """A delivery that will never happen is settled too."""
-        if subscription is not None and _needs_ack(message):
+        if subscription is not None and needs_ack(message):
             self._settle(message)
 
     @hookimpl
