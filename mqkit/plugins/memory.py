@@ -115,9 +115,7 @@ class MemoryPlugin(MemoryFeature):
         Within one publish call (a batch), the messages already checked count too: the
         thread's ``pending`` sum is reset once the call was routed (or failed).
         """
-        size = message._size  # estimate_size's memo, read inline (this runs for every message)
-        if size < 0:
-            size = estimate_size(message)
+        size = estimate_size(message)  # measured here once; remembered on the message
         try:
             shard = self._local.shard
         except AttributeError:
@@ -143,24 +141,19 @@ class MemoryPlugin(MemoryFeature):
         except AttributeError:
             shard = self._shards.get()
         shard.pending = 0
-        for i, n in enumerate(copies):
+        for message, n in zip(messages, copies):  # noqa: B905 - one count per message, by contract
             if n > 0:
-                size = messages[i]._size
-                if size < 0:
-                    size = estimate_size(messages[i])
-                shard.bytes += n * (size + SLOT_BYTES)
+                shard.bytes += n * (estimate_size(message) + SLOT_BYTES)
 
     @hookimpl
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """A copy left its buffer (a cancelled subscription's were un-counted at the cancel)."""
         if not subscription.closed:  # _leave, inlined: this runs for every message
-            size = message._size
-            if size < 0:
-                size = estimate_size(message)
+            size = estimate_size(message) + SLOT_BYTES  # the number remembered at publish
             try:
-                self._local.shard.bytes -= size + SLOT_BYTES
+                self._local.shard.bytes -= size
             except AttributeError:
-                self._shards.get().bytes -= size + SLOT_BYTES
+                self._shards.get().bytes -= size
 
     @hookimpl
     def mqkit_drop(
