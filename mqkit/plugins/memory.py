@@ -141,7 +141,7 @@ class MemoryPlugin(MemoryFeature):
         except AttributeError:
             shard = self._shards.get()
         shard.pending = 0
-        for message, n in zip(messages, copies):  # noqa: B905 - one count per message, by contract
+        for message, n in zip(messages, copies, strict=False):
             if n > 0:
                 shard.bytes += n * (estimate_size(message) + SLOT_BYTES)
 
