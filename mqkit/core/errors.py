@@ -56,7 +56,11 @@ class MQError(Exception):
 
 
 class NotInitializedError(MQError):
-    """A component the operation needs was never set up."""
+    """A component the operation needs was never set up.
+
+    The seed returns it from methods called on a nil broker; Python has no nil receiver, so mqkit
+    itself never raises it. It is kept so that code ported from the seed keeps its names.
+    """
 
     default = "mq: broker not initialized"
 
@@ -91,8 +95,13 @@ class TransactionNotFoundError(MQError):
     default = "mq: transaction not found"
 
 
-class TransactionTimeoutError(MQError):
-    """A transaction ran past ``transaction_timeout`` and was rolled back."""
+class TransactionTimeoutError(TransactionNotFoundError):
+    """A transaction ran past ``transaction_timeout`` and was rolled back.
+
+    Raised by a later commit or rollback of that id (while the broker still remembers how the
+    transaction ended). It is a :class:`TransactionNotFoundError`, as the seed's commit after a
+    timeout is: the transaction is no longer open.
+    """
 
     default = "mq: transaction timeout"
 

@@ -10,8 +10,9 @@ each message - checked at once (topic, message, memory: a refused message is not
   messages are discarded.
 
 Any of the three ends the transaction: a later commit or rollback of the same id raises
-``TransactionNotFoundError`` (whose text says how it ended, when that is still known), and a
-later publish with the id begins a new one. Messages of any kind may be held: priority, TTL and
+``TransactionNotFoundError`` (whose text says how it ended, when that is still known; after a
+timeout it is the subclass ``TransactionTimeoutError``), and a later publish with the id begins a
+new one. Messages of any kind may be held: priority, TTL and
 ack-required ones keep their semantics when delivered.
 """
 
@@ -23,7 +24,12 @@ from collections import OrderedDict
 import attrs
 
 from mqkit.core.broker import Broker
-from mqkit.core.errors import BrokerClosedError, MQError, TransactionNotFoundError
+from mqkit.core.errors import (
+    BrokerClosedError,
+    MQError,
+    TransactionNotFoundError,
+    TransactionTimeoutError,
+)
 from mqkit.core.features import TransactionFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
@@ -56,7 +62,7 @@ class TransactionsPlugin(TransactionFeature):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, _Tx] = {}
-        self._ended: OrderedDict[str, str] = OrderedDict()
+        self._ended: OrderedDict[str, tuple[type[TransactionNotFoundError], str]] = OrderedDict()
         self._bytes = 0
         self._broker: Broker | None = None
 
@@ -135,17 +141,21 @@ class TransactionsPlugin(TransactionFeature):
             tx = self._open.pop(tx_id, None)
             if tx is None:
                 ended = self._ended.get(tx_id)
-                detail = f"{tx_id} ({ended})" if ended else tx_id
-                raise TransactionNotFoundError.because(detail)
+                if ended is None:
+                    raise TransactionNotFoundError.because(tx_id)
+                error, how_it_ended = ended
+                raise error.because(f"{tx_id} ({how_it_ended})")
             self._bytes -= tx.size
             self._end(tx_id, how)
         if tx.timer is not None:
             tx.timer.cancel()
         return tx
 
-    def _end(self, tx_id: str, how: str) -> None:
-        """Under the lock: remember how ``tx_id`` ended (bounded)."""
-        self._ended[tx_id] = how
+    def _end(
+        self, tx_id: str, how: str, error: type[TransactionNotFoundError] = TransactionNotFoundError
+    ) -> None:
+        """Under the lock: remember how ``tx_id`` ended (bounded) and what a later end raises."""
+        self._ended[tx_id] = (error, how)
         self._ended.move_to_end(tx_id)
         while len(self._ended) > _REMEMBER_ENDED:
             self._ended.popitem(last=False)
@@ -158,4 +168,8 @@ class TransactionsPlugin(TransactionFeature):
             self._bytes -= tx.size
             broker = self._broker
             timeout = broker.config.transaction_timeout if broker is not None else 0.0
-            self._end(tx.tx_id, f"timed out after {timeout or _DEFAULT_TIMEOUT:g} s")
+            self._end(
+                tx.tx_id,
+                f"timed out after {timeout or _DEFAULT_TIMEOUT:g} s",
+                TransactionTimeoutError,
+            )
