@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import typer
 from rich import box
 from rich.console import Console, Group
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -194,14 +196,21 @@ def demo(
     asyncio consumers, and a restart that recovers persisted messages; then the metrics and
     the health status. Real time: the TTL and the ack deadline are 0.3 s.
     """
+    if store is None:
+        with tempfile.TemporaryDirectory(prefix="mqkit-demo-") as temporary:
+            _demo(Path(temporary), f"{temporary} (a temporary directory, removed at the end)")
+    else:
+        _demo(store, str(store))
+
+
+def _demo(store: Path, where: str) -> None:
     from mqkit.demo import ACK_TIMEOUT, STEPS, TTL, DemoResult, run_scenario
 
-    where = str(store) if store is not None else "a temporary directory"
     console.print(
         Panel.fit(
             f"Every feature on: priority, TTL ({TTL} s), ack (deadline {ACK_TIMEOUT} s, "
             f"3 retries), transactions, dead letter queue, memory limit, metrics; "
-            f"persistence in {where}. Real time, no simulated clock.",
+            f"persistence in {escape(where)}. Real time, no simulated clock.",
             title="[bold]mqkit demo[/]",
         )
     )

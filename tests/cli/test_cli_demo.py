@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,24 @@ def test_demo_exits_0_and_names_every_feature_it_exercised(tmp_path: Path) -> No
         assert evidence in out, evidence
     assert "FAILED" not in out
     assert "Real time, no simulated clock" in out
+
+
+def test_plain_demo_uses_a_temporary_directory_and_removes_it(tmp_path: Path) -> None:
+    # The README's command, as written: no --store. Its temporary directory goes in TMPDIR.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = run_mqkit("demo", env=cli_env(TMPDIR=str(tmp)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = flat(result.stdout)
+    for number, feature in enumerate(FEATURES, start=1):
+        assert f"{number}. {feature}" in out
+    assert "all 18 checks as expected" in out
+    where = re.search(r"(\S+/mqkit-demo-\S+) \(a temporary directory, removed at the end\)", out)
+    assert where is not None, out
+    store = Path(where[1])
+    assert store.parent == tmp and store.name.startswith("mqkit-demo-")
+    assert not store.exists()
+    assert list(tmp.iterdir()) == []  # nothing else left behind either
 
 
 def test_demo_store_can_be_inspected_afterwards(tmp_path: Path) -> None:
