@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -15,7 +16,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[2]
 MQKIT = [sys.executable, "-m", "mqkit"]
@@ -165,3 +168,75 @@ def write_toml(path: Path, **values: Any) -> Path:
         lines.append(f"{key} = {text}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+MQTT_DEADLINE = 15.0
+"""Seconds an MQTT exchange with the gateway may take (CONNACK, SUBACK, a message)."""
+
+
+class MQTTClient:
+    """A paho-mqtt 2.x client (MQTT 5) on its own network thread; what it receives is queued."""
+
+    def __init__(self, host: str, port: int, client_id: str) -> None:
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            reconnect_on_failure=False,  # a closed gateway stays closed for this client
+        )
+        self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda _c, _u, _f, _r, _p: self.connected.set()
+        self.client.on_disconnect = lambda _c, _u, _f, _r, _p: self.disconnected.set()
+        self.client.on_subscribe = lambda _c, _u, _m, _r, _p: self.subscribed.set()
+        self.client.on_message = lambda _c, _u, message: self.messages.put(message)
+        self.client.connect(host, port)
+        self.client.loop_start()
+        assert self.connected.wait(MQTT_DEADLINE), f"no CONNACK from {host}:{port}"
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe and wait for the SUBACK."""
+        self.subscribed.clear()
+        self.client.subscribe(topic_filter, qos)
+        assert self.subscribed.wait(MQTT_DEADLINE), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish and wait until the gateway acknowledged it (QoS 1)."""
+        self.client.publish(topic, payload, qos).wait_for_publish(MQTT_DEADLINE)
+
+    def get(self, deadline: float = MQTT_DEADLINE) -> paho.MQTTMessage:
+        """The next message received (fails after ``deadline`` seconds)."""
+        try:
+            return self.messages.get(timeout=deadline)
+        except queue.Empty:
+            raise AssertionError(f"no MQTT message within {deadline} s") from None
+
+    def close(self) -> None:
+        """Disconnect (if still connected) and stop the network thread."""
+        if self.connected.is_set() and not self.disconnected.is_set():
+            self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_client() -> Iterator[Any]:
+    """``mqtt_client(host, port, client_id) -> MQTTClient``; every client is closed at the end."""
+    made: list[MQTTClient] = []
+
+    def connect(host: str, port: int, client_id: str) -> MQTTClient:
+        client = MQTTClient(host, port, client_id)
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        client.close()
+
+
+def mqtt_gateway(output: str) -> tuple[str, int]:
+    """Where ``mqkit serve`` says its MQTT gateway listens (startup panel: ``mqtt HOST:PORT``)."""
+    found = re.search(r"\bmqtt\s+(127\.0\.0\.1):(\d+)", flat(output))
+    assert found is not None, f"no MQTT gateway in the startup output:\n{output}"
+    return found[1], int(found[2])

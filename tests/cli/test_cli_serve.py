@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,23 +13,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import mqkit
-from mqkit.core.plugins import clear_entry_point_cache, entry_points
 
-from .conftest import ROOT, cli_env, flat, http, run_mqkit, write_toml
+from .conftest import ROOT, cli_env, flat, http, mqtt_gateway, run_mqkit, write_toml
 
 STOP_DEADLINE = 5.0
 """The issue's bound: after SIGTERM the service exits within 5 s."""
 
 
-def published_counts(text: str) -> dict[str, float]:
-    """``mqkit_messages_published_total`` by topic, from a Prometheus text page."""
-    counts: dict[str, float] = {}
+def counts(text: str, counter: str = "published") -> dict[str, float]:
+    """``mqkit_messages_<counter>_total`` by topic, from a Prometheus text page."""
+    found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "mqkit_messages_published":
+        if family.name == f"mqkit_messages_{counter}":
             for sample in family.samples:
-                if sample.name == "mqkit_messages_published_total":
-                    counts[sample.labels["topic"]] = sample.value
-    return counts
+                if sample.name == f"mqkit_messages_{counter}_total":
+                    found[sample.labels["topic"]] = sample.value
+    return found
 
 
 def serve_config(tmp_path: Path, **extra: Any) -> tuple[Path, Path]:
@@ -40,6 +40,9 @@ def serve_config(tmp_path: Path, **extra: Any) -> tuple[Path, Path]:
         "enable_ack_support": True,
         "enable_dead_letter_queue": True,
         "dead_letter_topic": "dlq",
+        # the consumer: an MQTT client subscribed through the gateway serve starts
+        "enable_mqtt": True,
+        "mqtt_port": 0,
     }
     values.update(extra)
     return write_toml(tmp_path / "mqkit.toml", **values), store
@@ -47,12 +50,15 @@ def serve_config(tmp_path: Path, **extra: Any) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_scraped_while_messages_flow_then_stopped_without_loss(
-    tmp_path: Path, start_server: Any, stop_signal: signal.Signals
+    tmp_path: Path, start_server: Any, mqtt_client: Any, stop_signal: signal.Signals
 ) -> None:
     config, store = serve_config(tmp_path)
     server = start_server(["--config", str(config)])
     url = server.wait_for_url()
     assert url.startswith("http://127.0.0.1:")
+    # A consumer: an MQTT client subscribed through the gateway (HTTP publishes, MQTT consumes).
+    consumer = mqtt_client(*mqtt_gateway(server.output()), "consumer")
+    consumer.subscribe("orders", qos=1)
 
     total = 150
     accepted: list[str] = []
@@ -69,7 +75,7 @@ def test_serve_scraped_while_messages_flow_then_stopped_without_loss(
 
     publisher = threading.Thread(target=publish)
     publisher.start()
-    scrapes: list[float] = []
+    scrapes: list[tuple[float, float]] = []
     while publisher.is_alive() or not scrapes:
         status, text, headers = http("GET", f"{url}/healthz")
         assert status == 200, text
@@ -79,22 +85,32 @@ def test_serve_scraped_while_messages_flow_then_stopped_without_loss(
         status, text, headers = http("GET", f"{url}/metrics")
         assert status == 200
         assert headers["Content-Type"].startswith("text/plain")
-        scrapes.append(published_counts(text).get("orders", 0.0))
+        published, delivered = counts(text), counts(text, "delivered")
+        scrapes.append((published.get("orders", 0.0), delivered.get("orders", 0.0)))
     publisher.join()
     assert failures == []
     assert accepted == [f"o-{i}" for i in range(total)]
-    assert scrapes == sorted(scrapes)  # counters never go back
+    # Counters never go back, and nothing is delivered before it is published.
+    assert [p for p, _ in scrapes] == sorted(p for p, _ in scrapes)
+    assert [d for _, d in scrapes] == sorted(d for _, d in scrapes)
+    assert all(d <= p for p, d in scrapes)
+    # The consumer got every message (priority may reorder what waited in its buffer).
+    got = [json.loads(consumer.get().payload) for _ in range(total)]
+    assert sorted(m["n"] for m in got) == list(range(total))
     status, text, _ = http("GET", f"{url}/metrics")
-    assert published_counts(text) == {"orders": float(total)}
+    assert counts(text) == {"orders": float(total)}
+    assert counts(text, "delivered") == {"orders": float(total)}
     assert "mqkit_health_status" in text and "mqkit_delivery_latency_seconds" in text
     health = json.loads(http("GET", f"{url}/healthz")[1])
     assert health["metrics"]["total_published"] == total
+    assert health["metrics"]["total_delivered"] == total
 
     server.proc.send_signal(stop_signal)
     assert server.wait(timeout=STOP_DEADLINE) == 0, server.stderr
     out = flat(server.output())
     assert f"received {stop_signal.name}" in out
-    assert "stopped cleanly" in out
+    assert "stopped cleanly" in out and "gateways closed" in out
+    assert consumer.disconnected.wait(STOP_DEADLINE)  # the gateway closed its connection
 
     # Nothing persisted is lost: every accepted message is in the store, in publish order.
     report = json.loads(run_mqkit("inspect", "--json", str(store)).stdout)
@@ -194,18 +210,31 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path, start_server: Any) -> No
     assert first.wait(timeout=STOP_DEADLINE) == 0
 
 
-def test_serve_starts_the_gateways_the_config_enables(tmp_path: Path, start_server: Any) -> None:
+def test_serve_starts_the_gateways_the_config_enables(
+    tmp_path: Path, start_server: Any, mqtt_client: Any
+) -> None:
     config = write_toml(tmp_path / "mqkit.toml", http_port=0, enable_mqtt=True, mqtt_port=0)
-    clear_entry_point_cache()
-    if "mqtt" in entry_points():
-        # The MQTT gateway is installed: serve starts it and shows where it listens.
-        server = start_server(["--config", str(config)])
-        server.wait_for_url()
-        assert "mqtt" in server.output() and "127.0.0.1:" in server.output()
-        server.proc.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=STOP_DEADLINE) == 0
-    else:
-        # No MQTT gateway is installed: serve refuses to run without it and says why.
-        result = run_mqkit("serve", "--config", str(config))
-        assert result.returncode == 1
-        assert "MQTT" in result.stderr
+    server = start_server(["--config", str(config)])
+    url = server.wait_for_url()
+    host, port = mqtt_gateway(server.output())
+
+    # A real MQTT client on the gateway: what it publishes comes back to it, and what is
+    # published over HTTP reaches it too.
+    client = mqtt_client(host, port, "sensor-1")
+    client.subscribe("sensors/#", qos=1)
+    client.publish("sensors/kitchen", b"21.5", qos=1)
+    message = client.get()
+    assert (message.topic, message.payload, message.qos) == ("sensors/kitchen", b"21.5", 1)
+    status, _, _ = http("POST", f"{url}/publish/sensors/hall", {"id": "h-1", "data": "19.0"})
+    assert status == 201
+    message = client.get()
+    assert (message.topic, message.payload) == ("sensors/hall", b"19.0")
+    status, text, _ = http("GET", f"{url}/metrics")
+    assert counts(text) == {"sensors/kitchen": 1.0, "sensors/hall": 1.0}
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=STOP_DEADLINE) == 0, server.stderr
+    assert "gateways closed" in flat(server.output())
+    assert client.disconnected.wait(STOP_DEADLINE)  # the gateway closed the connection...
+    with pytest.raises(ConnectionRefusedError):  # ... and no longer listens
+        socket.create_connection((host, port), timeout=5).close()
