@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -101,3 +105,21 @@ def install_audit_package(target: Path, scratch: Path) -> None:
         text=True,
         timeout=300,
     )
+
+
+@contextlib.contextmanager
+def fixed_ports(ports: Iterable[int]) -> Iterator[None]:
+    """Hold the fixed TCP ports a page or a command binds, one holder at a time on this machine.
+
+    The docs show fixed ports (``http_port = 9321``, ``mkdocs serve`` on 8000) because they read
+    better than a port chosen at run time. Every test that binds one takes a lock named after
+    it (``flock`` on a file in the temporary directory, waiting for the holder), so concurrent
+    runs of this suite take turns instead of colliding. The OS releases the lock of a killed
+    process.
+    """
+    with contextlib.ExitStack() as stack:
+        for port in sorted(set(ports)):
+            lock = Path(tempfile.gettempdir()) / f"mqkit-tests-port-{port}.lock"
+            handle = stack.enter_context(lock.open("a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)  # pytest-timeout bounds the wait
+        yield

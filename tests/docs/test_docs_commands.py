@@ -7,14 +7,27 @@ For each page, in a fresh working directory, the blocks run in order:
   a file (``--8<-- "path"``) is a listing of a file whose own tests run it, and a block titled
   ``signature`` (the generated hook reference) declares a hook: neither is a script;
 - each line of a ``bash`` block runs with ``bash``, with the venv's ``bin`` first on ``PATH``
-  (``.venv/bin/`` means that venv): ``mqkit serve ...`` is started in the background and waited
-  for until it prints its URL, and stopped with SIGTERM (exit 0 expected) at the end of the
-  page; ``pip install ./docs/examples/...`` installs that package into a directory put on
-  ``PYTHONPATH``.
+  (``.venv/bin/`` means that venv): ``mqkit serve ...`` (but ``--help``) is started in the
+  background and waited for until it prints its URL, and stopped with SIGTERM (exit 0
+  expected) at the end of the page. ``pip install ./docs/examples/...`` is rewritten: the
+  package is installed (no network, no isolation) into a directory put on ``PYTHONPATH``, so
+  the venv stays as it is; CI (.ci/run) runs the command itself with the venv's pip
+  (``.venv/bin/pip install --quiet ./docs/examples/mqkit-audit``), then the package's tests.
 
-Two kinds of commands are not run here, and CI runs them as written instead (see .ci/run, which
-a test below checks): creating a venv and ``pip install``-ing mqkit itself (the README's first
-two commands), and the README's ``python -m pytest`` (the suite this test belongs to).
+A page that binds fixed ports (``http_port = 9321`` in docs/cli.md) holds them for its run
+(:func:`~tests.docs.conftest.fixed_ports`): concurrent runs of this suite take turns.
+
+Three kinds of commands are not run here; CI runs them as written instead, and a test below
+checks that each one (in a block, or an install command in the text) is a line of .ci/run:
+
+- creating a venv and ``pip install``-ing mqkit itself or its extras from the clone
+  (``.venv/bin/pip install -e '.[cli]'``): they change the venv this suite runs in;
+- the README's ``python -m pytest``: the suite this test belongs to;
+- ``python benchmarks/run.py ...`` (docs/benchmarks.md): the full suite takes minutes and
+  writes into ``docs/img/``; CI runs those lines in a scratch copy of the repository.
+
+Commands written in the text rather than in blocks (``mkdocs serve``, ``python
+docs/gen_config.py``, ...) are run by tests/docs/test_prose_commands.py.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DOCS, ROOT, Block, blocks, install_audit_package
+from .conftest import DOCS, ROOT, Block, blocks, fixed_ports, install_audit_package
 
 VENV_BIN = Path(sys.executable).parent
 PAGES = [
@@ -43,8 +56,8 @@ SERVE_DEADLINE = 30.0
 
 
 def is_install(command: str) -> bool:
-    """Creating a venv or installing mqkit itself: CI's job (.ci/run)."""
-    return command.startswith(("python3 -m venv", "pip install '", "pip install -e")) or (
+    """Creating a venv or installing mqkit itself (or an extra) from the clone: CI's job."""
+    return command.startswith(("python3 -m venv", "pip install -e")) or (
         ".venv/bin/pip install" in command
     )
 
@@ -52,6 +65,35 @@ def is_install(command: str) -> bool:
 def is_main_test_suite(command: str) -> bool:
     """The README's test command: running it here would recurse into this suite."""
     return command.endswith("-m pytest")
+
+
+def is_benchmark_run(command: str) -> bool:
+    """``benchmarks/run.py`` from a clone: minutes long, writes docs/img/; CI runs it."""
+    return command.startswith("python benchmarks/run.py")
+
+
+def left_to_ci(command: str) -> bool:
+    """Whether CI (.ci/run), not this test, runs ``command`` (one step of a line)."""
+    return is_install(command) or is_main_test_suite(command) or is_benchmark_run(command)
+
+
+def bash_lines(block: Block) -> list[str]:
+    """The commands of a ``bash`` block, one per line, without comments."""
+    lines = (raw.split("  #")[0].strip() for raw in block.text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+FIXED_PORT = re.compile(r"(?:127\.0\.0\.1|localhost):(\d+)|_port = (\d+)|--port (\d+)")
+
+
+def fixed_ports_of(page: Path) -> set[int]:
+    """The fixed TCP ports the runnable blocks of ``page`` bind or talk to."""
+    ports: set[int] = set()
+    for block in blocks(page):
+        if block.lang in ("bash", "toml", "python"):
+            for match in FIXED_PORT.finditer(block.text):
+                ports.update(int(g) for g in match.groups() if g and int(g))
+    return ports
 
 
 class Page:
@@ -82,6 +124,11 @@ class Page:
 
     def run(self) -> list[str]:
         ran: list[str] = []
+        with fixed_ports(fixed_ports_of(self.page)):
+            self.run_blocks(ran)
+        return ran
+
+    def run_blocks(self, ran: list[str]) -> None:
         try:
             for block in blocks(self.page):
                 if block.lang == "toml" and block.title:
@@ -95,7 +142,6 @@ class Page:
                     ran += self.bash(block)
         finally:
             self.stop_servers()
-        return ran
 
     def python(self, block: Block) -> None:
         script = self.work / f"block_{block.line}.py"
@@ -113,18 +159,17 @@ class Page:
 
     def bash(self, block: Block) -> list[str]:
         ran: list[str] = []
-        for raw in block.text.splitlines():
-            command = raw.split("  #")[0].strip()
-            if not command or command.startswith("#"):
-                continue
+        for command in bash_lines(block):
             steps = [s.strip() for s in command.split("&&")]
-            steps = [s for s in steps if not is_install(s) and not is_main_test_suite(s)]
+            steps = [s for s in steps if not left_to_ci(s)]
             for step in steps:
                 step = step.replace(".venv/bin/", f"{VENV_BIN}/")
                 if step.startswith("pip install ./"):
                     self.site_packages.mkdir(exist_ok=True)
                     install_audit_package(self.site_packages, self.work / ".build")
-                elif step.startswith(("mqkit serve", "python -m mqkit serve")):
+                elif step.startswith(("mqkit serve", "python -m mqkit serve")) and (
+                    "--help" not in step.split()
+                ):
                     self.serve(block, step)
                 else:
                     self.shell(block, step)
@@ -207,3 +252,26 @@ def test_ci_runs_the_readme_commands_as_written() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     for command in commands[:2]:
         assert command in ci
+
+
+INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+
+
+def test_ci_runs_every_command_left_to_it() -> None:
+    """Each command this test leaves to CI is a line of .ci/run, exactly as the docs write it."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    left: list[str] = []
+    for page in PAGES:
+        for block in blocks(page):
+            if block.lang == "bash":
+                left += [
+                    line
+                    for line in bash_lines(block)
+                    if any(left_to_ci(step.strip()) for step in line.split("&&"))
+                ]
+        text = page.read_text(encoding="utf-8")
+        left += [span for span in INLINE_CODE.findall(text) if is_install(span)]
+    assert {'python benchmarks/run.py --profile "1 -> 1/mqkit"'} <= set(left)
+    assert {".venv/bin/pip install -e '.[cli]'", ".venv/bin/pip install -e '.[bench]'"} <= set(left)
+    missing = [command for command in left if not any(command in line for line in ci)]
+    assert missing == []
