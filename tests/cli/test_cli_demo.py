@@ -105,9 +105,25 @@ def test_without_the_cli_extra_the_command_names_the_extra(tmp_path: Path) -> No
     assert "pip install 'mqkit[cli]'" in result.stderr
 
 
-def test_help_lists_every_command() -> None:
-    result = run_mqkit("--help")
+def test_help_lists_every_command_and_each_command_describes_its_options() -> None:
+    # docs/cli.md: `mqkit --help`, and `mqkit COMMAND --help` for each command (console script).
+    script = str(Path(sys.executable).with_name("mqkit"))
+
+    def mqkit_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script, *args], capture_output=True, text=True, env=cli_env(), check=False
+        )
+
+    result = mqkit_cli("--help")
     assert result.returncode == 0
-    for command in ("demo", "serve", "inspect", "bench"):
+    for command, option in (
+        ("demo", "--store"),
+        ("serve", "--config"),
+        ("inspect", "--json"),
+        ("bench", "--quick"),
+    ):
         assert command in result.stdout
+        usage = mqkit_cli(command, "--help")
+        assert usage.returncode == 0, usage.stderr
+        assert f"Usage: mqkit {command}" in flat(usage.stdout) and option in usage.stdout
     assert run_mqkit().returncode == 2  # no command: usage, exit 2
