@@ -33,9 +33,9 @@ class Srv:
         return self.broker.get_plugin("mqtt")
 
 
-def make_server(**config: Any) -> Srv:
+def make_server(*, clock: mqkit.Clock | None = None, **config: Any) -> Srv:
     cfg = mqkit.Config(enable_mqtt=True, mqtt_port=0, mqtt_tls_port=0, **config)
-    broker = mqkit.Broker(cfg)
+    broker = mqkit.Broker(cfg, clock=clock)
     try:
         host, port = broker.start_mqtt_server()
     except BaseException:
@@ -112,10 +112,17 @@ class Paho:
         version: int = 5,
         clean: bool = True,
         connect: bool = True,
+        manual_ack: bool = False,
+        reconnect: bool = True,
         **connect_kw: Any,
     ) -> None:
         protocol = paho.MQTTv5 if version == 5 else paho.MQTTv311
-        kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
+        kwargs: dict[str, Any] = {
+            "client_id": client_id,
+            "protocol": protocol,
+            "manual_ack": manual_ack,
+            "reconnect_on_failure": reconnect,
+        }
         if version != 5:
             kwargs["clean_session"] = clean
         self.client = paho.Client(CallbackAPIVersion.VERSION2, **kwargs)
@@ -124,33 +131,53 @@ class Paho:
         self.clean = clean
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self.connected = threading.Event()
+        """Set while connected (a CONNACK with success, no disconnect since)."""
+        self.acked = threading.Event()
+        """Set by the last CONNACK, whatever its reason code."""
         self.disconnected = threading.Event()
         self.subscribed = threading.Event()
         self.connack: tuple[Any, Any, Any] | None = None
         self.disconnect_reason: Any = None
+        self.disconnect_from_server = False
         self.granted: list[Any] = []
+        self.unsubscribed = threading.Event()
+        self.unsub_reasons: list[Any] = []
+        self.pub_reasons: dict[int, Any] = {}
+        """PUBACK/PUBCOMP reason codes (paho's on_publish), by message id."""
         c = self.client
         c.on_message = lambda _c, _u, msg: self.messages.put(msg)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        c.on_publish = self._on_publish
         self._started = False
         if connect:
             self.connect(**connect_kw)
 
     def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connack = (flags, reason, props)
-        self.disconnected.clear()
-        self.connected.set()
+        if not reason.is_failure:
+            self.disconnected.clear()
+            self.connected.set()
+        self.acked.set()
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         self.disconnect_reason = reason
+        self.disconnect_from_server = flags.is_disconnect_packet_from_server
         self.connected.clear()
         self.disconnected.set()
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, granted: Any, _p: Any) -> None:
         self.granted = list(granted)
         self.subscribed.set()
+
+    def _on_unsubscribe(self, _c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any) -> None:
+        self.unsub_reasons = list(reasons)
+        self.unsubscribed.set()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self.pub_reasons[mid] = reason
 
     def connect(
         self, keepalive: int = 60, properties: PahoProperties | None = None, **kw: Any
@@ -161,11 +188,12 @@ class Paho:
             if properties is not None:
                 args["properties"] = properties
         self.connected.clear()
+        self.acked.clear()
         self.client.connect(self.srv.host, self.srv.port, **args, **kw)
         if not self._started:
             self.client.loop_start()
             self._started = True
-        assert self.connected.wait(TIMEOUT), "no CONNACK"
+        assert self.acked.wait(TIMEOUT), "no CONNACK"
         assert self.connack is not None
         return self.connack
 
@@ -178,11 +206,20 @@ class Paho:
         assert self.subscribed.wait(TIMEOUT), "no SUBACK"
         return self.granted
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, **kw: Any) -> None:
+    def unsubscribe(self, topic: str) -> list[Any]:
+        self.unsubscribed.clear()
+        self.client.unsubscribe(topic)
+        assert self.unsubscribed.wait(TIMEOUT), "no UNSUBACK"
+        return self.unsub_reasons
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, **kw: Any) -> Any:
+        """Publish; at QoS 1/2 wait for the flow to end and return its reason code."""
         info = self.client.publish(topic, payload, qos, **kw)
-        if qos:
-            info.wait_for_publish(TIMEOUT)
-            assert info.is_published()
+        if not qos:
+            return None
+        info.wait_for_publish(TIMEOUT)
+        assert info.is_published()
+        return self.pub_reasons.pop(info.mid, None)
 
     def get(self, timeout: float = TIMEOUT) -> paho.MQTTMessage:
         return self.messages.get(timeout=timeout)
@@ -204,3 +241,7 @@ class Paho:
 
     def close(self) -> None:
         self.disconnect()
+        # paho closes the socket pair that wakes its loop only in Client.__del__; collected in a
+        # cycle with this wrapper, the sockets may be finalised first (a ResourceWarning).
+        # reinitialise() is paho's public way to close every socket it holds.
+        self.client.reinitialise()
