@@ -1,6 +1,7 @@
 """Raw packets for each error case the specification defines, and the server's exact answer.
 
-Each test also checks "and nothing else": another client on the same server keeps working.
+Each test also checks "and nothing else": another client on the same server keeps working, and
+a client connected before the offender keeps its connection.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from collections.abc import Callable
 
 import pytest
 
+import mqkit
 from mqkit.protocols.mqtt import codec
 from mqkit.protocols.mqtt.codec import Reason
 
-from .helpers import Raw, Srv
+from .helpers import Paho, Raw, Srv
 
 CONNECT_V5 = codec.Connect(client_id="c5", protocol_level=5).encode()
 CONNECT_V4 = codec.Connect(client_id="c4", protocol_level=4).encode()
@@ -107,7 +109,9 @@ def expect_disconnect(c: Raw, reason: int) -> None:
     [
         (b"\xc0\x01\x00", Reason.MALFORMED_PACKET),  # PINGREQ with remaining length 1
         (b"\x82\x03\x00\x01\x00", Reason.PROTOCOL_ERROR),  # SUBSCRIBE without filters
-        (b"\x80\x06\x00\x01\x00\x00\x01a\x00"[:8], Reason.MALFORMED_PACKET),  # reserved flags
+        # A complete, valid SUBSCRIBE body under the fixed header flags 0000 (must be 0010).
+        (b"\x80\x07\x00\x01\x00\x00\x01a\x00", Reason.MALFORMED_PACKET),
+        (b"\xc1\x00", Reason.MALFORMED_PACKET),  # PINGREQ with a reserved flag set
         (b"\x40\x01\x00", Reason.MALFORMED_PACKET),  # PUBACK cut short
         (b"\x36\x06\x00\x01a\x00\x01\x00", Reason.MALFORMED_PACKET),  # QoS 3
         (b"\x30\x05\x00\x01+\x00\x00"[:7], Reason.TOPIC_NAME_INVALID),  # wildcard in topic
@@ -125,13 +129,63 @@ def test_violations_after_connect_v5(srv: Srv, data: bytes, reason: int) -> None
 
 @pytest.mark.parametrize(
     "data",
-    [b"\xc0\x01\x00", b"\x82\x02\x00\x01", b"\x40\x01\x00", b"\x30\x05\x00\x01+\x00\x00"[:7]],
+    [
+        b"\xc0\x01\x00",  # PINGREQ with remaining length 1
+        b"\x82\x02\x00\x01",  # SUBSCRIBE without filters
+        b"\x40\x01\x00",  # PUBACK cut short
+        b"\x30\x05\x00\x01+\x00\x00"[:7],  # wildcard in topic
+        b"\x80\x06\x00\x01\x00\x01a\x00",  # a complete SUBSCRIBE, reserved flags 0000
+    ],
 )
 def test_violations_after_connect_v311_just_close(srv: Srv, data: bytes) -> None:
     with connected(srv, 4) as c:
         c.send(data)
         assert c.closed()
     still_serves(srv)
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+def test_subscribe_reserved_flags_alone_are_the_fault(srv: Srv, version: int) -> None:
+    body = codec.Subscribe(
+        packet_id=7, subscriptions=(codec.SubscriptionRequest(topic_filter="a"),)
+    ).encode(version)[1:]
+    with connected(srv, version) as c:
+        c.send(b"\x82" + body)  # the right flags (0010): accepted
+        assert isinstance(c.packet(), codec.SubAck)
+        c.send(b"\x80" + body)  # the same bytes with flags 0000
+        if version == 5:
+            expect_disconnect(c, Reason.MALFORMED_PACKET)
+        else:
+            assert c.closed()
+    still_serves(srv)
+
+
+@pytest.mark.parametrize(
+    ("version", "data"),
+    [
+        (5, b"\x30\xff\xff\xff\xff\x01"),  # 5-byte remaining length
+        (5, b"\x80\x07\x00\x01\x00\x00\x01a\x00"),  # reserved flags
+        (4, b"\x36\x05\x00\x01a\x00\x01"),  # QoS 3
+        (4, b"\x10" + CONNECT_V4[1:]),  # a second CONNECT
+    ],
+)
+def test_connected_client_unaffected_by_anothers_malformed_packet(
+    srv: Srv, paho_factory: Callable[..., Paho], version: int, data: bytes
+) -> None:
+    sub = paho_factory(srv, "sub", version=5)
+    sub.subscribe("calm/#", 1)
+    with connected(srv, version) as bad:
+        bad.send(data)
+        if version == 5:
+            expect_disconnect(bad, Reason.MALFORMED_PACKET)
+        else:
+            assert bad.closed()
+    srv.broker.publish("calm/x", mqkit.Message("after", b"after"))
+    got = sub.get()
+    assert (got.topic, got.payload) == ("calm/x", b"after")
+    assert sub.connected.is_set() and sub.connack is not None
+    sub.publish("calm/y", b"and back", 1)  # the old connection still publishes, too
+    assert sub.get().payload == b"and back"
 
 
 def test_subscribe_invalid_filter(srv: Srv) -> None:
@@ -155,12 +209,19 @@ def test_no_local_on_shared_subscription_is_a_protocol_error(srv: Srv) -> None:
 @pytest.mark.parametrize("alias", [0, 11])
 def test_topic_alias_out_of_range(server_factory: Callable[..., Srv], alias: int) -> None:
     srv = server_factory(mqtt_topic_alias_maximum=10)
-    with connected(srv) as c:
-        ack_props = c.version
-        assert ack_props == 5
+    with Raw(srv) as c:
+        assert c.connect("alias").properties.topic_alias_maximum == 10
         props = codec.Properties(topic_alias=alias)
         c.send(codec.Publish(topic="t", payload=b"x", properties=props).encode())
         expect_disconnect(c, Reason.TOPIC_ALIAS_INVALID)
+    still_serves(srv)
+
+
+def test_unknown_topic_alias_is_a_protocol_error(srv: Srv) -> None:
+    with connected(srv) as c:
+        props = codec.Properties(topic_alias=4)  # in range, but never set to a topic
+        c.send(codec.Publish(topic="", payload=b"x", properties=props).encode())
+        expect_disconnect(c, Reason.PROTOCOL_ERROR)
     still_serves(srv)
 
 
@@ -231,6 +292,13 @@ def test_keep_alive_timeout(srv: Srv) -> None:
     with Raw(srv) as c:
         assert c.connect("ka", keep_alive=1).reason_code == 0
         expect_disconnect(c, Reason.KEEP_ALIVE_TIMEOUT)  # after 1.5 s of silence
+
+
+def test_keep_alive_timeout_v311_closes(srv: Srv) -> None:
+    with Raw(srv, 4) as c:
+        assert c.connect("ka4", keep_alive=1).reason_code == 0
+        assert c.closed()  # after 1.5 s of silence, with nothing sent (3.1.1 has no DISCONNECT)
+    still_serves(srv)
 
 
 def test_qos2_resend_is_delivered_once(srv: Srv) -> None:
