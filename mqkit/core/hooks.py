@@ -77,7 +77,7 @@ def _interests(pm: pluggy.PluginManager, name: str) -> list[Interest | None]:
 class _ByClass:
     """A per-message hook's implementations narrowed to each message class (``for_messages``)."""
 
-    __slots__ = ("_cache", "_config", "_hook", "_idle", "_impls", "_report")
+    __slots__ = ("_config", "_hook", "_idle", "_impls", "_report", "known")
 
     def __init__(
         self,
@@ -92,12 +92,13 @@ class _ByClass:
         self._impls = list(zip(impls, interests, strict=True))
         self._config = config
         self._report = report
-        self._cache: dict[type, list[Impl]] = {}
+        self.known: dict[type, list[Impl]] = {}
+        """What :meth:`get` computed so far: the hot path looks here first (no call)."""
         self._idle = idle
 
     def get(self, cls: type) -> list[Impl]:
         """The implementations to call for messages of ``cls`` (computed once per class)."""
-        found = self._cache.get(cls)
+        found = self.known.get(cls)
         if found is None:
             found = []
             for impl, interest in self._impls:
@@ -108,7 +109,7 @@ class _ByClass:
                     except Exception as exc:  # counts as interested; the plugin is reported
                         self._report(impl[0], self._hook, exc)
                 found.append(impl)
-            self._cache[cls] = found  # a race computes the same list twice: harmless
+            self.known[cls] = found  # a race computes the same list twice: harmless
             if not found:
                 self._idle.add(cls)
         return found
@@ -318,7 +319,10 @@ class Hooks:
     def publish(self, broker: Broker, topic: str, message: Message) -> bool:
         """Fire ``mqkit_publish``; True when a plugin took the message over."""
         by_class = self._publish_by_class
-        impls = self._publish if by_class is None else by_class.get(message.__class__)
+        if by_class is None:
+            impls = self._publish
+        else:  # a dict lookup; the call computes a class's list only the first time
+            impls = by_class.known.get(message.__class__) or by_class.get(message.__class__)
         for plugin, fn in impls:  # _decide, inlined: this is the hottest hook
             try:
                 result = fn(broker, topic, message)
@@ -353,7 +357,10 @@ class Hooks:
     def deliver(self, broker: Broker, subscription: Subscription, message: Message) -> bool:
         """Fire ``mqkit_deliver``; False when a plugin withholds the message."""
         by_class = self._deliver_by_class
-        impls = self._deliver if by_class is None else by_class.get(message.__class__)
+        if by_class is None:
+            impls = self._deliver
+        else:  # a dict lookup; the call computes a class's list only the first time
+            impls = by_class.known.get(message.__class__) or by_class.get(message.__class__)
         for plugin, fn in impls:
             try:
                 result = fn(broker, subscription, message)
@@ -367,7 +374,10 @@ class Hooks:
     def delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Fire ``mqkit_delivered``."""
         by_class = self._delivered_by_class
-        impls = self._delivered if by_class is None else by_class.get(message.__class__)
+        if by_class is None:
+            impls = self._delivered
+        else:  # a dict lookup; the call computes a class's list only the first time
+            impls = by_class.known.get(message.__class__) or by_class.get(message.__class__)
         for plugin, fn in impls:
             try:
                 fn(broker, subscription, message)

@@ -24,7 +24,13 @@ class ThreadShards(Generic[T]):
         """``local.shard`` is the calling thread's shard once :meth:`get` made it: a hot path
         reads it directly (``try: local.shard`` / ``except AttributeError: get()``)."""
         self._lock = threading.Lock()
-        self._all: list[T] = []
+        self.all: list[T] = []
+        """Every thread's shard (of threads alive or gone), to add up: read it, never change it.
+
+        Reading takes no lock: shards are only ever appended (under the lock), and iterating a
+        list that grows meanwhile is safe; a shard added during the iteration may be missed. A
+        hot path iterates it directly (iterating the ``ThreadShards`` is one call more).
+        """
 
     def get(self) -> T:
         """Return the calling thread's shard (made on its first call)."""
@@ -33,13 +39,9 @@ class ThreadShards(Generic[T]):
         except AttributeError:
             shard = self.local.shard = self._factory()
             with self._lock:
-                self._all.append(shard)
+                self.all.append(shard)
         return shard
 
     def __iter__(self) -> Iterator[T]:
-        """Every thread's shard (of threads alive or gone), to add up.
-
-        Takes no lock: shards are only ever appended (under the lock), and iterating a list
-        that grows meanwhile is safe; a shard added during the iteration may be missed.
-        """
-        return iter(self._all)
+        """Iterate :attr:`all`."""
+        return iter(self.all)

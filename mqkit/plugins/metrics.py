@@ -109,8 +109,9 @@ class MetricsPlugin(MetricsFeature):
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Count a hand-out and its publish-to-delivery latency."""
         latency = 0.0
-        if message.time is not None:
-            latency = (broker.clock.now() - message.time).total_seconds()
+        published_at = message.time
+        if published_at is not None:  # in POSIX seconds: datetime arithmetic costs 2x
+            latency = broker.clock.time() - published_at.timestamp()
             if latency < 0.0:  # a clock stepped back
                 latency = 0.0
         try:

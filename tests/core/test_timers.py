@@ -39,6 +39,28 @@ def test_fake_clock_default_start_is_aware() -> None:
     assert mqkit.FakeClock().now().tzinfo is not None
 
 
+def test_time_is_now_in_posix_seconds() -> None:
+    start = datetime(2030, 5, 1, tzinfo=UTC)
+    clock = mqkit.FakeClock(start)
+    assert clock.time() == start.timestamp()
+    clock.advance(2.25)
+    assert clock.time() == clock.now().timestamp() == start.timestamp() + 2.25
+
+    real = mqkit.Clock()
+    before = datetime.now(UTC).timestamp()
+    now = real.time()
+    # datetime keeps whole microseconds; time() does not round them away
+    assert before <= now < datetime.now(UTC).timestamp() + 1e-6
+
+    class Shifted(mqkit.Clock):
+        """A clock that only says ``now()``: ``time()`` follows it."""
+
+        def now(self) -> datetime:
+            return start
+
+    assert Shifted().time() == start.timestamp()
+
+
 def test_fake_clock_runs_due_callbacks_in_order_without_a_thread() -> None:
     before = timer_threads()
     clock = mqkit.FakeClock()
