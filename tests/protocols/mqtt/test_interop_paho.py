@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
+import threading
 from collections.abc import Callable
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import mqkit
 from mqkit.protocols.mqtt import codec
+from mqkit.protocols.mqtt.codec import Reason
 
 from .helpers import TIMEOUT, Paho, Raw, Srv
 
@@ -161,6 +164,23 @@ def test_close_publishes_wills_in_process(server_factory: Callable[..., Srv]) ->
         assert c.closed()
     finally:
         c.close()
+
+
+def test_close_joins_the_gateway_thread_and_frees_the_port(
+    server_factory: Callable[..., Srv], paho_factory: Factory
+) -> None:
+    before = set(threading.enumerate())
+    srv = server_factory()
+    client = paho_factory(srv, "c", version=5, reconnect=False)  # starts the auth workers too
+    client.subscribe("x", 1)
+    gateway = [t for t in set(threading.enumerate()) - before if t.name.startswith("mqkit-mqtt")]
+    assert any(t.name == "mqkit-mqtt" for t in gateway)
+    srv.broker.close()
+    assert client.disconnected.wait(TIMEOUT)
+    assert client.disconnect_reason == Reason.SERVER_SHUTTING_DOWN
+    assert not [t.name for t in gateway if t.is_alive()]  # the loop thread and its workers
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((srv.host, srv.port), timeout=TIMEOUT).close()
 
 
 def test_persistent_session_v311_queues_qos1(srv: Srv, paho_factory: Factory) -> None:
