@@ -1,7 +1,13 @@
-"""Password file, ACLs, the authentication hooks, TLS, and connection limits."""
+"""Password file, ACLs, the authentication hooks, TLS (and client certificates), connection limits.
+
+ACLs and the connection limit are seen both through the raw client (exact bytes) and through
+paho-mqtt 2.x (the reason codes its callbacks report). Enhanced authentication (AUTH) is
+raw-only: paho-mqtt 2.2 cannot answer an AUTH packet.
+"""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 from collections.abc import Callable
@@ -202,8 +208,6 @@ def test_tls(server_factory: ServerFactory, tls_files: tuple[str, str, str]) -> 
     assert inproc.get(timeout=TIMEOUT).data == b"mosq"
     # A client that does not trust the certificate is refused by the TLS handshake.
     context = ssl.create_default_context()
-    import socket
-
     with (
         socket.create_connection((tls_host, tls_port), timeout=TIMEOUT) as raw,
         pytest.raises(ssl.SSLCertVerificationError),
@@ -231,3 +235,112 @@ def test_connection_limit(server_factory: ServerFactory) -> None:
             assert c.connect("c").reason_code == Reason.QUOTA_EXCEEDED
         with Raw(srv, 4) as d:
             assert d.connect("d").reason_code == Reason.V3_SERVER_UNAVAILABLE
+
+
+def test_acls_with_paho(
+    server_factory: ServerFactory,
+    password_file: str,
+    tmp_path: Path,
+    paho_factory: Callable[..., Paho],
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(ACL)
+    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=str(acl))
+    inproc = srv.broker.subscribe("sensors/x")
+    alice = paho_factory(srv, "a1", version=5, connect=False)
+    alice.client.username_pw_set("alice", "wonderland")
+    alice.connect()
+    requests = [("sensors/#", 1), ("secret/#", 1), ("public/+", 1), ("commands/alice/+", 1)]
+    result, _ = alice.client.subscribe(requests)
+    assert result == 0 and alice.subscribed.wait(TIMEOUT)
+    assert [r.value for r in alice.granted] == [1, Reason.NOT_AUTHORIZED, 1, Reason.NOT_AUTHORIZED]
+    assert alice.publish("secret/x", b"no", 1) == Reason.NOT_AUTHORIZED
+    assert alice.publish("public/news", b"no", 1) == Reason.NOT_AUTHORIZED  # read only
+    assert alice.publish("commands/alice/go", b"yes", 1) == 0  # write only
+    assert alice.publish("sensors/x", b"yes", 1) == 0
+    assert inproc.get(timeout=TIMEOUT).data == b"yes"
+    assert alice.get().payload == b"yes"  # through "sensors/#"
+    srv.broker.publish("public/news", mqkit.Message("n", b"news"))
+    assert alice.get().payload == b"news"  # through "public/+"
+    assert alice.messages.empty()
+    anon = paho_factory(srv, "anon", version=4)  # 3.1.1: acked and dropped; SUBACK 0x80
+    assert anon.publish("sensors/x", b"dropped", 1) == 0
+    anon.subscribed.clear()
+    result, _ = anon.client.subscribe([("sensors/#", 1), ("public/#", 1)])
+    assert result == 0 and anon.subscribed.wait(TIMEOUT)
+    assert [r.value for r in anon.granted] == [0x80, 1]
+    with pytest.raises(TimeoutError):
+        inproc.get(timeout=0.2)
+
+
+def test_connection_limit_with_paho(
+    server_factory: ServerFactory, paho_factory: Callable[..., Paho]
+) -> None:
+    srv = server_factory(mqtt_max_connections=1)
+    first = paho_factory(srv, "first", version=5)
+    assert first.connack is not None and first.connack[1] == 0
+    over5 = paho_factory(srv, "over5", version=5, reconnect=False)
+    assert over5.connack is not None and over5.connack[1] == Reason.QUOTA_EXCEEDED
+    over4 = paho_factory(srv, "over4", version=4, reconnect=False)
+    assert over4.connack is not None
+    # 3.1.1 CONNACK return code 3, which paho reports as 0x88 "Server unavailable"
+    assert over4.connack[1].getName() == "Server unavailable"
+    first.publish("still/here", b"x", 1)  # the first connection is untouched
+    assert first.connected.is_set()
+
+
+@pytest.fixture(scope="module")
+def client_cert_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA, a server certificate and a client certificate it issued, and a stranger's."""
+    ca = trustme.CA()
+    other = trustme.CA()
+    d = tmp_path_factory.mktemp("mtls")
+    files = {name: str(d / f"{name}.pem") for name in ("ca", "server", "client", "stranger")}
+    ca.cert_pem.write_to_path(files["ca"])
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(files["server"])
+    ca.issue_cert("client-1").private_key_and_cert_chain_pem.write_to_path(files["client"])
+    other.issue_cert("client-2").private_key_and_cert_chain_pem.write_to_path(files["stranger"])
+    return files
+
+
+def test_tls_client_certificates(
+    server_factory: ServerFactory,
+    client_cert_files: dict[str, str],
+    paho_factory: Callable[..., Paho],
+) -> None:
+    f = client_cert_files
+    srv = server_factory(mqtt_tls_cert=f["server"], mqtt_tls_key=f["server"], mqtt_tls_ca=f["ca"])
+    host, port = srv.plugin.tls_address
+    inproc = srv.broker.subscribe("mtls/x")
+    client = paho_factory(Srv(srv.broker, host, port), "mtls", version=5, connect=False)
+    client.client.tls_set(ca_certs=f["ca"], certfile=f["client"])
+    _, reason, _ = client.connect()
+    assert reason == 0
+    client.publish("mtls/x", b"with a certificate", 1)
+    assert inproc.get(timeout=TIMEOUT).data == b"with a certificate"
+    base = ["mosquitto_pub", "-h", host, "-p", str(port), "--cafile", f["ca"], "-t", "mtls/x",
+            "-q", "1"]  # fmt: skip
+    ok = subprocess.run(
+        [*base, "-m", "mosq", "--cert", f["client"], "--key", f["client"]],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert inproc.get(timeout=TIMEOUT).data == b"mosq"
+    for extra in ([], ["--cert", f["stranger"], "--key", f["stranger"]]):
+        refused = subprocess.run(
+            [*base, "-m", "refused", *extra], capture_output=True, timeout=TIMEOUT
+        )
+        assert refused.returncode != 0
+    # Without a certificate the server ends the TLS connection: no CONNACK for any CONNECT.
+    context = ssl.create_default_context(cafile=f["ca"])
+    with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(codec.Connect(client_id="nocert", protocol_level=5).encode())
+                answer = tls.recv(1024)
+        except (ssl.SSLError, ConnectionError):  # an alert, or a reset: refused all the same
+            answer = b""
+    assert answer == b""
+    with pytest.raises(TimeoutError):
+        inproc.get(timeout=0.2)
