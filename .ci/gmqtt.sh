@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # An external acceptance suite: gmqtt 0.8.0's live-broker tests (tests/test_mqtt5.py, from its
 # PyPI sdist, unpacked here and never committed) against mqkit's MQTT gateway and, in the same
-# run, against Debian's mosquitto, side by side. Fails when mqkit fails a test mosquitto passes
-# (or ran none). gmqtt's wheel would put a top-level "tests" package in site-packages, so the
-# suite runs from the unpacked sdist in a venv of its own.
+# run, against Debian's mosquitto, side by side. Fails unless exactly 16 tests ran against mqkit
+# and mqkit passed all 16 (and, as a check of the comparison, when mqkit fails a test mosquitto
+# passes). gmqtt's wheel would put a top-level "tests" package in site-packages, so the suite
+# runs from the unpacked sdist in a venv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/mqkit-gmqtt.XXXXXX)
@@ -81,9 +82,16 @@ kill "$server_pid"; wait "$server_pid" || true; server_pid=""
 import sys
 import xml.etree.ElementTree as ET
 
+EXPECTED = 16  # tests/test_mqtt5.py of gmqtt 0.8.0
+
 def results(path):
     out = {}
-    for case in ET.parse(path).iter("testcase"):
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError) as exc:
+        print(f"no test results in {path}: {exc}")
+        return out
+    for case in tree.iter("testcase"):
         bad = case.find("failure") is not None or case.find("error") is not None
         skipped = case.find("skipped") is not None
         out[case.get("name")] = "skip" if skipped else ("FAIL" if bad else "pass")
@@ -95,8 +103,17 @@ for name in sorted(set(mqkit) | set(mosq)):
     print(f"{name:45} {mqkit.get(name, '-'):6} {mosq.get(name, '-'):6}")
 count = lambda r, v: sum(1 for x in r.values() if x == v)
 print(f"{'total passed':45} {count(mqkit, 'pass'):<6} {count(mosq, 'pass'):<6}")
-regressions = [n for n, v in mosq.items() if v == "pass" and mqkit.get(n) != "pass"]
-if not mqkit or regressions:
-    print("mqkit fails what mosquitto passes:", regressions or "no mqkit results")
+problems = []
+if len(mqkit) != EXPECTED:
+    problems.append(f"{len(mqkit)} tests ran against mqkit, not {EXPECTED}")
+if count(mqkit, "pass") != EXPECTED:
+    failed = sorted(n for n, v in mqkit.items() if v != "pass")
+    problems.append(f"mqkit passed {count(mqkit, 'pass')} of {EXPECTED}; not passed: {failed}")
+regressions = sorted(n for n, v in mosq.items() if v == "pass" and mqkit.get(n) != "pass")
+if regressions:
+    problems.append(f"mqkit fails what mosquitto passes: {regressions}")
+if problems:
+    print("gmqtt gate FAILED:", *problems, sep="\n  ")
     sys.exit(1)
+print(f"gmqtt gate passed: mqkit {EXPECTED}/{EXPECTED}")
 EOF
