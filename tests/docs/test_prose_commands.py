@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
+
 from .conftest import DOCS, ROOT, fixed_ports
 
 VENV_BIN = Path(sys.executable).parent
@@ -160,3 +162,25 @@ def test_the_web_app_example_serves_orders() -> None:
         stats = json.loads(text)
         assert status == 200 and stats["published"] == 1 and stats["health"] == "healthy"
     assert "Application shutdown complete" in "".join(lines)
+
+
+def test_the_standalone_mqtt_gateway_carries_messages() -> None:
+    # docs/mqtt.md: "Run a standalone gateway with `python -m mqkit.protocols.mqtt.serve
+    # --port 1883`" - from the clone, on MQTT's own port; a paho client talks to itself through it.
+    command = said(DOCS / "mqtt.md", "python -m mqkit.protocols.mqtt.serve --port 1883")
+    with fixed_ports([1883]), server(command, ROOT, "listening 127.0.0.1 1883"):
+        got: queue.Queue[bytes] = queue.Queue()
+        subscribed = threading.Event()
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="docs-check")
+        client.on_message = lambda _c, _u, message: got.put(message.payload)
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.connect("127.0.0.1", 1883)
+        client.loop_start()
+        try:
+            client.subscribe("docs/check", qos=1)
+            assert subscribed.wait(10), "no SUBACK"
+            client.publish("docs/check", b"hello", qos=1).wait_for_publish(10)
+            assert got.get(timeout=10) == b"hello"
+        finally:
+            client.disconnect()
+            client.loop_stop()
