@@ -90,10 +90,10 @@ def test_serve_scraped_while_messages_flow_then_stopped_without_loss(
     publisher.join()
     assert failures == []
     assert accepted == [f"o-{i}" for i in range(total)]
-    # Counters never go back, and nothing is delivered before it is published.
+    # Counters never go back. (While messages flow, a scrape may show delivered a little ahead
+    # of published: a consumer can take a message before the publishing thread counted it.)
     assert [p for p, _ in scrapes] == sorted(p for p, _ in scrapes)
     assert [d for _, d in scrapes] == sorted(d for _, d in scrapes)
-    assert all(d <= p for p, d in scrapes)
     # The consumer got every message (priority may reorder what waited in its buffer).
     got = [json.loads(consumer.get().payload) for _ in range(total)]
     assert sorted(m["n"] for m in got) == list(range(total))
