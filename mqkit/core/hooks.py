@@ -74,10 +74,14 @@ def _interests(pm: pluggy.PluginManager, name: str) -> list[Interest | None]:
     return [getattr(i.function, MESSAGE_INTEREST, None) for i in reversed(caller.get_hookimpls())]
 
 
-class _ByClass:
-    """A per-message hook's implementations narrowed to each message class (``for_messages``)."""
+class _ByClass(dict[type, list[Impl]]):
+    """A per-message hook's implementations narrowed to each message class (``for_messages``).
 
-    __slots__ = ("_config", "_hook", "_idle", "_impls", "_report", "known")
+    A dict from message class to the implementations to call: the hot path is one C-level
+    lookup, and a class seen for the first time is computed by ``__missing__``.
+    """
+
+    __slots__ = ("_config", "_hook", "_idle", "_impls", "_report")
 
     def __init__(
         self,
@@ -88,30 +92,27 @@ class _ByClass:
         report: Report,
         idle: set[type],
     ) -> None:
+        super().__init__()
         self._hook = hook
         self._impls = list(zip(impls, interests, strict=True))
         self._config = config
         self._report = report
-        self.known: dict[type, list[Impl]] = {}
-        """What :meth:`get` computed so far: the hot path looks here first (no call)."""
         self._idle = idle
 
-    def get(self, cls: type) -> list[Impl]:
+    def __missing__(self, cls: type) -> list[Impl]:
         """The implementations to call for messages of ``cls`` (computed once per class)."""
-        found = self.known.get(cls)
-        if found is None:
-            found = []
-            for impl, interest in self._impls:
-                if interest is not None and self._config is not None:
-                    try:
-                        if not interest(cls, self._config):
-                            continue
-                    except Exception as exc:  # counts as interested; the plugin is reported
-                        self._report(impl[0], self._hook, exc)
-                found.append(impl)
-            self.known[cls] = found  # a race computes the same list twice: harmless
-            if not found:
-                self._idle.add(cls)
+        found: list[Impl] = []
+        for impl, interest in self._impls:
+            if interest is not None and self._config is not None:
+                try:
+                    if not interest(cls, self._config):
+                        continue
+                except Exception as exc:  # counts as interested; the plugin is reported
+                    self._report(impl[0], self._hook, exc)
+            found.append(impl)
+        self[cls] = found  # a race computes the same list twice: harmless
+        if not found:
+            self._idle.add(cls)
         return found
 
 
@@ -319,10 +320,7 @@ class Hooks:
     def publish(self, broker: Broker, topic: str, message: Message) -> bool:
         """Fire ``mqkit_publish``; True when a plugin took the message over."""
         by_class = self._publish_by_class
-        if by_class is None:
-            impls = self._publish
-        else:  # a dict lookup; the call computes a class's list only the first time
-            impls = by_class.known.get(message.__class__) or by_class.get(message.__class__)
+        impls = self._publish if by_class is None else by_class[message.__class__]
         for plugin, fn in impls:  # _decide, inlined: this is the hottest hook
             try:
                 result = fn(broker, topic, message)
@@ -357,10 +355,7 @@ class Hooks:
     def deliver(self, broker: Broker, subscription: Subscription, message: Message) -> bool:
         """Fire ``mqkit_deliver``; False when a plugin withholds the message."""
         by_class = self._deliver_by_class
-        if by_class is None:
-            impls = self._deliver
-        else:  # a dict lookup; the call computes a class's list only the first time
-            impls = by_class.known.get(message.__class__) or by_class.get(message.__class__)
+        impls = self._deliver if by_class is None else by_class[message.__class__]
         for plugin, fn in impls:
             try:
                 result = fn(broker, subscription, message)
@@ -374,10 +369,7 @@ class Hooks:
     def delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Fire ``mqkit_delivered``."""
         by_class = self._delivered_by_class
-        if by_class is None:
-            impls = self._delivered
-        else:  # a dict lookup; the call computes a class's list only the first time
-            impls = by_class.known.get(message.__class__) or by_class.get(message.__class__)
+        impls = self._delivered if by_class is None else by_class[message.__class__]
         for plugin, fn in impls:
             try:
                 fn(broker, subscription, message)

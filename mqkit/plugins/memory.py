@@ -79,16 +79,14 @@ class MemoryPlugin(MemoryFeature):
         broker = self._broker
         if broker is not None:
             features = broker.features()
-            if features is not self._features_seen:
-                self._see(features)
+            if features is not self._features_seen:  # the plugin set changed: look again
+                self._holders = tuple(
+                    f for f in features if type(f).held_bytes is not Feature.held_bytes
+                )
+                self._features_seen = features
             for feature in self._holders:
                 total += feature.held_bytes()
         return total
-
-    def _see(self, features: tuple[Feature, ...]) -> None:
-        """The plugin set changed: look again for features that hold messages."""
-        self._holders = tuple(f for f in features if type(f).held_bytes is not Feature.held_bytes)
-        self._features_seen = features
 
     def _leave(self, message: Message) -> None:
         self._shards.get().bytes -= estimate_size(message) + SLOT_BYTES
@@ -127,14 +125,7 @@ class MemoryPlugin(MemoryFeature):
         incoming = shard.pending + (size + SLOT_BYTES) * (subs if subs > 1 else 1)
         limit = broker.config.max_memory_usage
         if limit > 0:
-            used = 0  # usage(), inlined: this runs for every message
-            for each in self._all_shards:
-                used += each.bytes
-            features = broker.features()
-            if features is not self._features_seen:
-                self._see(features)
-            for feature in self._holders:
-                used += feature.held_bytes()
+            used = self.usage()
             if used + incoming > limit:
                 raise MemoryLimitExceededError.because(
                     f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
