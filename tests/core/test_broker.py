@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 
 import mqkit
@@ -70,6 +71,50 @@ def test_published_type_is_kept(make_broker) -> None:
     assert type(first) is mqkit.PriorityMessage
     assert first.priority == mqkit.Priority.HIGH
     assert type(second) is mqkit.TTLMessage
+
+
+@attrs.frozen
+class _Order(mqkit.Message):
+    """A user's own slotted message class."""
+
+    sku: str = attrs.field(default="", kw_only=True)
+
+
+@attrs.frozen(slots=False)
+class _DictOrder(mqkit.Message):
+    """A user's own message class whose new fields live in a __dict__, not in slots."""
+
+    sku: str = attrs.field(default="", kw_only=True)
+
+
+@attrs.frozen
+class _Sealed(mqkit.Message):
+    """A user's own class that refuses subclasses."""
+
+    sku: str = attrs.field(default="", kw_only=True)
+
+    def __init_subclass__(cls) -> None:
+        raise TypeError("sealed")
+
+
+@pytest.mark.parametrize("cls", [_Order, _DictOrder, _Sealed, mqkit.AckMessage])
+def test_user_message_classes_are_stamped_as_themselves(
+    make_broker, fake_clock: FakeClock, cls: type[mqkit.Message]
+) -> None:
+    broker = make_broker("ack") if cls is mqkit.AckMessage else make_broker()
+    sub = broker.subscribe("orders")
+    extra = {"ack_id": "a-1"} if cls is mqkit.AckMessage else {"sku": "S-1"}
+    original = cls("m-1", {"n": 1}, meta={"k": "v"}, **extra)  # type: ignore[call-arg]
+    broker.publish("orders", original)
+    broker.publish("orders", original)
+    first, second = sub.get_nowait(), sub.get_nowait()
+    for got in (first, second):
+        assert type(got) is cls
+        assert got == attrs.evolve(original, topic="orders", time=fake_clock.now())
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            got.topic = "elsewhere"  # type: ignore[misc]
+    assert first is not second and first is not original
+    assert (original.topic, original.time) == ("", None)
 
 
 def test_publish_without_subscribers_is_fine(make_broker) -> None:
