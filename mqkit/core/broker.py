@@ -56,6 +56,7 @@ from mqkit.core.message import (
     Message,
     PriorityMessage,
     PriorityTTLMessage,
+    Stamper,
     TTLMessage,
     _stampers,
     stamper,
@@ -145,6 +146,7 @@ class Broker:
         self.timers = TimerService(self.clock)
         """The broker's timer service: one thread for every timed action (plugin API)."""
         self._now = self.clock.now
+        self._stamp_time = self.clock.time  # POSIX seconds: see Message.time
         self._lock = threading.RLock()
         self._closed = False
         self._closing = False
@@ -310,7 +312,7 @@ class Broker:
             stamp = _stampers.get(cls)
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
-            stamped = stamp(message, route.topic, self._now(), message.attempt)
+            stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
             # From here on: _dispatch for one message, inlined (no lists on the hot path).
             hooks = self._hooks
             if (
@@ -337,7 +339,7 @@ class Broker:
         """Publish several messages to ``topic``: all of them or, on any error, none."""
         try:
             route = self._route(topic)
-            now = self._now()
+            now = self._stamp_time()
             stamped = [
                 self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)
             ]
@@ -391,7 +393,8 @@ class Broker:
     def stamp(self, topic: str, message: Message) -> Message:
         """Validate ``topic`` and ``message`` and return the stamped copy (plugin API)."""
         route = self._route(topic)
-        return self._check_message(message)(message, route.topic, self._now(), message.attempt)  # type: ignore[no-any-return]
+        stamp: Stamper[Message] = self._check_message(message)
+        return stamp(message, route.topic, self._stamp_time(), message.attempt)
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
         # An error may pass through nested operations (publish_to_dead_letter -> publish):

@@ -13,7 +13,7 @@ import enum
 import itertools
 import sys
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType, MemberDescriptorType
 from typing import Any, Final, TypeVar
 
@@ -32,6 +32,7 @@ __all__ = [
     "has_field",
     "message_priority",
     "needs_ack",
+    "posix_time",
     "stamper",
 ]
 
@@ -77,6 +78,43 @@ class Message:
     # argument, not compared, hashed, shown or serialised; a stamped copy carries it along,
     # attrs.evolve (which may change the payload) starts afresh.
     _size: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
+
+
+_TIME_SLOT: Final[MemberDescriptorType] = Message.__dict__["time"]
+_read_time: Final[Callable[[Message], datetime | float | None]] = _TIME_SLOT.__get__
+
+
+def _published_time(message: Message) -> datetime | None:
+    """``Message.time``: the aware ``datetime`` the slot holds, or makes from POSIX seconds.
+
+    The broker stamps a copy with the clock's POSIX seconds (a float: reading the clock as a
+    ``datetime`` costs 4x more, on every publish); the first read of ``time`` turns it into the
+    ``datetime`` and keeps that. Everything that reads ``time`` - equality, ``repr``, cattrs,
+    ``attrs.evolve`` - sees the ``datetime``.
+    """
+    value = _read_time(message)
+    if type(value) is float:
+        value = datetime.fromtimestamp(value, UTC)
+        _TIME_SLOT.__set__(message, value)
+    return value  # type: ignore[return-value]  # a datetime or None by now
+
+
+# The slot stays; reads go through the function above, writes (``__init__``, stamping) and
+# deletes straight to the slot.
+setattr(  # noqa: B010 (a class attribute replaced after attrs built the class)
+    Message,
+    "time",
+    property(_published_time, _TIME_SLOT.__set__, _TIME_SLOT.__delete__, "When it was published."),
+)
+_TIME_PROPERTY: Final = Message.__dict__["time"]
+
+
+def posix_time(message: Message) -> float | None:
+    """``message.time`` as POSIX seconds (plugin API): no ``datetime`` made or read if stamped."""
+    value = _read_time(message)
+    if value is None or type(value) is float:
+        return value
+    return value.timestamp()  # type: ignore[union-attr]  # a datetime by now
 
 
 @attrs.frozen(slots=True)
@@ -228,8 +266,11 @@ def message_priority(message: Message) -> int:
 
 
 M = TypeVar("M", bound=Message)
-Stamper = Callable[[M, str, datetime, int], M]
-"""``stamp(message, topic, time, attempt) -> copy`` with those fields (and an ack id) filled in."""
+Stamper = Callable[[M, str, datetime | float, int], M]
+"""``stamp(message, topic, time, attempt) -> copy`` with those fields (and an ack id) filled in.
+
+``time`` is an aware ``datetime`` or POSIX seconds (what the broker stamps: see ``Message.time``).
+"""
 
 _stampers: dict[type[Message], Callable[..., Any]] = {}
 _ack_counter = itertools.count(1)
@@ -246,9 +287,12 @@ def _draft_class(cls: type[Message], names: list[str]) -> type | None:
     store, and then becomes a ``cls`` (``__class__`` assignment: same layout). That is 2.6x
     fewer instructions than calling each slot descriptor's ``__set__`` on a ``cls``.
     """
-    if not all(isinstance(getattr(cls, n, None), MemberDescriptorType) for n in names):
-        return None
+    for name in names:
+        found = getattr(cls, name, None)
+        if not (isinstance(found, MemberDescriptorType) or found is _TIME_PROPERTY):
+            return None
     namespace = {
+        "time": _TIME_SLOT,  # the copy's stores go to the slot itself
         "__slots__": (),
         "__init__": object.__init__,
         "__setattr__": object.__setattr__,
@@ -277,7 +321,9 @@ def stamper(cls: type[M]) -> Stamper[M]:
     draft = _draft_class(cls, names)
     if draft is None:
         # Not a slotted class (a user's own subclass): fall back to attrs.evolve.
-        def evolve(m: M, topic: str, time: datetime, attempt: int) -> M:
+        def evolve(m: M, topic: str, time: datetime | float, attempt: int) -> M:
+            if isinstance(time, float):
+                time = datetime.fromtimestamp(time, UTC)
             changes: dict[str, Any] = {"topic": topic, "time": time, "attempt": attempt}
             if "ack_id" in names and not getattr(m, "ack_id", ""):
                 changes["ack_id"] = _next_ack_id(m)

@@ -30,8 +30,9 @@ target fires (three ``advance(0.1)`` calls reach a deadline set at 0.2 + 0.1).""
 class Clock:
     """The real clock: ``monotonic()`` for deadlines, ``now()`` for timestamps (UTC, aware).
 
-    ``time()`` is ``now()`` as POSIX seconds, for arithmetic on every message (a latency):
-    float subtraction costs a fraction of ``datetime`` subtraction.
+    ``time()`` is ``now()`` as POSIX seconds (a float), for work on every message: the broker
+    stamps published messages with it (``Message.time`` turns it into a ``datetime`` when read),
+    and float arithmetic (a latency) costs a fraction of ``datetime`` arithmetic.
     """
 
     manual: bool = False

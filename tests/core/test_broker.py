@@ -9,6 +9,8 @@ import attrs
 import pytest
 
 import mqkit
+from mqkit.core.convert import message_to_dict
+from mqkit.core.message import posix_time
 from mqkit.testing import FakeClock
 
 
@@ -60,6 +62,46 @@ def test_publish_stamps_a_copy(make_broker, fake_clock: FakeClock) -> None:
     # The publisher's object is untouched.
     assert original.topic == ""
     assert original.time is None
+
+
+def test_published_time_reads_as_one_aware_datetime(make_broker, fake_clock: FakeClock) -> None:
+    # The copy is stamped with POSIX seconds; every way of reading ``time`` sees the datetime.
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    fake_clock.advance(1.25)
+    broker.publish("t", mqkit.Message("m", {"n": 1}))
+    got = sub.get_nowait()
+    assert posix_time(got) == fake_clock.now().timestamp()
+    when = got.time
+    assert when == fake_clock.now() == datetime(2026, 1, 1, 0, 0, 1, 250000, tzinfo=UTC)
+    assert when is not None and when.utcoffset() == timedelta(0)
+    assert got.time is when  # made once, then kept
+    assert posix_time(got) == when.timestamp()
+    assert got == mqkit.Message("m", {"n": 1}, topic="t", time=when)
+    assert "time=datetime.datetime(2026, 1, 1, 0, 0, 1, 250000" in repr(got)
+    assert message_to_dict(got)["time"] == message_to_dict(mqkit.Message("m", time=when))["time"]
+    assert attrs.evolve(got, id="n").time == when
+
+
+def test_published_time_with_the_real_clock() -> None:
+    with mqkit.Broker(mqkit.Config(enable_metrics=False)) as broker:
+        sub = broker.subscribe("t")
+        before = datetime.now(UTC)
+        broker.publish("t", mqkit.Message("m"))
+        after = datetime.now(UTC)
+        got = sub.get_nowait()
+    assert got.time is not None
+    assert before - timedelta(microseconds=1) <= got.time <= after + timedelta(microseconds=1)
+    stamped = posix_time(got)
+    assert stamped is not None and abs(stamped - got.time.timestamp()) < 1e-6
+
+
+def test_a_given_time_is_kept_as_given() -> None:
+    when = datetime(2025, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    message = mqkit.Message("m", time=when)
+    assert message.time is when
+    assert posix_time(message) == when.timestamp()
+    assert posix_time(mqkit.Message("m")) is None and mqkit.Message("m").time is None
 
 
 def test_published_type_is_kept(make_broker) -> None:
