@@ -339,7 +339,7 @@ class Broker:
         """Publish several messages to ``topic``: all of them or, on any error, none."""
         try:
             route = self._route(topic)
-            now = self._stamp_time()
+            now = self._now()  # one datetime shared by the batch (its text is made once)
             stamped = [
                 self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)
             ]
