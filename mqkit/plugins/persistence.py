@@ -251,7 +251,9 @@ class PersistencePlugin(PersistenceFeature):
         self._live: set[_Key] = set()
         self._live_count: dict[str, int] = {}
         # Usually one key per identity; a batch that repeats an id stores each message.
-        self._by_identity: dict[_Identity, list[_Key]] = {}
+        # Tuples, not lists: the garbage collector stops tracking a tuple of plain values, so
+        # a large index costs its collections little (a list per message made them walk it).
+        self._by_identity: dict[_Identity, tuple[_Key, ...]] = {}
         self._outstanding: dict[_Identity, int] = {}  # ack-required: deliveries unsettled
         self._batches: dict[int, _Batch] = {}  # sequence number of a live member -> its entry
         self._corrupted: dict[str, None] = {}  # descriptions, in the order they were found
@@ -382,10 +384,7 @@ class PersistencePlugin(PersistenceFeature):
         self._live.add(key)
         identity = (topic, key[2], key[3])
         same = self._by_identity.get(identity)
-        if same is None:
-            self._by_identity[identity] = [key]
-        else:
-            same.append(key)
+        self._by_identity[identity] = (key,) if same is None else (*same, key)
         self._live_count[topic] = self._live_count.get(topic, 0) + 1
 
     def _forget(self, key: _Key) -> bool:
@@ -395,10 +394,11 @@ class PersistencePlugin(PersistenceFeature):
         self._live.discard(key)
         identity = (key[1], key[2], key[3])
         keys = self._by_identity[identity]
-        keys.remove(key)
-        if not keys:
+        if len(keys) == 1:  # the common case: the one stored copy of this message
             del self._by_identity[identity]
             self._outstanding.pop(identity, None)
+        else:
+            self._by_identity[identity] = tuple(k for k in keys if k != key)
         self._live_count[key[1]] -= 1
         return True
 
