@@ -322,8 +322,7 @@ def stamper(cls: type[M]) -> Stamper[M]:
     if draft is None:
         # Not a slotted class (a user's own subclass): fall back to attrs.evolve.
         def evolve(m: M, topic: str, time: datetime | float, attempt: int) -> M:
-            if isinstance(time, float):
-                time = datetime.fromtimestamp(time, UTC)
+            # POSIX seconds go into the slot as they are, as on the fast path (Message.time).
             changes: dict[str, Any] = {"topic": topic, "time": time, "attempt": attempt}
             if "ack_id" in names and not getattr(m, "ack_id", ""):
                 changes["ack_id"] = _next_ack_id(m)

@@ -393,12 +393,12 @@ class PersistencePlugin(PersistenceFeature):
             return False
         self._live.discard(key)
         identity = (key[1], key[2], key[3])
-        keys = self._by_identity[identity]
-        if len(keys) == 1:  # the common case: the one stored copy of this message
+        rest = tuple(k for k in self._by_identity[identity] if k != key)
+        if rest:
+            self._by_identity[identity] = rest
+        else:
             del self._by_identity[identity]
             self._outstanding.pop(identity, None)
-        else:
-            self._by_identity[identity] = tuple(k for k in keys if k != key)
         self._live_count[key[1]] -= 1
         return True
 
