@@ -51,7 +51,7 @@ from pathlib import Path
 import diskcache
 
 from mqkit.core.broker import Broker
-from mqkit.core.convert import message_from_dict, message_to_dict
+from mqkit.core.convert import message_from_dict, message_to_dict, stored_json
 from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError, SerializationError
 from mqkit.core.features import PersistenceFeature
@@ -442,7 +442,8 @@ class PersistencePlugin(PersistenceFeature):
 
     def _encode_batch(self, members: list[tuple[Message, _Identity]]) -> str:
         try:
-            return _to_json([(*identity, message_to_dict(m)) for m, identity in members])
+            value = [(*identity, message_to_dict(m)) for m, identity in members]
+            return stored_json(value, [m for m, _ in members])
         except (TypeError, ValueError, RecursionError, SerializationError):
             for message, _ in members:
                 self._encode(message)  # raises SerializationError naming the message
@@ -451,7 +452,7 @@ class PersistencePlugin(PersistenceFeature):
     @staticmethod
     def _encode(message: Message) -> str:
         try:
-            return _to_json(message_to_dict(message))
+            return stored_json(message_to_dict(message), (message,))
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:

@@ -25,15 +25,17 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import mqkit
+from mqkit.core import convert
 from mqkit.core.convert import (
     decode_payload,
     encode_payload,
     message_from_dict,
     message_to_dict,
+    stored_json,
     to_json,
 )
 
@@ -74,9 +76,25 @@ class UnregisteredMessage(mqkit.Message):
     pass
 
 
+@attrs.frozen
+class ScoredMessage(mqkit.Message):
+    """A float field: non-finite values must survive the store (orjson would write null)."""
+
+    score: float = attrs.field(default=0.0, kw_only=True)
+
+
+@attrs.frozen
+class SeriesMessage(mqkit.Message):
+    """A field whose floats sit inside a list: not a plain field."""
+
+    series: list[float] = attrs.field(factory=list, kw_only=True)
+
+
 mqkit.register_payload_type(Point)
 mqkit.register_payload_type(Order, "tests.Order")
 mqkit.register_payload_type(OrderMessage)
+mqkit.register_payload_type(ScoredMessage)
+mqkit.register_payload_type(SeriesMessage)
 
 
 class Colour(enum.IntEnum):
@@ -366,6 +384,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[mqkit.Broker]:
 topics = (f"topic-{i}" for i in itertools.count())
 
 
+@pytest.fixture(params=["orjson", "stdlib"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store's JSON writer: orjson (the ``fast`` extra; ``dev`` installs it) or the stdlib."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(convert, "fast_json", None)
+    else:
+        assert convert.fast_json is not None, "the dev extra installs orjson (the fast extra)"
+    return str(request.param)
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=payloads)
 def test_payload_round_trips_through_the_store(broker: mqkit.Broker, payload: Any) -> None:
@@ -378,10 +406,14 @@ def test_payload_round_trips_through_the_store(broker: mqkit.Broker, payload: An
     sub.cancel()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(messages(expiries=future), min_size=1, max_size=5), st.booleans())
 def test_messages_round_trip_through_a_reopened_store(
-    batch: list[mqkit.Message], as_batch: bool
+    encoder: str, batch: list[mqkit.Message], as_batch: bool
 ) -> None:
     with tempfile.TemporaryDirectory() as path:
         config = mqkit.Config(enable_persistence=True, persistence_path=path)
@@ -453,3 +485,93 @@ def test_unregistered_message_class_is_refused_at_publish(broker: mqkit.Broker) 
     assert type(recovered) is OrderMessage
     assert recovered.order_no == 3
     sub.cancel()
+
+
+# -- the store's JSON writer (orjson with the ``fast`` extra, else the stdlib) ---------------------
+
+non_finite = st.sampled_from([float("inf"), float("-inf"), float("nan")])
+
+
+# Payloads orjson writes itself (no lone surrogates, integers within 64 bits): the batch takes
+# the fast writer unless a field holds a non-finite float.
+plain_payloads = (
+    st.none()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(st.characters(blacklist_categories=["Cs"]))
+    | st.dictionaries(st.text(st.characters(blacklist_categories=["Cs"])), st.integers(0, 9))
+)
+
+
+@st.composite
+def odd_messages(draw: st.DrawFn) -> mqkit.Message:
+    """Messages whose fields may hold what orjson cannot write as the stdlib does."""
+    kind = draw(st.sampled_from(["ack", "scored", "series", "plain"]))
+    payload = draw(plain_payloads)
+    if kind == "ack":
+        return mqkit.AckMessage("a", payload, ack_timeout=draw(st.none() | floats))
+    if kind == "scored":
+        return ScoredMessage("s", payload, score=draw(floats))
+    if kind == "series":
+        return SeriesMessage("l", payload, series=draw(st.lists(floats, max_size=3)))
+    return mqkit.Message(draw(st.text(min_size=1)), payload, meta={"k": "\u00e9"})
+
+
+@settings(deadline=None)
+@given(st.lists(odd_messages(), min_size=1, max_size=4) | st.lists(messages(), max_size=4))
+@example([ScoredMessage("s", 1, score=float("nan"))])
+@example([mqkit.Message("m", 1), mqkit.AckMessage("a", 2, ack_timeout=float("-inf"))])
+def test_stored_json_reads_back_as_to_json(batch: list[mqkit.Message]) -> None:
+    value = [("t", m.id, i, message_to_dict(m)) for i, m in enumerate(batch)]
+    expected = to_json(value)  # NaN and infinities are written as the stdlib writes them
+    assert to_json(json.loads(stored_json(value, batch))) == to_json(json.loads(expected))
+
+
+@pytest.mark.parametrize("as_batch", [False, True], ids=["publish", "publish_batch"])
+def test_non_finite_float_fields_survive_the_store(encoder: str, as_batch: bool) -> None:
+    nan, inf = float("nan"), float("inf")
+    batch: list[mqkit.Message] = [
+        mqkit.AckMessage("a1", 1, ack_timeout=inf),
+        mqkit.AckTTLMessage("a2", 2, ack_timeout=nan, expires_at=datetime(2300, 1, 1, tzinfo=UTC)),
+        ScoredMessage("s1", 3, score=-inf),
+        ScoredMessage("s2", {"x": nan}, score=nan),
+        SeriesMessage("l1", 4, series=[1.5, inf, nan]),
+        mqkit.AckMessage("a3", 5, ack_timeout=2.5),
+    ]
+    with tempfile.TemporaryDirectory() as path:
+        config = mqkit.Config(enable_persistence=True, persistence_path=path)
+        with mqkit.Broker(config) as first:
+            if as_batch:
+                first.publish_batch("t", batch)
+            else:
+                for message in batch:
+                    first.publish("t", message)
+        with mqkit.Broker(config) as second:
+            recovered = second.recover_messages("t")
+    assert [m.id for m in recovered] == [m.id for m in batch]
+    for original, back in zip(batch, recovered, strict=True):
+        expected = attrs.evolve(original, topic="t", time=back.time)
+        if hasattr(original, "ack_id"):
+            expected = attrs.evolve(expected, ack_id=back.ack_id)  # type: ignore[attr-defined]
+        assert same_message(expected, back), (expected, back)
+
+
+def test_the_fast_writer_writes_utf8_and_the_stdlib_escapes(encoder: str) -> None:
+    """Which writer ran is visible in the stored text; both read back the same message."""
+    with tempfile.TemporaryDirectory() as path:
+        config = mqkit.Config(enable_persistence=True, persistence_path=path)
+        with mqkit.Broker(config) as broker:
+            broker.publish("t", mqkit.Message("caf\u00e9", {"n": "\u00fc"}))
+            broker.publish("t", mqkit.Message("lone", "\ud800"))  # orjson refuses: the stdlib
+            plugin = broker.get_plugin("persistence")
+            cache = plugin.cache  # type: ignore[union-attr]
+            texts = {json.loads(cache[key])["id"]: cache[key] for key in cache.iterkeys()}
+            recovered = broker.recover_messages("t")
+    utf8 = '"data":{"n":"\u00fc"}'
+    escaped = '"data":{"n":"\\u00fc"}'
+    assert (utf8 in texts["caf\u00e9"]) is (encoder == "orjson")
+    assert (escaped in texts["caf\u00e9"]) is (encoder == "stdlib")
+    assert '"data":"\\ud800"' in texts["lone"]
+    assert [(m.id, m.data) for m in recovered] == [
+        ("caf\u00e9", {"n": "\u00fc"}),
+        ("lone", "\ud800"),
+    ]
