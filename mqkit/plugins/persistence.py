@@ -362,9 +362,7 @@ class PersistencePlugin(PersistenceFeature):
                 doomed_texts += [_to_json((seq,)) for seq in batch.tombstoned]
         doomed_texts += [_to_json((seq,)) for seq in tombstones - used_tombstones]
         keys.sort()
-        now = broker.clock.monotonic()
-        for key in keys:
-            self._remember(key, now)
+        self._remember(keys, broker.clock.monotonic())
         used = [key[0] for key in keys[-1:]] + [b.first + b.count - 1 for b in batches]
         if used or tombstones:  # new entries never reuse a sequence number the store holds
             self._seq = max(used + list(tombstones)) + 1
@@ -374,18 +372,25 @@ class PersistencePlugin(PersistenceFeature):
                 doomed += self._expired(broker, topic)
             self._delete_stored(cache, doomed, doomed_texts)
 
-    def _remember(self, key: _Key, stored_at: float) -> None:
-        """Under the lock (or before start): index a stored key."""
-        topic = key[1]
-        entries = self._index.get(topic)  # not setdefault: it would build a deque every time
-        if entries is None:
-            entries = self._index[topic] = deque()
-        entries.append((key, stored_at))
-        self._live.add(key)
-        identity = (topic, key[2], key[3])
-        same = self._by_identity.get(identity)
-        self._by_identity[identity] = (key,) if same is None else (*same, key)
-        self._live_count[topic] = self._live_count.get(topic, 0) + 1
+    def _remember(self, keys: Iterable[_Key], stored_at: float) -> None:
+        """Under the lock (or before start): index stored keys (one loop: a batch's hot path)."""
+        index, live, by_identity, counts = (
+            self._index,
+            self._live,
+            self._by_identity,
+            self._live_count,
+        )
+        for key in keys:
+            topic = key[1]
+            entries = index.get(topic)  # not setdefault: it would build a deque every time
+            if entries is None:
+                entries = index[topic] = deque()
+            entries.append((key, stored_at))
+            live.add(key)
+            identity = (topic, key[2], key[3])
+            same = by_identity.get(identity)
+            by_identity[identity] = (key,) if same is None else (*same, key)
+            counts[topic] = counts.get(topic, 0) + 1
 
     def _forget(self, key: _Key) -> bool:
         """Under the lock: mark ``key`` settled; False if it already was."""
@@ -429,12 +434,10 @@ class PersistencePlugin(PersistenceFeature):
                 detail = self._write_failed(exc)
                 raise PersistenceError.because(f"cannot store message(s): {detail}") from exc
             self._seq = first + len(keys)
-            now = broker.clock.monotonic()
-            batches = self._batches
-            for key in keys:
-                self._remember(key, now)
-                if batch is not None:
-                    batches[key[0]] = batch
+            self._remember(keys, broker.clock.monotonic())
+            if batch is not None:
+                for key in keys:
+                    self._batches[key[0]] = batch
             doomed: list[_Key] = []
             for topic in {key[1] for key in keys}:
                 doomed += self._expired(broker, topic)
