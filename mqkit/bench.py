@@ -1841,7 +1841,7 @@ def markdown(tables: Sequence[ReportTable]) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    """CPU, cores, Python, and the versions of mqkit and every peer (or "not installed")."""
+    """CPU, cores, Python, and the versions of mqkit, orjson and every peer (or "not installed")."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -1860,7 +1860,7 @@ def machine_info() -> dict[str, str]:
     }
     with contextlib.suppress(OSError):
         info["load average"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    for dist in ("mqkit", *PEERS, "matplotlib"):
+    for dist in ("mqkit", "orjson", *PEERS, "matplotlib"):  # orjson: the fast extra
         try:
             info[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
