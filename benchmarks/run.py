@@ -40,7 +40,8 @@ def header(args: argparse.Namespace, rounds: int, info: dict[str, str]) -> str:
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, "
         f"load average at start {info.get('load average', 'n/a')}",
-        f"- Python {info['python']}, SQLite {info['sqlite']}, mqkit {info['mqkit']}",
+        f"- Python {info['python']}, SQLite {info['sqlite']}, mqkit {info['mqkit']} "
+        f"(orjson {info.get('orjson', 'not installed')}: the fast extra)",
         f"- peers: {peers}",
         f"- run: {mode}, median of {rounds} interleaved rounds"
         + (f", {args.messages:,} messages per run" if args.messages else ""),
