@@ -11,7 +11,7 @@ import base64
 import enum
 import json
 import math
-import typing
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
@@ -203,14 +203,15 @@ def stored_json(value: object, messages: Iterable[Any]) -> str:
     """JSON text of ``value`` for a store; ``json.loads`` reads the data ``to_json(value)`` gives.
 
     ``value`` is JSON-ready data holding :func:`message_to_dict` of ``messages`` (and plain
-    keys). With the ``fast`` extra, orjson writes it, unless a message's class has a field that
-    could hold a non-finite float (orjson would write ``null`` for it; payloads are safe, because
-    :func:`encode_payload` tags such floats) or orjson refuses the data (a lone surrogate, an
-    integer beyond 64 bits, nesting deeper than 254): those go through :func:`to_json`. The
-    texts differ only in how non-ASCII characters are written (UTF-8, not ``\\u`` escapes).
+    keys). With the ``fast`` extra, orjson writes it, unless a message holds a value orjson
+    would write differently or refuses: a non-finite float in a field (orjson writes ``null``;
+    payloads are safe, :func:`encode_payload` tags such floats), a field of any type other than
+    strings, integers, finite floats, ``None`` and datetimes, a lone surrogate, an integer beyond
+    64 bits. Those go through :func:`to_json`. The texts differ only in how non-ASCII characters
+    are written (UTF-8, not ``\\u`` escapes).
     """
     dumps = fast_json
-    if dumps is not None and _finite(messages):
+    if dumps is not None and _plain_fields(messages):
         try:
             return dumps(value).decode()
         except TypeError:  # orjson.JSONEncodeError is a TypeError
@@ -218,55 +219,48 @@ def stored_json(value: object, messages: Iterable[Any]) -> str:
     return to_json(value)
 
 
-_float_fields: dict[type, tuple[str, ...] | None] = {}
-"""Per message class: its fields that may hold a float, or None when its fields are not plain."""
+class _FieldGetters(dict[type, Callable[[Any], tuple[Any, ...]]]):
+    """Per message class: a C-level getter of its fields' values (but ``data``, ``meta``, ``time``).
 
-
-def _finite(messages: Iterable[Any]) -> bool:
-    """Whether no message field (payloads aside) holds a non-finite float."""
-    known = _float_fields
-    for message in messages:
-        cls = type(message)
-        names = known[cls] if cls in known else _float_fields_of(cls)
-        if names is None:
-            return False
-        for name in names:
-            value = getattr(message, name)
-            if value is not None and not math.isfinite(value):
-                return False
-    return True
-
-
-_PLAIN_HINTS: frozenset[object] = frozenset(
-    {str, int, bool, datetime, str | None, int | None, datetime | None, Mapping[str, str]}
-)
-_FLOAT_HINTS: frozenset[object] = frozenset({float, float | None})
-
-
-def _float_fields_of(cls: type) -> tuple[str, ...] | None:
-    """The fields of ``cls`` typed ``float`` (checked per message); None if any field is not plain.
-
-    Plain: strings, integers, booleans, datetimes, ``Mapping[str, str]`` and integer enums -
-    whatever :data:`converter` turns into JSON that holds no float. ``data`` is encoded apart.
+    ``Message.time`` always reads as a ``datetime`` or None (its property converts): not checked.
     """
-    found: tuple[str, ...] | None = ()
-    try:
-        hints = typing.get_type_hints(cls)
-        for field in attrs.fields(cls):
-            hint = hints.get(field.name, field.type)
-            if field.name == "data" or not field.init:
-                continue
-            if hint in _FLOAT_HINTS:
-                found = (*found, field.name)  # type: ignore[misc]
-            elif not (
-                hint in _PLAIN_HINTS or (isinstance(hint, type) and issubclass(hint, enum.IntEnum))
-            ):
-                found = None
-                break
-    except Exception:  # unresolvable or unhashable annotations: the stdlib encoder
-        found = None
-    _float_fields[cls] = found
-    return found
+
+    def __missing__(self, cls: type) -> Callable[[Any], tuple[Any, ...]]:
+        skip = ("data", "meta", "time")
+        names = [f.name for f in attrs.fields(cls) if f.init and f.name not in skip]
+        getter: Callable[[Any], tuple[Any, ...]] = (
+            operator.attrgetter(*names)
+            if len(names) > 1
+            else lambda m: tuple(getattr(m, n) for n in names)
+        )
+        self[cls] = getter
+        return getter
+
+
+_field_values = _FieldGetters()
+_PLAIN_KINDS: frozenset[type] = frozenset({str, int, bool, type(None), datetime})
+_STR_KIND: frozenset[type] = frozenset({str})
+
+
+def _plain_fields(messages: Iterable[Any]) -> bool:
+    """Whether every field of every message (payloads aside) is written alike by both encoders.
+
+    By value, not by annotation (attrs does not check types): each value's type must be a plain
+    one, an ``int`` subclass (the enums), or a finite float; ``meta`` must map to strings.
+    """
+    for message in messages:
+        values = _field_values[type(message)](message)
+        kinds = set(map(type, values))
+        if not kinds <= _PLAIN_KINDS:
+            for kind in kinds - _PLAIN_KINDS:
+                if not (issubclass(kind, int) or kind is float):
+                    return False
+            if float in kinds and not all(math.isfinite(v) for v in values if type(v) is float):
+                return False
+        meta = message.meta
+        if meta and not set(map(type, meta.values())) <= _STR_KIND:
+            return False
+    return True
 
 
 # -- payloads and messages (persistence, wire protocols) ------------------------------------------

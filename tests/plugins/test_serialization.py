@@ -505,8 +505,13 @@ plain_payloads = (
 @st.composite
 def odd_messages(draw: st.DrawFn) -> mqkit.Message:
     """Messages whose fields may hold what orjson cannot write as the stdlib does."""
-    kind = draw(st.sampled_from(["ack", "scored", "series", "plain"]))
+    kind = draw(st.sampled_from(["ack", "scored", "series", "priority", "meta", "plain"]))
     payload = draw(plain_payloads)
+    # attrs does not check annotations: a float where an int or a str is declared
+    if kind == "priority":
+        return mqkit.PriorityMessage("p", payload, priority=draw(floats))  # type: ignore[arg-type]
+    if kind == "meta":
+        return mqkit.Message("m", payload, meta={"k": draw(floats)})  # type: ignore[dict-item]
     if kind == "ack":
         return mqkit.AckMessage("a", payload, ack_timeout=draw(st.none() | floats))
     if kind == "scored":
@@ -520,6 +525,8 @@ def odd_messages(draw: st.DrawFn) -> mqkit.Message:
 @given(st.lists(odd_messages(), min_size=1, max_size=4) | st.lists(messages(), max_size=4))
 @example([ScoredMessage("s", 1, score=float("nan"))])
 @example([mqkit.Message("m", 1), mqkit.AckMessage("a", 2, ack_timeout=float("-inf"))])
+@example([mqkit.Message("m", 1, meta={"k": float("nan")})])  # type: ignore[dict-item]
+@example([mqkit.PriorityMessage("p", 1, priority=float("inf"))])  # type: ignore[arg-type]
 def test_stored_json_reads_back_as_to_json(batch: list[mqkit.Message]) -> None:
     value = [("t", m.id, i, message_to_dict(m)) for i, m in enumerate(batch)]
     expected = to_json(value)  # NaN and infinities are written as the stdlib writes them
