@@ -12,6 +12,7 @@ import enum
 import json
 import math
 import operator
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
@@ -199,19 +200,17 @@ fast_json: Callable[[object], bytes] | None = None if _orjson is None else _orjs
 """orjson's ``dumps`` with the ``fast`` extra installed, else None (see :func:`stored_json`)."""
 
 
-def stored_json(value: object, messages: Iterable[Any]) -> str:
+def stored_json(value: object, *, fast: bool = True) -> str:
     """JSON text of ``value`` for a store; ``json.loads`` reads the data ``to_json(value)`` gives.
 
-    ``value`` is JSON-ready data holding :func:`message_to_dict` of ``messages`` (and plain
-    keys). With the ``fast`` extra, orjson writes it, unless a message holds a value orjson
-    would write differently or refuses: a non-finite float in a field (orjson writes ``null``;
-    payloads are safe, :func:`encode_payload` tags such floats), a field of any type other than
-    strings, integers, finite floats, ``None`` and datetimes, a lone surrogate, an integer beyond
-    64 bits. Those go through :func:`to_json`. The texts differ only in how non-ASCII characters
-    are written (UTF-8, not ``\\u`` escapes).
+    With the ``fast`` extra and ``fast`` true (what :func:`check_fields` returned for the
+    messages in ``value``), orjson writes it; what orjson refuses (a lone surrogate, an integer
+    beyond 64 bits, nesting deeper than 254) goes through :func:`to_json`, as everything does
+    without the extra. The texts differ only in how non-ASCII characters are written (UTF-8, not
+    ``\\u`` escapes).
     """
     dumps = fast_json
-    if dumps is not None and _plain_fields(messages):
+    if fast and dumps is not None:
         try:
             return dumps(value).decode()
         except TypeError:  # orjson.JSONEncodeError is a TypeError
@@ -219,48 +218,140 @@ def stored_json(value: object, messages: Iterable[Any]) -> str:
     return to_json(value)
 
 
-class _FieldGetters(dict[type, Callable[[Any], tuple[Any, ...]]]):
-    """Per message class: a C-level getter of its fields' values (but ``data``, ``meta``, ``time``).
-
-    ``Message.time`` always reads as a ``datetime`` or None (its property converts): not checked.
-    """
-
-    def __missing__(self, cls: type) -> Callable[[Any], tuple[Any, ...]]:
-        skip = ("data", "meta", "time")
-        names = [f.name for f in attrs.fields(cls) if f.init and f.name not in skip]
-        getter: Callable[[Any], tuple[Any, ...]] = (
-            operator.attrgetter(*names)
-            if len(names) > 1
-            else lambda m: tuple(getattr(m, n) for n in names)
-        )
-        self[cls] = getter
-        return getter
-
-
-_field_values = _FieldGetters()
-_PLAIN_KINDS: frozenset[type] = frozenset({str, int, bool, type(None), datetime})
+_NONE = type(None)
+_ONLY_BY_TYPE: dict[object, tuple[type, ...]] = {
+    str: (str,),
+    int: (int,),
+    bool: (bool,),
+    float: (float, int),
+    datetime: (datetime,),
+    str | None: (str, _NONE),
+    int | None: (int, _NONE),
+    float | None: (float, int, _NONE),
+    datetime | None: (datetime, _NONE),
+}
+"""Annotations whose values read back by their type alone: instances of these (``bool`` only
+where it is named: the converter reads ``True`` as no integer)."""
 _STR_KIND: frozenset[type] = frozenset({str})
 
 
-def _plain_fields(messages: Iterable[Any]) -> bool:
-    """Whether every field of every message (payloads aside) is written alike by both encoders.
+@attrs.define
+class _Fields:
+    """What :func:`check_fields` needs of a message class: its fields but data, meta and time."""
 
-    By value, not by annotation (attrs does not check types): each value's type must be a plain
-    one, an ``int`` subclass (the enums), or a finite float; ``meta`` must map to strings.
+    names: tuple[str, ...]
+    hints: tuple[Any, ...]
+    accepts: tuple[tuple[type, ...] | None, ...]  # types that read back whatever the value
+    values: Callable[[Any], tuple[Any, ...]]  # a C-level getter of the fields' values
+    floats: tuple[int, ...]  # positions of the fields that may hold a float
+    opaque: bool  # a field of another annotation: the stdlib encoder writes the class
+    shapes: set[tuple[type, ...]] = attrs.field(factory=set)  # value types known to read back
+
+
+class _FieldsByClass(dict[type, _Fields]):
+    def __missing__(self, cls: type) -> _Fields:
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception as exc:  # cattrs could not write such a class either
+            raise SerializationError.because(
+                f"cannot store a message of class {cls.__qualname__}: its annotations do not "
+                f"resolve ({exc!r})"
+            ) from exc
+        # ``time`` reads as a datetime or None (or raises: its property converts what the slot
+        # holds), which message_to_dict writes; ``data`` is encode_payload's; ``meta`` apart.
+        skip = ("data", "meta", "time")
+        fields = [f for f in attrs.fields(cls) if f.init and f.name not in skip]
+        names = tuple(f.name for f in fields)
+        types = tuple(hints.get(f.name, f.type) for f in fields)
+        accepts = tuple(_accepts(t) for t in types)
+        found = _Fields(
+            names=names,
+            hints=types,
+            accepts=accepts,
+            values=_getter(names),
+            floats=tuple(i for i, ok in enumerate(accepts) if ok is not None and float in ok),
+            opaque=any(ok is None for ok in accepts),
+        )
+        self[cls] = found
+        return found
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    if len(names) > 1:
+        return operator.attrgetter(*names)  # C: one call for all the fields
+    return lambda message: tuple(getattr(message, name) for name in names)
+
+
+def _accepts(hint: object) -> tuple[type, ...] | None:
+    if isinstance(hint, type) and issubclass(hint, enum.IntEnum):
+        return (hint,)
+    try:
+        return _ONLY_BY_TYPE.get(hint)
+    except TypeError:  # an unhashable annotation
+        return None
+
+
+_fields = _FieldsByClass()
+
+
+def check_fields(messages: Iterable[Any]) -> bool:
+    """Refuse a message whose fields a store could not read back; say if orjson may write them.
+
+    Every field but ``data`` (its payload: :func:`encode_payload`) must hold a value the
+    converter reads back as its annotation says - attrs does not check annotations, so a float
+    ``priority`` or a number in ``meta`` would be stored and then be unreadable:
+    ``SerializationError`` names the message and the field. Values are checked by type where the
+    type decides (a set of the value types seen per class: one lookup per message), else by a
+    round trip through the converter and JSON. Returns False when orjson could write a field
+    differently from the stdlib encoder (a non-finite float; a field of a class's own type).
     """
+    fast = True
+    by_class = _fields
     for message in messages:
-        values = _field_values[type(message)](message)
-        kinds = set(map(type, values))
-        if not kinds <= _PLAIN_KINDS:
-            for kind in kinds - _PLAIN_KINDS:
-                if not (issubclass(kind, int) or kind is float):
-                    return False
-            if float in kinds and not all(math.isfinite(v) for v in values if type(v) is float):
-                return False
+        fields = by_class[message.__class__]
+        values = fields.values(message)
+        shape = tuple(map(type, values))
+        if shape not in fields.shapes:
+            _check_values(message, fields, values, shape)
+        if fields.opaque:
+            fast = False
+        elif fields.floats:
+            for i in fields.floats:
+                value = values[i]
+                if type(value) is float and not math.isfinite(value):
+                    fast = False
         meta = message.meta
-        if meta and not set(map(type, meta.values())) <= _STR_KIND:
-            return False
-    return True
+        if meta and not (set(map(type, meta)) | set(map(type, meta.values()))) <= _STR_KIND:
+            raise SerializationError.because(
+                f"message {message.id!r} cannot be stored: meta must map strings to strings, "
+                f"got {dict(meta)!r}"
+            )
+    return fast
+
+
+def _check_values(
+    message: Any, fields: _Fields, values: tuple[Any, ...], shape: tuple[type, ...]
+) -> None:
+    by_type = True
+    for name, hint, ok, value in zip(
+        fields.names, fields.hints, fields.accepts, values, strict=True
+    ):
+        if ok is not None and isinstance(value, ok) and (type(value) is not bool or bool in ok):
+            continue
+        by_type = False
+        try:
+            back = converter.structure(
+                json.loads(to_json(converter.unstructure(value, hint))), hint
+            )
+        except Exception as exc:
+            back = exc
+        if isinstance(back, Exception):
+            raise SerializationError.because(
+                f"message {message.id!r} cannot be stored: its field {name!r} holds {value!r}, "
+                f"which does not read back as {getattr(hint, '__name__', hint)}"
+            )
+    if by_type:
+        fields.shapes.add(shape)
 
 
 # -- payloads and messages (persistence, wire protocols) ------------------------------------------

@@ -239,7 +239,8 @@ def estimate_size(message: Message) -> int:
         payload = 49 + len(data) if kind in _SIZED_TYPES else _payload_size(data)
     size = _MESSAGE_OVERHEAD + len(message.id) + payload
     if message.meta:
-        size += sum(98 + len(k) + len(v) for k, v in message.meta.items())
+        # 49 + len for a str key or value; attrs does not check types, so anything is measured
+        size += sum(_payload_size(k) + _payload_size(v) for k, v in message.meta.items())
     _remember_size(message, size)
     return size
 

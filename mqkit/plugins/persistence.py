@@ -51,7 +51,7 @@ from pathlib import Path
 import diskcache
 
 from mqkit.core.broker import Broker
-from mqkit.core.convert import message_from_dict, message_to_dict, stored_json
+from mqkit.core.convert import check_fields, message_from_dict, message_to_dict, stored_json
 from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError, SerializationError
 from mqkit.core.features import PersistenceFeature
@@ -445,9 +445,10 @@ class PersistencePlugin(PersistenceFeature):
 
     def _encode_batch(self, members: list[tuple[Message, _Identity]]) -> str:
         try:
+            fast = check_fields([m for m, _ in members])
             value = [(*identity, message_to_dict(m)) for m, identity in members]
-            return stored_json(value, [m for m, _ in members])
-        except (TypeError, ValueError, RecursionError, SerializationError):
+            return stored_json(value, fast=fast)
+        except (TypeError, ValueError, AttributeError, RecursionError, SerializationError):
             for message, _ in members:
                 self._encode(message)  # raises SerializationError naming the message
             raise
@@ -455,10 +456,11 @@ class PersistencePlugin(PersistenceFeature):
     @staticmethod
     def _encode(message: Message) -> str:
         try:
-            return stored_json(message_to_dict(message), (message,))
+            fast = check_fields((message,))
+            return stored_json(message_to_dict(message), fast=fast)
         except SerializationError:
             raise
-        except (TypeError, ValueError, RecursionError) as exc:
+        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise SerializationError.because(
                 f"message {message.id!r} cannot be stored: {exc}"
             ) from exc

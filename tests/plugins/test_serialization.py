@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import mqkit
 from mqkit.core import convert
 from mqkit.core.convert import (
+    check_fields,
     decode_payload,
     encode_payload,
     message_from_dict,
@@ -521,16 +522,69 @@ def odd_messages(draw: st.DrawFn) -> mqkit.Message:
     return mqkit.Message(draw(st.text(min_size=1)), payload, meta={"k": "\u00e9"})
 
 
+def readable(message: mqkit.Message) -> bool:
+    """Whether the stdlib encoder's text of ``message`` reads back as a message."""
+    try:
+        message_from_dict(json.loads(to_json(message_to_dict(message))))
+    except Exception:
+        return False
+    return True
+
+
+@settings(deadline=None)
+@given(odd_messages() | messages())
+@example(mqkit.Message("m", 1, meta={"k": float("nan")}))  # type: ignore[dict-item]
+@example(mqkit.PriorityMessage("p", 1, priority=float("inf")))  # type: ignore[arg-type]
+@example(mqkit.PriorityMessage("p", 1, priority=2.5))  # type: ignore[arg-type]
+@example(mqkit.PriorityMessage("p", 1, priority=True))
+@example(mqkit.AckMessage("a", 1, ack_policy=7))  # type: ignore[arg-type]
+@example(mqkit.Message("m", 1, type=None))  # type: ignore[arg-type]
+def test_check_fields_refuses_exactly_what_cannot_be_read_back(message: mqkit.Message) -> None:
+    try:
+        check_fields([message])
+    except mqkit.SerializationError as exc:
+        assert not readable(message)
+        assert repr(message.id) in str(exc)
+    else:
+        assert readable(message)
+
+
 @settings(deadline=None)
 @given(st.lists(odd_messages(), min_size=1, max_size=4) | st.lists(messages(), max_size=4))
 @example([ScoredMessage("s", 1, score=float("nan"))])
 @example([mqkit.Message("m", 1), mqkit.AckMessage("a", 2, ack_timeout=float("-inf"))])
-@example([mqkit.Message("m", 1, meta={"k": float("nan")})])  # type: ignore[dict-item]
-@example([mqkit.PriorityMessage("p", 1, priority=float("inf"))])  # type: ignore[arg-type]
+@example([mqkit.PriorityMessage("p", 1, priority=2.0)])  # type: ignore[arg-type]
 def test_stored_json_reads_back_as_to_json(batch: list[mqkit.Message]) -> None:
+    try:
+        fast = check_fields(batch)
+    except mqkit.SerializationError:
+        return  # refused (the property above): never written
     value = [("t", m.id, i, message_to_dict(m)) for i, m in enumerate(batch)]
     expected = to_json(value)  # NaN and infinities are written as the stdlib writes them
-    assert to_json(json.loads(stored_json(value, batch))) == to_json(json.loads(expected))
+    assert to_json(json.loads(stored_json(value, fast=fast))) == to_json(json.loads(expected))
+
+
+BAD_FIELDS: list[mqkit.Message] = [
+    mqkit.PriorityMessage("bad", 1, priority=2.5),  # type: ignore[arg-type]
+    mqkit.PriorityMessage("bad", 1, priority=float("nan")),  # type: ignore[arg-type]
+    mqkit.Message("bad", 1, type=None),  # type: ignore[arg-type]
+    mqkit.Message("bad", 1, meta={"k": 1}),  # type: ignore[dict-item]
+    mqkit.AckMessage("bad", 1, ack_policy=7),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("bad", BAD_FIELDS, ids=repr)
+@pytest.mark.parametrize("publish", [publish_one, publish_batch, publish_transaction])
+def test_a_field_the_store_could_not_read_back_is_refused_at_publish(
+    broker: mqkit.Broker, bad: mqkit.Message, publish: Publish
+) -> None:
+    topic = next(topics)
+    sub = broker.subscribe(topic)
+    with pytest.raises(mqkit.SerializationError, match="'bad' cannot be stored"):
+        publish(broker, topic, [mqkit.Message("good", 1), bad])
+    assert sub.stats().received == 0  # nothing delivered, nothing stored
+    assert broker.recover_messages(topic) == []
+    sub.cancel()
 
 
 @pytest.mark.parametrize("as_batch", [False, True], ids=["publish", "publish_batch"])
@@ -582,3 +636,13 @@ def test_the_fast_writer_writes_utf8_and_the_stdlib_escapes(encoder: str) -> Non
         ("caf\u00e9", {"n": "\u00fc"}),
         ("lone", "\ud800"),
     ]
+
+
+def test_a_value_checked_by_value_is_checked_every_time() -> None:
+    """The per-class cache holds only value types that read back whatever the value."""
+    check_fields([mqkit.AckMessage("ok", 1, ack_policy=mqkit.AckPolicy.NONE)])
+    check_fields([mqkit.PriorityMessage("ok", 1, priority=2.0)])  # type: ignore[arg-type]
+    with pytest.raises(mqkit.SerializationError, match=r"'no' cannot be stored.*'ack_policy'"):
+        check_fields([mqkit.AckMessage("no", 1, ack_policy=7)])  # type: ignore[arg-type]
+    with pytest.raises(mqkit.SerializationError, match=r"'no' cannot be stored.*'priority'"):
+        check_fields([mqkit.PriorityMessage("no", 1, priority=2.5)])  # type: ignore[arg-type]
