@@ -339,17 +339,13 @@ def _check_values(
         if ok is not None and isinstance(value, ok) and (type(value) is not bool or bool in ok):
             continue
         by_type = False
-        try:
-            back = converter.structure(
-                json.loads(to_json(converter.unstructure(value, hint))), hint
-            )
+        try:  # what the store does with it: written, read, structured
+            converter.structure(json.loads(to_json(converter.unstructure(value, hint))), hint)
         except Exception as exc:
-            back = exc
-        if isinstance(back, Exception):
             raise SerializationError.because(
                 f"message {message.id!r} cannot be stored: its field {name!r} holds {value!r}, "
                 f"which does not read back as {getattr(hint, '__name__', hint)}"
-            )
+            ) from exc
     if by_type:
         fields.shapes.add(shape)
 
