@@ -200,14 +200,14 @@ fast_json: Callable[[object], bytes] | None = None if _orjson is None else _orjs
 """orjson's ``dumps`` with the ``fast`` extra installed, else None (see :func:`stored_json`)."""
 
 
-def stored_json(value: object, *, fast: bool = True) -> str:
+def stored_json(value: object, *, fast: bool) -> str:
     """JSON text of ``value`` for a store; ``json.loads`` reads the data ``to_json(value)`` gives.
 
     With the ``fast`` extra and ``fast`` true (what :func:`check_fields` returned for the
-    messages in ``value``), orjson writes it; what orjson refuses (a lone surrogate, an integer
-    beyond 64 bits, nesting deeper than 254) goes through :func:`to_json`, as everything does
-    without the extra. The texts differ only in how non-ASCII characters are written (UTF-8, not
-    ``\\u`` escapes).
+    messages in ``value``: no default, so no caller skips the check), orjson writes it; what
+    orjson refuses (a lone surrogate, an integer beyond 64 bits, nesting deeper than 254) goes
+    through :func:`to_json`, as everything does without the extra. The texts differ only in how
+    non-ASCII characters are written (UTF-8, not ``\\u`` escapes).
     """
     dumps = fast_json
     if fast and dumps is not None:

@@ -525,7 +525,7 @@ def odd_messages(draw: st.DrawFn) -> mqkit.Message:
 def readable(message: mqkit.Message) -> bool:
     """Whether the stdlib encoder's text of ``message`` reads back as a message."""
     try:
-        message_from_dict(json.loads(to_json(message_to_dict(message))))
+        via_json(message)
     except Exception:
         return False
     return True
