@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
+import queue
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -324,6 +329,71 @@ def test_a_queued_message_is_not_delivered_after_the_acl_took_it_away(
         assert ack.session_present
         got = receive(c)
         assert (got.topic, got.payload) == ("data/public/1", b"queued and allowed")
+
+
+SERVE_BEFORE = """
+user pub
+topic write data/#
+user alice
+topic read data/#
+"""
+
+
+class Lines:
+    """The stdout lines of a process, read on a thread (so that waits can time out)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        self.stdout = proc.stdout
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.stdout:
+            self.lines.put(line)
+
+    def next(self) -> str:
+        return self.lines.get(timeout=TIMEOUT).strip()
+
+    def close(self) -> None:
+        """After the process ended: the reader sees the end of the pipe, then it is closed."""
+        self.thread.join(TIMEOUT)
+        self.stdout.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX only")
+def test_the_standalone_gateway_reloads_the_acl_on_sighup(tmp_path: Path) -> None:
+    acl = write_acl(tmp_path, SERVE_BEFORE)
+    command = [sys.executable, "-m", "mqkit.protocols.mqtt.serve", "--port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--acl-file", acl], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    out = Lines(proc)
+    try:
+        word, host, port = out.next().split()
+        assert word == "listening"
+        address = (host, int(port))
+        reader, _ = connect(address, 5, "reader", "alice", clean=True)
+        writer, _ = connect(address, 5, "writer", "pub", clean=True)
+        with reader, writer:
+            assert subscribe(reader, "data/#") == (1,)
+            Path(acl).write_text(SERVE_BEFORE.replace("topic read data/#", "topic read data/p/#"))
+            proc.send_signal(signal.SIGHUP)
+            assert out.next() == "acl reloaded"
+            assert publish_status(writer, "data/secret", 1) == 0
+            assert publish_status(writer, "data/p/ok", 2) == 0
+            assert receive(reader).topic == "data/p/ok"
+            Path(acl).write_text("topic read data/#/wrong\n")
+            proc.send_signal(signal.SIGHUP)
+            assert out.next().startswith("acl not reloaded: ")
+            assert publish_status(writer, "data/secret", 3) == 0  # the rules in force stay
+            assert publish_status(writer, "data/p/still", 4) == 0
+            assert receive(reader).topic == "data/p/still"
+    finally:
+        proc.terminate()
+        assert proc.wait(TIMEOUT) == 0
+        out.close()
 
 
 class NoSecrets:
