@@ -331,6 +331,29 @@ def test_a_queued_message_is_not_delivered_after_the_acl_took_it_away(
         assert (got.topic, got.payload) == ("data/public/1", b"queued and allowed")
 
 
+def test_an_unacknowledged_message_is_not_resent_after_the_acl_took_it_away(
+    server_factory: ServerFactory, password_file: str, tmp_path: Path
+) -> None:
+    acl = write_acl(tmp_path, RELOAD_BEFORE)
+    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=acl)
+    c, _ = connect(srv, 5, "slow-reader", "alice")
+    with c:
+        assert subscribe(c, "data/#") == (1,)
+        srv.broker.publish("data/secret/1", mqkit.Message("a", b"in flight, then revoked"))
+        sent = c.packet()  # not acknowledged: in flight when the client goes
+        assert isinstance(sent, codec.Publish) and sent.topic == "data/secret/1"
+        c.send(codec.Disconnect().encode())
+        assert c.closed()
+    Path(acl).write_text(RELOAD_AFTER)
+    srv.plugin.reload_acl()
+    srv.broker.publish("data/public/1", mqkit.Message("b", b"allowed"))
+    c, ack = connect(srv, 5, "slow-reader", "alice")
+    with c:
+        assert ack.session_present
+        got = receive(c)  # the resend of "a" would have come first
+        assert (got.topic, got.payload, got.dup) == ("data/public/1", b"allowed", False)
+
+
 SERVE_BEFORE = """
 user pub
 topic write data/#
