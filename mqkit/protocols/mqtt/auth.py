@@ -168,7 +168,7 @@ class PasswordFile:
         return ok
 
 
-ACCESS: Final = ("read", "write", "readwrite", "deny")
+_ACCESS: Final = ("read", "write", "readwrite", "deny")
 """The access words of an ACL line."""
 
 _PLACEHOLDER = re.compile("%[uc]")
@@ -257,7 +257,7 @@ class AccessControl:
             if word not in ("topic", "pattern"):
                 raise _acl_error(number, f"unknown keyword {word!r}")
             access, _, topic_filter = rest.partition(" ")
-            if access not in ACCESS:
+            if access not in _ACCESS:
                 access, topic_filter = "readwrite", rest
             topic_filter = topic_filter.strip()
             if not filter_is_valid(topic_filter):
