@@ -153,10 +153,13 @@ def mqkit_authorize(
     """Decide whether a gateway client may ``publish`` to a topic or ``subscribe`` to a filter.
 
     ``action`` is ``"publish"`` (``topic`` is a topic name) or ``"subscribe"`` (``topic`` is
-    a topic filter, e.g. MQTT ``sensors/+/temp``). Fires in the gateway's event loop: must
-    not block; gateways may cache the answer for a connection's lifetime. firstresult: return
-    ``True`` to allow, ``False`` to deny, ``None`` for no opinion (allowed). An exception
-    denies the action and is counted against the plugin.
+    a topic filter, e.g. MQTT ``sensors/+/temp``). The MQTT gateway also asks ``"subscribe"``
+    with the topic name of every message before it sends it to the client (may it receive
+    it?). Fires in the gateway's event loop: must not block; gateways cache the answer per
+    connection and topic until the ACL is reloaded (``MQTTPlugin.reload_acl()``, which a
+    plugin whose answers changed may call too). firstresult: return ``True`` to allow,
+    ``False`` to deny, ``None`` for no opinion (allowed). An exception denies the action and
+    is counted against the plugin.
     """
 
 

@@ -15,12 +15,21 @@ and password) so that reconnecting clients do not pay the key derivation again.
     user alice
     topic readwrite sensors/#
     topic write commands/alice/+
+    topic deny sensors/private/#
     # "pattern" rules apply to every client; %u is the user name, %c the client id
     pattern readwrite clients/%c/#
+    pattern deny clients/%c/admin/#
 
 ``read`` allows subscribing to filters the rule covers (``sensors/+/temp`` under
-``sensors/#``), ``write`` allows publishing to topics the rule matches, ``readwrite`` both.
+``sensors/#``) and receiving messages on topics it matches, ``write`` allows publishing to
+topics the rule matches, ``readwrite`` both. ``deny`` takes both away and wins over every
+grant, wherever it stands: a SUBSCRIBE to a filter a deny rule covers is refused, and a wider
+subscription that was granted (``sensors/#``) never delivers a message on a denied topic.
 With an ACL file, anything no rule allows is denied; without one, everything is allowed.
+
+A ``pattern`` is never widened: a user name or client id that contains ``+``, ``#`` or ``/``,
+or is empty, is never put into one. For such a client, ``pattern`` grants do not apply, and a
+``pattern deny`` denies it everything. ``%u`` patterns do not apply to anonymous clients.
 """
 
 from __future__ import annotations
@@ -29,10 +38,12 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Final
 
 import attrs
 
@@ -157,19 +168,51 @@ class PasswordFile:
         return ok
 
 
+_ACCESS: Final = ("read", "write", "readwrite", "deny")
+"""The access words of an ACL line."""
+
+_PLACEHOLDER = re.compile("%[uc]")
+_UNSAFE = re.compile("[+#/]")
+
+
 @attrs.frozen(slots=True)
 class AclRule:
-    """One ACL line: ``access`` is ``read``, ``write`` or ``readwrite``."""
+    """One ACL line: ``access`` is ``read``, ``write``, ``readwrite`` or ``deny``."""
 
     access: str
     topic_filter: str
     pattern: bool = False
     """A ``pattern`` rule: ``%u``/``%c`` are replaced by the user name and client id."""
 
+    @property
+    def denies(self) -> bool:
+        """A ``deny`` rule: it takes away what any other rule grants."""
+        return self.access == "deny"
+
     def allows(self, action: str) -> bool:
         """Whether the rule grants ``action`` (``publish`` or ``subscribe``)."""
         need = "write" if action == "publish" else "read"
         return need in self.access
+
+    def filter_for(self, username: str | None, client_id: str) -> str | None:
+        """The rule's filter for one client; ``""`` when the rule does not apply to it.
+
+        None when a ``pattern`` cannot be filled in safely: the user name or client id it
+        needs contains ``+``, ``#`` or ``/``, or is empty (substituted, it would widen the
+        rule to other clients' topics).
+        """
+        if not self.pattern:
+            return self.topic_filter
+        if username is None and "%u" in self.topic_filter:
+            return ""
+        names = {"%u": username or "", "%c": client_id}
+        for placeholder in _PLACEHOLDER.findall(self.topic_filter):
+            name = names[placeholder]
+            if not name or _UNSAFE.search(name):
+                return None
+        # One pass: a name that itself holds "%c" or "%u" is not substituted again.
+        filled = _PLACEHOLDER.sub(lambda m: names[m.group()], self.topic_filter)
+        return filled if filter_is_valid(filled) else None
 
 
 class AccessControl:
@@ -214,7 +257,7 @@ class AccessControl:
             if word not in ("topic", "pattern"):
                 raise _acl_error(number, f"unknown keyword {word!r}")
             access, _, topic_filter = rest.partition(" ")
-            if access not in ("read", "write", "readwrite"):
+            if access not in _ACCESS:
                 access, topic_filter = "readwrite", rest
             topic_filter = topic_filter.strip()
             if not filter_is_valid(topic_filter):
@@ -224,24 +267,30 @@ class AccessControl:
         return cls(general, per_user)
 
     def allowed(self, username: str | None, client_id: str, action: str, topic: str) -> bool:
-        """Whether ``username`` may ``publish`` to a topic or ``subscribe`` to a filter."""
+        """Whether ``username`` may ``publish`` to a topic or ``subscribe`` to a filter.
+
+        A topic name given with ``subscribe`` asks whether the client may receive a message
+        on that topic. A ``deny`` rule that matches wins over every grant.
+        """
         rules = self.general + (self.per_user.get(username, ()) if username is not None else ())
+        granted = False
         for rule in rules:
-            if not rule.allows(action):
+            denies = rule.denies
+            if not denies and (granted or not rule.allows(action)):
                 continue
-            pattern = rule.topic_filter
-            if rule.pattern:
-                if username is None and "%u" in pattern:
-                    continue
-                pattern = pattern.replace("%u", username or "").replace("%c", client_id)
-                if not filter_is_valid(pattern):
-                    continue
-            if action == "publish":
-                if compile_filter(pattern)(topic):
-                    return True
-            elif covers(pattern, topic):
-                return True
-        return False
+            pattern = rule.filter_for(username, client_id)
+            if pattern is None:
+                if denies:
+                    return False  # it cannot say what it denies: it denies everything
+                continue
+            if not pattern:
+                continue
+            publish = action == "publish"
+            if compile_filter(pattern)(topic) if publish else covers(pattern, topic):
+                if denies:
+                    return False
+                granted = True
+        return granted
 
 
 def _acl_error(line: int, why: str) -> InvalidConfigError:
@@ -261,6 +310,8 @@ class Authenticator:
     ) -> None:
         self.passwords = PasswordFile(password_file) if password_file else None
         """The password file, when configured."""
+        self.acl_file = acl_file
+        """The ACL file's path ("": none)."""
         self.acl = AccessControl.load(acl_file) if acl_file else None
         """The ACLs, when configured."""
         self.allow_anonymous = allow_anonymous
@@ -273,6 +324,11 @@ class Authenticator:
         if self.passwords is None:
             return self.allow_anonymous
         return self.passwords.check(username, password or b"")
+
+    def reload_acl(self) -> None:
+        """Read the ACL file again; on ``InvalidConfigError`` the rules in force stay."""
+        if self.acl_file:
+            self.acl = AccessControl.load(self.acl_file)
 
     def authorize(self, username: str | None, client_id: str, action: str, topic: str) -> bool:
         """Check an action against the ACLs (everything is allowed without an ACL file)."""

@@ -217,6 +217,30 @@ class MQTTPlugin(ProtocolFeature):
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 loop.call_soon_threadsafe(server.broker_closed_sub, subscription.id)
 
+    def reload_acl(self) -> None:
+        """Re-read ``mqtt_acl_file`` and forget every cached authorization decision.
+
+        Takes effect for connected clients too: what a new rule no longer allows is refused
+        at the next SUBSCRIBE or PUBLISH, and is no longer delivered through subscriptions
+        made before. A bad file raises ``InvalidConfigError`` and the rules in force stay.
+        Without an ACL file (a plugin's ``mqkit_authorize`` decides), it only forgets the
+        cached answers. ``python -m mqkit.protocols.mqtt.serve`` calls it on SIGHUP.
+        """
+        if self._auth is not None:
+            self._auth.reload_acl()
+        loop, server, thread = self._loop, self._server, self._thread
+        if loop is None or server is None:
+            return
+        if threading.current_thread() is thread:
+            server.acl_changed()
+            return
+
+        async def forget() -> None:
+            server.acl_changed()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            asyncio.run_coroutine_threadsafe(forget(), loop).result(_START_TIMEOUT)
+
     @property
     def server(self) -> Server | None:
         """The running server (for tools and tests), or None."""

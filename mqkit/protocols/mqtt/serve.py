@@ -3,7 +3,9 @@
 Options: ``--host``, ``--port`` (0: any free port), ``--tls-port``, ``--cert``/``--key`` (TLS),
 ``--password-file``, ``--acl-file``, ``--no-anonymous``, ``--persistence DIR``. Prints
 ``listening HOST PORT`` (and ``tls HOST PORT``) once it accepts connections; SIGINT or
-SIGTERM closes the broker (clients are disconnected, wills published).
+SIGTERM closes the broker (clients are disconnected, wills published). SIGHUP re-reads the
+ACL file (:meth:`.MQTTPlugin.reload_acl`) and prints ``acl reloaded``, or, when the file is
+bad, ``acl not reloaded: REASON`` and keeps the rules in force.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 
 from mqkit.core.broker import Broker
 from mqkit.core.config import Config
+from mqkit.core.errors import MQError
+from mqkit.protocols.mqtt.plugin import MQTTPlugin
 
 __all__ = ["main"]
 
@@ -55,11 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = broker.start_mqtt_server()
         print(f"listening {host} {port}", flush=True)
         plugin = broker.get_plugin("mqtt")
-        tls = getattr(plugin, "tls_address", None)
+        assert isinstance(plugin, MQTTPlugin)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: _reload_acl(plugin))
+        tls = plugin.tls_address
         if tls is not None:
             print(f"tls {tls[0]} {tls[1]}", flush=True)
         stop.wait()
     return 0
+
+
+def _reload_acl(plugin: MQTTPlugin) -> None:
+    try:
+        plugin.reload_acl()
+    except MQError as exc:
+        print(f"acl not reloaded: {exc}", flush=True)
+    else:
+        print("acl reloaded", flush=True)
 
 
 if __name__ == "__main__":

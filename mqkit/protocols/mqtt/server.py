@@ -99,6 +99,8 @@ class Server:
         self._matchers: dict[str, Callable[[str], bool]] = {}
         self._outgoing: dict[int, tuple[Message, Outgoing]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.unclaimed: set[str] = set()
+        """Client ids of restored sessions stored without an owner (by an older version)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -324,6 +326,7 @@ class Server:
                     continue
                 record = {
                     "client_id": session.client_id,
+                    "owner": session.owner,
                     "expiry": session.expiry,
                     "saved_at": now,
                     "subs": [
@@ -371,6 +374,11 @@ class Server:
             self.store.delete(("s", record["client_id"]), retry=True)
             return
         session = Session(self, str(record["client_id"]))
+        if "owner" in record:
+            owner = record["owner"]
+            session.owner = None if owner is None else str(owner)
+        else:  # the first client to log in with this id claims it
+            self.unclaimed.add(session.client_id)
         session.expiry = expiry
         session.version = 5
         self.sessions[session.client_id] = session
@@ -408,6 +416,29 @@ class Server:
             cache[key] = found
         return found
 
+    def may_read(self, conn: Connection, topic: str) -> bool:
+        """Whether ``conn``'s client may receive a message on ``topic`` (checked per delivery).
+
+        Asks ``mqkit_authorize`` ``subscribe`` with the topic name; answers are cached per
+        connection and topic until :meth:`acl_changed`.
+        """
+        cache = conn.read_cache
+        found = cache.get(topic)
+        if found is None:
+            found = self.hooks.authorize(
+                self.broker, "mqtt", conn.client_id, conn.username, "subscribe", topic
+            )
+            if len(cache) > 1024:
+                cache.clear()
+            cache[topic] = found
+        return found
+
+    def acl_changed(self) -> None:
+        """The ACL was reloaded: forget every cached decision (loop thread)."""
+        for conn in self.connections:
+            conn.acl_cache.clear()
+            conn.read_cache.clear()
+
 
 class Connection(asyncio.Protocol):
     """One client connection: framing, the packet handlers, keep-alive and will."""
@@ -427,6 +458,7 @@ class Connection(asyncio.Protocol):
         self.last_rx = 0.0
         self.aliases: dict[int, str] = {}
         self.acl_cache: dict[tuple[str, str], bool] = {}
+        self.read_cache: dict[str, bool] = {}
         self.auth_state: dict[str, Any] = {}
         self.auth_method = ""
         self.over_limit = False
@@ -838,8 +870,16 @@ class Connection(asyncio.Protocol):
             keep_alive = server.max_keep_alive
             server_keep_alive = keep_alive if v5 else None
         self.keep_alive = keep_alive
-        # Take the session over from a connection that still holds it.
         existing = server.sessions.get(client_id)
+        if existing is not None and not existing.ended and existing.owner != self.username:
+            # A session belongs to its user: another one neither resumes nor takes it over.
+            if client_id not in server.unclaimed:
+                why = f"client id {client_id!r} is in use by another user's session"
+                self._refuse_connect(Reason.NOT_AUTHORIZED, self.version, why)
+                return
+            existing.owner = self.username
+        server.unclaimed.discard(client_id)
+        # Take the session over from a connection that still holds it.
         if existing is not None and existing.conn is not None:
             old = existing.conn
             old.taken_over = True
@@ -865,6 +905,7 @@ class Connection(asyncio.Protocol):
             session.will_publish = None
         else:
             session = Session(server, client_id)
+            session.owner = self.username
             server.sessions[client_id] = session
         if v5:
             session.expiry = props.session_expiry_interval or 0

@@ -206,6 +206,8 @@ class Session:
         self.server = server
         self.client_id = client_id
         """The client identifier."""
+        self.owner: str | None = None
+        """The user name of the client that created the session (None: anonymous)."""
         self.version = 4
         """Protocol level of the last connection."""
         self.expiry = 0
@@ -243,8 +245,11 @@ class Session:
         for inf in list(self.inflight.values()):
             if inf.released:
                 conn.write(_pubrel(inf.packet_id))
-            else:
+            elif self.server.may_read(conn, inf.message.topic):
                 self._write_publish(inf, dup=True)
+            else:  # the ACL changed since it was sent
+                del self.inflight[inf.packet_id]
+                self._settle(inf.message, inf.ssub)
         self._drain()
         self._refresh()
 
@@ -373,6 +378,10 @@ class Session:
         retain: bool,
         ids: tuple[int, ...],
     ) -> None:
+        conn = self.conn
+        if conn is not None and not self.server.may_read(conn, message.topic):
+            self._settle(message, ssub)  # dropped for this client: it may not read the topic
+            return
         if qos == 0:
             data = self._encode(out, 0, retain, False, 0, ids)
             if data is not None and self.conn is not None:
