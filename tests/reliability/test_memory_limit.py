@@ -3,13 +3,15 @@
 Eight threads publish as fast as they can to a broker whose ``max_memory_usage`` holds about
 40 messages; a consumer drains a random handful each time a publisher was refused, so the usage
 keeps meeting the limit from below while the publishers race for the last bytes. Throughout,
-``memory_usage()`` and what the buffers really hold stay at or under the limit plus one message
-per publisher (the most that concurrent publishers may overshoot) and never below zero. Once
-the publishers stopped, the usage is exactly what the buffers hold; once everything is drained,
-it is 0, and every accepted message was received (or dropped by the buffer's policy, counted).
+``memory_usage()`` and what the buffers really hold stay at or under the limit plus one call's
+messages per publisher (the most that concurrent publishers may overshoot) and never below
+zero. Once the publishers stopped, the usage is exactly what the buffers hold; once everything
+is drained, it is 0, and the large buffer handed out every accepted message.
 
-Two shapes: one subscription with a large FIFO buffer; and the same plus a small
-``DROP_OLDEST`` priority buffer fed random priorities, which keeps evicting and refusing.
+The shapes: one subscription with a large buffer, fed single publishes, or batches and
+transactions too; and single publishes to the large buffer plus a small priority buffer (random
+priorities, never drained while the publishers run) under each backpressure policy, which keeps
+evicting, refusing, blocking or closing.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ ROOM = 40
 DEADLINE = 60.0
 """Seconds the threads may take to finish (a loaded CI machine)."""
 TOPIC = "mem"
-SHAPES = ["fifo", "fifo+priority-drop-oldest"]
+MIXED = "batches+transactions"
+BIGGEST_CALL = 3
+"""The most messages one call publishes in the ``batches+transactions`` shape."""
+SHAPES = ["single", MIXED, *(f"small-{policy.name.lower()}" for policy in mqkit.Backpressure)]
 
 
 def message(publisher: int, i: int, priority: int) -> mqkit.PriorityMessage:
@@ -46,8 +51,9 @@ def message(publisher: int, i: int, priority: int) -> mqkit.PriorityMessage:
 def subscribe(broker: mqkit.Broker, shape: str) -> tuple[mqkit.Subscription, ...]:
     """The shape's subscriptions; the first is the large one the consumer drains."""
     subs = [broker.subscribe(TOPIC, mqkit.SubOptions(buffer_size=100_000))]
-    if shape == "fifo+priority-drop-oldest":
-        options = mqkit.SubOptions(buffer_size=5, policy=mqkit.Backpressure.DROP_OLDEST)
+    if shape.startswith("small-"):
+        policy = mqkit.Backpressure[shape.removeprefix("small-").upper()]
+        options = mqkit.SubOptions(buffer_size=5, policy=policy, block_timeout=0.001)
         subs.append(broker.subscribe(TOPIC, options))
     return tuple(subs)
 
@@ -57,7 +63,7 @@ def drain(sub: mqkit.Subscription) -> list[mqkit.Message]:
     while True:
         try:
             out.append(sub.get_nowait())
-        except TimeoutError:
+        except (TimeoutError, mqkit.SubscriptionClosedError):
             return out
 
 
@@ -73,6 +79,18 @@ def message_bytes(shape: str) -> int:
         return one
 
 
+def publish_call(broker: mqkit.Broker, messages: list[mqkit.PriorityMessage], how: int) -> None:
+    """Publish ``messages``: alone (one message), as a batch (0) or in a transaction (1)."""
+    if len(messages) == 1:
+        broker.publish(TOPIC, messages[0])
+    elif how == 0:
+        broker.publish_batch(TOPIC, messages)
+    else:
+        with broker.transaction() as tx:
+            for m in messages:
+                tx.publish(TOPIC, m)
+
+
 @pytest.mark.parametrize("trial", trials(2))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_memory_limit_holds_under_concurrent_publishers(
@@ -81,9 +99,13 @@ def test_memory_limit_holds_under_concurrent_publishers(
     rng = soak.rng()
     one = message_bytes(shape)
     limit = ROOM * one + one // 2
-    bound = limit + PUBLISHERS * one
+    call = BIGGEST_CALL if shape == MIXED else 1
+    bound = limit + PUBLISHERS * call * one
     config = mqkit.Config(
-        max_memory_usage=limit, enable_persistence=True, persistence_path=str(tmp_path)
+        max_memory_usage=limit,
+        enable_persistence=True,
+        persistence_path=str(tmp_path),
+        enable_transactions=shape == MIXED,
     )
     with mqkit.Broker(config) as broker:
         subs = subscribe(broker, shape)
@@ -95,22 +117,30 @@ def test_memory_limit_holds_under_concurrent_publishers(
         accepted: defaultdict[int, list[str]] = defaultdict(list)  # ids, by publisher
         samples: list[tuple[int, int]] = []  # (memory_usage(), bytes the buffers hold)
         received: list[mqkit.Message] = []
+        refusals: list[int] = []  # the publisher of each refused call
         seeds = [rng.randrange(1 << 30) for _ in range(PUBLISHERS + 1)]
 
+        def held() -> int:
+            """The bytes the open buffers hold (a closed one's were given up at its close)."""
+            return sum(s.stats().queue_len for s in subs if not s.closed) * copy
+
         def sample() -> None:
-            held = sum(s.stats().queue_len for s in subs) * copy
-            samples.append((broker.memory_usage(), held))
+            samples.append((broker.memory_usage(), held()))
 
         def publish(k: int) -> None:
             chance = random.Random(seeds[k])
-            for i in range(ATTEMPTS):
-                msg = message(k, i, chance.choice([0, 10, 20, 30, 40]))
+            i = 0
+            for _ in range(ATTEMPTS):
+                size = chance.randint(1, BIGGEST_CALL) if shape == MIXED else 1
+                batch = [message(k, i + j, chance.choice([0, 10, 20, 30, 40])) for j in range(size)]
+                i += size
                 try:
-                    broker.publish(TOPIC, msg)
+                    publish_call(broker, batch, chance.randint(0, 1))
                 except mqkit.MemoryLimitExceededError:
+                    refusals.append(k)
                     refused.set()
                 else:
-                    accepted[k].append(msg.id)
+                    accepted[k] += [m.id for m in batch]
                 sample()
 
         def consume() -> None:
@@ -137,18 +167,16 @@ def test_memory_limit_holds_under_concurrent_publishers(
         assert not any(t.is_alive() for t in [*publishers, consumer]), "threads still running"
 
         context = f"{soak.replay}: {shape}, limit {limit} bytes, one message {one} bytes"
-        refusals = PUBLISHERS * ATTEMPTS - sum(len(ids) for ids in accepted.values())
-        assert refusals > 0, f"{context}: the limit was never reached"
+        assert refusals, f"{context}: the limit was never reached"
         over = [s for s in samples if max(s) > bound]
         negative = [s for s in samples if s[0] < 0]
         assert over == negative == [], (
             f"{context}: of {len(samples)} samples (usage, bytes held), {len(over)} above the "
-            f"limit + {PUBLISHERS} messages ({bound} bytes), e.g. {over[:3]}, and "
+            f"limit + {PUBLISHERS * call} messages ({bound} bytes), e.g. {over[:3]}, and "
             f"{len(negative)} with a negative usage, e.g. {negative[:3]}"
         )
 
-        held = sum(s.stats().queue_len for s in subs) * copy
-        assert broker.memory_usage() == held, f"{context}: usage is not what the buffers hold"
+        assert broker.memory_usage() == held(), f"{context}: usage is not what the buffers hold"
         received += drain(big)
         for sub in subs[1:]:
             drain(sub)
