@@ -1,12 +1,12 @@
-"""MQTT persistent sessions across SIGKILL: every PUBACKed message reaches its offline subscriber.
+"""MQTT persistent sessions across SIGKILL: every acknowledged message reaches its subscriber.
 
 A broker process (``python -m mqkit.protocols.mqtt.serve`` with persistence) has two persistent
-subscribers, MQTT 5 (Session Expiry Interval) and MQTT 3.1.1 (``clean_session=0``), both
-subscribed to ``rel/#`` at QoS 1 and then offline. A publisher sends QoS 1 messages; once a
-random number of PUBACKs came back, and a random short time later, the broker is SIGKILLed and
-started again on the same directory. Each subscriber reconnects: the CONNACK says session
-present, and every message PUBACKed before the kill arrives (at least once: QoS 1), then the
-subscription still delivers.
+subscribers, MQTT 5 (Session Expiry Interval) and MQTT 3.1.1 (``clean_session=0``), subscribed
+to ``rel/#`` at QoS 2 and 1 and then offline. A publisher sends QoS 1 and QoS 2 messages; once a
+random number of them were acknowledged (PUBACK; PUBCOMP, which follows the PUBREC), and a
+random short time later, the broker is SIGKILLed and started again on the same directory. Each
+subscriber reconnects: the CONNACK says session present, and every message acknowledged before
+the kill arrives (at least once), then the subscription still delivers.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ pytestmark = pytest.mark.soak
 STARTUP = 60.0
 """Seconds the broker process may take to listen (a loaded CI machine)."""
 DEADLINE = 10.0
-"""Seconds for the PUBACKs awaited before the kill, and for the messages after the restart."""
+"""Seconds for the acks awaited before the kill, and for the messages after the restart."""
 SUBSCRIBERS = {"v5": 5, "v311": 4}
+"""Name: MQTT protocol level (the subscription's QoS: 2 for MQTT 5, 1 for 3.1.1)."""
 SERVE = [sys.executable, "-m", "mqkit.protocols.mqtt.serve"]
 """The standalone gateway (docs/mqtt.md): it prints ``listening HOST PORT``."""
 
@@ -73,9 +74,9 @@ def cleanup() -> Iterator[list[Child | Paho]]:
 def publish_until_killed(
     pub: Paho, broker: Child, count: int, kill_after: int, delay: float
 ) -> tuple[set[bytes], set[bytes]]:
-    """Publish ``count`` QoS 1 messages; SIGKILL the broker after ``kill_after`` PUBACKs.
+    """Publish ``count`` QoS 1/2 messages; SIGKILL the broker after ``kill_after`` acks.
 
-    Returns (every payload sent, the payloads PUBACKed before the broker died).
+    Returns (every payload sent, the payloads acknowledged before the broker died).
     """
     acked: list[int] = []
     changed = threading.Condition()
@@ -90,15 +91,16 @@ def publish_until_killed(
     sent: dict[int, bytes] = {}
     for i in range(count):  # queued in paho: at most its in-flight window unacknowledged
         payload = f"m-{i:04d}".encode()
-        sent[pub.client.publish(f"rel/{i % 4}", payload, qos=1).mid] = payload
+        qos = 1 + (i % 3 == 2)  # every third message at QoS 2
+        sent[pub.client.publish(f"rel/{i % 4}", payload, qos=qos).mid] = payload
     with changed:
         assert changed.wait_for(lambda: len(acked) >= kill_after, DEADLINE), (
-            f"{len(acked)} of {count} PUBACKs within {DEADLINE} s"
+            f"{len(acked)} of {count} acknowledged within {DEADLINE} s"
         )
-    # The kill instant: a random short time after the chosen PUBACK (not a wait for anything).
+    # The kill instant: a random short time after the chosen ack (not a wait for anything).
     time.sleep(delay)
     broker.kill()
-    pub.close()  # its network thread has read every PUBACK the broker sent
+    pub.close()  # its network thread has read every ack the broker sent
     with changed:
         return set(sent.values()), {sent[mid] for mid in acked}
 
@@ -119,7 +121,7 @@ def receive(client: Paho, expected: set[bytes], deadline: float) -> set[bytes]:
 
 
 @pytest.mark.parametrize("trial", trials(2))
-def test_persistent_sessions_get_every_puback_ed_message_after_sigkill(
+def test_persistent_sessions_get_every_acknowledged_message_after_sigkill(
     tmp_path: Path, soak: Soak, trial: int, cleanup: list[Child | Paho]
 ) -> None:
     rng = soak.rng()
@@ -129,8 +131,9 @@ def test_persistent_sessions_get_every_puback_ed_message_after_sigkill(
     for name in SUBSCRIBERS:
         sub = subscriber(address, name)
         cleanup.append(sub)
-        assert [r.value for r in sub.subscribe("rel/#", 1)] == [1]
-        sub.close()  # DISCONNECT: the session stays, offline, and queues QoS 1 messages
+        qos = 2 if SUBSCRIBERS[name] == 5 else 1
+        assert [r.value for r in sub.subscribe("rel/#", qos)] == [qos]
+        sub.close()  # DISCONNECT: the session stays, offline, and queues QoS 1/2 messages
 
     count = rng.randint(5, 60)
     kill_after = rng.randint(1, count)
@@ -150,11 +153,11 @@ def test_persistent_sessions_get_every_puback_ed_message_after_sigkill(
     got = {name: receive(sub, acked, end - time.monotonic()) for name, sub in subs.items()}
     summary = {
         name: f"session present {present[name]}, {len(acked & got[name])} of {len(acked)} "
-        "PUBACKed messages"
+        "acknowledged messages"
         for name in subs
     }
     assert all(present.values()) and all(acked <= got[name] for name in subs), (
-        f"{soak.replay}: broker SIGKILLed {delay * 1000:.2f} ms after PUBACK {kill_after} of "
+        f"{soak.replay}: broker SIGKILLed {delay * 1000:.2f} ms after ack {kill_after} of "
         f"{count}; after the restart: {summary}"
     )
     assert all(got[name] <= sent for name in subs), got  # nothing that was never published
