@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from support.process import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 MQKIT = [sys.executable, "-m", "mqkit"]
@@ -55,73 +55,20 @@ def run_mqkit(
     )
 
 
-class Server:
+class Server(Child):
     """A ``mqkit serve`` subprocess whose output is read by a thread, line by line."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*MQKIT, "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env or cli_env(),
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__([*MQKIT, "serve", *args], env=env or cli_env())
         self.url = ""
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.stdout.append(line)
-            self.lines.put(line)
 
     def wait_for_url(self, deadline: float = STARTUP_DEADLINE) -> str:
         """Wait until the server printed ``listening on http://...``; return that URL."""
-        end = time.monotonic() + deadline
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or (self.proc.poll() is not None and self.lines.empty()):
-                self.stop_now()
-                raise AssertionError(
-                    f"mqkit serve did not come up; stdout={''.join(self.stdout)!r} "
-                    f"stderr={self.stderr!r}"
-                )
-            try:
-                line = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if line.startswith("listening on "):
-                self.url = line.split()[2]
-                return self.url
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the process to exit; return its exit code (fails after ``timeout``)."""
-        code = self.proc.wait(timeout=timeout)
-        self._finish()
-        return code
-
-    def _finish(self) -> None:
-        self._reader.join(timeout=10)
-        if self.proc.stderr is not None and not self.proc.stderr.closed:
-            self.stderr = self.proc.stderr.read()
-            self.proc.stderr.close()
-        if self.proc.stdout is not None and not self._reader.is_alive():
-            self.proc.stdout.close()
-
-    def output(self) -> str:
-        """Everything printed on stdout so far."""
-        return "".join(self.stdout)
-
-    def stop_now(self) -> None:
-        """Kill the process if it still runs (test cleanup), and close its pipes."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._finish()
+        line = self.wait_for(
+            lambda text: text.startswith("listening on "), deadline, "mqkit serve did not come up"
+        )
+        self.url = line.split()[2]
+        return self.url
 
 
 @pytest.fixture

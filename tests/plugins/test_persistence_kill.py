@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
 
 import pytest
+from support.process import Child
 
 import mqkit
 
@@ -113,37 +113,14 @@ def recover(path: Path) -> list[str]:
         return [m.id for m in broker.recover_messages(TOPIC, 0)]
 
 
-def read_lines(stream: IO[str], count: int) -> list[str]:
-    lines = []
-    while len(lines) < count:
-        line = stream.readline()
-        if not line:
-            break
-        lines.append(line)
-    return lines
-
-
 def kill_trial(script: Path, store: Path, trial: int, seed: int, lines: int) -> list[str]:
     """Run the child until it printed ``lines`` lines, SIGKILL it; return every full line."""
-    with subprocess.Popen(
-        [sys.executable, str(script), str(store), f"t{trial}", str(seed)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as child:
-        assert child.stdout is not None
-        assert child.stderr is not None
-        printed = read_lines(child.stdout, lines)
-        os.kill(child.pid, signal.SIGKILL)
-        # Read on through the same file object: lines it buffered are output too (communicate()
-        # would read the pipe's descriptor and skip them). Dead, the child closed both pipes.
-        rest = child.stdout.read()
-        errors = child.stderr.read()
-        child.wait(timeout=60)
-        assert child.returncode == -signal.SIGKILL, errors  # it was still running: killed
-    text = "".join(printed) + rest
-    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-    return complete.splitlines()
+    child = Child([sys.executable, str(script), str(store), f"t{trial}", str(seed)])
+    try:
+        child.read_lines(lines, deadline=60)
+        return child.kill()  # every line it printed, the ones still in the pipe too
+    finally:
+        child.stop_now()
 
 
 def check(recovered: list[str], before: list[str], output: list[str], trial: int) -> None:

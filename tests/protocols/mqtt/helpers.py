@@ -102,11 +102,14 @@ class Raw:
 
 
 class Paho:
-    """A paho-mqtt 2.x client on its own network thread, with received messages in a queue."""
+    """A paho-mqtt 2.x client on its own network thread, with received messages in a queue.
+
+    ``srv`` is a server of :func:`make_server` or the ``(host, port)`` of a broker process.
+    """
 
     def __init__(
         self,
-        srv: Srv,
+        srv: Srv | tuple[str, int],
         client_id: str = "",
         *,
         version: int = 5,
@@ -189,7 +192,8 @@ class Paho:
                 args["properties"] = properties
         self.connected.clear()
         self.acked.clear()
-        self.client.connect(self.srv.host, self.srv.port, **args, **kw)
+        host, port = (self.srv.host, self.srv.port) if isinstance(self.srv, Srv) else self.srv
+        self.client.connect(host, port, **args, **kw)
         if not self._started:
             self.client.loop_start()
             self._started = True
