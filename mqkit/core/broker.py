@@ -311,7 +311,7 @@ class Broker:
                 and hooks.publish(self, route.topic, stamped)
             ):
                 return
-            if hooks.accept_on:
+            if hooks.accept_on and cls not in hooks.accept_idle:
                 hooks.accept(self, (stamped,))
             if hooks.published_on:
                 copies = 0
