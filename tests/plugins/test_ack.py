@@ -700,3 +700,22 @@ def test_generated_ack_ids_never_repeat_across_a_restart(tmp_path: Path) -> None
     replayed, new, again, attempt = run("after")
     assert replayed != new
     assert (again, attempt) == (replayed, "2")
+
+
+@pytest.mark.parametrize("ack_id", ["", DUP])
+def test_replaying_a_message_whose_ack_id_is_unsettled_is_refused(
+    make_broker, tmp_path: Path, ack_id: str
+) -> None:
+    config = ACK.replace(persistence_path=str(tmp_path))
+    broker = make_broker("ack", "persistence", config=config)
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("plain"))
+    broker.publish_with_ack("t", AckMessage("job", ack_id=ack_id))
+    with pytest.raises(mqkit.InvalidMessageError, match="topic 't'"):
+        broker.replay_messages("t")
+    first, job = sub.get_nowait(), sub.get_nowait()
+    assert [first.id, job.id] == ["plain", "job"]
+    assert drain(sub) == []  # nothing of the replay was delivered
+    sub.ack(job.ack_id)
+    assert broker.replay_messages("t") == 1  # settled (and removed from the store)
+    assert drain_ids(sub) == ["plain"]
