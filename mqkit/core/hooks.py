@@ -353,11 +353,16 @@ class Hooks:
             if by_class is None or len(messages) != 1
             else by_class[messages[0].__class__]
         )
-        try:
-            self._decide("mqkit_accept", impls, broker, messages)
-        except MQError as exc:
-            self.refused(broker, messages, exc)
-            raise
+        for plugin, fn in impls:  # _decide, inlined (every result is ignored)
+            try:
+                fn(broker, messages)
+            except MQError as exc:
+                self.refused(broker, messages, exc)
+                raise
+            except Exception as exc:
+                error = PluginError.because(f"plugin {plugin!r} failed in mqkit_accept: {exc!r}")
+                self.refused(broker, messages, error)
+                raise error from exc
 
     def refused(self, broker: Broker, messages: Sequence[Message], error: MQError) -> None:
         """Fire ``mqkit_refused`` (``accept`` does, when an implementation refuses)."""

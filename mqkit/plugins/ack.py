@@ -36,7 +36,14 @@ from mqkit.core.broker import Broker
 from mqkit.core.errors import AckNotFoundError, InvalidMessageError, MQError
 from mqkit.core.features import AckFeature
 from mqkit.core.hookspecs import for_messages, hookimpl
-from mqkit.core.message import Message, estimate_size, has_field, needs_ack, stamper
+from mqkit.core.message import (
+    AckPolicy,
+    Message,
+    estimate_size,
+    has_field,
+    needs_ack,
+    stamper,
+)
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
@@ -142,10 +149,10 @@ class AckPlugin(AckFeature):
         ``publish_batch``, a transaction's commit, a replay. An ack id still unsettled, or
         given twice in the call, refuses it.
         """
-        if len(messages) == 1:  # publish: no list, no set
+        if len(messages) == 1:  # publish: no list, no set, no call (_ack_id, inlined)
             message = messages[0]
-            ack_id = _ack_id(message)
-            if ack_id:
+            ack_id = getattr(message, "ack_id", "")
+            if ack_id and getattr(message, "ack_policy", AckPolicy.NONE) != AckPolicy.NONE:
                 with self._lock:
                     if ack_id in self._ids:
                         raise _taken(ack_id, message)
