@@ -719,3 +719,23 @@ def test_replaying_a_message_whose_ack_id_is_unsettled_is_refused(
     sub.ack(job.ack_id)
     assert broker.replay_messages("t") == 1  # settled (and removed from the store)
     assert drain_ids(sub) == ["plain"]
+
+
+def test_a_priority_buffer_refusing_the_new_copy_does_not_free_the_id_held_elsewhere(
+    make_broker, hook_recorder
+) -> None:
+    # Under DROP_OLDEST a full priority buffer drops the incoming message when it ranks lowest
+    # (reported as drop_oldest): that copy never entered, the other subscription's still counts.
+    broker = make_broker("ack", "priority", config=ACK, objects=[hook_recorder])
+    full = broker.subscribe("t", mqkit.SubOptions(buffer_size=1))
+    broker.publish("t", mqkit.PriorityMessage("urgent", priority=mqkit.Priority.HIGHEST))
+    holder = broker.subscribe("t")
+    broker.publish_with_ack("t", AckMessage("job", ack_id=DUP))
+    assert [c.message.id for c in hook_recorder.of("mqkit_drop")] == ["job"]
+    with pytest.raises(mqkit.InvalidMessageError, match="dup"):
+        broker.publish_with_ack("t", AckMessage("job-2", ack_id=DUP))
+    assert drain_ids(full) == ["urgent"]
+    assert drain_ids(holder) == ["job"]
+    holder.ack(DUP)
+    broker.publish_with_ack("t", AckMessage("job-3", ack_id=DUP))
+    assert drain_ids(holder) == ["job-3"]
