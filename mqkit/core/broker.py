@@ -98,26 +98,16 @@ class Transaction:
         self._broker = broker
         self.id = tx_id
         """The transaction id."""
-        self._published = False
+        self._token: object | None = None  # the transaction the first publish joined
 
     def publish(self, topic: str, message: Message) -> None:
         """Hold ``message`` for ``topic`` until the transaction commits.
 
-        Raises ``TransactionNotFoundError`` when the transaction this object began has ended
-        (timed out): a new one must not silently take its place.
+        Raises ``TransactionTimeoutError`` when the transaction this object began has timed
+        out (``TransactionNotFoundError`` when it ended otherwise): a new one never silently
+        takes its place, even under the same id.
         """
-        broker = self._broker
-        if self._published:
-            feature = broker._feature(TransactionFeature)
-            if feature is not None and not feature.is_open(self.id):
-                error = TransactionNotFoundError.because(
-                    f"{self.id} (ended before this publish: it timed out, or was committed or "
-                    "rolled back)"
-                )
-                broker._failed("publish_with_transaction", topic, error)
-                raise error
-        broker.publish_with_transaction(topic, message, self.id)
-        self._published = True
+        self._token = self._broker._hold(topic, message, self.id, self._token)
 
 
 class Broker:
@@ -321,7 +311,7 @@ class Broker:
                 and hooks.publish(self, route.topic, stamped)
             ):
                 return
-            if hooks.accept_on:
+            if hooks.accept_on and cls not in hooks.accept_idle:
                 hooks.accept(self, (stamped,))
             if hooks.published_on:
                 copies = 0
@@ -629,7 +619,15 @@ class Broker:
     # -- transactions ------------------------------------------------------------------------------
 
     def publish_with_transaction(self, topic: str, message: Message, tx_id: str) -> None:
-        """Hold ``message`` in transaction ``tx_id`` (begun by its first message)."""
+        """Hold ``message`` in transaction ``tx_id`` (begun by its first message).
+
+        A timed-out ``tx_id`` is not begun again: ``TransactionTimeoutError`` until its
+        commit or rollback has reported the timeout.
+        """
+        self._hold(topic, message, tx_id, None)
+
+    def _hold(self, topic: str, message: Message, tx_id: str, token: object | None) -> object:
+        """``publish_with_transaction`` into transaction ``token`` (any, when None)."""
         feature = self._op(
             "publish_with_transaction",
             topic,
@@ -638,14 +636,15 @@ class Broker:
             "transaction support is disabled",
         )
 
-        def hold() -> None:
+        def hold() -> object:
             stamped = self.stamp(topic, message)
             hooks = self._hooks
             if hooks.publish_on and hooks.publish(self, stamped.topic, stamped):
-                return
-            feature.add(tx_id, stamped)
+                return token
+            return feature.add(tx_id, stamped, token)
 
-        self._guard("publish_with_transaction", topic, hold)
+        held: object = self._guard("publish_with_transaction", topic, hold)
+        return held
 
     def commit_transaction(self, tx_id: str) -> None:
         """Deliver every message of ``tx_id`` together (``TransactionNotFoundError`` if none)."""
@@ -673,8 +672,10 @@ class Broker:
     def transaction(self, tx_id: str | None = None) -> Iterator[Transaction]:
         """Open a transaction: commit on normal exit, roll back on an exception.
 
-        ``with broker.transaction() as tx: tx.publish("orders", msg)``. A block whose
-        transaction ended before the exit (it timed out) raises ``TransactionNotFoundError``.
+        ``with broker.transaction() as tx: tx.publish("orders", msg)``. All or nothing: a
+        block whose transaction timed out (at any instant, even inside a publish) raises
+        ``TransactionTimeoutError`` from its next ``tx.publish`` and from its exit, and
+        delivers none of its messages.
         """
         feature = self._op(
             "transaction",
@@ -687,12 +688,19 @@ class Broker:
         try:
             yield tx
         except BaseException:
-            if feature.is_open(tx.id):
+            if tx._token is not None:
+                # Its own transaction only; one that ended meanwhile has nothing to undo.
+                with contextlib.suppress(TransactionNotFoundError):
+                    feature.rollback(tx.id, tx._token)
+            elif feature.is_open(tx.id):
                 self.rollback_transaction(tx.id)
             raise
         # A block that published nothing has nothing to commit; one whose transaction ended
         # (timed out) gets the error instead of a silent loss.
-        if tx._published or feature.is_open(tx.id):
+        if tx._token is not None:
+            token = tx._token
+            self._guard("commit_transaction", "", lambda: feature.commit(tx.id, token))
+        elif feature.is_open(tx.id):
             self.commit_transaction(tx.id)
 
     # -- dead letters ------------------------------------------------------------------------------

@@ -69,16 +69,22 @@ class TransactionFeature(Feature):
     feature = "transactions"
 
     @abc.abstractmethod
-    def add(self, tx_id: str, message: Message) -> None:
-        """Hold ``message`` (stamped and checked) in transaction ``tx_id``, beginning it."""
+    def add(self, tx_id: str, message: Message, token: object | None = None) -> object:
+        """Hold ``message`` (stamped and checked) in transaction ``tx_id``, beginning it.
+
+        Returns a token for the transaction the message joined. Given ``token``, hold it in
+        that transaction only: if it has ended (even if ``tx_id`` was begun again since), raise
+        how it ended (``TransactionTimeoutError`` after a timeout). A timed-out id is never
+        begun again implicitly.
+        """
 
     @abc.abstractmethod
-    def commit(self, tx_id: str) -> None:
-        """Deliver every held message of ``tx_id`` at once, or none."""
+    def commit(self, tx_id: str, token: object | None = None) -> None:
+        """Deliver every held message of ``tx_id`` (of transaction ``token``) at once, or none."""
 
     @abc.abstractmethod
-    def rollback(self, tx_id: str) -> None:
-        """Discard ``tx_id`` and its messages."""
+    def rollback(self, tx_id: str, token: object | None = None) -> None:
+        """Discard ``tx_id`` (transaction ``token``, when given) and its messages."""
 
     @abc.abstractmethod
     def is_open(self, tx_id: str) -> bool:

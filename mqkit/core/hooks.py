@@ -9,10 +9,11 @@ pluggy itself does), each implementation adapted once to the hook's full positio
 A call is then a plain loop over functions: pluggy's order, pluggy's firstresult rule, and
 per-implementation error isolation that pluggy cannot give (a failing observer must not stop the
 others). Hook wrappers are refused at registration, so nothing is bypassed. The per-message
-hooks ``mqkit_publish``, ``mqkit_deliver`` and ``mqkit_delivered`` skip implementations that
-declined the message's class (:func:`mqkit.core.hookspecs.for_messages`), from a per-class cache;
-a class for which none is left goes into the hook's ``*_idle`` set, which the hot path tests
-instead of calling the facade.
+hooks ``mqkit_publish``, ``mqkit_deliver`` and ``mqkit_delivered`` (and the one-message calls of
+``mqkit_accept`` and ``mqkit_published``) skip implementations that declined the message's
+class (:func:`mqkit.core.hookspecs.for_messages`), from a per-class cache; a class for which
+none is left goes into the hook's ``*_idle`` set, which the hot path tests instead of calling
+the facade.
 """
 
 from __future__ import annotations
@@ -138,10 +139,14 @@ class Hooks:
         """Message classes for which no ``mqkit_deliver`` implementation is called."""
         self.delivered_idle: set[type] = set()
         """Message classes for which no ``mqkit_delivered`` implementation is called."""
+        self.accept_idle: set[type] = set()
+        """Message classes for which a one-message ``mqkit_accept`` calls no implementation."""
         idle = {
             "mqkit_publish": self.publish_idle,
             "mqkit_deliver": self.deliver_idle,
             "mqkit_delivered": self.delivered_idle,
+            "mqkit_accept": self.accept_idle,
+            "mqkit_published": set(),  # not tested by the broker: the facade narrows it
         }
         narrowed: dict[str, _ByClass | None] = {}
         for name, idle_classes in idle.items():
@@ -154,6 +159,8 @@ class Hooks:
         self._publish_by_class = narrowed["mqkit_publish"]
         self._deliver_by_class = narrowed["mqkit_deliver"]
         self._delivered_by_class = narrowed["mqkit_delivered"]
+        self._accept_by_class = narrowed["mqkit_accept"]
+        self._published_by_class = narrowed["mqkit_published"]
         self.impls = table
         """Compiled implementations per hook name (read-only; for tests and tooling)."""
         self._broker_start = table["mqkit_broker_start"]
@@ -168,6 +175,7 @@ class Hooks:
         self._publish = table["mqkit_publish"]
         self._accept = table["mqkit_accept"]
         self._published = table["mqkit_published"]
+        self._refused = table["mqkit_refused"]
         self._drop = table["mqkit_drop"]
         self._deliver = table["mqkit_deliver"]
         self._delivered = table["mqkit_delivered"]
@@ -335,12 +343,40 @@ class Hooks:
         return False
 
     def accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Fire ``mqkit_accept``; an MQError (or PluginError) fails the publish."""
-        self._decide("mqkit_accept", self._accept, broker, messages)
+        """Fire ``mqkit_accept``; an MQError (or PluginError) fails the publish.
+
+        A refusal fires ``mqkit_refused`` (every implementation) before it propagates.
+        """
+        by_class = self._accept_by_class
+        impls = (
+            self._accept
+            if by_class is None or len(messages) != 1
+            else by_class[messages[0].__class__]
+        )
+        for plugin, fn in impls:  # _decide, inlined (every result is ignored)
+            try:
+                fn(broker, messages)
+            except MQError as exc:
+                self.refused(broker, messages, exc)
+                raise
+            except Exception as exc:
+                error = PluginError.because(f"plugin {plugin!r} failed in mqkit_accept: {exc!r}")
+                self.refused(broker, messages, error)
+                raise error from exc
+
+    def refused(self, broker: Broker, messages: Sequence[Message], error: MQError) -> None:
+        """Fire ``mqkit_refused`` (``accept`` does, when an implementation refuses)."""
+        self._notify("mqkit_refused", self._refused, broker, messages, error)
 
     def published(self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]) -> None:
         """Fire ``mqkit_published``."""
-        for plugin, fn in self._published:
+        by_class = self._published_by_class
+        impls = (
+            self._published
+            if by_class is None or len(messages) != 1
+            else by_class[messages[0].__class__]
+        )
+        for plugin, fn in impls:
             try:
                 fn(broker, messages, copies)
             except Exception as exc:

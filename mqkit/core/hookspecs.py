@@ -27,6 +27,8 @@ third-party ones, so third-party implementations run before built-in ones of the
 ``mqkit_delivered`` that concerns some message classes only (those with ``expires_at``, say)
 may say so with :func:`for_messages`: the facade then skips it for the other classes, without
 a call (the answer is cached per class until the configuration or the plugin set changes).
+``mqkit_accept`` and ``mqkit_published`` are narrowed the same way when a call carries one
+message (``publish``); a call with several (a batch, a commit) reaches every implementation.
 
 A message's path: ``publish`` → :func:`mqkit_publish` (check, or take over) →
 :func:`mqkit_accept` (store) → buffered in each matching subscription (or :func:`mqkit_drop`) →
@@ -67,8 +69,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def for_messages(interest: Interest) -> Callable[[_F], _F]:
     """Narrow an implementation of a per-message hook to the message classes it concerns.
 
-    For ``mqkit_publish``, ``mqkit_deliver`` and ``mqkit_delivered`` only (elsewhere it has no
-    effect). The facade asks ``interest(type(message), broker.config)`` once per message class
+    For ``mqkit_publish``, ``mqkit_deliver`` and ``mqkit_delivered``, and for the one-message
+    calls of ``mqkit_accept`` and ``mqkit_published`` (elsewhere it has no effect). The facade
+    asks ``interest(type(message), broker.config)`` once per message class
     and caches the answer until the configuration or the plugin set changes; for a class it
     declines, the implementation is not called at all. Use it for an implementation that would
     return at once for other classes::
@@ -217,6 +220,17 @@ def mqkit_accept(broker: Broker, messages: Sequence[Message]) -> None:
     transaction commit (every message, each with its own ``topic``), before any of them is
     buffered. The ``persistence`` plugin stores them here, in one store transaction. May raise
     an ``MQError`` (``PersistenceError``) to fail the whole call: nothing is delivered.
+    """
+
+
+@hookspec
+def mqkit_refused(broker: Broker, messages: Sequence[Message], error: MQError) -> None:
+    """An ``mqkit_accept`` implementation refused the messages of a publish call with ``error``.
+
+    None of ``messages`` is delivered, and none is stored by an implementation that raised
+    or had not run yet. Fires for every implementation, before the error reaches the caller:
+    undo here what your ``mqkit_accept`` set aside for these very messages (it may not have
+    run at all). Notification.
     """
 
 

@@ -9,8 +9,10 @@ slot stores, on the hottest line of the broker (``__init__`` or ``attrs.evolve``
 
 from __future__ import annotations
 
+import base64
 import enum
 import itertools
+import os
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -274,11 +276,40 @@ Stamper = Callable[[M, str, datetime | float, int], M]
 """
 
 _stampers: dict[type[Message], Callable[..., Any]] = {}
-_ack_counter = itertools.count(1)
+
+
+def _new_ack_prefix() -> str:
+    """8 random base32 characters (40 bits): what sets this process's ack ids apart."""
+    return base64.b32encode(os.urandom(5)).decode("ascii").lower()
+
+
+class _AckIds:
+    """Generated ack ids, ``"{message id}-{process prefix}-{n}"``: never repeated.
+
+    The counter makes them unique within the process (every broker of it shares this one
+    generator), the random prefix across processes: after a restart, ids stored by the
+    previous process (replayed, or recovered with their messages) never meet a new one. A
+    forked child draws its own prefix.
+    """
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Draw a new prefix and restart the counter (at import, and in a forked child)."""
+        self.prefix = _new_ack_prefix()
+        self.counter = itertools.count(1)
+
+
+_ack_ids: Final = _AckIds()
+os.register_at_fork(after_in_child=_ack_ids.reseed)
 
 
 def _next_ack_id(message: Message) -> str:
-    return f"{message.id}-{next(_ack_counter)}"
+    ids = _ack_ids
+    return f"{message.id}-{ids.prefix}-{next(ids.counter)}"
 
 
 def _draft_class(cls: type[Message], names: list[str]) -> type | None:
@@ -312,7 +343,7 @@ def stamper(cls: type[M]) -> Stamper[M]:
     """Return the copy-and-stamp function for a message class (generated once per class).
 
     The copy has ``topic``, ``time`` and ``attempt`` set; for classes with an ``ack_id`` field an
-    empty ack id is replaced by a generated, process-unique one.
+    empty ack id is replaced by a generated one that is never repeated, across restarts too.
     """
     try:
         return _stampers[cls]

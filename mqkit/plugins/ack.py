@@ -14,18 +14,36 @@ or :class:`~mqkit.AckTTLMessage` whose policy is not ``NONE``; ``TIMEOUT`` behav
 
 Cancelling a subscription dead-letters what it holds unacknowledged, delivered or still
 buffered (reason ``unsubscribed before ack``): nothing is silently leaked.
+
+An ack id names one unsettled message: from the moment a publish call is accepted until every
+copy of it has ended (acked, dead-lettered, dropped, expired or cancelled with its
+subscription), a publish of another ack-required message with the same explicit ack id is
+refused with ``InvalidMessageError`` - through every path (a batch or a transaction commit is
+refused whole, also when it repeats an ack id itself) and before anything is stored or
+delivered. The count of unsettled copies per ack id is taken at ``mqkit_accept`` (under the
+lock: concurrent publishes of one id let exactly one in), set from ``mqkit_published`` and
+lowered as each copy ends; ``mqkit_refused`` gives back what a refused call had taken.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Final
 
 from mqkit.core.broker import Broker
-from mqkit.core.errors import AckNotFoundError, InvalidMessageError
+from mqkit.core.errors import AckNotFoundError, InvalidMessageError, MQError
 from mqkit.core.features import AckFeature
 from mqkit.core.hookspecs import for_messages, hookimpl
-from mqkit.core.message import Message, estimate_size, has_field, needs_ack, stamper
+from mqkit.core.message import (
+    AckPolicy,
+    Message,
+    estimate_size,
+    has_field,
+    needs_ack,
+    stamper,
+)
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
@@ -58,6 +76,19 @@ class _Pending:
 
 _Bucket = OrderedDict[tuple[Subscription, str], _Pending]
 
+_COPY_ENDED: Final = frozenset({"drop_oldest", "withheld", "unsubscribed"})
+"""``mqkit_drop`` reasons that end a buffered copy (the others: the copy never entered)."""
+
+
+def _has_ack_id(cls: type, config: object) -> bool:
+    return has_field(cls, "ack_id")
+
+
+def _ack_id(message: Message) -> str:
+    """The ack id of an ack-required message; "" for any other message."""
+    ack_id: str = getattr(message, "ack_id", "")
+    return ack_id if ack_id and needs_ack(message) else ""
+
 
 class AckPlugin(AckFeature):
     """Tracks delivered ack-required messages per subscription.
@@ -78,7 +109,9 @@ class AckPlugin(AckFeature):
         self._lock = threading.Lock()
         self._pending: dict[Subscription, dict[str, _Pending]] = {}
         self._buckets: dict[float, _Bucket] = {}  # timeout -> deliveries in deadline order
-        self._ids: dict[str, int] = {}  # ack id -> subscriptions holding it
+        # ack id -> unsettled copies (buffered or delivered), plus one while being published
+        self._ids: dict[str, int] = {}
+        self._publishing: dict[str, Message] = {}  # ack id -> the message being published
         self._bytes = 0
         self._timer: TimerHandle | None = None
         self._armed_at: float | None = None
@@ -101,18 +134,88 @@ class AckPlugin(AckFeature):
             self._pending.clear()
             self._buckets.clear()
             self._ids.clear()
+            self._publishing.clear()
             self._bytes = 0
             self._broker = None
 
     # -- hooks ---------------------------------------------------------------------------------
 
     @hookimpl
-    @for_messages(lambda cls, config: has_field(cls, "ack_id"))
-    def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
-        """Refuse an explicit ack id that is still pending (it could not be told apart)."""
-        ack_id = getattr(message, "ack_id", "")
-        if ack_id and ack_id in self._ids and needs_ack(message):
-            raise InvalidMessageError.because(f"ack id {ack_id!r} is already pending")
+    @for_messages(_has_ack_id)
+    def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
+        """Take the ack id of each ack-required message, or refuse the whole call.
+
+        Every path passes here before anything is stored or buffered: ``publish``,
+        ``publish_batch``, a transaction's commit, a replay. An ack id still unsettled, or
+        given twice in the call, refuses it.
+        """
+        if len(messages) == 1:  # publish: no list, no set, no call (_ack_id, inlined)
+            message = messages[0]
+            ack_id = getattr(message, "ack_id", "")
+            if ack_id and getattr(message, "ack_policy", AckPolicy.NONE) != AckPolicy.NONE:
+                with self._lock:
+                    if ack_id in self._ids:
+                        raise _taken(ack_id, message)
+                    self._ids[ack_id] = 1
+                    self._publishing[ack_id] = message
+            return
+        claims = [(ack_id, m) for m in messages if (ack_id := _ack_id(m))]
+        if not claims:
+            return
+        with self._lock:
+            ids = self._ids
+            seen: set[str] = set()
+            for ack_id, message in claims:
+                if ack_id in ids:
+                    raise _taken(ack_id, message)
+                if ack_id in seen:
+                    raise InvalidMessageError.because(
+                        f"ack id {ack_id!r} is given twice in one publish: message "
+                        f"{message.id!r} to topic {message.topic!r} refused"
+                    )
+                seen.add(ack_id)
+            for ack_id, message in claims:
+                ids[ack_id] = 1
+                self._publishing[ack_id] = message
+
+    @hookimpl
+    def mqkit_refused(self, messages: Sequence[Message], error: MQError) -> None:
+        """Give back the ack ids this refused call had taken."""
+        with self._lock:
+            for message in messages:
+                ack_id = getattr(message, "ack_id", "")
+                if ack_id and self._publishing.get(ack_id) is message:
+                    del self._publishing[ack_id]
+                    self._release(ack_id)
+
+    @hookimpl
+    @for_messages(_has_ack_id)
+    def mqkit_published(self, messages: Sequence[Message], copies: Sequence[int]) -> None:
+        """An ack id stays taken by the copies the message left in buffers."""
+        publishing = self._publishing
+        if not publishing:
+            return
+        with self._lock:
+            for i, message in enumerate(messages):
+                ack_id = getattr(message, "ack_id", "")
+                if ack_id and publishing.get(ack_id) is message:
+                    del publishing[ack_id]
+                    self._release(ack_id, 1 - copies[i])
+
+    @hookimpl
+    def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
+        """A buffered copy left without being handed out (evicted, expired, cancelled)."""
+        if subscription is None or reason not in _COPY_ENDED:
+            return
+        ack_id = _ack_id(message)
+        if ack_id:
+            with self._lock:
+                # A buffer refusing the message it is being published with reports it too
+                # (a priority buffer under DROP_OLDEST): that copy never entered, it is not
+                # counted. (A copy evicted while its message is still being routed elsewhere
+                # keeps the id taken: the safe side.)
+                if self._publishing.get(ack_id) is not message:
+                    self._release(ack_id)
 
     @hookimpl
     @for_messages(lambda cls, config: has_field(cls, "ack_policy"))
@@ -133,9 +236,7 @@ class AckPlugin(AckFeature):
             if held is None:
                 held = self._pending[subscription] = {}
             previous = held.get(ack_id)
-            if previous is None:
-                self._ids[ack_id] = self._ids.get(ack_id, 0) + 1
-            else:
+            if previous is not None:  # the same copy again (publish refuses a second one)
                 self._unlink(previous)
             held[ack_id] = pending
             bucket = self._buckets.get(timeout)
@@ -153,7 +254,7 @@ class AckPlugin(AckFeature):
             held = self._pending.pop(subscription, {})
             for pending in held.values():
                 self._unlink(pending)
-                self._forget_id(pending.ack_id)
+                self._release(pending.ack_id)  # dead-lettered below; buffered ones: mqkit_drop
         for pending in held.values():
             message = pending.message
             broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
@@ -175,7 +276,7 @@ class AckPlugin(AckFeature):
 
     def ack_subscription(self, subscription: Subscription, ack_id: str) -> None:
         """Settle ``ack_id`` on ``subscription``."""
-        pending = self._take(subscription, ack_id)
+        pending = self._take(subscription, ack_id, settle=True)
         broker = self._live_broker()
         broker.hooks.ack(broker, subscription, pending.message)
 
@@ -220,7 +321,8 @@ class AckPlugin(AckFeature):
             raise AckNotFoundError.because(f"ack id {ack_id!r} not found on topic {wanted!r}")
         return found
 
-    def _take(self, subscription: Subscription, ack_id: str) -> _Pending:
+    def _take(self, subscription: Subscription, ack_id: str, settle: bool = False) -> _Pending:
+        """Take the delivery of ``ack_id`` off ``subscription``; ``settle``: its copy ended."""
         with self._lock:
             held = self._pending.get(subscription)
             pending = held.pop(ack_id, None) if held is not None else None
@@ -231,7 +333,8 @@ class AckPlugin(AckFeature):
             if not held:
                 del self._pending[subscription]
             self._unlink(pending)
-            self._forget_id(ack_id)
+            if settle:
+                self._release(ack_id)
         return pending
 
     def _unlink(self, pending: _Pending) -> None:
@@ -241,13 +344,20 @@ class AckPlugin(AckFeature):
             bucket.pop((pending.subscription, pending.ack_id), None)
         self._bytes -= pending.size
 
-    def _forget_id(self, ack_id: str) -> None:
-        """Under the lock: one subscription fewer holds ``ack_id``."""
-        left = self._ids.get(ack_id, 0) - 1
-        if left > 0:
+    def _release(self, ack_id: str, copies: int = 1) -> None:
+        """Under the lock: ``copies`` copies of ``ack_id``'s message ended (may be negative).
+
+        While the message is still being published, its count may dip to zero or below (a
+        copy settled before ``mqkit_published`` counted it): the id stays taken until then.
+        """
+        left = self._ids.get(ack_id)
+        if left is None:  # buffered before the plugin started: never counted
+            return
+        left -= copies
+        if left > 0 or ack_id in self._publishing:
             self._ids[ack_id] = left
         else:
-            self._ids.pop(ack_id, None)
+            del self._ids[ack_id]
 
     def _arm(self, broker: Broker, deadline: float) -> None:
         """Under the lock: (re)arm the one timer for ``deadline``."""
@@ -280,7 +390,6 @@ class AckPlugin(AckFeature):
                         del held[pending.ack_id]
                         if not held:
                             del self._pending[pending.subscription]
-                    self._forget_id(pending.ack_id)
                     due.append(pending)
                 if not bucket:
                     del self._buckets[timeout]
@@ -298,8 +407,9 @@ class AckPlugin(AckFeature):
             and not pending.subscription.closed
         )
 
-    @staticmethod
-    def _retry_or_dead_letter(broker: Broker, pending: _Pending, retry: bool, why: str) -> None:
+    def _retry_or_dead_letter(
+        self, broker: Broker, pending: _Pending, retry: bool, why: str
+    ) -> None:
         message = pending.message
         if retry:
             assert message.time is not None
@@ -307,6 +417,15 @@ class AckPlugin(AckFeature):
                 message, message.topic, message.time, message.attempt + 1
             )
             if pending.subscription.redeliver(again):
-                return
+                return  # the copy goes on: its ack id stays taken
+        with self._lock:
+            self._release(pending.ack_id)
         reason = f"{why} after {message.attempt} attempts"
         broker.dead_letter(message.topic, message, reason, message.attempt)
+
+
+def _taken(ack_id: str, message: Message) -> InvalidMessageError:
+    return InvalidMessageError.because(
+        f"ack id {ack_id!r} is already pending (a message holding it is unsettled): message "
+        f"{message.id!r} to topic {message.topic!r} refused"
+    )

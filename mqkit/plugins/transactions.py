@@ -12,8 +12,16 @@ each message - checked at once (topic, message, memory: a refused message is not
 Any of the three ends the transaction: a later commit or rollback of the same id raises
 ``TransactionNotFoundError`` (whose text says how it ended, when that is still known; after a
 timeout it is the subclass ``TransactionTimeoutError``), and a later publish with the id begins a
-new one. Messages of any kind may be held: priority, TTL and
+new one - except after a timeout: a timed-out id is never re-opened implicitly. Its publishes
+raise ``TransactionTimeoutError`` until a commit or rollback of the id has reported the timeout,
+or for ``transaction_timeout`` (at least a minute) after it; so the timed-out ids remembered are
+at most those of one such period. Messages of any kind may be held: priority, TTL and
 ack-required ones keep their semantics when delivered.
+
+``broker.transaction()`` holds the :class:`_Tx` its first publish joined (a token): its later
+publishes and its commit act on that very transaction or raise how it ended, whatever happens
+to the id meanwhile. Holding, committing and the timeout each take the plugin's lock, so a
+timeout racing a publish or a commit either comes first (and they raise) or loses entirely.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ __all__ = ["TransactionsPlugin"]
 
 _DEFAULT_TIMEOUT = 30.0
 _REMEMBER_ENDED = 1024
+_REMEMBER_TIMED_OUT = 60.0  # seconds a timed-out id stays refused, at least
+
+_Ended = tuple[type[TransactionNotFoundError], str]
 
 
 @attrs.define(slots=True, eq=False)
@@ -48,6 +59,7 @@ class _Tx:
     messages: list[Message] = attrs.field(factory=list)
     size: int = 0
     timer: TimerHandle | None = None
+    ended: _Ended | None = None  # how it ended (the error a later use of it raises)
 
 
 class TransactionsPlugin(TransactionFeature):
@@ -62,7 +74,9 @@ class TransactionsPlugin(TransactionFeature):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, _Tx] = {}
-        self._ended: OrderedDict[str, tuple[type[TransactionNotFoundError], str]] = OrderedDict()
+        self._ended: OrderedDict[str, _Ended] = OrderedDict()
+        # Timed-out ids a publish must not re-open: id -> (transaction, forget at: monotonic).
+        self._timed_out: OrderedDict[str, tuple[_Tx, float]] = OrderedDict()
         self._bytes = 0
         self._broker: Broker | None = None
 
@@ -78,18 +92,26 @@ class TransactionsPlugin(TransactionFeature):
             for tx in self._open.values():
                 if tx.timer is not None:
                     tx.timer.cancel()
-                self._end(tx.tx_id, "rolled back when the broker closed")
+                self._end(tx, "rolled back when the broker closed")
             self._open.clear()
+            self._timed_out.clear()
             self._bytes = 0
             self._broker = None
 
-    def add(self, tx_id: str, message: Message) -> None:
-        """Hold ``message`` in ``tx_id``, beginning it (and its timeout) if needed."""
+    def add(self, tx_id: str, message: Message, token: object | None = None) -> object:
+        """Hold ``message`` in ``tx_id``, beginning it (and its timeout) if needed.
+
+        With ``token`` (what an earlier ``add`` returned), hold it in that transaction only.
+        Returns the transaction's token.
+        """
         broker = self._live()
         size = estimate_size(message)
         with self._lock:
             tx = self._open.get(tx_id)
+            if token is not None and tx is not token:
+                raise self._error(tx_id, token)
             if tx is None:
+                self._refuse_timed_out(broker, tx_id)
                 tx = self._open[tx_id] = _Tx(tx_id)
                 self._ended.pop(tx_id, None)
                 timeout = broker.config.transaction_timeout or _DEFAULT_TIMEOUT
@@ -97,22 +119,23 @@ class TransactionsPlugin(TransactionFeature):
             tx.messages.append(message)
             tx.size += size
             self._bytes += size
+        return tx
 
-    def commit(self, tx_id: str) -> None:
+    def commit(self, tx_id: str, token: object | None = None) -> None:
         """Deliver every held message at once; nothing is delivered if storing them fails."""
         broker = self._live()
-        tx = self._close(tx_id, "committed")
+        tx = self._close(tx_id, "committed", token)
         try:
             broker.dispatch(tx.messages)
         except MQError as exc:
             with self._lock:
-                self._end(tx_id, f"commit failed, nothing delivered: {exc}")
+                self._end(tx, f"commit failed, nothing delivered: {exc}")
             raise
 
-    def rollback(self, tx_id: str) -> None:
+    def rollback(self, tx_id: str, token: object | None = None) -> None:
         """Discard ``tx_id`` and its messages."""
         self._live()
-        self._close(tx_id, "rolled back")
+        self._close(tx_id, "rolled back", token)
 
     def is_open(self, tx_id: str) -> bool:
         """Whether ``tx_id`` holds messages and has not ended."""
@@ -128,6 +151,14 @@ class TransactionsPlugin(TransactionFeature):
         with self._lock:
             return len(self._open), sum(len(tx.messages) for tx in self._open.values())
 
+    def timed_out_count(self) -> int:
+        """Timed-out ids remembered now (refused by publish until reported or forgotten)."""
+        with self._lock:
+            broker = self._broker
+            if broker is not None:
+                self._forget_timed_out(broker.clock.monotonic())
+            return len(self._timed_out)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _live(self) -> Broker:
@@ -136,29 +167,57 @@ class TransactionsPlugin(TransactionFeature):
             raise BrokerClosedError()
         return broker
 
-    def _close(self, tx_id: str, how: str) -> _Tx:
+    def _close(self, tx_id: str, how: str, token: object | None = None) -> _Tx:
         with self._lock:
-            tx = self._open.pop(tx_id, None)
-            if tx is None:
-                ended = self._ended.get(tx_id)
-                if ended is None:
-                    raise TransactionNotFoundError.because(tx_id)
-                error, how_it_ended = ended
-                raise error.because(f"{tx_id} ({how_it_ended})")
+            tx = self._open.get(tx_id)
+            if tx is None or (token is not None and tx is not token):
+                # Ending it is how the caller learns of a timeout: the id may begin anew.
+                marked = self._timed_out.get(tx_id)
+                if marked is not None and (token is None or marked[0] is token):
+                    del self._timed_out[tx_id]
+                raise self._error(tx_id, token)
+            del self._open[tx_id]
             self._bytes -= tx.size
-            self._end(tx_id, how)
+            self._end(tx, how)
         if tx.timer is not None:
             tx.timer.cancel()
         return tx
 
+    def _error(self, tx_id: str, token: object | None) -> TransactionNotFoundError:
+        """Under the lock: the error for ``tx_id`` (or its transaction ``token``), not open."""
+        ended = token.ended if isinstance(token, _Tx) else self._ended.get(tx_id)
+        if ended is None:
+            return TransactionNotFoundError.because(tx_id)
+        error, how_it_ended = ended
+        return error.because(f"{tx_id} ({how_it_ended})")
+
     def _end(
-        self, tx_id: str, how: str, error: type[TransactionNotFoundError] = TransactionNotFoundError
+        self, tx: _Tx, how: str, error: type[TransactionNotFoundError] = TransactionNotFoundError
     ) -> None:
-        """Under the lock: remember how ``tx_id`` ended (bounded) and what a later end raises."""
-        self._ended[tx_id] = (error, how)
-        self._ended.move_to_end(tx_id)
+        """Under the lock: remember how ``tx`` ended (by id: bounded), what a later end raises."""
+        tx.ended = (error, how)
+        self._ended[tx.tx_id] = tx.ended
+        self._ended.move_to_end(tx.tx_id)
         while len(self._ended) > _REMEMBER_ENDED:
             self._ended.popitem(last=False)
+
+    def _refuse_timed_out(self, broker: Broker, tx_id: str) -> None:
+        """Under the lock: raise if ``tx_id`` timed out and must not begin again yet."""
+        if not self._timed_out:
+            return
+        self._forget_timed_out(broker.clock.monotonic())
+        marked = self._timed_out.get(tx_id)
+        if marked is not None:
+            raise self._error(tx_id, marked[0])
+
+    def _forget_timed_out(self, now: float) -> None:
+        """Under the lock: forget the timed-out ids whose time is up (oldest first)."""
+        timed_out = self._timed_out
+        while timed_out:
+            tx_id, (_, forget_at) = next(iter(timed_out.items()))
+            if forget_at > now:
+                return
+            del timed_out[tx_id]
 
     def _timeout(self, tx: _Tx) -> None:
         with self._lock:
@@ -167,9 +226,12 @@ class TransactionsPlugin(TransactionFeature):
             del self._open[tx.tx_id]
             self._bytes -= tx.size
             broker = self._broker
-            timeout = broker.config.transaction_timeout if broker is not None else 0.0
-            self._end(
-                tx.tx_id,
-                f"timed out after {timeout or _DEFAULT_TIMEOUT:g} s",
-                TransactionTimeoutError,
+            timeout = (broker.config.transaction_timeout if broker is not None else 0.0) or (
+                _DEFAULT_TIMEOUT
             )
+            self._end(tx, f"timed out after {timeout:g} s", TransactionTimeoutError)
+            if broker is not None:
+                now = broker.clock.monotonic()
+                self._forget_timed_out(now)
+                self._timed_out[tx.tx_id] = (tx, now + max(timeout, _REMEMBER_TIMED_OUT))
+                self._timed_out.move_to_end(tx.tx_id)

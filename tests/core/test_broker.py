@@ -148,8 +148,11 @@ def test_user_message_classes_are_stamped_as_themselves(
     extra = {"ack_id": "a-1"} if cls is mqkit.AckMessage else {"sku": "S-1"}
     original = cls("m-1", {"n": 1}, meta={"k": "v"}, **extra)  # type: ignore[call-arg]
     broker.publish("orders", original)
+    first = sub.get_nowait()
+    if cls is mqkit.AckMessage:
+        sub.ack("a-1")  # an explicit ack id is taken until its message is settled
     broker.publish("orders", original)
-    first, second = sub.get_nowait(), sub.get_nowait()
+    second = sub.get_nowait()
     for got in (first, second):
         assert type(got) is cls
         assert got == attrs.evolve(original, topic="orders", time=fake_clock.now())

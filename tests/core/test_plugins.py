@@ -755,6 +755,72 @@ def test_a_class_no_implementation_wants_skips_the_hook_call(make_broker: MakeBr
     assert narrow.seen == ["publish prio", "deliver prio", "delivered prio"]
 
 
+class NarrowAccept:
+    """Accept and published, concerned with priority messages only; a refusing store last."""
+
+    plugin_info = mqkit.PluginInfo(name="narrow-accept")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @mqkit.hookimpl
+    @mqkit.for_messages(lambda cls, config: issubclass(cls, mqkit.PriorityMessage))
+    def mqkit_accept(self, messages: Sequence[Message]) -> None:
+        self.seen.append("accept " + " ".join(m.id for m in messages))
+
+    @mqkit.hookimpl
+    @mqkit.for_messages(lambda cls, config: issubclass(cls, mqkit.PriorityMessage))
+    def mqkit_published(self, messages: Sequence[Message]) -> None:
+        self.seen.append("published " + " ".join(m.id for m in messages))
+
+    @mqkit.hookimpl
+    def mqkit_refused(self, messages: Sequence[Message], error: mqkit.MQError) -> None:
+        self.seen.append(f"refused {' '.join(m.id for m in messages)}: {type(error).__name__}")
+
+
+class RefusingStore:
+    plugin_info = mqkit.PluginInfo(name="refusing-store")
+
+    @mqkit.hookimpl(trylast=True)
+    def mqkit_accept(self, messages: Sequence[Message]) -> None:
+        for m in messages:
+            if m.meta.get("store") == "refuse":
+                raise mqkit.PersistenceError.because("disk says no")
+            if m.meta.get("store") == "crash":
+                raise RuntimeError("store crashed")
+
+
+def test_accept_and_published_are_narrowed_for_one_message_not_for_a_batch(
+    make_broker: MakeBroker,
+) -> None:
+    narrow = NarrowAccept()
+    broker = make_broker(objects=[narrow])
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("plain"))
+    broker.publish("t", mqkit.PriorityMessage("prio"))
+    broker.publish_batch("t", [Message("b1"), Message("b2")])
+    assert len([sub.get_nowait() for _ in range(4)]) == 4
+    assert narrow.seen == ["accept prio", "published prio", "accept b1 b2", "published b1 b2"]
+    assert broker.hooks.accept_idle == {Message}
+
+
+@pytest.mark.parametrize(
+    ("store", "error"), [("refuse", "PersistenceError"), ("crash", "PluginError")]
+)
+def test_a_refused_accept_is_reported_to_every_implementation(
+    make_broker: MakeBroker, store: str, error: str
+) -> None:
+    narrow = NarrowAccept()
+    broker = make_broker(objects=[narrow, RefusingStore()])
+    sub = broker.subscribe("t")
+    batch = [mqkit.PriorityMessage("p1"), Message("bad", meta={"store": store})]
+    with pytest.raises(getattr(mqkit, error)):
+        broker.publish_batch("t", batch)
+    assert narrow.seen == ["accept p1 bad", f"refused p1 bad: {error}"]
+    with pytest.raises(TimeoutError):
+        sub.get_nowait()
+
+
 def test_an_interest_that_raises_counts_as_interested(make_broker: MakeBroker) -> None:
     seen: list[str] = []
 

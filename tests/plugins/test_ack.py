@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
 
 import mqkit
-from mqkit import AckMessage, AckNotFoundError, AckPolicy, Config, Message
+from mqkit import AckMessage, AckNotFoundError, AckPolicy, AckTTLMessage, Config, Message
 from mqkit.testing import FakeClock
 
 from .helpers import DLQ, dead_letter_summary, drain, drain_ids
@@ -421,3 +427,315 @@ def test_ack_after_cancel_raises(ack_broker) -> None:
         sub.ack("C")
     with pytest.raises(AckNotFoundError):
         ack_broker.ack("t", "C")
+
+
+# -- ack ids are unique (issue 13, point 8) --------------------------------------------------------
+
+DUP = "dup"
+
+
+def publish_dup(broker: mqkit.Broker, path: str, message_id: str) -> None:
+    """Publish an ack-required message with the ack id ``DUP`` to "t" through ``path``.
+
+    The batch and transaction paths carry a plain message too: it must share the refusal.
+    """
+    msg = AckMessage(message_id, ack_id=DUP)
+    if path == "publish":
+        broker.publish("t", msg)
+    elif path == "publish_with_ack":
+        broker.publish_with_ack("t", msg)
+    elif path == "publish_with_ack_ttl":
+        expires = broker.clock.now() + timedelta(seconds=60)
+        broker.publish_with_ack_ttl("t", AckTTLMessage(message_id, ack_id=DUP, expires_at=expires))
+    elif path == "publish_batch":
+        broker.publish_batch("t", [Message(f"{message_id}-plain"), msg])
+    elif path == "transaction":
+        with broker.transaction() as tx:
+            tx.publish("t", Message(f"{message_id}-plain"))
+            tx.publish("t", msg)
+    else:
+        assert path == "publish_with_transaction"
+        tx_id = f"tx-{message_id}"
+        broker.publish_with_transaction("t", Message(f"{message_id}-plain"), tx_id)
+        try:
+            broker.publish_with_transaction("t", msg, tx_id)
+        except mqkit.InvalidMessageError:
+            broker.rollback_transaction(tx_id)
+            raise
+        broker.commit_transaction(tx_id)
+
+
+PATHS = [
+    "publish",
+    "publish_with_ack",
+    "publish_with_ack_ttl",
+    "publish_batch",
+    "transaction",
+    "publish_with_transaction",
+]
+
+
+@pytest.fixture
+def dup_broker(make_broker) -> mqkit.Broker:
+    """Ack support, the DLQ, transactions and TTL; one retry (two deliveries at most)."""
+    return make_broker(
+        "ack", "deadletter", "transactions", "ttl", config=ACK_DLQ.replace(max_ack_retries=1)
+    )
+
+
+def hold_first(broker: mqkit.Broker, state: str) -> tuple[mqkit.Subscription, str]:
+    """Publish "first" with the ack id DUP and leave it ``state``; return its subscription."""
+    sub = broker.subscribe("t")
+    others = broker.subscribe("t") if state == "held elsewhere" else None
+    broker.publish_with_ack("t", AckMessage("first", ack_id=DUP))
+    if state in ("delivered", "requeued", "held elsewhere"):
+        assert sub.get_nowait().id == "first"
+    if state == "requeued":
+        sub.nack(DUP)  # back in the buffer, for attempt 2
+    if state == "held elsewhere":
+        sub.ack(DUP)  # settled here; ``others`` still has it buffered
+        assert others is not None
+        return others, "first"
+    return sub, "first"
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("state", ["buffered", "delivered", "requeued", "held elsewhere"])
+def test_an_explicit_ack_id_still_unsettled_is_refused_on_every_path(
+    dup_broker: mqkit.Broker, fake_clock: FakeClock, path: str, state: str
+) -> None:
+    broker = dup_broker
+    sub, first = hold_first(broker, state)
+    with pytest.raises(mqkit.InvalidMessageError, match=r"ack id 'dup'.*topic 't'"):
+        publish_dup(broker, path, "second")
+    got = drain(sub)
+    assert [m.id for m in got] == ([] if state in ("delivered",) else [first])
+    # The first one is still tracked: it is redelivered and dead-lettered as it should be.
+    sub.ack(DUP)
+    fake_clock.advance(TIMEOUT * 10)
+    assert drain(sub) == []
+    assert broker.dead_letters() == []
+    with pytest.raises(AckNotFoundError):
+        sub.ack(DUP)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_ack_id_settled_everywhere_may_be_used_again(dup_broker, path: str) -> None:
+    sub = dup_broker.subscribe("t")
+    dup_broker.publish_with_ack("t", AckMessage("first", ack_id=DUP))
+    sub.get_nowait()
+    sub.ack(DUP)
+    publish_dup(dup_broker, path, "again")
+    assert drain_ids(sub)[-1] == "again"
+
+
+def end_copy(broker: mqkit.Broker, clock: FakeClock, sub: mqkit.Subscription, how: str) -> None:
+    """End the copy of the DUP message that ``sub`` holds, ``how``."""
+    if how in ("ack", "nack", "deadline"):
+        sub.get_nowait()
+    if how == "ack":
+        sub.ack(DUP)
+    elif how == "nack":
+        sub.nack(DUP, requeue=False)
+    elif how == "deadline":
+        clock.advance(TIMEOUT)  # redelivered once
+        assert sub.get_nowait().attempt == 2
+        clock.advance(TIMEOUT)  # then dead-lettered
+    elif how == "cancel":
+        sub.cancel()
+    elif how == "evicted":
+        broker.publish("t", Message("newer"))  # buffer of one, DROP_OLDEST
+    elif how == "expired":
+        clock.advance(2)
+        assert drain(sub) == []  # withheld
+    else:
+        assert how == "nobody"
+
+
+ENDS = ["ack", "nack", "deadline", "cancel", "evicted", "expired", "nobody"]
+
+
+@pytest.mark.parametrize("how", ENDS)
+def test_an_ack_id_is_free_once_every_copy_has_ended(
+    dup_broker: mqkit.Broker, fake_clock: FakeClock, how: str
+) -> None:
+    broker = dup_broker
+    options = mqkit.SubOptions(buffer_size=1)
+    subs = [] if how == "nobody" else [broker.subscribe("t", options) for _ in range(2)]
+    expires = fake_clock.now() + timedelta(seconds=1 if how == "expired" else 1000)
+    broker.publish_with_ack_ttl("t", AckTTLMessage("first", ack_id=DUP, expires_at=expires))
+    for n, sub in enumerate(subs):
+        end_copy(broker, fake_clock, sub, how)
+        if how == "evicted":  # the newer message evicted it from both buffers at once
+            assert [drain_ids(s) for s in subs] == [["newer"], ["newer"]]
+            break
+        if n < len(subs) - 1 and how != "expired":  # the other copy is still unsettled
+            with pytest.raises(mqkit.InvalidMessageError, match="dup"):
+                broker.publish_with_ack("t", AckMessage("too-early", ack_id=DUP))
+    watcher = broker.subscribe("t")
+    broker.publish_with_ack("t", AckMessage("again", ack_id=DUP))
+    assert watcher.get_nowait().id == "again"
+
+
+def test_a_batch_repeating_an_explicit_ack_id_is_refused_whole(make_broker, tmp_path: Path) -> None:
+    config = ACK.replace(persistence_path=str(tmp_path))
+    broker = make_broker("ack", "persistence", config=config)
+    sub = broker.subscribe("t")
+    batch = [AckMessage("a", ack_id=DUP), Message("plain"), AckMessage("b", ack_id=DUP)]
+    with pytest.raises(mqkit.InvalidMessageError, match=r"ack id 'dup'.*topic 't'"):
+        broker.publish_batch("t", batch)
+    assert drain(sub) == []
+    assert broker.recover_messages("t") == []
+    broker.publish_batch("t", batch[:2])  # nothing was kept for the refused batch
+    assert drain_ids(sub) == ["a", "plain"]
+
+
+def test_a_transaction_repeating_an_explicit_ack_id_delivers_nothing(
+    make_broker, tmp_path: Path
+) -> None:
+    config = ACK.replace(persistence_path=str(tmp_path))
+    broker = make_broker("ack", "transactions", "persistence", config=config)
+    sub = broker.subscribe("t")
+    with pytest.raises(mqkit.InvalidMessageError, match="dup"), broker.transaction() as tx:
+        tx.publish("t", AckMessage("a", ack_id=DUP))
+        tx.publish("t", Message("plain"))
+        tx.publish("t", AckMessage("b", ack_id=DUP))
+    assert drain(sub) == []
+    assert broker.recover_messages("t") == []
+
+
+def test_a_transaction_holding_an_ack_id_published_meanwhile_commits_nothing(
+    dup_broker: mqkit.Broker,
+) -> None:
+    sub = dup_broker.subscribe("t")
+    dup_broker.publish_with_transaction("t", Message("plain"), "tx")
+    dup_broker.publish_with_transaction("t", AckMessage("held", ack_id=DUP), "tx")
+    dup_broker.publish_with_ack("t", AckMessage("direct", ack_id=DUP))
+    with pytest.raises(mqkit.InvalidMessageError, match="dup"):
+        dup_broker.commit_transaction("tx")
+    assert drain_ids(sub) == ["direct"]
+
+
+def test_a_publish_refused_later_on_keeps_no_ack_id(make_broker, tmp_path: Path) -> None:
+    # The store refuses the batch after the ack id was checked: the id must not stay taken.
+    config = ACK.replace(persistence_path=str(tmp_path))
+    broker = make_broker("ack", "persistence", config=config)
+    sub = broker.subscribe("t")
+    with pytest.raises(mqkit.SerializationError):
+        broker.publish_batch("t", [AckMessage("a", ack_id=DUP), Message("bad", object())])
+    broker.publish_with_ack("t", AckMessage("a", ack_id=DUP))
+    assert drain_ids(sub) == ["a"]
+
+
+def test_concurrent_publishes_of_one_explicit_ack_id_let_exactly_one_in(make_broker) -> None:
+    broker = make_broker("ack", config=ACK)
+    sub = broker.subscribe("t")
+    threads = 6
+    for round_ in range(40):
+        gate = threading.Barrier(threads)
+        outcomes: list[str] = []
+
+        def publish(
+            n: int,
+            round_: int = round_,
+            gate: threading.Barrier = gate,
+            outcomes: list[str] = outcomes,
+        ) -> None:
+            gate.wait(timeout=10)
+            try:
+                broker.publish_with_ack("t", AckMessage(f"{round_}-{n}", ack_id=DUP))
+            except mqkit.InvalidMessageError:
+                outcomes.append("refused")
+            else:
+                outcomes.append("published")
+
+        workers = [threading.Thread(target=publish, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=10)
+        assert sorted(outcomes) == ["published"] + ["refused"] * (threads - 1)
+        assert len(drain(sub)) == 1
+        sub.ack(DUP)
+
+
+RESTART_CHILD = """
+import sys
+import mqkit
+
+path, step = sys.argv[1], sys.argv[2]
+config = mqkit.Config(
+    enable_persistence=True, persistence_path=path, enable_ack_support=True,
+    default_ack_timeout=0.2, max_ack_retries=5,
+)
+with mqkit.Broker(config) as broker:
+    if step == "before":  # a job nobody has received yet: stored until acked
+        broker.publish_with_ack("jobs", mqkit.AckMessage("job"))
+    else:
+        sub = broker.subscribe("jobs")
+        assert broker.replay_messages("jobs") == 1
+        broker.publish_with_ack("jobs", mqkit.AckMessage("job"))  # the same id, published again
+        replayed, new = sub.get(timeout=10), sub.get(timeout=10)
+        print(replayed.ack_id, new.ack_id, flush=True)
+        sub.ack(new.ack_id)
+        again = sub.get(timeout=10)  # the replayed one is still pending: it comes back
+        print(again.ack_id, again.attempt, flush=True)
+        sub.ack(again.ack_id)
+"""
+
+
+def test_generated_ack_ids_never_repeat_across_a_restart(tmp_path: Path) -> None:
+    def run(step: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", RESTART_CHILD, str(tmp_path / "store"), step],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run("before") == []
+    replayed, new, again, attempt = run("after")
+    assert replayed != new
+    assert (again, attempt) == (replayed, "2")
+
+
+@pytest.mark.parametrize("ack_id", ["", DUP])
+def test_replaying_a_message_whose_ack_id_is_unsettled_is_refused(
+    make_broker, tmp_path: Path, ack_id: str
+) -> None:
+    config = ACK.replace(persistence_path=str(tmp_path))
+    broker = make_broker("ack", "persistence", config=config)
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("plain"))
+    broker.publish_with_ack("t", AckMessage("job", ack_id=ack_id))
+    with pytest.raises(mqkit.InvalidMessageError, match="topic 't'"):
+        broker.replay_messages("t")
+    first, job = sub.get_nowait(), sub.get_nowait()
+    assert [first.id, job.id] == ["plain", "job"]
+    assert drain(sub) == []  # nothing of the replay was delivered
+    sub.ack(job.ack_id)
+    assert broker.replay_messages("t") == 1  # settled (and removed from the store)
+    assert drain_ids(sub) == ["plain"]
+
+
+def test_a_priority_buffer_refusing_the_new_copy_does_not_free_the_id_held_elsewhere(
+    make_broker, hook_recorder
+) -> None:
+    # Under DROP_OLDEST a full priority buffer drops the incoming message when it ranks lowest
+    # (reported as drop_oldest): that copy never entered, the other subscription's still counts.
+    broker = make_broker("ack", "priority", config=ACK, objects=[hook_recorder])
+    full = broker.subscribe("t", mqkit.SubOptions(buffer_size=1))
+    broker.publish("t", mqkit.PriorityMessage("urgent", priority=mqkit.Priority.HIGHEST))
+    holder = broker.subscribe("t")
+    broker.publish_with_ack("t", AckMessage("job", ack_id=DUP))
+    assert [c.message.id for c in hook_recorder.of("mqkit_drop")] == ["job"]
+    with pytest.raises(mqkit.InvalidMessageError, match="dup"):
+        broker.publish_with_ack("t", AckMessage("job-2", ack_id=DUP))
+    assert drain_ids(full) == ["urgent"]
+    assert drain_ids(holder) == ["job"]
+    holder.ack(DUP)
+    broker.publish_with_ack("t", AckMessage("job-3", ack_id=DUP))
+    assert drain_ids(holder) == ["job-3"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 
 import mqkit
@@ -288,3 +291,162 @@ def test_message_over_the_memory_limit_is_not_held(make_broker) -> None:
     assert broker.memory_usage() == held
     broker.commit_transaction("tx")
     assert drain_ids(sub) == ["small"]
+
+
+# -- a timeout in the middle of a block (issue 13, point 9) ----------------------------------------
+
+
+class _TimeoutDuring:
+    """A real plugin whose ``mqkit_publish`` lets the transaction timeout fire while the
+    message with id ``at`` is being held (between the caller's checks and the hold itself)."""
+
+    def __init__(self, clock: FakeClock, at: str) -> None:
+        self.clock = clock
+        self.at = at
+
+    @mqkit.hookimpl
+    def mqkit_publish(self, message: Message) -> None:
+        if message.id == self.at:
+            self.clock.advance(TX_TIMEOUT)
+
+
+def _publish_into(broker: mqkit.Broker, via: str, tx: mqkit.Transaction, msg: Message) -> None:
+    if via == "tx":
+        tx.publish("t", msg)
+    else:
+        broker.publish_with_transaction("t", msg, tx.id)
+
+
+@pytest.mark.parametrize("via", ["tx", "publish_with_transaction"])
+def test_a_timeout_between_two_publishes_ends_the_block_with_nothing_delivered(
+    broker: mqkit.Broker, fake_clock: FakeClock, via: str
+) -> None:
+    sub = broker.subscribe("t")
+    with pytest.raises(mqkit.TransactionTimeoutError) as caught, broker.transaction() as tx:
+        _publish_into(broker, via, tx, Message("a"))
+        fake_clock.advance(TX_TIMEOUT)
+        with pytest.raises(mqkit.TransactionTimeoutError, match="timed out after 10 s"):
+            _publish_into(broker, via, tx, Message("b"))
+        _publish_into(broker, via, tx, Message("c"))  # still refused: the block exits with it
+    assert tx.id in str(caught.value)
+    assert drain(sub) == []
+    assert broker.get_plugin("transactions").open_count() == (0, 0)
+
+
+@pytest.mark.parametrize("via", ["tx", "publish_with_transaction"])
+def test_a_timeout_firing_inside_a_publish_is_not_reopened(
+    make_broker, fake_clock: FakeClock, via: str
+) -> None:
+    # The timeout fires after the publish's own checks, before the message is held: the
+    # publish must not begin a new transaction under the timed-out id (2 of 3 delivered).
+    broker = make_broker("transactions", config=TX, objects=[_TimeoutDuring(fake_clock, "b")])
+    sub = broker.subscribe("t")
+    with pytest.raises(mqkit.TransactionTimeoutError), broker.transaction() as tx:
+        _publish_into(broker, via, tx, Message("a"))
+        with pytest.raises(mqkit.TransactionTimeoutError):
+            _publish_into(broker, via, tx, Message("b"))
+        _publish_into(broker, via, tx, Message("c"))
+    assert drain(sub) == []
+    assert broker.get_plugin("transactions").open_count() == (0, 0)
+
+
+def test_a_block_timing_out_inside_a_publish_stores_nothing(
+    make_broker, fake_clock: FakeClock, tmp_path
+) -> None:
+    config = TX.replace(persistence_path=str(tmp_path))
+    broker = make_broker(
+        "transactions", "persistence", config=config, objects=[_TimeoutDuring(fake_clock, "b")]
+    )
+    with pytest.raises(mqkit.TransactionTimeoutError), broker.transaction() as tx:
+        for name in "abc":
+            with contextlib.suppress(mqkit.TransactionTimeoutError):
+                tx.publish("t", Message(name))
+    assert broker.recover_messages("t") == []
+
+
+def test_a_timeout_firing_inside_a_commit_loses_to_the_commit(
+    make_broker, fake_clock: FakeClock
+) -> None:
+    class TimeoutDuringCommit:
+        @mqkit.hookimpl
+        def mqkit_accept(self) -> None:
+            fake_clock.advance(TX_TIMEOUT)
+
+    broker = make_broker("transactions", config=TX, objects=[TimeoutDuringCommit()])
+    sub = broker.subscribe("t")
+    with broker.transaction() as tx:
+        for name in "abc":
+            tx.publish("t", Message(name))
+    assert drain_ids(sub) == ["a", "b", "c"]
+
+
+def test_a_timed_out_id_is_refused_until_its_end_is_reported(
+    broker: mqkit.Broker, fake_clock: FakeClock
+) -> None:
+    sub = broker.subscribe("t")
+    broker.publish_with_transaction("t", Message("a"), "tx")
+    fake_clock.advance(TX_TIMEOUT)
+    for _ in range(2):
+        with pytest.raises(mqkit.TransactionTimeoutError, match="tx \\(timed out after 10 s\\)"):
+            broker.publish_with_transaction("t", Message("b"), "tx")
+    with pytest.raises(mqkit.TransactionTimeoutError):
+        broker.rollback_transaction("tx")  # the caller has now been told: the id is free again
+    broker.publish_with_transaction("t", Message("again"), "tx")
+    broker.commit_transaction("tx")
+    assert drain_ids(sub) == ["again"]
+
+
+def test_a_timed_out_id_is_forgotten_after_a_while(
+    broker: mqkit.Broker, fake_clock: FakeClock
+) -> None:
+    plugin = broker.get_plugin("transactions")
+    sub = broker.subscribe("t")
+    for n in range(50):  # one timed-out transaction per second: the memory of them stays bounded
+        broker.publish_with_transaction("t", Message("a"), f"tx-{n}")
+        fake_clock.advance(1)
+    fake_clock.advance(TX_TIMEOUT)
+    assert 0 < plugin.timed_out_count() <= 50
+    fake_clock.advance(max(TX_TIMEOUT, 60))
+    assert plugin.timed_out_count() == 0
+    broker.publish_with_transaction("t", Message("new"), "tx-0")  # a new transaction
+    broker.commit_transaction("tx-0")
+    assert drain_ids(sub) == ["new"]
+
+
+def test_with_blocks_racing_their_timeout_deliver_all_or_nothing() -> None:
+    # Real clock and timer thread: the timeout lands anywhere in the blocks, also between the
+    # three publishes and inside commit. Each block delivers its three messages or none.
+    blocks, threads = 250, 2
+    cfg = Config(enable_transactions=True, transaction_timeout=0.0005)
+    results: list[tuple[str, str]] = []  # (block id, "committed" or "timed out")
+    lock = threading.Lock()
+    with mqkit.Broker(cfg) as broker:
+        sub = broker.subscribe("t", mqkit.SubOptions(buffer_size=blocks * threads * 3 + 1))
+
+        def work(worker: int) -> None:
+            for n in range(blocks):
+                block = f"{worker}-{n}"
+                try:
+                    with broker.transaction() as tx:
+                        for part in range(3):
+                            tx.publish("t", Message(f"{block}/{part}"))
+                except mqkit.TransactionTimeoutError:
+                    outcome = "timed out"
+                else:
+                    outcome = "committed"
+                with lock:
+                    results.append((block, outcome))
+
+        workers = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60)
+        assert not any(w.is_alive() for w in workers)
+        got: dict[str, list[str]] = {}
+        for m in drain(sub):
+            block, part = m.id.split("/")
+            got.setdefault(block, []).append(part)
+    assert len(results) == blocks * threads
+    for block, outcome in results:
+        assert got.get(block, []) == (["0", "1", "2"] if outcome == "committed" else []), block
