@@ -1,0 +1,360 @@
+"""Persistent MQTT sessions survive a SIGKILL of the broker process (issue 13, point 5).
+
+A child process runs a broker with persistence and the MQTT gateway; the tests talk to it
+with real clients (paho-mqtt, the raw socket client), kill it with SIGKILL and start a new one
+on the same directory. What a persistent session holds - its subscriptions, its expiry, the
+QoS 1/2 messages queued for it and those in flight to it - must be on disk as soon as it
+changes: every message PUBACKed/PUBRECed to its publisher comes back after the restart, and
+nothing the subscriber acknowledged does. Synchronisation is by the protocol alone (an ack,
+a PINGRESP, a CONNACK); nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties as PahoProperties
+
+from mqkit.protocols.mqtt import codec
+
+from .helpers import TIMEOUT, Paho, Raw
+
+ROOT = Path(__file__).resolve().parents[3]
+COUNT = 20
+
+CHILD = """
+import sys
+from datetime import UTC, datetime, timedelta
+
+import mqkit
+
+path, shift = sys.argv[1], float(sys.argv[2])
+
+
+class Shifted(mqkit.Clock):
+    # The real clock moved ``shift`` seconds on: a restart "later" without waiting.
+    def now(self):
+        return datetime.now(UTC) + timedelta(seconds=shift)
+
+    def time(self):
+        return self.now().timestamp()
+
+
+config = mqkit.Config(
+    enable_persistence=True,
+    persistence_path=path,
+    enable_mqtt=True,
+    mqtt_port=0,
+    mqtt_tls_port=0,
+)
+broker = mqkit.Broker(config, clock=Shifted())
+host, port = broker.start_mqtt_server()
+sys.stdout.write(f"{port}\\n")
+sys.stdout.flush()
+sys.stdin.readline()  # serve until killed
+"""
+
+
+@attrs.define
+class Address:
+    """Where a child broker listens (what ``Paho`` and ``Raw`` need of a server)."""
+
+    host: str
+    port: int
+
+    @property
+    def pair(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
+class Child:
+    """A broker in a child process on ``store``; ``kill()`` sends SIGKILL."""
+
+    def __init__(self, script: Path, store: Path, shift: float = 0.0) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.pop("MQKIT_AUTOLOAD_PLUGINS", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(store), str(shift)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=TIMEOUT)
+            assert self.proc.stderr is not None
+            pytest.fail(f"the broker did not start: {self.proc.stderr.read()}")
+        self.address = Address("127.0.0.1", int(line))
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        _, errors = self.proc.communicate(timeout=TIMEOUT)
+        assert self.proc.returncode == -signal.SIGKILL, errors  # it was running: killed
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[Any]:
+    """``brokers(shift=0.0)`` starts a child broker on the test's store directory."""
+    script = tmp_path / "broker.py"
+    script.write_text(CHILD)
+    store = tmp_path / "store"
+    started: list[Child] = []
+
+    def start(shift: float = 0.0) -> Child:
+        child = Child(script, store, shift)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[Any]:
+    """``clients(address, client_id, **kw)``: a ``Paho`` client, closed after the test."""
+    made: list[Paho] = []
+
+    def make(address: Address, client_id: str, **kw: Any) -> Paho:
+        client = Paho(address, client_id, **kw)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def session_kw(version: int, expiry: int = 3600) -> dict[str, Any]:
+    """Connect arguments of a persistent session (v5: a Session Expiry Interval)."""
+    if version != 5:
+        return {}
+    props = PahoProperties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = expiry
+    return {"properties": props}
+
+
+def raw_connect(raw: Raw, client_id: str, version: int) -> codec.ConnAck:
+    props = codec.Properties(session_expiry_interval=3600) if version == 5 else codec.NO_PROPERTIES
+    return raw.connect(client_id, clean_start=False, properties=props)
+
+
+def ping(raw: Raw) -> None:
+    """Wait until the server handled everything sent before (one connection is in order)."""
+    raw.send(codec.PingReq().encode(raw.version))
+    assert isinstance(raw.packet(), codec.PingResp)
+
+
+def nothing_more(client: Paho, publisher: Paho, topic: str) -> None:
+    """A message published now is the next ``client`` receives: nothing else was queued."""
+    publisher.publish(topic, b"sentinel", 1)
+    got = client.get()
+    assert (got.topic, got.payload) == (topic, b"sentinel")
+
+
+@pytest.mark.parametrize("pub_version", [4, 5], ids=["pub311", "pub5"])
+@pytest.mark.parametrize("qos", [1, 2])
+def test_messages_acked_to_the_publisher_while_offline_survive_sigkill(
+    brokers: Any, clients: Any, qos: int, pub_version: int
+) -> None:
+    child = brokers()
+    versions = (5, 4)
+    for version in versions:
+        sub = clients(
+            child.address, f"durable-{version}", version=version, clean=False, **session_kw(version)
+        )
+        assert [getattr(g, "value", g) for g in sub.subscribe("orders/#", qos)] == [qos]
+        sub.close()  # DISCONNECT: the session stays, offline
+    pub = clients(child.address, "pub", version=pub_version)
+    for i in range(COUNT):
+        reason = pub.publish(f"orders/{i}", f"order {i}".encode(), qos)
+        assert reason is None or not reason.is_failure  # PUBACKed / PUBCOMPed
+    pub.close()
+    child.kill()
+
+    child = brokers()
+    pub = clients(child.address, "pub-after", version=pub_version)
+    expected = [(f"orders/{i}", f"order {i}".encode(), qos) for i in range(COUNT)]
+    for version in versions:
+        back = clients(
+            child.address, f"durable-{version}", version=version, clean=False, **session_kw(version)
+        )
+        assert back.connack is not None and back.connack[0].session_present, version
+        got = [back.get() for _ in range(COUNT)]
+        assert [(m.topic, m.payload, m.qos) for m in got] == expected, version
+        nothing_more(back, pub, "orders/end")  # the subscription came back too, no duplicate
+
+
+def test_messages_the_subscriber_acknowledged_stay_gone_after_sigkill(
+    brokers: Any, clients: Any
+) -> None:
+    child = brokers()
+    sub = clients(child.address, "durable", version=5, clean=False, **session_kw(5))
+    sub.subscribe("orders/#", 1)
+    sub.close()
+    pub = clients(child.address, "pub")
+    for i in range(COUNT):
+        pub.publish(f"orders/{i}", f"order {i}".encode(), 1)
+    pub.close()
+    child.kill()
+
+    child = brokers()
+    back = clients(child.address, "durable", version=5, clean=False, **session_kw(5))
+    assert [back.get().payload for _ in range(COUNT)] == [
+        f"order {i}".encode() for i in range(COUNT)
+    ]
+    # paho PUBACKs each message as it arrives; a publish of its own on the same connection,
+    # once PUBACKed, shows the server handled those PUBACKs before it.
+    back.publish("elsewhere", b"sync", 1)
+    back.close()
+    child.kill()
+
+    child = brokers()
+    pub = clients(child.address, "pub-after")
+    back = clients(child.address, "durable", version=5, clean=False, **session_kw(5))
+    assert back.connack is not None and back.connack[0].session_present
+    nothing_more(back, pub, "orders/end")
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+@pytest.mark.parametrize("qos", [1, 2])
+def test_in_flight_messages_are_resent_with_dup_after_sigkill(
+    brokers: Any, clients: Any, version: int, qos: int
+) -> None:
+    child = brokers()
+    raw = Raw(child.address.pair, version)
+    try:
+        assert not raw_connect(raw, "inflight", version).session_present
+        req = codec.SubscriptionRequest(topic_filter="jobs/#", qos=qos)
+        raw.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode(version))
+        assert isinstance(raw.packet(), codec.SubAck)
+        pub = clients(child.address, "pub")
+        sent: list[codec.Publish] = []
+        for i in range(3):
+            pub.publish(f"jobs/{i}", f"job {i}".encode(), qos)
+            packet = raw.packet()
+            assert isinstance(packet, codec.Publish) and not packet.dup
+            sent.append(packet)
+        if qos == 2:  # the first one's PUBREC: the server released it and waits for PUBCOMP
+            raw.send(codec.PubRec(packet_id=sent[0].packet_id).encode(version))
+            rel = raw.packet()
+            assert isinstance(rel, codec.PubRel) and rel.packet_id == sent[0].packet_id
+        pub.close()
+        child.kill()  # none of the three completed
+    finally:
+        raw.close()
+
+    child = brokers()
+    with Raw(child.address.pair, version) as raw:
+        assert raw_connect(raw, "inflight", version).session_present
+        again = [raw.packet() for _ in range(3)]
+        if qos == 2:
+            rel = again.pop(0)
+            assert isinstance(rel, codec.PubRel) and rel.packet_id == sent[0].packet_id
+            expected = sent[1:]
+        else:
+            expected = sent
+        for packet, first in zip(again, expected, strict=True):
+            assert isinstance(packet, codec.Publish)
+            assert packet.dup, packet
+            assert (packet.packet_id, packet.topic, packet.payload, packet.qos) == (
+                first.packet_id,
+                first.topic,
+                first.payload,
+                qos,
+            )
+        # Complete every flow, then make sure the server handled it before the next kill.
+        if qos == 1:
+            for packet in sent:
+                raw.send(codec.PubAck(packet_id=packet.packet_id).encode(version))
+        else:
+            raw.send(codec.PubComp(packet_id=sent[0].packet_id).encode(version))
+            for packet in sent[1:]:
+                raw.send(codec.PubRec(packet_id=packet.packet_id).encode(version))
+                rel = raw.packet()
+                assert isinstance(rel, codec.PubRel)
+                raw.send(codec.PubComp(packet_id=packet.packet_id).encode(version))
+        ping(raw)
+    child.kill()
+
+    child = brokers()
+    with Raw(child.address.pair, version) as raw:
+        assert raw_connect(raw, "inflight", version).session_present
+        pub = clients(child.address, "pub-after")
+        pub.publish("jobs/end", b"sentinel", 1)
+        packet = raw.packet()  # not one of the completed three
+        assert isinstance(packet, codec.Publish)
+        assert (packet.topic, packet.payload, packet.dup) == ("jobs/end", b"sentinel", False)
+
+
+def test_session_expiry_counts_from_the_stored_disconnect_time(brokers: Any, clients: Any) -> None:
+    child = brokers()
+    expiries = {"short": 600, "long": 3600}
+    for client_id, expiry in expiries.items():
+        sub = clients(child.address, client_id, version=5, clean=False, **session_kw(5, expiry))
+        sub.subscribe("news", 1)
+        sub.close()
+    # A session still connected when the broker dies: its expiry counts from the restart.
+    online = clients(
+        child.address, "online", version=5, clean=False, reconnect=False, **session_kw(5, 600)
+    )
+    online.subscribe("news", 1)
+    pub = clients(child.address, "pub")
+    pub.publish("news", b"kept for the long one", 1)
+    assert online.get().payload == b"kept for the long one"
+    online.publish("elsewhere", b"sync", 1)  # PUBACKed: the server handled online's PUBACK
+    pub.close()
+    child.kill()
+    online.close()
+
+    child = brokers(shift=1200.0)  # 20 minutes later: "short" expired while the broker was down
+    short = clients(child.address, "short", version=5, clean=False, **session_kw(5, 600))
+    assert short.connack is not None and not short.connack[0].session_present
+    long = clients(child.address, "long", version=5, clean=False, **session_kw(5, 3600))
+    assert long.connack is not None and long.connack[0].session_present
+    assert long.get().payload == b"kept for the long one"
+    again = clients(child.address, "online", version=5, clean=False, **session_kw(5, 600))
+    assert again.connack is not None and again.connack[0].session_present
+    pub = clients(child.address, "pub-after")
+    short.subscribe("news", 1)
+    nothing_more(short, pub, "news")
+    assert again.get().payload == b"sentinel"  # online's message was PUBACKed before the kill
+    assert long.get().payload == b"sentinel"
+
+
+def test_subscriptions_made_and_removed_are_written_at_once(brokers: Any, clients: Any) -> None:
+    child = brokers()
+    sub = clients(child.address, "changing", version=4, clean=False)
+    sub.subscribe("a/#", 1)
+    sub.subscribe("b/#", 2)
+    sub.subscribe("c/#", 1)
+    sub.unsubscribe("b/#")
+    sub.close()
+    child.kill()
+
+    child = brokers()
+    back = clients(child.address, "changing", version=4, clean=False)
+    assert back.connack is not None and back.connack[0].session_present
+    pub = clients(child.address, "pub")
+    for topic in ("b/x", "a/x", "c/x"):
+        pub.publish(topic, topic.encode(), 2)
+    got = [back.get(), back.get()]
+    assert [(m.topic, m.qos) for m in got] == [("a/x", 1), ("c/x", 1)]
+    nothing_more(back, pub, "a/end")
