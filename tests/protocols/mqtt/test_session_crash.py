@@ -11,6 +11,7 @@ a PINGRESP, a CONNACK); nothing sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,12 +33,13 @@ ROOT = Path(__file__).resolve().parents[3]
 COUNT = 20
 
 CHILD = """
+import json
 import sys
 from datetime import UTC, datetime, timedelta
 
 import mqkit
 
-path, shift = sys.argv[1], float(sys.argv[2])
+path, shift, extra = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
 
 
 class Shifted(mqkit.Clock):
@@ -55,6 +57,7 @@ config = mqkit.Config(
     enable_mqtt=True,
     mqtt_port=0,
     mqtt_tls_port=0,
+    **extra,
 )
 broker = mqkit.Broker(config, clock=Shifted())
 host, port = broker.start_mqtt_server()
@@ -79,12 +82,12 @@ class Address:
 class Child:
     """A broker in a child process on ``store``; ``kill()`` sends SIGKILL."""
 
-    def __init__(self, script: Path, store: Path, shift: float = 0.0) -> None:
+    def __init__(self, script: Path, store: Path, shift: float, config: dict[str, Any]) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.pop("MQKIT_AUTOLOAD_PLUGINS", None)
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(store), str(shift)],
+            [sys.executable, str(script), str(store), str(shift), json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -111,14 +114,14 @@ class Child:
 
 @pytest.fixture
 def brokers(tmp_path: Path) -> Iterator[Any]:
-    """``brokers(shift=0.0)`` starts a child broker on the test's store directory."""
+    """``brokers(shift=0.0, **config)`` starts a child broker on the test's store directory."""
     script = tmp_path / "broker.py"
     script.write_text(CHILD)
     store = tmp_path / "store"
     started: list[Child] = []
 
-    def start(shift: float = 0.0) -> Child:
-        child = Child(script, store, shift)
+    def start(shift: float = 0.0, **config: Any) -> Child:
+        child = Child(script, store, shift, config)
         started.append(child)
         return child
 
@@ -192,14 +195,21 @@ def test_messages_acked_to_the_publisher_while_offline_survive_sigkill(
     child = brokers()
     pub = clients(child.address, "pub-after", version=pub_version)
     expected = [(f"orders/{i}", f"order {i}".encode(), qos) for i in range(COUNT)]
+    back = {}
     for version in versions:
-        back = clients(
+        back[version] = clients(
             child.address, f"durable-{version}", version=version, clean=False, **session_kw(version)
         )
-        assert back.connack is not None and back.connack[0].session_present, version
-        got = [back.get() for _ in range(COUNT)]
+        connack = back[version].connack
+        assert connack is not None and connack[0].session_present, version
+    for version in versions:
+        got = [back[version].get() for _ in range(COUNT)]
         assert [(m.topic, m.payload, m.qos) for m in got] == expected, version
-        nothing_more(back, pub, "orders/end")  # the subscription came back too, no duplicate
+    # The subscription came back too, and nothing comes twice: what is published now is next.
+    pub.publish("orders/end", b"sentinel", qos)
+    for version in versions:
+        got = back[version].get()
+        assert (got.topic, got.payload) == ("orders/end", b"sentinel"), version
 
 
 def test_messages_the_subscriber_acknowledged_stay_gone_after_sigkill(
@@ -358,3 +368,56 @@ def test_subscriptions_made_and_removed_are_written_at_once(brokers: Any, client
     got = [back.get(), back.get()]
     assert [(m.topic, m.qos) for m in got] == [("a/x", 1), ("c/x", 1)]
     nothing_more(back, pub, "a/end")
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    # The session holds the first message (its pump was waiting for one when it went offline)
+    # and the buffer's 5, under the policy.
+    [("drop_oldest", [0, *range(COUNT - 5, COUNT)]), ("drop_newest", list(range(6)))],
+)
+def test_messages_the_subscription_dropped_do_not_come_back(
+    brokers: Any, clients: Any, policy: str, kept: list[int]
+) -> None:
+    config = {"mqtt_max_queued_messages": 5, "mqtt_backpressure": policy}
+    child = brokers(**config)
+    with Raw(child.address.pair, 4) as raw:
+        raw_connect(raw, "bounded", 4)
+        req = codec.SubscriptionRequest(topic_filter="orders/#", qos=1)
+        raw.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode(4))
+        assert isinstance(raw.packet(), codec.SubAck)
+        raw.send(codec.Disconnect().encode(4))
+        assert raw.closed()  # the server closed it: the session is offline, its buffer fills
+    pub = clients(child.address, "pub")
+    for i in range(COUNT):
+        pub.publish(f"orders/{i}", f"order {i}".encode(), 1)
+    pub.close()
+    child.kill()
+
+    child = brokers(**config)
+    back = clients(child.address, "bounded", version=4, clean=False)
+    assert back.connack is not None and back.connack[0].session_present
+    assert [back.get().payload for _ in kept] == [f"order {i}".encode() for i in kept]
+    nothing_more(back, clients(child.address, "pub-after"), "orders/end")
+
+
+def test_a_message_that_expired_while_the_broker_was_down_is_not_sent(
+    brokers: Any, clients: Any
+) -> None:
+    child = brokers()
+    sub = clients(child.address, "durable", version=5, clean=False, **session_kw(5))
+    sub.subscribe("news", 1)
+    sub.close()
+    pub = clients(child.address, "pub")
+    short = PahoProperties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 60
+    pub.publish("news", b"stale soon", 1, properties=short)
+    pub.publish("news", b"still good", 1)
+    pub.close()
+    child.kill()
+
+    child = brokers(shift=120.0)  # two minutes later: the first one expired
+    back = clients(child.address, "durable", version=5, clean=False, **session_kw(5))
+    assert back.connack is not None and back.connack[0].session_present
+    assert back.get().payload == b"still good"
+    nothing_more(back, clients(child.address, "pub-after"), "news")
