@@ -273,6 +273,8 @@ class Server:
         for session, ssub in list(group.members.items()):
             if session.subs.get(ssub.topic_filter) is ssub:
                 session.remove_sub(ssub.topic_filter)
+                if not self.closing:
+                    self.write_session(session)
 
     def broker_closed_sub(self, sub_id: int) -> None:
         """The broker closed subscription ``sub_id`` (loop thread; via ``mqkit_unsubscribe``)."""
@@ -292,6 +294,7 @@ class Server:
         session.remove_sub(ssub.topic_filter)
         if self.closing:
             return
+        self.write_session(session)
         conn = session.conn
         if conn is not None:
             conn.fail(Reason.QUOTA_EXCEEDED, "subscriber too slow: its subscription was closed")
@@ -332,8 +335,10 @@ class Server:
         store = self.session_store
         if store is None:
             return
+        if session.ended:  # end_session deleted it (or, at shutdown, it stays as saved)
+            return
         key = ("s", session.client_id)
-        if session.expiry == 0 or session.ended:
+        if session.expiry == 0:
             if session.stored:
                 session.stored = False
                 store.delete(key)

@@ -448,7 +448,8 @@ class Session:
 
     def _settle(self, message: Message, ssub: SessionSub | None) -> None:
         """The message is done: out of the store; the ack plugin hears of an ack-required one."""
-        _forget(message, ssub)
+        if ssub is not None and ssub.journal is not None:
+            ssub.journal.forget(message)
         ack_id = getattr(message, "ack_id", "")
         if ack_id and ssub is not None and self.server.acks:
             with contextlib.suppress(MQError):
