@@ -311,7 +311,9 @@ class Server:
             del self.sessions[session.client_id]
         if self.session_store is not None and session.stored:
             session.stored = False
-            self.session_store.delete(("s", session.client_id))
+            client_id = session.client_id
+            pids = [("p", client_id, pid) for pid in session.incoming_qos2]
+            self.session_store.delete(("s", client_id), *pids)
 
     def schedule_expiry(self, session: Session) -> None:
         """A persistent session went offline: end it when its expiry interval runs out."""
@@ -355,6 +357,20 @@ class Server:
         store.put(key, json.dumps(record))
         session.stored = True
 
+    def write_incoming(self, session: Session, packet_id: int, held: bool) -> None:
+        """Write (``held``) or delete a QoS 2 publication's packet id (PUBREC to PUBREL).
+
+        Kept for a persistent session's client, so a PUBLISH it resends after a crash is
+        acknowledged without being published again.
+        """
+        store = self.session_store
+        if store is not None and session.expiry:
+            key = ("p", session.client_id, packet_id)
+            if held:
+                store.put(key, "")
+            else:
+                store.delete(key)
+
     def save_sessions(self) -> None:
         """At a clean close: every persistent session's record and shared group's buffer.
 
@@ -379,8 +395,9 @@ class Server:
         now = self.now().timestamp()
         groups: dict[str, list[Message]] = {}
         records: list[dict[str, Any]] = []
-        # client id -> seq -> stored text, of queued messages ("q") and in-flight states ("i")
-        stored: dict[str, dict[str, dict[int, Any]]] = {"q": {}, "i": {}}
+        # client id -> seq -> stored text, of queued messages ("q") and in-flight states ("i");
+        # client id -> packet id -> "", of QoS 2 publications received from the client ("p")
+        stored: dict[str, dict[str, dict[int, Any]]] = {"q": {}, "i": {}, "p": {}}
         for key in list(store.iterkeys()):
             if not isinstance(key, tuple):
                 continue
@@ -406,7 +423,11 @@ class Server:
             try:
                 client_id = str(record["client_id"])
                 self._load_session(
-                    record, now, stored["q"].pop(client_id, {}), stored["i"].pop(client_id, {})
+                    record,
+                    now,
+                    stored["q"].pop(client_id, {}),
+                    stored["i"].pop(client_id, {}),
+                    stored["p"].pop(client_id, {}),
                 )
             except Exception as exc:
                 log.error("mqtt: skipped unreadable stored session %r: %s", record, exc)
@@ -426,6 +447,7 @@ class Server:
         now: float,
         queued: dict[int, Any],
         flights: dict[int, Any],
+        received: dict[int, Any],
     ) -> None:
         """Restore one session: its subscriptions, then its messages in the order queued."""
         store = self.session_store
@@ -440,6 +462,7 @@ class Server:
                 ("s", client_id),
                 *[("q", client_id, seq) for seq in queued],
                 *[("i", client_id, seq) for seq in flights],
+                *[("p", client_id, pid) for pid in received],
             )
             return
         session = Session(self, client_id)
@@ -447,6 +470,7 @@ class Server:
         session.version = 5
         session.disconnected_at = since
         session.stored = True
+        session.incoming_qos2.update(received)
         self.sessions[session.client_id] = session
         for topic_filter, qos, no_local, rap, identifier in record["subs"]:
             ssub = self.make_sub(session, topic_filter)
@@ -781,6 +805,8 @@ class Connection(asyncio.Protocol):
         elif isinstance(packet, codec.PubRel):
             known = packet.packet_id in session.incoming_qos2
             session.incoming_qos2.discard(packet.packet_id)
+            if known:
+                self.server.write_incoming(session, packet.packet_id, False)
             reason = 0 if known else Reason.PACKET_IDENTIFIER_NOT_FOUND
             self.write(
                 codec.PubComp(packet_id=packet.packet_id, reason_code=reason).encode(self.version)
@@ -1080,6 +1106,7 @@ class Connection(asyncio.Protocol):
             return
         if code < 0x80 and self.session is not None:
             self.session.incoming_qos2.add(pid)
+            self.server.write_incoming(self.session, pid, True)  # before the PUBREC
         self.write(PubRec(packet_id=pid, reason_code=code).encode(self.version))
 
     # -- SUBSCRIBE / UNSUBSCRIBE / DISCONNECT ----------------------------------------------------

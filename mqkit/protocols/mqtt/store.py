@@ -15,6 +15,8 @@ WAL mode: a write that returned survives a SIGKILL of the process). Every key is
 ``("i", client_id, seq)``       the in-flight state of message ``seq``: ``[packet id, qos,
                                 retain, [subscription ids], released]`` (written before the
                                 PUBLISH, and again before the PUBREL)
+``("p", client_id, pid)``       packet id ``pid`` of a QoS 2 publication from the client,
+                                between its PUBREC (written before it) and PUBREL (deleted)
 ``("r", topic)``                a retained message (written as it changes)
 ``("g", key)``                  a shared subscription's buffer (written at a clean close)
 ==============================  ==============================================================

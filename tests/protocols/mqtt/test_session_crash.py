@@ -165,9 +165,9 @@ def ping(raw: Raw) -> None:
     assert isinstance(raw.packet(), codec.PingResp)
 
 
-def nothing_more(client: Paho, publisher: Paho, topic: str) -> None:
+def nothing_more(client: Paho, publisher: Paho, topic: str, qos: int = 1) -> None:
     """A message published now is the next ``client`` receives: nothing else was queued."""
-    publisher.publish(topic, b"sentinel", 1)
+    publisher.publish(topic, b"sentinel", qos)
     got = client.get()
     assert (got.topic, got.payload) == (topic, b"sentinel")
 
@@ -421,3 +421,35 @@ def test_a_message_that_expired_while_the_broker_was_down_is_not_sent(
     assert back.connack is not None and back.connack[0].session_present
     assert back.get().payload == b"still good"
     nothing_more(back, clients(child.address, "pub-after"), "news")
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+def test_a_qos2_publication_received_before_the_kill_is_published_once(
+    brokers: Any, clients: Any, version: int
+) -> None:
+    child = brokers()
+    reader = clients(child.address, "reader", version=5, clean=False, **session_kw(5))
+    reader.subscribe("once/#", 2)
+    reader.close()
+    publish = codec.Publish(topic="once/x", payload=b"exactly once", qos=2, packet_id=7)
+    with Raw(child.address.pair, version) as raw:
+        raw_connect(raw, "writer", version)
+        raw.send(publish.encode(version))
+        rec = raw.packet()
+        assert isinstance(rec, codec.PubRec) and rec.packet_id == 7
+    child.kill()  # before the PUBREL
+
+    child = brokers()
+    with Raw(child.address.pair, version) as raw:
+        assert raw_connect(raw, "writer", version).session_present
+        # The client may not have seen the PUBREC: it sends the PUBLISH again, DUP set.
+        raw.send(attrs.evolve(publish, dup=True).encode(version))
+        rec = raw.packet()
+        assert isinstance(rec, codec.PubRec) and rec.packet_id == 7
+        raw.send(codec.PubRel(packet_id=7).encode(version))
+        comp = raw.packet()
+        assert isinstance(comp, codec.PubComp)
+        assert (comp.packet_id, comp.reason_code) == (7, 0)  # known: 0, not 0x92
+    back = clients(child.address, "reader", version=5, clean=False, **session_kw(5))
+    assert back.get().payload == b"exactly once"
+    nothing_more(back, clients(child.address, "pub-after"), "once/end", 2)
