@@ -63,7 +63,12 @@ broker = mqkit.Broker(config, clock=Shifted())
 host, port = broker.start_mqtt_server()
 sys.stdout.write(f"{port}\\n")
 sys.stdout.flush()
-sys.stdin.readline()  # serve until killed
+for line in sys.stdin:  # "<topic> <payload> <qos>": an in-process publish; serve until killed
+    topic, payload, qos = line.split()
+    message = mqkit.Message(payload, payload.encode(), meta={"mqtt.qos": qos})
+    broker.publish(topic, message)
+    sys.stdout.write("published\\n")
+    sys.stdout.flush()
 """
 
 
@@ -101,6 +106,13 @@ class Child:
             assert self.proc.stderr is not None
             pytest.fail(f"the broker did not start: {self.proc.stderr.read()}")
         self.address = Address("127.0.0.1", int(line))
+
+    def publish(self, topic: str, payload: str, qos: int) -> None:
+        """Publish in-process in the child; return once its ``publish`` returned."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{topic} {payload} {qos}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "published\n"
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -172,11 +184,12 @@ def nothing_more(client: Paho, publisher: Paho, topic: str, qos: int = 1) -> Non
     assert (got.topic, got.payload) == (topic, b"sentinel")
 
 
-@pytest.mark.parametrize("pub_version", [4, 5], ids=["pub311", "pub5"])
+@pytest.mark.parametrize("pub_version", [4, 5, 0], ids=["pub311", "pub5", "in_process"])
 @pytest.mark.parametrize("qos", [1, 2])
 def test_messages_acked_to_the_publisher_while_offline_survive_sigkill(
     brokers: Any, clients: Any, qos: int, pub_version: int
 ) -> None:
+    # pub_version 0: published in-process in the broker's process (``publish`` returned).
     child = brokers()
     versions = (5, 4)
     for version in versions:
@@ -185,16 +198,21 @@ def test_messages_acked_to_the_publisher_while_offline_survive_sigkill(
         )
         assert [getattr(g, "value", g) for g in sub.subscribe("orders/#", qos)] == [qos]
         sub.close()  # DISCONNECT: the session stays, offline
-    pub = clients(child.address, "pub", version=pub_version)
-    for i in range(COUNT):
-        reason = pub.publish(f"orders/{i}", f"order {i}".encode(), qos)
-        assert reason is None or not reason.is_failure  # PUBACKed / PUBCOMPed
-    pub.close()
+    if pub_version:
+        pub = clients(child.address, "pub", version=pub_version)
+        for i in range(COUNT):
+            reason = pub.publish(f"orders/{i}", f"order {i}".encode(), qos)
+            assert reason is None or not reason.is_failure  # PUBACKed / PUBCOMPed
+        pub.close()
+    else:
+        for i in range(COUNT):
+            child.publish(f"orders/{i}", f"order-{i}", qos)
     child.kill()
 
     child = brokers()
-    pub = clients(child.address, "pub-after", version=pub_version)
-    expected = [(f"orders/{i}", f"order {i}".encode(), qos) for i in range(COUNT)]
+    pub = clients(child.address, "pub-after", version=pub_version or 5)
+    sep = " " if pub_version else "-"
+    expected = [(f"orders/{i}", f"order{sep}{i}".encode(), qos) for i in range(COUNT)]
     back = {}
     for version in versions:
         back[version] = clients(
