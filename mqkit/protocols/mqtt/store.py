@@ -29,6 +29,8 @@ client had sent PUBREC).
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -54,33 +56,44 @@ class SessionStore:
         """Writes that failed since the server started."""
         self.last_failure = ""
         """The text of the last failed write."""
+        self._lock = threading.Lock()
 
     def put(self, key: Hashable, value: str) -> None:
         """Write ``key`` (a failure is counted and logged, never raised)."""
         try:
-            self.cache.set(key, value, retry=True)
+            self.cache.set(key, value)
         except Exception as exc:
-            self.failed(f"cannot store {key!r}: {exc}")
+            self.failed(f"cannot store {key!r}: {_why(exc)}")
 
     def delete(self, *keys: Hashable) -> None:
         """Delete ``keys``, in one store transaction (a failure is counted and logged)."""
         cache = self.cache
         try:
             if len(keys) == 1:
-                cache.delete(keys[0], retry=True)
+                cache.delete(keys[0])
             else:
-                with cache.transact(retry=True):
+                with cache.transact():
                     for key in keys:
                         cache.delete(key)
         except Exception as exc:
-            self.failed(f"cannot delete {keys[0]!r}: {exc}")
+            self.failed(f"cannot delete {keys[0]!r}: {_why(exc)}")
 
     def failed(self, text: str) -> None:
         """Count and log a failed write."""
-        self.failures += 1
-        if text != self.last_failure:  # once per distinct failure, not once per message
+        with self._lock:
+            self.failures += 1
+            new = text != self.last_failure
+            self.last_failure = text
+        if new:  # once per distinct failure, not once per message
             log.error("mqtt: %s", text)
-        self.last_failure = text
+
+
+def _why(exc: BaseException) -> str:
+    """The text of a failed store call: the SQLite error behind a ``diskcache.Timeout``."""
+    cause = exc.__context__
+    if not str(exc) and isinstance(cause, sqlite3.Error):
+        return str(cause)
+    return str(exc) or repr(exc)
 
 
 class Journal:

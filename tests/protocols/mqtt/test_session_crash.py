@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,9 +26,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
+import mqkit
 from mqkit.protocols.mqtt import codec
 
-from .helpers import TIMEOUT, Paho, Raw
+from .helpers import TIMEOUT, Paho, Raw, make_server
 
 ROOT = Path(__file__).resolve().parents[3]
 COUNT = 20
@@ -471,3 +473,35 @@ def test_a_qos2_publication_received_before_the_kill_is_published_once(
     back = clients(child.address, "reader", version=5, clean=False, **session_kw(5))
     assert back.get().payload == b"exactly once"
     nothing_more(back, clients(child.address, "pub-after"), "once/end", 2)
+
+
+def test_a_session_write_that_fails_is_reported_and_the_message_kept_in_memory(
+    tmp_path: Path,
+) -> None:
+    srv = make_server(enable_persistence=True, persistence_path=str(tmp_path))
+    props = codec.Properties(session_expiry_interval=300)
+    try:
+        with Raw(srv) as raw:
+            raw.connect("durable", clean_start=False, properties=props)
+            req = codec.SubscriptionRequest(topic_filter="t", qos=1)
+            raw.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode())
+            assert isinstance(raw.packet(), codec.SubAck)
+            raw.send(codec.Disconnect().encode())
+            assert raw.closed()
+        # This thread's connection to the session store refuses writes (as a full disk would).
+        store = srv.plugin.server.store
+        store._sql("PRAGMA query_only = ON").fetchall()
+        srv.broker.publish("t", mqkit.Message("m", b"kept in memory"))
+        health = srv.broker.health_check()
+        assert health.status == "degraded"
+        assert any(
+            re.fullmatch(r"mqtt session store failed 1 write\(s\); last: .*readonly.*", p)
+            for p in health.problems
+        ), health.problems
+        store._sql("PRAGMA query_only = OFF").fetchall()
+        with Raw(srv) as raw:
+            assert raw.connect("durable", clean_start=False, properties=props).session_present
+            got = raw.packet()
+            assert isinstance(got, codec.Publish) and got.payload == b"kept in memory"
+    finally:
+        srv.broker.close()
