@@ -53,7 +53,7 @@ from mqkit.protocols.mqtt.codec import (
 )
 from mqkit.protocols.mqtt.mapping import Outgoing, message_from_publish
 from mqkit.protocols.mqtt.session import NEVER, InFlight, Session, SessionSub, SharedGroup
-from mqkit.protocols.mqtt.store import Journal, SessionStore
+from mqkit.protocols.mqtt.store import GroupJournal, Journal, SessionStore
 from mqkit.protocols.mqtt.topics import compile_filter, filter_is_valid, parse_shared
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ class Server:
             if self.session_store is None:
                 sub = self.broker.subscribe_matching(key, matches, self.sub_options)
                 return SessionSub(topic_filter, inner, None, matches, sub)
-            journal = Journal(self.session_store, session)
+            journal = Journal(self.session_store, self, session)
             options = attrs.evolve(self.sub_options, filter=journal)
             sub = self.broker.subscribe_matching(key, matches, options)
             ssub = SessionSub(topic_filter, inner, None, matches, sub)
@@ -250,8 +250,14 @@ class Server:
             return ssub
         group = self.groups.get(key)
         if group is None:
-            sub = self.broker.subscribe_matching(key, matches, self.sub_options)
+            group_journal = None
+            options = self.sub_options
+            if self.session_store is not None:
+                group_journal = GroupJournal(self.session_store, self, key)
+                options = attrs.evolve(options, filter=group_journal)
+            sub = self.broker.subscribe_matching(key, matches, options)
             group = self.groups[key] = SharedGroup(key, sub)
+            group.journal = group_journal
             group.task = asyncio.get_running_loop().create_task(group.pump(self._group_closed))
         return SessionSub(topic_filter, inner, group, matches, group.sub)
 
@@ -267,6 +273,8 @@ class Server:
             if group.task is not None:
                 group.task.cancel()
             group.sub.cancel()
+            if group.journal is not None:  # the group is gone, and what it held
+                group.journal.close(set())
 
     def _group_closed(self, group: SharedGroup) -> None:
         """The broker closed a group's subscription (``CLOSE_SUBSCRIBER``): drop it."""
@@ -372,22 +380,16 @@ class Server:
                 store.delete(key)
 
     def save_sessions(self) -> None:
-        """At a clean close: every persistent session's record and shared group's buffer.
+        """At a clean close: every persistent session's record (offline from now on).
 
-        The messages queued and in flight for the sessions are in the store already.
+        The messages queued and in flight for sessions and shared subscriptions are in the
+        store already.
         """
-        store = self.store
         now = self.now().timestamp()
         for session in self.sessions.values():
             if session.disconnected_at is None:  # connected until now
                 session.disconnected_at = now
             self.write_session(session)
-        try:
-            for key, group in self.groups.items():
-                queued = [message_to_dict(m) for m in group.sub.buffered()]
-                store.set(("g", key), json.dumps(queued), retry=True)
-        except Exception as exc:
-            log.error("mqtt: cannot save shared subscriptions: %s", exc)
 
     def load(self) -> None:
         """Restore retained messages and persistent sessions saved by a previous run."""
@@ -396,8 +398,9 @@ class Server:
         groups: dict[str, list[Message]] = {}
         records: list[dict[str, Any]] = []
         # client id -> seq -> stored text, of queued messages ("q") and in-flight states ("i");
-        # client id -> packet id -> "", of QoS 2 publications received from the client ("p")
-        stored: dict[str, dict[str, dict[int, Any]]] = {"q": {}, "i": {}, "p": {}}
+        # client id -> packet id -> "", of QoS 2 publications received from the client ("p");
+        # shared subscription key -> seq -> stored text, of its messages ("gq")
+        stored: dict[str, dict[str, dict[int, Any]]] = {"q": {}, "i": {}, "p": {}, "gq": {}}
         for key in list(store.iterkeys()):
             if not isinstance(key, tuple):
                 continue
@@ -431,15 +434,42 @@ class Server:
                 )
             except Exception as exc:
                 log.error("mqtt: skipped unreadable stored session %r: %s", record, exc)
+        for key, found in list(stored["gq"].items()):
+            group = self.groups.get(key)
+            if group is not None and group.journal is not None:
+                del stored["gq"][key]
+                self._load_group(group, group.journal, found)
         # What a crash left of sessions that ended: messages written as their session ended.
         leftovers = [(k, c, seq) for k, found in stored.items() for c in found for seq in found[c]]
         if leftovers and self.session_store is not None:
             self.session_store.delete(*leftovers)
-        for key, messages in groups.items():
+        for key, messages in groups.items():  # as earlier versions saved them at close
             group = self.groups.get(key)
             if group is not None:
+                if group.journal is not None:
+                    for message in messages:
+                        group.journal.put(message)
                 for message in reversed(messages):
                     group.sub.redeliver(message)
+
+    def _load_group(self, group: SharedGroup, journal: GroupJournal, found: dict[int, Any]) -> None:
+        """Put a shared subscription's stored messages back in its buffer, in order."""
+        journal.seqs = itertools.count(max([0, *found]) + 1)
+        messages: list[Message] = []
+        gone: list[tuple[str, str, int]] = []
+        for seq in sorted(found):
+            try:
+                message = message_from_dict(json.loads(found[seq]))
+            except Exception as exc:
+                log.error("mqtt: skipped unreadable message %d of %r: %s", seq, group.key, exc)
+                gone.append(("gq", group.key, seq))
+                continue
+            journal.adopt(message, seq, flying=False)
+            messages.append(message)
+        for message in reversed(messages):
+            group.sub.redeliver(message)
+        if gone and self.session_store is not None:
+            self.session_store.delete(*gone)
 
     def _load_session(
         self,

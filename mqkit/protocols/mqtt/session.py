@@ -33,7 +33,7 @@ from mqkit.protocols.mqtt.mapping import Outgoing
 
 if TYPE_CHECKING:
     from mqkit.protocols.mqtt.server import Connection, Server
-    from mqkit.protocols.mqtt.store import Journal
+    from mqkit.protocols.mqtt.store import GroupJournal, Journal
 
 __all__ = ["NEVER", "InFlight", "Session", "SessionSub", "SharedGroup"]
 
@@ -50,7 +50,7 @@ class SharedGroup:
     ready member in turn (round robin), so members share the load whatever their speed.
     """
 
-    __slots__ = ("_order", "key", "members", "ready", "sub", "task")
+    __slots__ = ("_order", "journal", "key", "members", "ready", "sub", "task")
 
     def __init__(self, key: str, sub: Subscription) -> None:
         self.key = key
@@ -63,6 +63,8 @@ class SharedGroup:
         """Set while at least one member can take a message."""
         self.task: asyncio.Task[None] | None = None
         """The group's pump."""
+        self.journal: GroupJournal | None = None
+        """The group's stored buffer (with persistence), or None."""
         self._order: deque[Session] = deque()
 
     def add(self, session: Session, ssub: SessionSub) -> None:
@@ -448,8 +450,10 @@ class Session:
 
     def _settle(self, message: Message, ssub: SessionSub | None) -> None:
         """The message is done: out of the store; the ack plugin hears of an ack-required one."""
-        if ssub is not None and ssub.journal is not None:
-            ssub.journal.forget(message)
+        if ssub is not None:
+            journal = ssub.journal if ssub.group is None else ssub.group.journal
+            if journal is not None:
+                journal.forget(message)
         ack_id = getattr(message, "ack_id", "")
         if ack_id and ssub is not None and self.server.acks:
             with contextlib.suppress(MQError):
@@ -504,8 +508,9 @@ class Session:
         for inf in self.inflight.values():
             ssub = inf.ssub
             if ssub is not None and ssub.group is not None and not inf.released:
-                ssub.sub.redeliver(inf.message)
-            _forget(inf.message, ssub)
+                ssub.sub.redeliver(inf.message)  # stays stored for the group
+            else:
+                _forget(inf.message, ssub)
         self.inflight.clear()
         for topic_filter in list(self.subs):
             self.remove_sub(topic_filter)
@@ -523,8 +528,10 @@ class Session:
 
 def _forget(message: Message, ssub: SessionSub | None) -> None:
     """``message`` is done for the session: out of the subscription's stored queue."""
-    if ssub is not None and ssub.journal is not None:
-        ssub.journal.forget(message)
+    if ssub is not None:
+        journal = ssub.journal if ssub.group is None else ssub.group.journal
+        if journal is not None:
+            journal.forget(message)
 
 
 def _pubrel(packet_id: int) -> bytes:

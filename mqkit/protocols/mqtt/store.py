@@ -18,7 +18,10 @@ WAL mode: a write that returned survives a SIGKILL of the process). Every key is
 ``("p", client_id, pid)``       packet id ``pid`` of a QoS 2 publication from the client,
                                 between its PUBREC (written before it) and PUBREL (deleted)
 ``("r", topic)``                a retained message (written as it changes)
-``("g", key)``                  a shared subscription's buffer (written at a clean close)
+``("gq", key, seq)``            one QoS 1/2 message in a shared subscription ``key``: the
+                                message (written before the publish returns; deleted when a
+                                member completes it, or the subscription drops it)
+``("g", key)``                  a shared subscription's buffer (read from earlier versions)
 ==============================  ==============================================================
 
 ``seq`` numbers a session's messages in the order they were queued; a restart restores them
@@ -28,6 +31,7 @@ client had sent PUBREC).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -39,9 +43,10 @@ from mqkit.core.message import Message
 from mqkit.protocols.mqtt.mapping import K_QOS
 
 if TYPE_CHECKING:
+    from mqkit.protocols.mqtt.server import Server
     from mqkit.protocols.mqtt.session import InFlight, Session, SessionSub
 
-__all__ = ["Journal", "SessionStore"]
+__all__ = ["GroupJournal", "Journal", "SessionStore"]
 
 log = logging.getLogger("mqkit.mqtt")
 
@@ -107,11 +112,16 @@ class Journal:
     subscription dropped. Messages are known by object identity (each publish stamps its own).
     """
 
-    __slots__ = ("closed", "entries", "flights", "session", "ssub", "store")
+    __slots__ = ("closed", "entries", "flights", "server", "session", "ssub", "store")
 
-    def __init__(self, store: SessionStore, session: Session) -> None:
+    kind = "q"
+    """The first part of the store keys of the messages."""
+
+    def __init__(self, store: SessionStore, server: Server, session: Session | None) -> None:
         self.store = store
+        self.server = server
         self.session = session
+        """The session (None for a shared subscription's journal)."""
         self.ssub: SessionSub | None = None
         """The subscription entry (set once it exists)."""
         self.entries: dict[int, tuple[Message, int]] = {}
@@ -123,33 +133,46 @@ class Journal:
     def __call__(self, message: Message) -> bool:
         """The subscription filter: store what a persistent session must not lose; let all in."""
         ssub = self.ssub
+        session = self.session
         if (
             ssub is not None
             and ssub.qos
-            and self.session.expiry
+            and session is not None
+            and session.expiry
             and not self.closed
             and message.meta.get(K_QOS) != "0"
         ):
             self.put(message)
         return True
 
+    @property
+    def owner(self) -> str:
+        """The second part of the store keys: the client id."""
+        assert self.session is not None
+        return self.session.client_id
+
+    def _value(self, message: Message) -> str:
+        assert self.ssub is not None
+        return to_json({"f": self.ssub.topic_filter, "m": message_to_dict(message)})
+
+    def _next_seq(self) -> int:
+        assert self.session is not None
+        return next(self.session.seqs)
+
     def put(self, message: Message) -> None:
-        """Store ``message`` for the session (once: a message already stored is left alone)."""
+        """Store ``message`` (once: a message already stored is left alone)."""
         entries = self.entries
         ident = id(message)
         if ident in entries:
             return
-        session = self.session
-        ssub = self.ssub
-        assert ssub is not None
         try:
-            value = to_json({"f": ssub.topic_filter, "m": message_to_dict(message)})
+            value = self._value(message)
         except Exception as exc:
             self.store.failed(f"cannot store message {message.id!r}: {exc}")
             return
-        seq = next(session.seqs)
+        seq = self._next_seq()
         entries[ident] = (message, seq)
-        self.store.put(("q", session.client_id, seq), value)
+        self.store.put((self.kind, self.owner, seq), value)
 
     def adopt(self, message: Message, seq: int, flying: bool) -> None:
         """Take over a message restored from the store as ``seq`` (nothing is written)."""
@@ -165,22 +188,22 @@ class Journal:
         seq = entry[1]
         state = [inf.packet_id, inf.qos, inf.retain, list(inf.sub_ids), inf.released]
         self.flights.add(seq)
-        self.store.put(("i", self.session.client_id, seq), to_json(state))
+        self.store.put(("i", self.owner, seq), to_json(state))
 
     def forget(self, message: Message) -> None:
-        """``message`` is done for the session: delete it from the store.
+        """``message`` is done: delete it from the store.
 
         While the server shuts down nothing is deleted: what is stored is for the next run.
         """
         entry = self.entries.pop(id(message), None)
-        if entry is None or self.session.server.closing:
+        if entry is None or self.server.closing:
             return
         self._delete((entry[1],))
 
     def close(self, keep: set[int]) -> None:
         """The subscription is gone: delete what it stored, except ``keep`` (``id``s in flight)."""
         self.closed = True
-        if self.session.server.closing:
+        if self.server.closing:
             return
         entries = self.entries
         gone = [ident for ident in list(entries) if ident not in keep]
@@ -189,11 +212,51 @@ class Journal:
             self._delete(seqs)
 
     def _delete(self, seqs: Iterable[int]) -> None:
-        client_id = self.session.client_id
+        owner = self.owner
         keys: list[Hashable] = []
         for seq in seqs:
-            keys.append(("q", client_id, seq))
+            keys.append((self.kind, owner, seq))
             if seq in self.flights:
                 self.flights.discard(seq)
-                keys.append(("i", client_id, seq))
+                keys.append(("i", owner, seq))
         self.store.delete(*keys)
+
+
+class GroupJournal(Journal):
+    """The stored buffer of a shared subscription (``("gq", key, seq)``), whoever its members.
+
+    Every QoS 1/2 message it takes is written; a message is done when a member completes it
+    (or the subscription drops it). One handed to a member is not marked in flight: after a
+    crash it goes back to the group (without DUP) and is resent to a member.
+    """
+
+    __slots__ = ("key", "seqs")
+
+    kind = "gq"
+
+    def __init__(self, store: SessionStore, server: Server, key: str) -> None:
+        super().__init__(store, server, None)
+        self.key = key
+        """``mqtt:$share/<group>/<filter>``."""
+        self.seqs = itertools.count(1)
+        """Numbers the group's messages in the order they came."""
+
+    def __call__(self, message: Message) -> bool:
+        """The group subscription's filter: store every QoS 1/2 message; let all in."""
+        if not self.closed and message.meta.get(K_QOS) != "0":
+            self.put(message)
+        return True
+
+    @property
+    def owner(self) -> str:
+        """The second part of the store keys: the group's key."""
+        return self.key
+
+    def _value(self, message: Message) -> str:
+        return to_json(message_to_dict(message))
+
+    def _next_seq(self) -> int:
+        return next(self.seqs)
+
+    def flying(self, inf: InFlight) -> None:
+        """Nothing: a shared message in flight goes back to the group after a crash."""

@@ -505,3 +505,60 @@ def test_a_session_write_that_fails_is_reported_and_the_message_kept_in_memory(
             assert isinstance(got, codec.Publish) and got.payload == b"kept in memory"
     finally:
         srv.broker.close()
+
+
+def test_a_shared_subscriptions_queued_messages_survive_sigkill(brokers: Any, clients: Any) -> None:
+    child = brokers()
+    for version in (5, 4):
+        member = clients(
+            child.address, f"member-{version}", version=version, clean=False, **session_kw(version)
+        )
+        member.subscribe("$share/workers/jobs/#", 1)
+        member.close()
+    pub = clients(child.address, "pub")
+    for i in range(COUNT):
+        pub.publish(f"jobs/{i}", f"job {i}".encode(), 1)
+    pub.close()
+    child.kill()
+
+    child = brokers()
+    back = clients(child.address, "member-5", version=5, clean=False, **session_kw(5))
+    assert back.connack is not None and back.connack[0].session_present
+    got = [back.get() for _ in range(COUNT)]  # the only member online: it gets them all
+    assert [m.payload for m in got] == [f"job {i}".encode() for i in range(COUNT)]
+    nothing_more(back, clients(child.address, "pub-after"), "jobs/end")
+
+
+def test_a_shared_message_in_flight_goes_back_to_the_group_after_sigkill(
+    brokers: Any, clients: Any
+) -> None:
+    child = brokers()
+    req = codec.SubscriptionRequest(topic_filter="$share/workers/jobs/#", qos=1)
+    with Raw(child.address.pair, 5) as raw:
+        raw_connect(raw, "worker", 5)
+        raw.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode())
+        assert isinstance(raw.packet(), codec.SubAck)
+        pub = clients(child.address, "pub")
+        for i in range(2):
+            pub.publish(f"jobs/{i}", f"job {i}".encode(), 1)
+            packet = raw.packet()
+            assert isinstance(packet, codec.Publish) and packet.payload == f"job {i}".encode()
+        child.kill()  # neither was PUBACKed
+
+    child = brokers()
+    with Raw(child.address.pair, 5) as raw:
+        assert raw_connect(raw, "worker", 5).session_present
+        again = [raw.packet() for _ in range(2)]
+        assert all(isinstance(p, codec.Publish) for p in again)
+        assert [p.payload for p in again] == [b"job 0", b"job 1"]  # type: ignore[union-attr]
+        for packet in again:
+            raw.send(codec.PubAck(packet_id=packet.packet_id).encode())  # type: ignore[union-attr]
+        ping(raw)
+    child.kill()
+
+    child = brokers()
+    with Raw(child.address.pair, 5) as raw:
+        assert raw_connect(raw, "worker", 5).session_present
+        clients(child.address, "pub-after").publish("jobs/end", b"sentinel", 1)
+        packet = raw.packet()  # not one of the two completed
+        assert isinstance(packet, codec.Publish) and packet.payload == b"sentinel"
