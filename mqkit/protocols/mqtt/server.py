@@ -103,6 +103,7 @@ class Server:
         self._matchers: dict[str, Callable[[str], bool]] = {}
         self._outgoing: dict[int, tuple[Message, Outgoing]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._group_seqs: dict[str, int] = {}  # while loading: the next seq of a stored group
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -253,7 +254,9 @@ class Server:
             group_journal = None
             options = self.sub_options
             if self.session_store is not None:
-                group_journal = GroupJournal(self.session_store, self, key)
+                group_journal = GroupJournal(
+                    self.session_store, self, key, self._group_seqs.get(key, 1)
+                )
                 options = attrs.evolve(options, filter=group_journal)
             sub = self.broker.subscribe_matching(key, matches, options)
             group = self.groups[key] = SharedGroup(key, sub)
@@ -422,6 +425,7 @@ class Server:
                     records.append(json.loads(raw))
             except Exception as exc:
                 log.error("mqtt: skipped unreadable stored %r: %s", key, exc)
+        self._group_seqs = {key: max(found) + 1 for key, found in stored["gq"].items() if found}
         for record in records:
             try:
                 client_id = str(record["client_id"])
@@ -439,6 +443,7 @@ class Server:
             if group is not None and group.journal is not None:
                 del stored["gq"][key]
                 self._load_group(group, group.journal, found)
+        self._group_seqs = {}
         # What a crash left of sessions that ended: messages written as their session ended.
         leftovers = [(k, c, seq) for k, found in stored.items() for c in found for seq in found[c]]
         if leftovers and self.session_store is not None:
@@ -454,7 +459,6 @@ class Server:
 
     def _load_group(self, group: SharedGroup, journal: GroupJournal, found: dict[int, Any]) -> None:
         """Put a shared subscription's stored messages back in its buffer, in order."""
-        journal.seqs = itertools.count(max([0, *found]) + 1)
         messages: list[Message] = []
         gone: list[tuple[str, str, int]] = []
         for seq in sorted(found):
@@ -501,13 +505,14 @@ class Server:
         session.disconnected_at = since
         session.stored = True
         session.incoming_qos2.update(received)
+        # Numbered on from the stored ones before any subscription exists to take a message.
+        session.seqs = itertools.count(max([0, *queued, *flights]) + 1)
         self.sessions[session.client_id] = session
         for topic_filter, qos, no_local, rap, identifier in record["subs"]:
             ssub = self.make_sub(session, topic_filter)
             ssub.qos, ssub.no_local, ssub.retain_as_published = qos, no_local, rap
             ssub.identifier = identifier
             session.add_sub(ssub)
-        session.seqs = itertools.count(max([0, *queued, *flights]) + 1)
         gone: list[tuple[str, str, int]] = []
         for seq in sorted(queued):
             flight = flights.pop(seq, None)

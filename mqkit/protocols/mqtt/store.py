@@ -234,11 +234,11 @@ class GroupJournal(Journal):
 
     kind = "gq"
 
-    def __init__(self, store: SessionStore, server: Server, key: str) -> None:
+    def __init__(self, store: SessionStore, server: Server, key: str, first: int) -> None:
         super().__init__(store, server, None)
         self.key = key
         """``mqtt:$share/<group>/<filter>``."""
-        self.seqs = itertools.count(1)
+        self.seqs = itertools.count(first)
         """Numbers the group's messages in the order they came."""
 
     def __call__(self, message: Message) -> bool:

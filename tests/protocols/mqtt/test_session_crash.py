@@ -562,3 +562,25 @@ def test_a_shared_message_in_flight_goes_back_to_the_group_after_sigkill(
         clients(child.address, "pub-after").publish("jobs/end", b"sentinel", 1)
         packet = raw.packet()  # not one of the two completed
         assert isinstance(packet, codec.Publish) and packet.payload == b"sentinel"
+
+
+@pytest.mark.parametrize("topic_filter", ["jobs/#", "$share/workers/jobs/#"])
+def test_messages_queued_across_two_kills_all_come_back_in_order(
+    brokers: Any, clients: Any, topic_filter: str
+) -> None:
+    child = brokers()
+    sub = clients(child.address, "durable", version=4, clean=False)
+    sub.subscribe(topic_filter, 1)
+    sub.close()
+    for round_ in range(2):  # queued before the first kill, then after the restart
+        pub = clients(child.address, f"pub-{round_}")
+        for i in range(5):
+            pub.publish(f"jobs/{round_}", f"job {round_}.{i}".encode(), 1)
+        pub.close()
+        child.kill()
+        child = brokers()
+    back = clients(child.address, "durable", version=4, clean=False)
+    assert back.connack is not None and back.connack[0].session_present
+    got = [back.get().payload for _ in range(10)]
+    assert got == [f"job {r}.{i}".encode() for r in range(2) for i in range(5)]
+    nothing_more(back, clients(child.address, "pub-after"), "jobs/end")
