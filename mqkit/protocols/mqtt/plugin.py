@@ -8,10 +8,11 @@ of the plain listener (``mqtt_host``/``mqtt_port``; port 0 picks a free one); wh
 get DISCONNECT 0x8B "server shutting down" - and publishes their wills while the broker still
 accepts publishes (the ``mqkit_broker_closing`` hook), then stops the loop and joins the thread.
 
-With ``enable_persistence``, persistent sessions (their subscriptions and every QoS 1/2 message
-queued or in flight for them) and retained messages are kept in
-``<persistence_path>/mqtt`` and restored by the next broker on that directory (retained
-messages are written as they change; sessions when the broker closes).
+With ``enable_persistence``, persistent sessions (their subscriptions, expiry, every QoS 1/2
+message queued or in flight for them) and retained messages are kept in
+``<persistence_path>/mqtt``, written as they change (a queued message before its publisher's
+PUBACK/PUBREC; see :mod:`.store`), and restored by the next broker on that directory, after a
+clean close or a crash alike.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from mqkit.core.broker import Broker
 from mqkit.core.errors import InvalidConfigError, PersistenceError
 from mqkit.core.features import ProtocolFeature
 from mqkit.core.hookspecs import hookimpl
+from mqkit.core.message import Message
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.protocols.mqtt.auth import Authenticator
 from mqkit.protocols.mqtt.server import KEY_PREFIX, Server
+from mqkit.protocols.mqtt.store import Journal
 
 __all__ = ["MQTTPlugin"]
 
@@ -240,6 +243,23 @@ class MQTTPlugin(ProtocolFeature):
 
         with contextlib.suppress(RuntimeError):  # the loop is closing
             asyncio.run_coroutine_threadsafe(forget(), loop).result(_START_TIMEOUT)
+
+    @hookimpl
+    def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
+        """A message a session's subscription dropped leaves the session's stored queue."""
+        if subscription is not None:
+            journal = subscription.options.filter
+            if isinstance(journal, Journal):
+                journal.forget(message)
+
+    @hookimpl
+    def mqkit_health(self) -> list[str]:
+        """Report failed writes of the session store."""
+        server = self._server
+        store = server.session_store if server is not None else None
+        if store is None or not store.failures:
+            return []
+        return [f"mqtt session store failed {store.failures} write(s); last: {store.last_failure}"]
 
     @property
     def server(self) -> Server | None:

@@ -14,6 +14,7 @@ is the CONNECT that is wrong); MQTT 3.1.1 clients are simply disconnected.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import ssl
@@ -51,7 +52,8 @@ from mqkit.protocols.mqtt.codec import (
     Will,
 )
 from mqkit.protocols.mqtt.mapping import Outgoing, message_from_publish
-from mqkit.protocols.mqtt.session import NEVER, Session, SessionSub, SharedGroup
+from mqkit.protocols.mqtt.session import NEVER, InFlight, Session, SessionSub, SharedGroup
+from mqkit.protocols.mqtt.store import GroupJournal, Journal, SessionStore
 from mqkit.protocols.mqtt.topics import compile_filter, filter_is_valid, parse_shared
 
 if TYPE_CHECKING:
@@ -79,6 +81,8 @@ class Server:
         self.hooks = broker.hooks
         self.store = store
         """The persistence store (a ``diskcache.Cache``) or None."""
+        self.session_store = SessionStore(store) if store is not None else None
+        """Persistent sessions, written as they change (see :mod:`.store`), or None."""
         self.max_packet_size = cfg.mqtt_max_packet_size
         self.receive_maximum = cfg.mqtt_max_inflight
         self.topic_alias_maximum = cfg.mqtt_topic_alias_maximum
@@ -101,6 +105,7 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.unclaimed: set[str] = set()
         """Client ids of restored sessions stored without an owner (by an older version)."""
+        self._group_seqs: dict[str, int] = {}  # while loading: the next seq of a stored group
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -236,12 +241,28 @@ class Server:
         matches = self.matcher(inner)
         key = KEY_PREFIX + topic_filter
         if shared is None:
-            sub = self.broker.subscribe_matching(key, matches, self.sub_options)
-            return SessionSub(topic_filter, inner, None, matches, sub)
+            if self.session_store is None:
+                sub = self.broker.subscribe_matching(key, matches, self.sub_options)
+                return SessionSub(topic_filter, inner, None, matches, sub)
+            journal = Journal(self.session_store, self, session)
+            options = attrs.evolve(self.sub_options, filter=journal)
+            sub = self.broker.subscribe_matching(key, matches, options)
+            ssub = SessionSub(topic_filter, inner, None, matches, sub)
+            ssub.journal = journal
+            journal.ssub = ssub
+            return ssub
         group = self.groups.get(key)
         if group is None:
-            sub = self.broker.subscribe_matching(key, matches, self.sub_options)
+            group_journal = None
+            options = self.sub_options
+            if self.session_store is not None:
+                group_journal = GroupJournal(
+                    self.session_store, self, key, self._group_seqs.get(key, 1)
+                )
+                options = attrs.evolve(options, filter=group_journal)
+            sub = self.broker.subscribe_matching(key, matches, options)
             group = self.groups[key] = SharedGroup(key, sub)
+            group.journal = group_journal
             group.task = asyncio.get_running_loop().create_task(group.pump(self._group_closed))
         return SessionSub(topic_filter, inner, group, matches, group.sub)
 
@@ -257,12 +278,16 @@ class Server:
             if group.task is not None:
                 group.task.cancel()
             group.sub.cancel()
+            if group.journal is not None:  # the group is gone, and what it held
+                group.journal.close(set())
 
     def _group_closed(self, group: SharedGroup) -> None:
         """The broker closed a group's subscription (``CLOSE_SUBSCRIBER``): drop it."""
         for session, ssub in list(group.members.items()):
             if session.subs.get(ssub.topic_filter) is ssub:
                 session.remove_sub(ssub.topic_filter)
+                if not self.closing:
+                    self.write_session(session)
 
     def broker_closed_sub(self, sub_id: int) -> None:
         """The broker closed subscription ``sub_id`` (loop thread; via ``mqkit_unsubscribe``)."""
@@ -282,6 +307,7 @@ class Server:
         session.remove_sub(ssub.topic_filter)
         if self.closing:
             return
+        self.write_session(session)
         conn = session.conn
         if conn is not None:
             conn.fail(Reason.QUOTA_EXCEEDED, "subscriber too slow: its subscription was closed")
@@ -296,17 +322,20 @@ class Server:
         session.end()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-        if self.store is not None:
-            try:
-                self.store.delete(("s", session.client_id), retry=True)
-            except Exception as exc:
-                log.error("mqtt: cannot forget session %r: %s", session.client_id, exc)
+        if self.session_store is not None and session.stored:
+            session.stored = False
+            client_id = session.client_id
+            pids = [("p", client_id, pid) for pid in session.incoming_qos2]
+            self.session_store.delete(("s", client_id), *pids)
 
     def schedule_expiry(self, session: Session) -> None:
         """A persistent session went offline: end it when its expiry interval runs out."""
         if session.expiry == 0:
             self.end_session(session)
-        elif session.expiry != NEVER:
+            return
+        session.disconnected_at = self.now().timestamp()
+        self.write_session(session)
+        if session.expiry != NEVER:
             loop = asyncio.get_running_loop()
             session.expiry_handle = loop.call_later(session.expiry, lambda: self._expire(session))
 
@@ -316,42 +345,79 @@ class Server:
 
     # -- persistence -----------------------------------------------------------------------------
 
+    def write_session(self, session: Session) -> None:
+        """Write the record of a persistent session (delete it once the session is not one)."""
+        store = self.session_store
+        if store is None:
+            return
+        if session.ended:  # end_session deleted it (or, at shutdown, it stays as saved)
+            return
+        key = ("s", session.client_id)
+        if session.expiry == 0:
+            if session.stored:
+                session.stored = False
+                store.delete(key)
+            return
+        record = {
+            "client_id": session.client_id,
+            "owner": session.owner,
+            "expiry": session.expiry,
+            "disconnected_at": session.disconnected_at,
+            "subs": [
+                [s.topic_filter, s.qos, s.no_local, s.retain_as_published, s.identifier]
+                for s in session.subs.values()
+            ],
+        }
+        store.put(key, json.dumps(record))
+        session.stored = True
+
+    def write_incoming(self, session: Session, packet_id: int, held: bool) -> None:
+        """Write (``held``) or delete a QoS 2 publication's packet id (PUBREC to PUBREL).
+
+        Kept for a persistent session's client, so a PUBLISH it resends after a crash is
+        acknowledged without being published again.
+        """
+        store = self.session_store
+        if store is not None and session.expiry:
+            key = ("p", session.client_id, packet_id)
+            if held:
+                store.put(key, "")
+            else:
+                store.delete(key)
+
     def save_sessions(self) -> None:
-        """Write every persistent session, shared group buffer and retained message."""
-        store = self.store
+        """At a clean close: every persistent session's record (offline from now on).
+
+        The messages queued and in flight for sessions and shared subscriptions are in the
+        store already.
+        """
         now = self.now().timestamp()
-        try:
-            for session in self.sessions.values():
-                if session.expiry == 0 or session.ended:
-                    continue
-                record = {
-                    "client_id": session.client_id,
-                    "owner": session.owner,
-                    "expiry": session.expiry,
-                    "saved_at": now,
-                    "subs": [
-                        [s.topic_filter, s.qos, s.no_local, s.retain_as_published, s.identifier]
-                        for s in session.subs.values()
-                    ],
-                    "queued": [message_to_dict(m) for m in session.queued()],
-                }
-                store.set(("s", session.client_id), json.dumps(record), retry=True)
-            for key, group in self.groups.items():
-                queued = [message_to_dict(m) for m in group.sub.buffered()]
-                store.set(("g", key), json.dumps(queued), retry=True)
-        except Exception as exc:
-            log.error("mqtt: cannot save sessions: %s", exc)
+        for session in self.sessions.values():
+            if session.disconnected_at is None:  # connected until now
+                session.disconnected_at = now
+            self.write_session(session)
 
     def load(self) -> None:
         """Restore retained messages and persistent sessions saved by a previous run."""
         store = self.store
         now = self.now().timestamp()
         groups: dict[str, list[Message]] = {}
+        records: list[dict[str, Any]] = []
+        # client id -> seq -> stored text, of queued messages ("q") and in-flight states ("i");
+        # client id -> packet id -> "", of QoS 2 publications received from the client ("p");
+        # shared subscription key -> seq -> stored text, of its messages ("gq")
+        stored: dict[str, dict[str, dict[int, Any]]] = {"q": {}, "i": {}, "p": {}, "gq": {}}
         for key in list(store.iterkeys()):
-            if not (isinstance(key, tuple) and len(key) == 2):
+            if not isinstance(key, tuple):
                 continue
-            kind, name = key
             try:
+                if len(key) == 3 and key[0] in stored:
+                    kind, client_id, seq = key
+                    stored[kind].setdefault(client_id, {})[seq] = store.get(key, retry=True)
+                    continue
+                if len(key) != 2:
+                    continue
+                kind, name = key
                 raw = store.get(key, retry=True)
                 if kind == "r":
                     self.retained[name] = message_from_dict(json.loads(raw))
@@ -359,44 +425,145 @@ class Server:
                     groups[name] = [message_from_dict(d) for d in json.loads(raw)]
                     store.delete(key, retry=True)
                 elif kind == "s":
-                    self._load_session(json.loads(raw), now)
+                    records.append(json.loads(raw))
             except Exception as exc:
                 log.error("mqtt: skipped unreadable stored %r: %s", key, exc)
-        for key, messages in groups.items():
+        self._group_seqs = {key: max(found) + 1 for key, found in stored["gq"].items() if found}
+        for record in records:
+            try:
+                client_id = str(record["client_id"])
+                self._load_session(
+                    record,
+                    now,
+                    stored["q"].pop(client_id, {}),
+                    stored["i"].pop(client_id, {}),
+                    stored["p"].pop(client_id, {}),
+                )
+            except Exception as exc:
+                log.error("mqtt: skipped unreadable stored session %r: %s", record, exc)
+        for key, found in list(stored["gq"].items()):
+            group = self.groups.get(key)
+            if group is not None and group.journal is not None:
+                del stored["gq"][key]
+                self._load_group(group, group.journal, found)
+        self._group_seqs = {}
+        # What a crash left of sessions that ended: messages written as their session ended.
+        leftovers = [(k, c, seq) for k, found in stored.items() for c in found for seq in found[c]]
+        if leftovers and self.session_store is not None:
+            self.session_store.delete(*leftovers)
+        for key, messages in groups.items():  # as earlier versions saved them at close
             group = self.groups.get(key)
             if group is not None:
+                if group.journal is not None:
+                    for message in messages:
+                        group.journal.put(message)
                 for message in reversed(messages):
                     group.sub.redeliver(message)
 
-    def _load_session(self, record: dict[str, Any], now: float) -> None:
+    def _load_group(self, group: SharedGroup, journal: GroupJournal, found: dict[int, Any]) -> None:
+        """Put a shared subscription's stored messages back in its buffer, in order."""
+        messages: list[Message] = []
+        gone: list[tuple[str, str, int]] = []
+        for seq in sorted(found):
+            try:
+                message = message_from_dict(json.loads(found[seq]))
+            except Exception as exc:
+                log.error("mqtt: skipped unreadable message %d of %r: %s", seq, group.key, exc)
+                gone.append(("gq", group.key, seq))
+                continue
+            journal.adopt(message, seq, flying=False)
+            messages.append(message)
+        for message in reversed(messages):
+            group.sub.redeliver(message)
+        if gone and self.session_store is not None:
+            self.session_store.delete(*gone)
+
+    def _load_session(
+        self,
+        record: dict[str, Any],
+        now: float,
+        queued: dict[int, Any],
+        flights: dict[int, Any],
+        received: dict[int, Any],
+    ) -> None:
+        """Restore one session: its subscriptions, then its messages in the order queued."""
+        store = self.session_store
+        assert store is not None
+        client_id = str(record["client_id"])
         expiry = int(record["expiry"])
-        if expiry != NEVER and now - float(record["saved_at"]) >= expiry:
-            self.store.delete(("s", record["client_id"]), retry=True)
+        # When it went offline; one connected when the broker died counts from the restart.
+        since = record.get("disconnected_at", record.get("saved_at"))
+        since = now if since is None else float(since)
+        if expiry != NEVER and now - since >= expiry:
+            store.delete(
+                ("s", client_id),
+                *[("q", client_id, seq) for seq in queued],
+                *[("i", client_id, seq) for seq in flights],
+                *[("p", client_id, pid) for pid in received],
+            )
             return
-        session = Session(self, str(record["client_id"]))
+        session = Session(self, client_id)
         if "owner" in record:
             owner = record["owner"]
             session.owner = None if owner is None else str(owner)
-        else:  # the first client to log in with this id claims it
-            self.unclaimed.add(session.client_id)
+        else:  # stored without an owner (by an older version): the first to log in claims it
+            self.unclaimed.add(client_id)
         session.expiry = expiry
         session.version = 5
+        session.disconnected_at = since
+        session.stored = True
+        session.incoming_qos2.update(received)
+        # Numbered on from the stored ones before any subscription exists to take a message.
+        session.seqs = itertools.count(max([0, *queued, *flights]) + 1)
         self.sessions[session.client_id] = session
         for topic_filter, qos, no_local, rap, identifier in record["subs"]:
             ssub = self.make_sub(session, topic_filter)
             ssub.qos, ssub.no_local, ssub.retain_as_published = qos, no_local, rap
             ssub.identifier = identifier
             session.add_sub(ssub)
-        for data in record["queued"]:
+        gone: list[tuple[str, str, int]] = []
+        for seq in sorted(queued):
+            flight = flights.pop(seq, None)
+            target: SessionSub | None = None
+            try:
+                data = json.loads(queued[seq])
+                target = session.subs.get(data["f"])
+                message = message_from_dict(data["m"])
+                state = json.loads(flight) if flight is not None else None
+            except Exception as exc:
+                log.error("mqtt: skipped unreadable message %d of %r: %s", seq, client_id, exc)
+                target = None
+            if target is None or target.journal is None:  # unreadable, or its subscription gone
+                gone += [("q", client_id, seq), ("i", client_id, seq)]
+                continue
+            target.journal.adopt(message, seq, flying=flight is not None)
+            if state is not None:
+                packet_id, qos, retain, ids, released = state
+                if packet_id not in session.inflight:
+                    inf = InFlight(
+                        packet_id, message, self.outgoing(message), qos, retain, tuple(ids), target
+                    )
+                    inf.released = bool(released)
+                    session.inflight[packet_id] = inf
+                    continue
+            session.offer(message, target)
+        gone += [("i", client_id, seq) for seq in flights]  # in-flight states without a message
+        if gone:
+            store.delete(*gone)
+        for data in record.get("queued", ()):  # earlier versions wrote the messages at close
             message = message_from_dict(data)
             target = next(
                 (s for s in session.subs.values() if s.group is None and s.matches(message.topic)),
                 None,
             )
             if target is not None:
+                if target.journal is not None:
+                    target.journal.put(message)
                 session.offer(message, target)
+        if "disconnected_at" not in record:
+            self.write_session(session)  # in this version's format
         if expiry != NEVER:
-            left = expiry - (now - float(record["saved_at"]))
+            left = expiry - (now - since)
             loop = asyncio.get_running_loop()
             session.expiry_handle = loop.call_later(left, lambda: self._expire(session))
 
@@ -705,6 +872,8 @@ class Connection(asyncio.Protocol):
         elif isinstance(packet, codec.PubRel):
             known = packet.packet_id in session.incoming_qos2
             session.incoming_qos2.discard(packet.packet_id)
+            if known:
+                self.server.write_incoming(session, packet.packet_id, False)
             reason = 0 if known else Reason.PACKET_IDENTIFIER_NOT_FOUND
             self.write(
                 codec.PubComp(packet_id=packet.packet_id, reason_code=reason).encode(self.version)
@@ -911,6 +1080,8 @@ class Connection(asyncio.Protocol):
             session.expiry = props.session_expiry_interval or 0
         else:
             session.expiry = 0 if packet.clean_start else NEVER
+        session.disconnected_at = None
+        server.write_session(session)  # before the CONNACK: a crash from now on keeps it
         self.will = packet.will
         self._connect = None
         ack_props = NO_PROPERTIES
@@ -1011,6 +1182,7 @@ class Connection(asyncio.Protocol):
             return
         if code < 0x80 and self.session is not None:
             self.session.incoming_qos2.add(pid)
+            self.server.write_incoming(self.session, pid, True)  # before the PUBREC
         self.write(PubRec(packet_id=pid, reason_code=code).encode(self.version))
 
     # -- SUBSCRIBE / UNSUBSCRIBE / DISCONNECT ----------------------------------------------------
@@ -1061,6 +1233,7 @@ class Connection(asyncio.Protocol):
                 req.retain_handling == 0 or (req.retain_handling == 1 and is_new)
             ):
                 retained.append((ssub, is_new))
+        server.write_session(session)  # before the SUBACK
         self.write(
             SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)).encode(self.version)
         )
@@ -1075,6 +1248,7 @@ class Connection(asyncio.Protocol):
         for topic_filter in packet.topic_filters:
             found = session.remove_sub(topic_filter)
             codes.append(0 if found is not None else Reason.NO_SUBSCRIPTION_EXISTED)
+        self.server.write_session(session)  # before the UNSUBACK
         self.write(
             UnsubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)).encode(self.version)
         )

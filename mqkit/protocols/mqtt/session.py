@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from mqkit.protocols.mqtt.mapping import Outgoing
 
 if TYPE_CHECKING:
     from mqkit.protocols.mqtt.server import Connection, Server
+    from mqkit.protocols.mqtt.store import GroupJournal, Journal
 
 __all__ = ["NEVER", "InFlight", "Session", "SessionSub", "SharedGroup"]
 
@@ -48,7 +50,7 @@ class SharedGroup:
     ready member in turn (round robin), so members share the load whatever their speed.
     """
 
-    __slots__ = ("_order", "key", "members", "ready", "sub", "task")
+    __slots__ = ("_order", "journal", "key", "members", "ready", "sub", "task")
 
     def __init__(self, key: str, sub: Subscription) -> None:
         self.key = key
@@ -61,6 +63,8 @@ class SharedGroup:
         """Set while at least one member can take a message."""
         self.task: asyncio.Task[None] | None = None
         """The group's pump."""
+        self.journal: GroupJournal | None = None
+        """The group's stored buffer (with persistence), or None."""
         self._order: deque[Session] = deque()
 
     def add(self, session: Session, ssub: SessionSub) -> None:
@@ -125,6 +129,7 @@ class SessionSub:
         "held",
         "identifier",
         "inner",
+        "journal",
         "matches",
         "no_local",
         "qos",
@@ -167,6 +172,8 @@ class SessionSub:
         """Set while the pump may take the next message."""
         self.task: asyncio.Task[None] | None = None
         """The pump."""
+        self.journal: Journal | None = None
+        """The stored queue of a session's own subscription (with persistence), or None."""
 
 
 class InFlight:
@@ -226,6 +233,12 @@ class Session:
         self.expiry_handle: asyncio.TimerHandle | None = None
         self.will_handle: asyncio.TimerHandle | None = None
         self.will_publish: Callable[[], None] | None = None
+        self.seqs = itertools.count(1)
+        """Numbers the messages stored for the session, in the order they were queued."""
+        self.disconnected_at: float | None = None
+        """When the session went offline (POSIX seconds; None while connected)."""
+        self.stored = False
+        """Whether the store holds a record of the session."""
         self._next_id = 0
 
     # -- connection ------------------------------------------------------------------------------
@@ -300,6 +313,8 @@ class Session:
             return None
         if ssub.task is not None:
             ssub.task.cancel()
+        if ssub.journal is not None:  # what is in flight stays stored until it completes
+            ssub.journal.close({id(i.message) for i in self.inflight.values() if i.ssub is ssub})
         if ssub.held:
             keep: deque[Pending] = deque()
             for entry in self.pending:
@@ -342,7 +357,10 @@ class Session:
         out = self.server.outgoing(message)
         client_id = self.client_id
         if ssub.no_local and out.client_id == client_id and not retained:
+            _forget(message, ssub)
             return
+        if retained and ssub.journal is not None:
+            ssub.journal(message)
         qos = ssub.qos
         retain = retained or (ssub.retain_as_published and out.retain)
         ids: tuple[int, ...] = () if ssub.identifier is None else (ssub.identifier,)
@@ -357,6 +375,7 @@ class Session:
             ]
             if len(matching) > 1:
                 if min(s.sub.id for s in matching) != ssub.sub.id:
+                    _forget(message, ssub)
                     return  # the oldest matching subscription delivers for all of them
                 qos = max(s.qos for s in matching)
                 retain = any(s.retain_as_published for s in matching) and out.retain
@@ -389,6 +408,8 @@ class Session:
             self._settle(message, ssub)
             return
         inf = InFlight(self._packet_id(), message, out, qos, retain, ids, ssub)
+        if ssub is not None and ssub.journal is not None:
+            ssub.journal.flying(inf)
         if self._write_publish(inf, dup=False):
             self.inflight[inf.packet_id] = inf
         else:
@@ -437,7 +458,11 @@ class Session:
             self._send(message, self.server.outgoing(message), ssub, qos, retain, ids)
 
     def _settle(self, message: Message, ssub: SessionSub | None) -> None:
-        """Tell the ack plugin an ack-required message was delivered for good."""
+        """The message is done: out of the store; the ack plugin hears of an ack-required one."""
+        if ssub is not None:
+            journal = ssub.journal if ssub.group is None else ssub.group.journal
+            if journal is not None:
+                journal.forget(message)
         ack_id = getattr(message, "ack_id", "")
         if ack_id and ssub is not None and self.server.acks:
             with contextlib.suppress(MQError):
@@ -460,9 +485,12 @@ class Session:
             return False
         if reason >= 0x80:  # the client refused it: the flow ends here
             del self.inflight[packet_id]
+            _forget(inf.message, inf.ssub)
             self._drain()
             return True
         inf.released = True
+        if inf.ssub is not None and inf.ssub.journal is not None:
+            inf.ssub.journal.flying(inf)
         if self.conn is not None:
             self.conn.write(_pubrel(packet_id))
         return True
@@ -489,7 +517,9 @@ class Session:
         for inf in self.inflight.values():
             ssub = inf.ssub
             if ssub is not None and ssub.group is not None and not inf.released:
-                ssub.sub.redeliver(inf.message)
+                ssub.sub.redeliver(inf.message)  # stays stored for the group
+            else:
+                _forget(inf.message, ssub)
         self.inflight.clear()
         for topic_filter in list(self.subs):
             self.remove_sub(topic_filter)
@@ -503,6 +533,14 @@ class Session:
             if ssub.group is None:
                 found += ssub.sub.buffered()
         return found
+
+
+def _forget(message: Message, ssub: SessionSub | None) -> None:
+    """``message`` is done for the session: out of the subscription's stored queue."""
+    if ssub is not None:
+        journal = ssub.journal if ssub.group is None else ssub.group.journal
+        if journal is not None:
+            journal.forget(message)
 
 
 def _pubrel(packet_id: int) -> bytes:

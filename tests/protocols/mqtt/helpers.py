@@ -104,7 +104,8 @@ class Raw:
 class Paho:
     """A paho-mqtt 2.x client on its own network thread, with received messages in a queue.
 
-    ``srv`` is a server of :func:`make_server` or the ``(host, port)`` of a broker process.
+    ``srv`` is a server of :func:`make_server` (or anything with ``host`` and ``port``) or the
+    ``(host, port)`` of a broker process.
     """
 
     def __init__(
@@ -192,7 +193,7 @@ class Paho:
                 args["properties"] = properties
         self.connected.clear()
         self.acked.clear()
-        host, port = (self.srv.host, self.srv.port) if isinstance(self.srv, Srv) else self.srv
+        host, port = self.srv if isinstance(self.srv, tuple) else (self.srv.host, self.srv.port)
         self.client.connect(host, port, **args, **kw)
         if not self._started:
             self.client.loop_start()
