@@ -25,7 +25,7 @@ from mqkit.core.broker import Broker
 from mqkit.core.errors import AckNotFoundError, InvalidMessageError
 from mqkit.core.features import AckFeature
 from mqkit.core.hookspecs import for_messages, hookimpl
-from mqkit.core.message import Message, estimate_size, has_field, needs_ack, stamper
+from mqkit.core.message import Message, estimate_size, has_field, needs_ack, redelivery
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
@@ -154,10 +154,12 @@ class AckPlugin(AckFeature):
             for pending in held.values():
                 self._unlink(pending)
                 self._forget_id(pending.ack_id)
-        for pending in held.values():
+        for pending in held.values():  # delivered copies: their end is this dead letter
             message = pending.message
-            broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
-        for message in subscription.remove(needs_ack):
+            broker.dead_letter(
+                message.topic, message, "unsubscribed before ack", message.attempt, subscription
+            )
+        for message in subscription.remove(needs_ack):  # buffered copies: the drop ends them
             broker.hooks.drop(broker, subscription, message, "unsubscribed")
             broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
 
@@ -301,12 +303,7 @@ class AckPlugin(AckFeature):
     @staticmethod
     def _retry_or_dead_letter(broker: Broker, pending: _Pending, retry: bool, why: str) -> None:
         message = pending.message
-        if retry:
-            assert message.time is not None
-            again = stamper(type(message))(
-                message, message.topic, message.time, message.attempt + 1
-            )
-            if pending.subscription.redeliver(again):
-                return
+        if retry and pending.subscription.redeliver(redelivery(message)):
+            return
         reason = f"{why} after {message.attempt} attempts"
-        broker.dead_letter(message.topic, message, reason, message.attempt)
+        broker.dead_letter(message.topic, message, reason, message.attempt, pending.subscription)
