@@ -467,8 +467,10 @@ class PersistencePlugin(PersistenceFeature):
             rows = cache._sql(
                 f"SELECT value FROM {_META_TABLE} WHERE key = ?", (_NEXT_SEQ,)
             ).fetchall()
-        except sqlite3.OperationalError:  # no such table: a store that never had a mark
-            return 0
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return 0  # a store that never had a mark (written before it, or never written)
         value = rows[0][0] if rows else 0
         return value if type(value) is int and value > 0 else 0
 

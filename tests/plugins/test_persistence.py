@@ -1333,7 +1333,7 @@ def test_sequence_numbers_continue_after_a_restart(make_broker: Factory, tmp_pat
 
 
 def test_store_of_the_previous_format_is_read(make_broker: Factory, tmp_path: Path) -> None:
-    """Keys ``[seq, topic, id, micros]`` (the format before 0.2) still recover and settle."""
+    """Keys ``[seq, topic, id, micros]`` (the format before the ack flag) recover and settle."""
     start = mqkit.FakeClock().now()
     micros = int(start.timestamp()) * 1_000_000
 
@@ -1350,6 +1350,7 @@ def test_store_of_the_previous_format_is_read(make_broker: Factory, tmp_path: Pa
     cache.set("[3]", "")  # b1 was settled
     cache.close()
 
+    assert pending_on_disk(tmp_path) == ["ack", "b0", "b2"]  # mqkit inspect reads it too
     cfg = config(tmp_path, persistence_max_messages=1)  # only "plain" may be retired
     broker = make_broker("persistence", "ack", config=cfg)
     assert ids(broker.recover_messages("t")) == ["ack", "b0", "b2"]
