@@ -1361,3 +1361,36 @@ def test_store_of_the_previous_format_is_read(make_broker: Factory, tmp_path: Pa
     assert broker.recover_messages("t") == []
     assert len(cache_of(broker)) == 0
     assert broker.health_check().status == "healthy"
+
+
+@pytest.mark.parametrize("during", ["evicted", "acked"])
+def test_copy_settled_while_the_message_is_still_being_routed_counts(
+    make_broker: Factory, tmp_path: Path, during: str
+) -> None:
+    """A copy that ends before the publish has reached every subscription counts as settled.
+
+    The second subscription's filter runs in the publisher's thread in the middle of routing:
+    there the first subscription's copy ends (evicted by another publish, or acknowledged).
+    """
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    first = broker.subscribe_with_ack("t", mqkit.SubOptions(buffer_size=1))  # drop_oldest
+
+    def meanwhile(message: mqkit.Message) -> bool:
+        if message.id == "a":
+            if during == "evicted":
+                broker.publish("t", mqkit.Message("push"))  # evicts first's copy of "a"
+            else:
+                first.ack(first.get_nowait().ack_id)  # type: ignore[attr-defined]
+        return message.id == "a"
+
+    second = broker.subscribe_with_ack("t", mqkit.SubOptions(buffer_size=10, filter=meanwhile))
+    third = broker.subscribe_with_ack("t", BIG)
+    broker.publish("t", mqkit.AckMessage("a", ack_id="k"))
+    assert pending_on_disk(tmp_path) == ["a"]  # second and third hold it
+    second.ack(second.get_nowait().ack_id)  # type: ignore[attr-defined]
+    assert pending_on_disk(tmp_path) == ["a"]
+    if during == "evicted":
+        assert third.get_nowait().id == "push"  # published in the middle of routing "a"
+    third.ack(third.get_nowait().ack_id)  # type: ignore[attr-defined]
+    assert pending_on_disk(tmp_path) == []
+    assert "a" not in restarted_ids(make_broker, broker, tmp_path)
