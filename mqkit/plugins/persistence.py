@@ -327,7 +327,7 @@ class PersistencePlugin(PersistenceFeature):
         self._pins: dict[int, _Pin] = {}
         self._live_count: dict[str, int] = {}  # topic -> stored messages (pinned included)
         self._batches: dict[int, _Batch] = {}  # sequence number of a live member -> its entry
-        self._ack_classes: dict[type, bool] = {}  # message class -> has an ack policy
+        self._ack_classes: dict[type, int] = {}  # message class -> _PINNED if it has ack_policy
         self._corrupted: dict[str, None] = {}  # descriptions, in the order they were found
         self._write_errors = 0
         self._last_write_error = ""
@@ -523,14 +523,6 @@ class PersistencePlugin(PersistenceFeature):
 
     # -- storing ---------------------------------------------------------------------------------
 
-    def _pins_acks(self, message: Message) -> bool:
-        """Whether ``message`` is ack-required (``needs_ack``, its class looked up once)."""
-        cls = message.__class__
-        acked = self._ack_classes.get(cls)
-        if acked is None:
-            acked = self._ack_classes[cls] = has_field(cls, "ack_policy")
-        return acked and getattr(message, "ack_policy", 0) != 0
-
     @hookimpl(trylast=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
         """Store the messages (one entry, one store transaction) before they are delivered.
@@ -539,20 +531,32 @@ class PersistencePlugin(PersistenceFeature):
         not stored again (a pinned one counts one more routing under way).
         """
         known = self._keys
-        fresh = [m for m in messages if store_seq(m) not in known]  # -1: not a stored one
         replayed: list[_Pin] = []
-        if len(fresh) != len(messages):
-            fresh, replayed = self._replays(messages)
-        if not fresh:
-            self._route(replayed)
-            return
-        pins = broker.has_feature("ack")  # without ack support nothing can settle a copy
-        identities = [
-            (m.topic, m.id, _micros(m.time), _PINNED if pins and self._pins_acks(m) else 0)
-            for m in fresh
-        ]
+        fresh: Sequence[Message] = messages
+        for message in messages:
+            if message._seq in known:  # store_seq(), read directly: -1 is never a key
+                fresh, replayed = self._replays(messages)
+                if not fresh:
+                    self._route(replayed)
+                    return
+                break
+        # Without ack support nothing can settle a copy: then no message is pinned.
+        classes = self._ack_classes
+        identities: list[tuple[str, str, int, int]] = []
+        pinned_any = 0
+        for message in fresh:
+            cls = message.__class__
+            pinned = classes.get(cls)
+            if pinned is None:
+                pinned = classes[cls] = _PINNED if has_field(cls, "ack_policy") else 0
+            if pinned:
+                policy: int = message.ack_policy  # type: ignore[attr-defined]
+                if policy == 0 or not broker.has_feature("ack"):
+                    pinned = 0
+            pinned_any |= pinned
+            identities.append((message.topic, message.id, _micros(message.time), pinned))
         # Age retention does not apply to a message that waits for acks: no expiry on disk.
-        expire = None if any(i[3] for i in identities) else broker.config.persistence_max_age
+        expire = None if pinned_any else broker.config.persistence_max_age
         one = len(fresh) == 1
         text = self._encode(fresh[0]) if one else self._encode_batch(fresh, identities)
         with self._lock:
@@ -577,8 +581,8 @@ class PersistencePlugin(PersistenceFeature):
             for pin in replayed:
                 pin.routing += 1
             self._remember(keys, broker.clock.monotonic(), 1)
-            for message, key in zip(fresh, keys, strict=True):
-                set_store_seq(message, key[0])
+            for i, message in enumerate(fresh):
+                set_store_seq(message, first + i)
             if batch is not None:
                 for key in keys:
                     self._batches[key[0]] = batch
@@ -587,7 +591,7 @@ class PersistencePlugin(PersistenceFeature):
                 doomed += self._expired(broker, topic)
             self._delete_stored(cache, doomed)
 
-    def _replays(self, messages: Sequence[Message]) -> tuple[list[Message], list[_Pin]]:
+    def _replays(self, messages: Sequence[Message]) -> tuple[Sequence[Message], list[_Pin]]:
         """Tell replays of stored messages from new ones: (to store, pins of the replays).
 
         A message carrying a stored number whose key does not match it is stored anew.
@@ -613,7 +617,7 @@ class PersistencePlugin(PersistenceFeature):
                     pin.routing += 1
 
     def _encode_batch(
-        self, members: list[Message], identities: list[tuple[str, str, int, int]]
+        self, members: Sequence[Message], identities: list[tuple[str, str, int, int]]
     ) -> str:
         try:
             fast = check_fields(members)
