@@ -223,7 +223,7 @@ def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
     """
     directory = Path(path).expanduser()
     now = time.time()
-    entries: list[tuple[tuple[int, str, str, int], Any]] = []  # (key, text or message data)
+    entries: list[tuple[tuple[int, str, str, int, int], Any]] = []  # (key, text or message data)
     batches: list[tuple[int, int, Any]] = []
     tombstones: set[int] = set()
     unreadable = expired = 0
@@ -235,7 +235,7 @@ def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
             if expire_time is not None and expire_time <= now:
                 expired += 1
                 continue
-            if len(parsed) == 4:
+            if len(parsed) == 5:
                 entries.append((parsed, _value(directory, mode, filename, value)))
             elif len(parsed) == 2:
                 batches.append((*parsed, _value(directory, mode, filename, value)))
@@ -255,7 +255,7 @@ def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
     counts: dict[str, list[Any]] = {}  # topic -> [messages, oldest, newest, pending, dead]
     pending: list[PendingAck] = []
     dead: list[DeadLetterRecord] = []
-    for (_, topic, _, micros), stored in entries:
+    for (_, topic, _, micros, _), stored in entries:
         try:
             if isinstance(stored, dict):  # a batch member, parsed with its batch
                 data = stored

@@ -723,12 +723,20 @@ class Broker:
 
         self._guard("publish_to_dead_letter", original_topic, add)
 
-    def dead_letter(self, topic: str, message: Message, reason: str, attempts: int) -> bool:
+    def dead_letter(
+        self,
+        topic: str,
+        message: Message,
+        reason: str,
+        attempts: int,
+        subscription: Subscription | None = None,
+    ) -> bool:
         """Hand a given-up message to the dead letter queue (plugin API: the ack/ttl sink).
 
-        Returns True when the DLQ took it. With the DLQ off, or when it refuses the message
-        (``max_memory_usage``), the message is dropped, counted in ``dead_letter_stats()``,
-        reported through ``mqkit_drop`` and by ``health_check()``.
+        ``subscription`` is the subscription whose delivered copy is given up, if any (passed on
+        to ``mqkit_dead_letter``). Returns True when the DLQ took it. With the DLQ off, or when
+        it refuses the message (``max_memory_usage``), the message is dropped, counted in
+        ``dead_letter_stats()``, reported through ``mqkit_drop`` and by ``health_check()``.
         """
         feature = self._feature(DeadLetterFeature)
         if feature is not None and not self._closed:
@@ -740,7 +748,7 @@ class Broker:
                     self._dead_letters_refused += 1
                 self._hooks.drop(self, None, message, "dead letter refused")
                 return False
-            self._hooks.dead_letter(self, topic, message, reason)
+            self._hooks.dead_letter(self, topic, message, reason, subscription)
             return True
         with self._lock:
             self._dead_letters_dropped += 1

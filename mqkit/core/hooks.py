@@ -434,9 +434,18 @@ class Hooks:
         """Fire ``mqkit_expire``."""
         self._notify("mqkit_expire", self._expire, broker, topic, message)
 
-    def dead_letter(self, broker: Broker, topic: str, message: Message, reason: str) -> None:
-        """Fire ``mqkit_dead_letter``."""
-        self._notify("mqkit_dead_letter", self._dead_letter, broker, topic, message, reason)
+    def dead_letter(
+        self,
+        broker: Broker,
+        topic: str,
+        message: Message,
+        reason: str,
+        subscription: Subscription | None = None,
+    ) -> None:
+        """Fire ``mqkit_dead_letter`` (``subscription``: whose delivered copy ends, if any)."""
+        self._notify(
+            "mqkit_dead_letter", self._dead_letter, broker, topic, message, reason, subscription
+        )
 
     def error(self, broker: Broker, operation: str, topic: str, error: MQError) -> None:
         """Fire ``mqkit_error``."""

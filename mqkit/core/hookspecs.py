@@ -253,7 +253,8 @@ def mqkit_drop(
 
     - ``drop_oldest``: the dropped message was buffered and was evicted to make room;
     - ``drop_newest``, ``block_with_timeout``, ``close_subscriber``: the *new* message never
-      entered the buffer;
+      entered the buffer (``drop_newest`` also under ``DROP_OLDEST`` when the buffer chose to
+      drop the new message: a priority buffer whose new message ranks lowest);
     - ``withheld``: it left the buffer but was not handed out (``mqkit_deliver`` withheld it,
       or the ``ttl`` sweep removed it: expired);
     - ``unsubscribed``: removed from a cancelled subscription's buffer (an ack-required
@@ -309,11 +310,23 @@ def mqkit_expire(broker: Broker, topic: str, message: Message) -> None:
 
 
 @hookspec
-def mqkit_dead_letter(broker: Broker, topic: str, message: Message, reason: str) -> None:
+def mqkit_dead_letter(
+    broker: Broker,
+    topic: str,
+    message: Message,
+    reason: str,
+    subscription: Subscription | None,
+) -> None:
     """``message``, first published to ``topic``, was given up and dead-lettered.
 
     Fires after the dead letter queue took it (``message`` is the original message;
     ``reason`` says why: ``expired``, ``nacked after N attempts``, ...). Notification.
+
+    ``subscription`` is the subscription whose *delivered* copy ends here (the ``ack`` plugin's:
+    nacked without requeue, out of retries, or held unacknowledged when the subscription was
+    cancelled). It is ``None`` when no delivered copy ends with this call: a buffered copy
+    (expired, or removed from a cancelled subscription), whose end :func:`mqkit_drop` reports,
+    or a message put into the queue by ``publish_to_dead_letter``.
     """
 
 

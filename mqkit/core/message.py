@@ -35,7 +35,10 @@ __all__ = [
     "message_priority",
     "needs_ack",
     "posix_time",
+    "redelivery",
+    "set_store_seq",
     "stamper",
+    "store_seq",
 ]
 
 EMPTY_META: Final[Mapping[str, str]] = MappingProxyType({})
@@ -80,6 +83,10 @@ class Message:
     # argument, not compared, hashed, shown or serialised; a stamped copy carries it along,
     # attrs.evolve (which may change the payload) starts afresh.
     _size: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
+    # The persistence store's sequence number of this copy (-1: not stored). Not a part of the
+    # message either: the store sets it on the copy it stored and on a recovered message; a
+    # redelivery carries it along, stamping (a publish: a new message) starts afresh.
+    _seq: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
 
 
 _TIME_SLOT: Final[MemberDescriptorType] = Message.__dict__["time"]
@@ -250,6 +257,24 @@ def estimate_size(message: Message) -> int:
 _remember_size: Final[Callable[[Message, int], None]] = Message.__dict__["_size"].__set__
 """Write the memo slot of a (frozen) message: a cache of a pure function, so a race is benign."""
 
+_SEQ_SLOT: Final[MemberDescriptorType] = Message.__dict__["_seq"]
+
+
+def store_seq(message: Message) -> int:
+    """The persistence store's sequence number of ``message``; -1 if it is not one (plugin API).
+
+    A stored message keeps its number through every copy of it the broker makes for delivery
+    (redeliveries included) and on a message recovered from the store; a publish stamps a new
+    copy without one. The ``persistence`` plugin knows a stored message by it.
+    """
+    seq: int = message._seq
+    return seq
+
+
+def set_store_seq(message: Message, seq: int) -> None:
+    """Give ``message`` (a frozen copy the broker made) its store sequence number (plugin API)."""
+    _SEQ_SLOT.__set__(message, seq)
+
 
 def has_field(cls: type, name: str) -> bool:
     """Whether the attrs class ``cls`` (a message class) declares the field ``name``."""
@@ -343,7 +368,9 @@ def stamper(cls: type[M]) -> Stamper[M]:
     """Return the copy-and-stamp function for a message class (generated once per class).
 
     The copy has ``topic``, ``time`` and ``attempt`` set; for classes with an ``ack_id`` field an
-    empty ack id is replaced by a generated one that is never repeated, across restarts too.
+    empty ack id is replaced by a generated one that is never repeated, across restarts too. The
+    copy is a new message: it has no store sequence number (:func:`store_seq`), even when
+    ``message`` had one.
     """
     try:
         return _stampers[cls]
@@ -364,8 +391,9 @@ def stamper(cls: type[M]) -> Stamper[M]:
         return evolve
     namespace: dict[str, Any] = {"_draft": draft, "_cls": cls, "_ack": _next_ack_id}
     lines = ["def stamp(m, topic, time, attempt):", "    n = _draft()"]
+    stamped = {"topic": "topic", "time": "time", "attempt": "attempt", "_seq": "-1"}
     for name in names:
-        value = {"topic": "topic", "time": "time", "attempt": "attempt"}.get(name, f"m.{name}")
+        value = stamped.get(name, f"m.{name}")
         if name == "ack_id":
             value = "m.ack_id or _ack(m)"
         lines.append(f"    n.{name} = {value}")
@@ -374,3 +402,16 @@ def stamper(cls: type[M]) -> Stamper[M]:
     fn: Stamper[M] = namespace["stamp"]
     _stampers[cls] = fn
     return fn
+
+
+def redelivery(message: M) -> M:
+    """A copy of a delivered ``message`` to deliver again, with ``attempt`` raised by one.
+
+    Everything else is kept, the store sequence number (:func:`store_seq`) included: it is the
+    same message (plugin API; the ``ack`` plugin's redeliveries).
+    """
+    stamp = stamper(type(message))
+    when = _read_time(message)  # as it is: POSIX seconds are not turned into a datetime
+    copy = stamp(message, message.topic, when, message.attempt + 1)  # type: ignore[arg-type]
+    _SEQ_SLOT.__set__(copy, message._seq)
+    return copy

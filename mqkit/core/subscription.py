@@ -104,6 +104,9 @@ class FifoBuffer(deque[Message]):
         return self.popleft()
 
 
+_DROP_NEWEST: Final = Backpressure.DROP_NEWEST.value
+"""The drop reason of a new message that never entered a full buffer (see ``mqkit_drop``)."""
+
 _NO_MESSAGES: Final[Buffer] = FifoBuffer()
 """Stands in for a subscription's buffer while ``remove`` works on it; always empty."""
 
@@ -393,7 +396,11 @@ class Subscription:
         if dropped is not None:
             hooks = self._broker._hooks
             if hooks.drop_on:
-                hooks.drop(self._broker, self, dropped, policy.value)
+                # A buffer that drops the new message under DROP_OLDEST (a priority buffer whose
+                # new message ranks lowest) did not evict anything: the new message never entered.
+                rejected = dropped is message and policy is Backpressure.DROP_OLDEST
+                reason = _DROP_NEWEST if rejected else policy.value
+                hooks.drop(self._broker, self, dropped, reason)
         if close:
             self.cancel()
         return entered

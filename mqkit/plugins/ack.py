@@ -42,7 +42,7 @@ from mqkit.core.message import (
     estimate_size,
     has_field,
     needs_ack,
-    stamper,
+    redelivery,
 )
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
@@ -257,8 +257,10 @@ class AckPlugin(AckFeature):
                 self._release(pending.ack_id)  # dead-lettered below; buffered ones: mqkit_drop
         for pending in held.values():
             message = pending.message
-            broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
-        for message in subscription.remove(needs_ack):
+            broker.dead_letter(
+                message.topic, message, "unsubscribed before ack", message.attempt, subscription
+            )
+        for message in subscription.remove(needs_ack):  # buffered copies: the drop ends them
             broker.hooks.drop(broker, subscription, message, "unsubscribed")
             broker.dead_letter(message.topic, message, "unsubscribed before ack", message.attempt)
 
@@ -411,17 +413,12 @@ class AckPlugin(AckFeature):
         self, broker: Broker, pending: _Pending, retry: bool, why: str
     ) -> None:
         message = pending.message
-        if retry:
-            assert message.time is not None
-            again = stamper(type(message))(
-                message, message.topic, message.time, message.attempt + 1
-            )
-            if pending.subscription.redeliver(again):
-                return  # the copy goes on: its ack id stays taken
+        if retry and pending.subscription.redeliver(redelivery(message)):
+            return  # the copy goes on: its ack id stays taken
         with self._lock:
             self._release(pending.ack_id)
         reason = f"{why} after {message.attempt} attempts"
-        broker.dead_letter(message.topic, message, reason, message.attempt)
+        broker.dead_letter(message.topic, message, reason, message.attempt, pending.subscription)
 
 
 def _taken(ack_id: str, message: Message) -> InvalidMessageError:

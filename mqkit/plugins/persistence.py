@@ -6,27 +6,39 @@ store's transaction committed (SQLite in WAL mode: a process killed at any insta
 message whose publish returned). A batch (``publish_batch``, a committed transaction) is one
 store entry, written in one store transaction: storing it costs one write, not one per message.
 
-- **Order and recovery.** Each message gets a sequence number; ``recover_messages(topic,
-  limit)`` returns the oldest ``limit`` stored messages of a topic in publish order, and
-  ``replay_messages`` re-delivers them without storing them twice. A stored message is
-  known by its topic, id and publish time: a message arriving with all three equal to a stored
-  one's is that message replayed, and is not stored again.
-- **What stays.** An ack-required message stays stored until every subscription it reached
-  acknowledged it (after a restart, one ack settles it); a dead-lettered message is removed.
-  Other messages stay until retention removes them: at most ``persistence_max_messages`` per
-  topic and none older than ``persistence_max_age`` - enforced from an in-memory index, without
-  scanning the store, on every store and before every recovery.
+- **Order and recovery.** Each stored message gets its own sequence number, its identity in the
+  store: two publishes are two stored messages, whatever their ids and however close in time.
+  The numbers only grow, across restarts too (the store keeps a high-water mark, written once
+  per ``_SEQ_BLOCK`` numbers). ``recover_messages(topic, limit)`` returns the oldest ``limit``
+  stored messages of a topic in publish order, and ``replay_messages`` re-delivers them without
+  storing them twice: a recovered message carries its number
+  (:func:`~mqkit.core.message.store_seq`), and so does every copy the broker delivers
+  (redeliveries included), while a publish is always a new message.
+- **What stays.** An ack-required message (with ack support on) stays stored until every
+  subscription that buffered a copy of it has settled that copy: acknowledged it, or given it up
+  (dead-lettered after ``nack(requeue=False)`` or its retries, expired, dropped from its buffer,
+  or removed or held unacknowledged when the subscription was cancelled). A copy a full buffer
+  refused never counts. After a restart nothing was delivered yet: the copies of a replay count.
+  Such a message is exempt from retention; when a topic holds more of them than
+  ``persistence_max_messages``, or one older than ``persistence_max_age``, ``health_check()``
+  says so. Other messages stay until retention removes them: at most
+  ``persistence_max_messages`` per topic (the unsettled ones count) and none older than
+  ``persistence_max_age`` - enforced from an in-memory index, without scanning the store, on
+  every store and before every recovery.
 - **Payloads** go through mqkit's one converter (:mod:`mqkit.core.convert`): plain data,
   bytes, datetimes and registered attrs classes/dataclasses come back as their own types; any
   other payload is refused at publish with ``SerializationError`` (nothing stored or delivered).
 - **Exclusive use.** The directory is locked (``flock`` on ``mqkit.lock``, which names the
   holder's pid); a second broker on it fails with ``PersistenceError``. The lock of a killed
   process is released by the OS, so the next broker simply takes it over.
-- **Entries.** A message published alone is one entry, keyed ``[seq, topic, id, micros]``
-  (the index is rebuilt from the keys alone). A batch is one entry keyed ``[first seq, count]``
-  holding ``[[topic, id, micros, message], ...]``; a member settled while others are still
-  stored is marked by a tombstone entry ``[seq]``, and the entry and its tombstones go when the
-  last member is settled. A restart reads batch entries to index their members.
+- **Entries.** A message published alone is one entry, keyed ``[seq, topic, id, micros, ack]``
+  (``ack`` 1 for a message settled per subscription, else 0; the index is rebuilt from the keys
+  alone). A batch is one entry keyed ``[first seq, count]`` holding
+  ``[[topic, id, micros, message, ack], ...]``; a member settled while others are still stored
+  is marked by a tombstone entry ``[seq]``, and the entry and its tombstones go when the last
+  member is settled. A restart reads batch entries to index their members. Stores written
+  before the ``ack`` flag (keys ``[seq, topic, id, micros]``, members of four) are read as they
+  are: such an entry's message is read at start to tell whether it waits for acks.
 - **Faults.** A corrupted entry (a value that does not decode, or a damaged database page) is
   skipped, counted once and named by ``health_check()``; a store that cannot be opened or
   indexed raises ``PersistenceError`` at ``Broker(...)``; a store that cannot be written (disk
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import heapq
 import json
 import os
 import sqlite3
@@ -56,7 +69,7 @@ from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError, SerializationError
 from mqkit.core.features import PersistenceFeature
 from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import Message, needs_ack
+from mqkit.core.message import Message, has_field, set_store_seq, store_seq
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.topics import normalize_topic
@@ -65,12 +78,21 @@ __all__ = ["LOCK_FILE", "PersistencePlugin", "StoreLock", "batch_members", "pars
 
 LOCK_FILE = "mqkit.lock"
 _STORE_DIR = "store"
-# (sequence, topic, message id, publish time in microseconds): unique, ordered, and enough to
-# recognise a stored message again (a replayed or redelivered copy) without reading values.
-# In the store the key is its compact JSON text (a str key: diskcache would pickle a tuple).
-_Key = tuple[int, str, str, int]
+# (sequence, topic, message id, publish time in microseconds, flags): the sequence number is the
+# stored message's identity; the rest lets the index be rebuilt, and a stored value be checked,
+# without reading values. In the store the key is its compact JSON text (a str key: diskcache
+# would pickle a tuple), ``[seq, topic, id, micros, ack]``.
+_Key = tuple[int, str, str, int, int]
 _Identity = tuple[str, str, int]  # (topic, message id, publish time in microseconds)
+_PINNED = 1  # flag: an ack-required message, settled per subscription, exempt from retention
+_OLD = 2  # flag: keyed in the previous format, [seq, topic, id, micros] (no ack flag)
 _TOMBSTONE = ""  # the value of a tombstone entry
+# The high-water mark of sequence numbers: a table of its own in the store's database (the
+# Cache table holds messages only). Written in the transaction of the entry that first uses a
+# number at or past it, moved _SEQ_BLOCK numbers ahead: one small write per _SEQ_BLOCK messages.
+_META_TABLE = "mqkit_meta"
+_NEXT_SEQ = "next_seq"
+_SEQ_BLOCK = 1 << 16
 # What a diskcache call raises when the store fails. ``diskcache.Timeout`` is raised when a
 # write transaction cannot begin (locked, read-only): its ``__context__`` holds the cause.
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -130,16 +152,27 @@ def _identity(message: Message) -> _Identity:
 
 
 def _key_text(key: _Key) -> str:
-    """``_to_json(key)``, written out: the key of every message stored alone."""
-    return (
-        f"[{key[0]},{encode_basestring_ascii(key[1])},{encode_basestring_ascii(key[2])},{key[3]}]"
-    )
+    """``_to_json`` of the stored key, written out: the key of every message stored alone."""
+    topic, message_id = encode_basestring_ascii(key[1]), encode_basestring_ascii(key[2])
+    flags = key[4]
+    if flags & _OLD:
+        return f"[{key[0]},{topic},{message_id},{key[3]}]"
+    return f"[{key[0]},{topic},{message_id},{key[3]},{flags & _PINNED}]"
+
+
+def _pinned_data(data: object) -> bool:
+    """Whether stored message data is of an ack-required message (``needs_ack``, as data)."""
+    policy = data.get("ack_policy") if isinstance(data, dict) else None
+    return type(policy) is int and policy != 0
 
 
 def parse_entry_key(text: object) -> tuple[int] | tuple[int, int] | _Key | None:
     """What a stored key text stands for; None when it is not one of ours.
 
-    A message ``[seq, topic, id, micros]``, a batch ``[first, count]`` or a tombstone ``[seq]``.
+    A message ``(seq, topic, id, micros, flags)`` from ``[seq, topic, id, micros, ack]`` (flags
+    1 when ``ack`` is 1: settled per subscription) or from the previous format
+    ``[seq, topic, id, micros]`` (flags 2: whether it waits for acks is in its value); a batch
+    ``(first, count)`` from ``[first, count]``; a tombstone ``(seq,)`` from ``[seq]``.
     """
     if not isinstance(text, str):
         return None
@@ -151,14 +184,20 @@ def parse_entry_key(text: object) -> tuple[int] | tuple[int, int] | _Key | None:
         return None
     parsed: tuple[int] | tuple[int, int] | _Key
     if (
-        len(parts) == 4
+        len(parts) in (4, 5)
         and type(parts[0]) is int
         and type(parts[1]) is str
         and type(parts[2]) is str
         and type(parts[3]) is int
     ):
-        parsed = (parts[0], parts[1], parts[2], parts[3])
-    elif len(parts) == 2 and type(parts[0]) is int and type(parts[1]) is int and parts[1] > 1:
+        if len(parts) == 4:
+            parsed = (parts[0], parts[1], parts[2], parts[3], _OLD)
+        elif parts[4] in (0, 1) and type(parts[4]) is int:
+            parsed = (parts[0], parts[1], parts[2], parts[3], parts[4])
+        else:
+            return None
+        return parsed if _key_text(parsed) == text else None
+    if len(parts) == 2 and type(parts[0]) is int and type(parts[1]) is int and parts[1] > 1:
         parsed = (parts[0], parts[1])
     elif len(parts) == 1 and type(parts[0]) is int:
         parsed = (parts[0],)
@@ -204,11 +243,37 @@ class _Batch:
         return _to_json((self.first, self.count))
 
 
+class _Pin:
+    """A stored ack-required message: how many copies were buffered and settled.
+
+    It is settled - and leaves the store - once no publish or replay of it is being routed
+    (``routing``), at least one copy was buffered, and as many copies were settled. A copy may
+    be settled before its routing ends (a fast consumer, a concurrent eviction): it counts all
+    the same, so the order of the hooks does not matter.
+    """
+
+    __slots__ = ("copies", "key", "routing", "settled", "stored_at")
+
+    def __init__(self, key: _Key, stored_at: float, routing: int) -> None:
+        self.key = key
+        self.stored_at = stored_at
+        self.routing = routing  # publishes or replays of it between accept and published
+        self.copies = 0  # copies that entered a subscription's buffer
+        self.settled = 0  # copies that ended (acknowledged or given up)
+
+    @property
+    def done(self) -> bool:
+        return self.routing <= 0 and 0 < self.copies <= self.settled
+
+
 def batch_members(raw: object, first: int, count: int) -> list[tuple[_Key, dict[str, object]]]:
     """The members of the batch entry ``[first, count]`` whose stored value is ``raw``.
 
-    Each member comes with its key ``(seq, topic, id, micros)`` and its message data (for
-    ``message_from_dict``). Raises ``ValueError`` when ``raw`` is not such a batch.
+    Each member comes with its key ``(seq, topic, id, micros, flags)`` and its message data (for
+    ``message_from_dict``). Members are ``[topic, id, micros, message, ack]``, or
+    ``[topic, id, micros, message]`` in stores of the previous format (then the message's own
+    ack policy says whether it is settled per subscription). Raises ``ValueError`` when ``raw``
+    is not such a batch.
     """
     if not isinstance(raw, str):
         raise ValueError("stored value is not text")
@@ -219,15 +284,22 @@ def batch_members(raw: object, first: int, count: int) -> list[tuple[_Key, dict[
     for i, item in enumerate(items):
         if not (
             isinstance(item, list)
-            and len(item) == 4
+            and len(item) in (4, 5)
             and type(item[0]) is str
             and type(item[1]) is str
             and type(item[2]) is int
             and isinstance(item[3], dict)
+            and (len(item) == 4 or item[4] in (0, 1))
         ):
             raise ValueError(f"member {i} is malformed")
-        members.append(((first + i, item[0], item[1], item[2]), item[3]))
+        data = item[3]
+        pinned = int(item[4]) if len(item) == 5 else int(_pinned_data(data))
+        members.append(((first + i, item[0], item[1], item[2], pinned), data))
     return members
+
+
+_COPY_ENDS = frozenset({"drop_oldest", "withheld", "unsubscribed"})
+"""``mqkit_drop`` reasons that end a buffered copy (the others: the copy never entered)."""
 
 
 class PersistencePlugin(PersistenceFeature):
@@ -244,18 +316,18 @@ class PersistencePlugin(PersistenceFeature):
         self._lock = threading.Lock()
         self._cache: diskcache.Cache | None = None
         self._store_lock: StoreLock | None = None
-        self._seq = 0
-        # topic -> (key, stored at) in publish order; entries no longer in _live were settled
-        # (deleted) and are skipped and trimmed lazily.
+        self._seq = 0  # the next sequence number
+        self._reserved = 0  # the high-water mark the store holds: numbers below it may be used
+        self._keys: dict[int, _Key] = {}  # sequence number -> key, of every stored message
+        # topic -> (key, stored at) of the messages retention may remove, in publish order;
+        # entries no longer in _keys were settled (deleted) and are skipped and trimmed lazily.
         self._index: dict[str, deque[tuple[_Key, float]]] = {}
-        self._live: set[_Key] = set()
-        self._live_count: dict[str, int] = {}
-        # Usually one key per identity; a batch that repeats an id stores each message.
-        # Tuples, not lists: the garbage collector stops tracking a tuple of plain values, so
-        # a large index costs its collections little (a list per message made them walk it).
-        self._by_identity: dict[_Identity, tuple[_Key, ...]] = {}
-        self._outstanding: dict[_Identity, int] = {}  # ack-required: deliveries unsettled
+        # The ack-required ones, settled per subscription: by topic (in publish order) and all.
+        self._pinned: dict[str, dict[int, _Pin]] = {}
+        self._pins: dict[int, _Pin] = {}
+        self._live_count: dict[str, int] = {}  # topic -> stored messages (pinned included)
         self._batches: dict[int, _Batch] = {}  # sequence number of a live member -> its entry
+        self._ack_classes: dict[type, int] = {}  # message class -> _PINNED if it has ack_policy
         self._corrupted: dict[str, None] = {}  # descriptions, in the order they were found
         self._write_errors = 0
         self._last_write_error = ""
@@ -314,6 +386,7 @@ class PersistencePlugin(PersistenceFeature):
     def _load_index(self, broker: Broker, cache: diskcache.Cache) -> None:
         cache.expire()  # drop what outlived persistence_max_age while we were down
         keys: list[_Key] = []
+        old: list[_Key] = []  # keyed in the previous format: the value says if it waits for acks
         batches: list[_Batch] = []
         tombstones: set[int] = set()
         listed = 0
@@ -322,8 +395,8 @@ class PersistencePlugin(PersistenceFeature):
             parsed = parse_entry_key(text)
             if parsed is None:
                 self._corrupted[f"key {text!r:.60}"] = None
-            elif len(parsed) == 4:
-                keys.append(parsed)
+            elif len(parsed) == 5:
+                (old if parsed[4] & _OLD else keys).append(parsed)
             elif len(parsed) == 2:
                 batches.append(_Batch(parsed[0], parsed[1], 0))
             else:
@@ -333,6 +406,17 @@ class PersistencePlugin(PersistenceFeature):
             self._corrupted[f"the store counts {counted} entries but its index lists {listed}"] = (
                 None
             )
+        for key in old:
+            try:
+                raw = cache.get(_key_text(key), default=None)
+                pinned = isinstance(raw, str) and _pinned_data(json.loads(raw))
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise
+                pinned = False  # recover() finds the damage and reports it
+            except Exception:  # a damaged row or value: as above
+                pinned = False
+            keys.append((*key[:4], _OLD | (_PINNED if pinned else 0)))
         doomed_texts: list[str] = []
         used_tombstones: set[int] = set()
         for batch in batches:
@@ -362,79 +446,143 @@ class PersistencePlugin(PersistenceFeature):
                 doomed_texts += [_to_json((seq,)) for seq in batch.tombstoned]
         doomed_texts += [_to_json((seq,)) for seq in tombstones - used_tombstones]
         keys.sort()
-        self._remember(keys, broker.clock.monotonic())
+        # Ages count from each message's publish time (a restart does not make them younger).
+        mono, wall = broker.clock.monotonic(), broker.clock.time()
+        for key in keys:
+            self._remember((key,), mono - max(0.0, wall - key[3] / 1_000_000), 0)
         used = [key[0] for key in keys[-1:]] + [b.first + b.count - 1 for b in batches]
-        if used or tombstones:  # new entries never reuse a sequence number the store holds
-            self._seq = max(used + list(tombstones)) + 1
+        self._reserved = self._read_reserved(cache)
+        # New entries never reuse a number the store holds or a broker before this one used.
+        self._seq = max([self._reserved, *(seq + 1 for seq in used + list(tombstones))])
         with self._lock:
             doomed: list[_Key] = []
             for topic in list(self._index):
                 doomed += self._expired(broker, topic)
             self._delete_stored(cache, doomed, doomed_texts)
 
-    def _remember(self, keys: Iterable[_Key], stored_at: float) -> None:
-        """Under the lock (or before start): index stored keys (one loop: a batch's hot path)."""
-        index, live, by_identity, counts = (
-            self._index,
-            self._live,
-            self._by_identity,
-            self._live_count,
-        )
+    @staticmethod
+    def _read_reserved(cache: diskcache.Cache) -> int:
+        """The high-water mark of sequence numbers the store holds (0: none yet)."""
+        try:
+            rows = cache._sql(
+                f"SELECT value FROM {_META_TABLE} WHERE key = ?", (_NEXT_SEQ,)
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return 0  # a store that never had a mark (written before it, or never written)
+        value = rows[0][0] if rows else 0
+        return value if type(value) is int and value > 0 else 0
+
+    @staticmethod
+    def _write_reserved(cache: diskcache.Cache, value: int) -> None:
+        """In a store transaction: move the high-water mark to ``value``."""
+        sql = cache._sql
+        sql(f"CREATE TABLE IF NOT EXISTS {_META_TABLE} (key TEXT PRIMARY KEY, value INTEGER)")
+        sql(f"INSERT OR REPLACE INTO {_META_TABLE} VALUES (?, ?)", (_NEXT_SEQ, value))
+
+    def _remember(self, keys: Iterable[_Key], stored_at: float, routing: int) -> None:
+        """Under the lock (or before start): index stored keys (one loop: a batch's hot path).
+
+        A pinned (ack-required) message starts with ``routing`` publishes under way.
+        """
+        index, all_keys, counts = self._index, self._keys, self._live_count
         for key in keys:
-            topic = key[1]
-            entries = index.get(topic)  # not setdefault: it would build a deque every time
-            if entries is None:
-                entries = index[topic] = deque()
-            entries.append((key, stored_at))
-            live.add(key)
-            identity = (topic, key[2], key[3])
-            same = by_identity.get(identity)
-            by_identity[identity] = (key,) if same is None else (*same, key)
+            seq, topic = key[0], key[1]
+            all_keys[seq] = key
+            if key[4] & _PINNED:
+                pin = self._pins[seq] = _Pin(key, stored_at, routing)
+                pinned = self._pinned.get(topic)
+                if pinned is None:
+                    pinned = self._pinned[topic] = {}
+                pinned[seq] = pin
+            else:
+                entries = index.get(topic)  # not setdefault: it would build a deque every time
+                if entries is None:
+                    entries = index[topic] = deque()
+                entries.append((key, stored_at))
             counts[topic] = counts.get(topic, 0) + 1
 
     def _forget(self, key: _Key) -> bool:
         """Under the lock: mark ``key`` settled; False if it already was."""
-        if key not in self._live:
+        seq, topic = key[0], key[1]
+        if self._keys.pop(seq, None) is None:
             return False
-        self._live.discard(key)
-        identity = (key[1], key[2], key[3])
-        rest = tuple(k for k in self._by_identity[identity] if k != key)
-        if rest:
-            self._by_identity[identity] = rest
+        if key[4] & _PINNED:
+            del self._pins[seq]
+            pinned = self._pinned[topic]
+            del pinned[seq]
+            if not pinned:
+                del self._pinned[topic]
+        left = self._live_count[topic] - 1
+        if left:
+            self._live_count[topic] = left
         else:
-            del self._by_identity[identity]
-            self._outstanding.pop(identity, None)
-        self._live_count[key[1]] -= 1
+            del self._live_count[topic]
         return True
 
     # -- storing ---------------------------------------------------------------------------------
 
     @hookimpl(trylast=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Store the messages (one entry, one store transaction) before they are delivered."""
-        known = self._by_identity
-        fresh: list[tuple[Message, _Identity]] = []
+        """Store the messages (one entry, one store transaction) before they are delivered.
+
+        A message that carries the number of a stored message is that message replayed: it is
+        not stored again (a pinned one counts one more routing under way).
+        """
+        known = self._keys
+        replayed: list[_Pin] = []
+        fresh: Sequence[Message] = messages
         for message in messages:
-            identity = (message.topic, message.id, _micros(message.time))
-            if identity not in known:  # else a replayed message: stored already
-                fresh.append((message, identity))
-        if not fresh:
-            return
-        expire = broker.config.persistence_max_age
-        text = self._encode(fresh[0][0]) if len(fresh) == 1 else self._encode_batch(fresh)
+            if message._seq in known:  # store_seq(), read directly: -1 is never a key
+                fresh, replayed = self._replays(messages)
+                if not fresh:
+                    self._route(replayed)
+                    return
+                break
+        # Without ack support nothing can settle a copy: then no message is pinned.
+        classes = self._ack_classes
+        identities: list[tuple[str, str, int, int]] = []
+        pinned_any = 0
+        for message in fresh:
+            cls = message.__class__
+            pinned = classes.get(cls)
+            if pinned is None:
+                pinned = classes[cls] = _PINNED if has_field(cls, "ack_policy") else 0
+            if pinned:
+                policy: int = message.ack_policy  # type: ignore[attr-defined]
+                if policy == 0 or not broker.has_feature("ack"):
+                    pinned = 0
+            pinned_any |= pinned
+            identities.append((message.topic, message.id, _micros(message.time), pinned))
+        # Age retention does not apply to a message that waits for acks: no expiry on disk.
+        expire = None if pinned_any else broker.config.persistence_max_age
+        one = len(fresh) == 1
+        text = self._encode(fresh[0]) if one else self._encode_batch(fresh, identities)
         with self._lock:
             cache = self._live_cache()
             first = self._seq
-            keys = [(first + i, *identity) for i, (_, identity) in enumerate(fresh)]
+            keys = [(first + i, *identity) for i, identity in enumerate(identities)]
             batch = None if len(keys) == 1 else _Batch(first, len(keys), len(keys))
+            entry = _key_text(keys[0]) if batch is None else batch.text
             try:
-                entry = _key_text(keys[0]) if batch is None else batch.text
-                cache.set(entry, text, expire=expire)
+                if first + len(keys) <= self._reserved:
+                    cache.set(entry, text, expire=expire)
+                else:  # past the high-water mark: move it ahead, in the same transaction
+                    reserved = first + len(keys) + _SEQ_BLOCK
+                    with cache.transact():
+                        self._write_reserved(cache, reserved)
+                        cache.set(entry, text, expire=expire)
+                    self._reserved = reserved
             except _STORE_ERRORS as exc:
                 detail = self._write_failed(exc)
                 raise PersistenceError.because(f"cannot store message(s): {detail}") from exc
             self._seq = first + len(keys)
-            self._remember(keys, broker.clock.monotonic())
+            for pin in replayed:
+                pin.routing += 1
+            self._remember(keys, broker.clock.monotonic(), 1)
+            for i, message in enumerate(fresh):
+                set_store_seq(message, first + i)
             if batch is not None:
                 for key in keys:
                     self._batches[key[0]] = batch
@@ -443,13 +591,43 @@ class PersistencePlugin(PersistenceFeature):
                 doomed += self._expired(broker, topic)
             self._delete_stored(cache, doomed)
 
-    def _encode_batch(self, members: list[tuple[Message, _Identity]]) -> str:
+    def _replays(self, messages: Sequence[Message]) -> tuple[Sequence[Message], list[_Pin]]:
+        """Tell replays of stored messages from new ones: (to store, pins of the replays).
+
+        A message carrying a stored number whose key does not match it is stored anew.
+        """
+        fresh: list[Message] = []
+        pins: list[_Pin] = []
+        with self._lock:
+            for message in messages:
+                key = self._keys.get(store_seq(message))
+                if key is None or key[1:4] != _identity(message):
+                    fresh.append(message)
+                else:
+                    pin = self._pins.get(key[0])
+                    if pin is not None:
+                        pins.append(pin)
+        return fresh, pins
+
+    def _route(self, pins: list[_Pin]) -> None:
+        """Pinned messages are being replayed: one more routing each, until published."""
+        if pins:
+            with self._lock:
+                for pin in pins:
+                    pin.routing += 1
+
+    def _encode_batch(
+        self, members: Sequence[Message], identities: list[tuple[str, str, int, int]]
+    ) -> str:
         try:
-            fast = check_fields([m for m, _ in members])
-            value = [(*identity, message_to_dict(m)) for m, identity in members]
+            fast = check_fields(members)
+            value = [
+                (topic, message_id, micros, message_to_dict(m), pinned)
+                for m, (topic, message_id, micros, pinned) in zip(members, identities, strict=True)
+            ]
             return stored_json(value, fast=fast)
         except (TypeError, ValueError, AttributeError, RecursionError, SerializationError):
-            for message, _ in members:
+            for message in members:
                 self._encode(message)  # raises SerializationError naming the message
             raise
 
@@ -469,48 +647,65 @@ class PersistencePlugin(PersistenceFeature):
     def mqkit_published(
         self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
     ) -> None:
-        """Note how many deliveries an ack-required message waits for."""
-        for message, n in zip(messages, copies, strict=True):
-            if n > 0 and needs_ack(message):
-                identity = _identity(message)
+        """Count how many copies of each ack-required message were buffered."""
+        pins = self._pins
+        if not pins:
+            return
+        for i, message in enumerate(messages):
+            pin = pins.get(store_seq(message))
+            if pin is not None:
                 with self._lock:
-                    if identity in self._by_identity:
-                        self._outstanding[identity] = self._outstanding.get(identity, 0) + n
+                    pin.routing -= 1
+                    pin.copies += copies[i]
+                    if pin.done and self._pins.get(pin.key[0]) is pin:
+                        self._remove((pin.key,))
 
     # -- settling --------------------------------------------------------------------------------
 
     @hookimpl
     def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
-        """An acknowledged delivery: remove the message once every delivery is settled."""
+        """A subscription acknowledged its copy."""
         self._settle(message)
 
     @hookimpl
     def mqkit_drop(
         self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
     ) -> None:
-        """A delivery that will never happen is settled too."""
-        if subscription is not None and needs_ack(message):
+        """A buffered copy that will never be handed out is settled (a refused one never was)."""
+        if subscription is not None and reason in _COPY_ENDS:
             self._settle(message)
 
     @hookimpl
-    def mqkit_dead_letter(self, broker: Broker, topic: str, message: Message, reason: str) -> None:
-        """A dead-lettered message leaves the store."""
+    def mqkit_dead_letter(
+        self,
+        broker: Broker,
+        topic: str,
+        message: Message,
+        reason: str,
+        subscription: Subscription | None,
+    ) -> None:
+        """A delivered copy given up is settled; any other dead-lettered message leaves."""
+        seq = store_seq(message)
+        if seq in self._pins:
+            if subscription is not None:
+                self._settle(message)
+            return  # a buffered copy (its drop settled it), or not a copy of a subscription
         with self._lock:
-            keys = self._by_identity.get(_identity(message))
-            if keys:
-                self._remove(list(keys))
+            key = self._keys.get(seq)
+            if key is not None and not key[4] & _PINNED and key[1:3] == (message.topic, message.id):
+                self._remove((key,))
 
     def _settle(self, message: Message) -> None:
-        identity = _identity(message)
+        """One copy of a pinned message ended; remove the message with its last copy."""
+        pin = self._pins.get(store_seq(message))
+        if pin is None:
+            return
         with self._lock:
-            keys = self._by_identity.get(identity)
-            if not keys:
-                return
-            left = self._outstanding.get(identity, 1) - 1
-            if left > 0:
-                self._outstanding[identity] = left
-                return
-            self._remove(list(keys))
+            if self._pins.get(pin.key[0]) is not pin:
+                return  # removed meanwhile
+            pin.settled += 1
+            if pin.done:
+                self._remove((pin.key,))
 
     def _remove(self, keys: Iterable[_Key]) -> None:
         """Under the lock: settle ``keys`` and delete them from the store."""
@@ -576,27 +771,27 @@ class PersistencePlugin(PersistenceFeature):
     def _trim(self, topic: str) -> None:
         """Under the lock: pop settled entries off the front of a topic's index."""
         entries = self._index.get(topic)
-        while entries and entries[0][0] not in self._live:
+        keys = self._keys
+        while entries and entries[0][0][0] not in keys:
             entries.popleft()
-        if not entries:
-            self._index.pop(topic, None)
-            self._live_count.pop(topic, None)
+        if entries is not None and not entries:
+            del self._index[topic]
 
     def _expired(self, broker: Broker, topic: str) -> list[_Key]:
         """Under the lock: settle a topic's oldest entries past the count and age bounds.
 
         Returns the keys to delete from the store. Costs O(entries removed): the index is in
-        publish order, so the oldest are in front.
+        publish order, so the oldest are in front. Pinned (ack-required) messages are not in
+        it: they count towards ``persistence_max_messages`` but are never removed here.
         """
         config = broker.config
         cutoff = broker.clock.monotonic() - config.persistence_max_age
+        limit = config.persistence_max_messages
+        counts = self._live_count
         doomed: list[_Key] = []
         self._trim(topic)
         entries = self._index.get(topic)
-        while entries and (
-            self._live_count.get(topic, 0) > config.persistence_max_messages
-            or entries[0][1] < cutoff
-        ):
+        while entries and (counts.get(topic, 0) > limit or entries[0][1] < cutoff):
             key, _ = entries.popleft()
             if self._forget(key):
                 doomed.append(key)
@@ -616,12 +811,10 @@ class PersistencePlugin(PersistenceFeature):
             cache = self._live_cache()
             if self._broker is not None:
                 self._delete_stored(cache, self._expired(self._broker, topic))
-            batches = self._batches
-            keys = [
-                (key, batches.get(key[0]))
-                for key, _ in self._index.get(topic, ())
-                if key in self._live
-            ]
+            batches, live = self._batches, self._keys
+            plain = [key for key, _ in self._index.get(topic, ()) if key[0] in live]
+            pinned = [pin.key for pin in self._pinned.get(topic, {}).values()]
+            keys = [(key, batches.get(key[0])) for key in heapq.merge(plain, pinned)]
         messages: list[Message] = []
         read: dict[int, dict[_Key, object] | None] = {}  # batches read by this call
         for key, batch in keys:
@@ -664,6 +857,7 @@ class PersistencePlugin(PersistenceFeature):
             except (MQError, ValueError, TypeError, KeyError, RecursionError):
                 self._note_corrupted(key)
                 continue
+            set_store_seq(message, key[0])  # a replay of it is known as this stored message
             messages.append(message)
         return messages
 
@@ -698,12 +892,36 @@ class PersistencePlugin(PersistenceFeature):
         return self._live_cache()
 
     @hookimpl
-    def mqkit_health(self) -> list[str]:
-        """Report skipped corrupted entries (naming the first few) and failed writes."""
+    def mqkit_health(self, broker: Broker) -> list[str]:
+        """Report corrupted entries (the first few named), failed writes, and unsettled excess.
+
+        The excess: a topic whose unsettled ack-required messages alone are more than
+        ``persistence_max_messages``, or one of them older than ``persistence_max_age``.
+        """
         problems = []
+        config = broker.config
+        limit, max_age = config.persistence_max_messages, config.persistence_max_age
+        cutoff = broker.clock.monotonic() - max_age
         with self._lock:
             corrupted = list(self._corrupted)
             write_errors, last = self._write_errors, self._last_write_error
+            pinned = [
+                (topic, len(pins), next(iter(pins.values())).stored_at)
+                for topic, pins in sorted(self._pinned.items())
+            ]
+        for topic, count, oldest in pinned:
+            if count > limit:
+                problems.append(
+                    f"persistence holds {count} unsettled ack-required messages of topic "
+                    f"{topic!r}, more than persistence_max_messages ({limit}): retention keeps "
+                    "them until every subscription that received them settles them"
+                )
+            if oldest < cutoff:
+                problems.append(
+                    f"persistence holds an unsettled ack-required message of topic {topic!r} "
+                    f"older than persistence_max_age ({max_age:g} s): retention keeps it until "
+                    "every subscription that received it settles it"
+                )
         if corrupted:
             named = "; ".join(corrupted[:_NAMED_CORRUPTIONS])
             more = len(corrupted) - _NAMED_CORRUPTIONS

@@ -52,7 +52,8 @@ def test_the_plugin_manager_knows_every_hook() -> None:
         ("mqkit_ack", ["broker", "subscription", "message"]),
         ("mqkit_nack", ["broker", "subscription", "message", "requeue"]),
         ("mqkit_expire", ["broker", "topic", "message"]),
-        ("mqkit_dead_letter", ["broker", "topic", "message", "reason"]),
+        # subscription: whose delivered copy ends (issue 13: settled per subscription)
+        ("mqkit_dead_letter", ["broker", "topic", "message", "reason", "subscription"]),
         ("mqkit_broker_start", ["broker"]),
         ("mqkit_broker_close", ["broker"]),
     ],

@@ -16,10 +16,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import diskcache
 import pytest
 
 import mqkit
+from mqkit.core.convert import message_to_dict
+from mqkit.inspection import inspect_store
 
 Factory = Callable[..., mqkit.Broker]
 BIG = mqkit.SubOptions(buffer_size=10_000)
@@ -50,7 +53,7 @@ def cache_of(broker: mqkit.Broker) -> diskcache.Cache:
 def entries(broker: mqkit.Broker) -> tuple[int, int, int]:
     """What the store holds: (messages stored alone, batch entries, tombstones)."""
     kinds = [len(json.loads(key)) for key in cache_of(broker).iterkeys()]
-    return kinds.count(4), kinds.count(2), kinds.count(1)
+    return kinds.count(5) + kinds.count(4), kinds.count(2), kinds.count(1)
 
 
 def stored_key(broker: mqkit.Broker, message_id: str) -> object:
@@ -958,3 +961,436 @@ def test_problem_text_names_the_failed_write(make_broker: Factory, tmp_path: Pat
     publish_until_full(broker, "t", "n")
     (problem,) = broker.health_check().problems
     assert re.fullmatch(r"persistence failed 2 write\(s\); last: .*full.*", problem)
+
+
+# -- settlement per subscription (issue 13, point 7) -------------------------------------------
+
+ACK_TIMEOUT = 10.0
+DLQ = "dlq"
+
+
+def pending_on_disk(path: Path, topic: str = "t") -> list[str]:
+    """The ack-required messages of ``topic`` the store holds, read from disk without a broker.
+
+    ``mqkit inspect``'s reader opens the database read-only: what it sees is what the next
+    broker on the directory would recover.
+    """
+    report = inspect_store(path)
+    return [p.id for p in report.pending_acks if p.topic == topic]
+
+
+def restarted_ids(make_broker: Factory, broker: mqkit.Broker, path: Path) -> list[str]:
+    """Close ``broker``, open the directory again, and recover topic ``t``."""
+    broker.close()
+    reopened = make_broker("persistence", "ack", config=config(path))
+    found = ids(reopened.recover_messages("t"))
+    reopened.close()
+    return found
+
+
+REFUSING = [
+    pytest.param(mqkit.Backpressure.DROP_NEWEST, id="drop_newest"),
+    pytest.param(mqkit.Backpressure.BLOCK_WITH_TIMEOUT, id="block_with_timeout"),
+    pytest.param(mqkit.Backpressure.CLOSE_SUBSCRIBER, id="close_subscriber"),
+    # A priority buffer under DROP_OLDEST drops the new message when it ranks lowest.
+    pytest.param(mqkit.Backpressure.DROP_OLDEST, id="drop_oldest-priority"),
+]
+
+
+@pytest.mark.parametrize("policy", REFUSING)
+@pytest.mark.parametrize("full_first", [True, False], ids=["full-sub-first", "full-sub-last"])
+def test_copy_refused_by_a_full_buffer_does_not_settle_the_others(
+    make_broker: Factory, tmp_path: Path, policy: mqkit.Backpressure, full_first: bool
+) -> None:
+    """One subscription's full buffer refuses the message; another buffered it: still stored."""
+    plugins = ("persistence", "ack", "priority")
+    broker = make_broker(*plugins, config=config(tmp_path))
+    refusing = mqkit.SubOptions(buffer_size=1, policy=policy, block_timeout=0.01)
+    subs = [("full", refusing), ("other", BIG)]
+    made = dict(
+        (name, broker.subscribe_with_ack("t", opts))
+        for name, opts in (subs if full_first else subs[::-1])
+    )
+    full, other = made["full"], made["other"]
+    broker.publish("t", mqkit.PriorityMessage("filler", priority=mqkit.Priority.HIGH))
+    broker.publish("t", mqkit.AckMessage("a", ack_id="k"))  # lower than filler: refused by full
+    assert full.stats().dropped == 1 and other.stats().queue_len == 2
+    assert pending_on_disk(tmp_path) == ["a"]
+    assert restarted_ids(make_broker, broker, tmp_path) == ["filler", "a"]
+
+    again = make_broker("persistence", "ack", config=config(tmp_path))
+    sub = again.subscribe_with_ack("t", BIG)
+    assert again.replay_messages("t") == 2
+    assert [m.id for m in (sub.get(timeout=5), sub.get(timeout=5))] == ["filler", "a"]
+    sub.ack("k")  # the only copy there is now
+    assert pending_on_disk(tmp_path) == []
+    assert restarted_ids(make_broker, again, tmp_path) == ["filler"]
+
+
+@attrs.frozen
+class Way:
+    """A way one subscription's copy of an ack-required message ends."""
+
+    name: str
+    end: Callable[[mqkit.Broker, mqkit.Subscription, mqkit.FakeClock], None]
+    # The message: an AckMessage, or an AckTTLMessage for the ways that expire it.
+    expires: bool = False
+
+    def message(self, clock: mqkit.FakeClock) -> mqkit.Message:
+        if self.expires:
+            return mqkit.AckTTLMessage(
+                "a", expires_at=clock.now() + timedelta(seconds=0.5), ack_timeout=100.0
+            )
+        return mqkit.AckMessage("a")
+
+
+def _ack(broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock) -> None:
+    sub.ack(sub.get_nowait().ack_id)  # type: ignore[attr-defined]
+
+
+def _nack_requeue_then_ack(
+    broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock
+) -> None:
+    first = sub.get_nowait()
+    sub.nack(first.ack_id, requeue=True)  # type: ignore[attr-defined]
+    assert pending_on_disk(Path(broker.config.persistence_path)) == ["a"]  # not ended yet
+    again = sub.get_nowait()
+    assert again.attempt == 2
+    sub.ack(again.ack_id)  # type: ignore[attr-defined]
+
+
+def _nack_dead_letter(
+    broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock
+) -> None:
+    sub.nack(sub.get_nowait().ack_id, requeue=False)  # type: ignore[attr-defined]
+
+
+def _dead_letter_after_retries(
+    broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock
+) -> None:
+    assert sub.get_nowait().attempt == 1
+    clock.advance(ACK_TIMEOUT)  # missed: redelivered (max_ack_retries=1)
+    assert sub.get_nowait().attempt == 2
+    clock.advance(ACK_TIMEOUT)  # missed again: dead-lettered
+
+
+def _cancel_delivered(
+    broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock
+) -> None:
+    sub.get_nowait()
+    sub.cancel()
+
+
+def _cancel_buffered(broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock) -> None:
+    sub.cancel()
+
+
+def _evicted(broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock) -> None:
+    broker.publish("t", mqkit.Message("push"))  # a buffer of one under DROP_OLDEST
+
+
+def _expired_in_the_buffer(
+    broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock
+) -> None:
+    clock.advance(2)  # the TTL sweep takes it out of the buffer
+
+
+def _expired_at_delivery(
+    broker: mqkit.Broker, sub: mqkit.Subscription, clock: mqkit.FakeClock
+) -> None:
+    clock.advance(0.6)  # expired, not swept yet
+    with pytest.raises(TimeoutError):
+        sub.get_nowait()  # withheld
+
+
+WAYS = [
+    Way("ack", _ack),
+    Way("nack-requeue-then-ack", _nack_requeue_then_ack),
+    Way("nack-dead-letter", _nack_dead_letter),
+    Way("dead-letter-after-retries", _dead_letter_after_retries),
+    Way("cancel-delivered", _cancel_delivered),
+    Way("cancel-buffered", _cancel_buffered),
+    Way("drop-evicted", _evicted),
+    Way("expired-in-the-buffer", _expired_in_the_buffer, expires=True),
+    Way("expired-at-delivery", _expired_at_delivery, expires=True),
+]
+
+
+@pytest.mark.parametrize("way", [pytest.param(w, id=w.name) for w in WAYS])
+@pytest.mark.parametrize("last", [False, True], ids=["ends-first", "ends-last"])
+def test_each_way_a_copy_ends_settles_that_copy_only(
+    make_broker: Factory, tmp_path: Path, fake_clock: mqkit.FakeClock, way: Way, last: bool
+) -> None:
+    """Two subscriptions hold a stored ack-required message; one copy ends in ``way``.
+
+    The message stays stored while the other copy is unsettled, and is removed with the last.
+    """
+    cfg = config(
+        tmp_path, dead_letter_topic=DLQ, default_ack_timeout=ACK_TIMEOUT, max_ack_retries=1
+    )
+    broker = make_broker("persistence", "ack", "ttl", "deadletter", config=cfg)
+    one = broker.subscribe("t", mqkit.SubOptions(buffer_size=1))  # drop_oldest
+    two = broker.subscribe("t", BIG)
+    broker.publish("t", way.message(fake_clock))
+    # The other copy is handed out at once when the message can expire (a delivered copy does
+    # not expire), and only when it is acknowledged otherwise (so no deadline of it runs out).
+    taken = two.get_nowait() if way.expires else None
+
+    def ack_two() -> None:
+        message = taken if taken is not None else two.get_nowait()
+        two.ack(message.ack_id)  # type: ignore[attr-defined]
+
+    if last:
+        ack_two()
+        assert pending_on_disk(tmp_path) == ["a"]
+        way.end(broker, one, fake_clock)
+    else:
+        way.end(broker, one, fake_clock)
+        assert pending_on_disk(tmp_path) == ["a"]
+        ack_two()
+    assert pending_on_disk(tmp_path) == []
+    assert "a" not in restarted_ids(make_broker, broker, tmp_path)
+
+
+def test_copies_of_three_subscriptions_each_count(make_broker: Factory, tmp_path: Path) -> None:
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    subs = [broker.subscribe_with_ack("t") for _ in range(3)]
+    broker.publish("t", mqkit.AckMessage("a", ack_id="k"))
+    subs[0].cancel()  # buffered: ends (dead letter queue off: dropped)
+    subs[1].get_nowait()
+    subs[1].ack("k")
+    assert pending_on_disk(tmp_path) == ["a"]
+    assert restarted_ids(make_broker, broker, tmp_path) == ["a"]  # the third never settled it
+
+
+# -- retention never removes unsettled messages (issue 13, point 10) ---------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 5], ids=["publish", "publish_batch"])
+def test_count_retention_keeps_every_unsettled_ack_message(
+    make_broker: Factory, tmp_path: Path, batch: int
+) -> None:
+    cfg = config(tmp_path, persistence_max_messages=10)
+    broker = make_broker("persistence", "ack", config=cfg)
+    sub = broker.subscribe_with_ack("t", BIG)
+    for first in range(0, 50, batch):
+        messages = [mqkit.AckMessage(f"a{i}", ack_id=f"k{i}") for i in range(first, first + batch)]
+        if batch == 1:
+            broker.publish("t", messages[0])
+        else:
+            broker.publish_batch("t", messages)
+    assert len([sub.get_nowait() for _ in range(50)]) == 50  # delivered, none acknowledged
+    wanted = [f"a{i}" for i in range(50)]
+    assert ids(broker.recover_messages("t")) == wanted
+    health = broker.health_check()
+    assert health.status == "degraded"
+    (problem,) = health.problems
+    assert "50 unsettled" in problem and "'t'" in problem and "persistence_max_messages" in problem
+    broker.close()
+
+    reopened = make_broker("persistence", "ack", config=cfg)
+    assert ids(reopened.recover_messages("t")) == wanted
+    assert reopened.health_check().status == "degraded"
+    sub = reopened.subscribe_with_ack("t", BIG)
+    assert reopened.replay_messages("t") == 50
+    for _ in range(45):
+        sub.ack(sub.get_nowait().ack_id)  # type: ignore[attr-defined]
+    assert ids(reopened.recover_messages("t")) == wanted[45:]
+    assert reopened.health_check().status == "healthy"  # 5 unsettled: within the limit
+
+
+def test_count_retention_removes_the_oldest_settled_kinds_first(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    """Unsettled ack-required messages count, but only the others are removed."""
+    cfg = config(tmp_path, persistence_max_messages=10)
+    broker = make_broker("persistence", "ack", config=cfg)
+    sub = broker.subscribe_with_ack("t", BIG)
+    expected = []
+    for i in range(24):
+        if i % 6 == 0:  # a0, a6, a12, a18
+            broker.publish("t", mqkit.AckMessage(f"a{i}"))
+            expected.append(f"a{i}")
+        else:
+            broker.publish("t", mqkit.Message(f"m{i}"))
+    kept_plain = [f"m{i}" for i in range(24) if i % 6][-6:]
+    expected = sorted(expected + kept_plain, key=lambda name: int(name[1:]))
+    assert ids(broker.recover_messages("t")) == expected
+    assert broker.health_check().status == "healthy"
+    assert len([sub.get_nowait() for _ in range(24)]) == 24
+    broker.close()
+    reopened = make_broker("persistence", "ack", config=cfg)
+    assert ids(reopened.recover_messages("t")) == expected
+
+
+def test_age_retention_keeps_unsettled_ack_messages(
+    make_broker: Factory, tmp_path: Path, fake_clock: mqkit.FakeClock
+) -> None:
+    cfg = config(tmp_path, persistence_max_age=60)
+    broker = make_broker("persistence", "ack", config=cfg)
+    sub = broker.subscribe_with_ack("t", BIG)
+    broker.publish("t", mqkit.AckMessage("old-ack", ack_id="k"))
+    broker.publish("t", mqkit.Message("old-plain"))
+    sub.get_nowait()
+    fake_clock.advance(61)
+    broker.publish("t", mqkit.Message("young"))
+    assert ids(broker.recover_messages("t")) == ["old-ack", "young"]
+    (problem,) = broker.health_check().problems
+    assert "'t'" in problem and "persistence_max_age" in problem
+    broker.close()
+    reopened = make_broker("persistence", "ack", config=cfg)
+    assert ids(reopened.recover_messages("t")) == ["old-ack", "young"]
+    sub = reopened.subscribe_with_ack("t", BIG)
+    assert reopened.replay_messages("t") == 2
+    assert sub.get_nowait().id == "old-ack"
+    sub.ack("k")
+    assert ids(reopened.recover_messages("t")) == ["young"]
+    assert reopened.health_check().status == "healthy"
+
+
+# -- every stored message has its own key (issue 13, point 11) -----------------------------------
+
+
+def _publish_each_way(broker: mqkit.Broker, prefix: str) -> None:
+    """The same id, five times, through every publish path, within one clock tick."""
+    broker.publish("t", mqkit.Message(prefix, 1))
+    broker.publish_with_ack("t", mqkit.AckMessage(prefix, 2))
+    broker.publish_batch("t", [mqkit.Message(prefix, 3), mqkit.Message(prefix, 4)])
+    with broker.transaction() as tx:
+        tx.publish("t", mqkit.Message(prefix, 5))
+    broker.publish_priority("t", mqkit.PriorityMessage(prefix, 6))
+
+
+def test_same_id_within_one_clock_tick_is_stored_each_time(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    """The fake clock does not move: every publish has the same time, and each is stored."""
+    plugins = ("persistence", "ack", "transactions", "priority")
+    broker = make_broker(*plugins, config=config(tmp_path))
+    _publish_each_way(broker, "dup")
+    assert [m.data for m in broker.recover_messages("t")] == [1, 2, 3, 4, 5, 6]
+    broker.close()
+    reopened = make_broker(*plugins, config=config(tmp_path))
+    assert [m.data for m in reopened.recover_messages("t")] == [1, 2, 3, 4, 5, 6]
+    sub = reopened.subscribe("t", BIG)
+    assert reopened.replay_messages("t") == 6  # replays are not stored again
+    assert [m.data for m in drain_all(sub)] == [1, 2, 3, 4, 5, 6]
+    assert [m.data for m in reopened.recover_messages("t")] == [1, 2, 3, 4, 5, 6]
+
+
+def drain_all(sub: mqkit.Subscription) -> list[mqkit.Message]:
+    got = []
+    while sub.stats().queue_len:
+        got.append(sub.get_nowait())
+    return got
+
+
+def test_acks_of_same_id_same_tick_messages_settle_each_its_own(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    sub = broker.subscribe_with_ack("t", BIG)
+    for data in ("first", "second", "third"):
+        broker.publish("t", mqkit.AckMessage("dup", data))
+    _, second, third = drain_all(sub)
+    sub.ack(second.ack_id)  # type: ignore[attr-defined]
+    assert [m.data for m in broker.recover_messages("t")] == ["first", "third"]
+    sub.nack(third.ack_id, requeue=True)  # type: ignore[attr-defined]
+    again = sub.get_nowait()
+    assert again.data == "third" and again.attempt == 2
+    sub.ack(again.ack_id)  # type: ignore[attr-defined]  # the redelivered copy settles its own
+    assert [m.data for m in broker.recover_messages("t")] == ["first"]
+    broker.close()
+    reopened = make_broker("persistence", "ack", config=config(tmp_path))
+    assert [m.data for m in reopened.recover_messages("t")] == ["first"]
+
+
+def test_republished_recovered_message_is_a_new_message(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    """Publishing a recovered message object is a publish: it is stored again."""
+    broker = make_broker("persistence", config=config(tmp_path))
+    broker.publish("t", mqkit.Message("m", 1))
+    (recovered,) = broker.recover_messages("t")
+    broker.publish("t", recovered)
+    assert [m.data for m in broker.recover_messages("t")] == [1, 1]
+
+
+def test_sequence_numbers_continue_after_a_restart(make_broker: Factory, tmp_path: Path) -> None:
+    """Even when every message was settled, a new message never reuses an old number."""
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    sub = broker.subscribe_with_ack("t")
+    broker.publish("t", mqkit.AckMessage("a", ack_id="k"))
+    (before,) = json.loads(str(stored_key(broker, "a")))[:1]
+    sub.get_nowait()
+    sub.ack("k")
+    assert len(cache_of(broker)) == 0
+    broker.close()
+    reopened = make_broker("persistence", config=config(tmp_path))
+    reopened.publish("t", mqkit.Message("b"))
+    (after,) = json.loads(str(stored_key(reopened, "b")))[:1]
+    assert after > before
+
+
+def test_store_of_the_previous_format_is_read(make_broker: Factory, tmp_path: Path) -> None:
+    """Keys ``[seq, topic, id, micros]`` (the format before the ack flag) recover and settle."""
+    start = mqkit.FakeClock().now()
+    micros = int(start.timestamp()) * 1_000_000
+
+    def value(message: mqkit.Message) -> dict[str, object]:
+        return message_to_dict(attrs.evolve(message, topic="t", time=start))
+
+    cache = diskcache.Cache(str(tmp_path / "store"), eviction_policy="none")
+    cache.set(f'[0,"t","plain",{micros}]', json.dumps(value(mqkit.Message("plain", 1))))
+    cache.set(f'[1,"t","ack",{micros}]', json.dumps(value(mqkit.AckMessage("ack", ack_id="k"))))
+    members = [
+        ["t", f"b{i}", micros, value(mqkit.AckMessage(f"b{i}", ack_id=f"b{i}"))] for i in (0, 1, 2)
+    ]
+    cache.set("[2,3]", json.dumps(members))
+    cache.set("[3]", "")  # b1 was settled
+    cache.close()
+
+    assert pending_on_disk(tmp_path) == ["ack", "b0", "b2"]  # mqkit inspect reads it too
+    cfg = config(tmp_path, persistence_max_messages=1)  # only "plain" may be retired
+    broker = make_broker("persistence", "ack", config=cfg)
+    assert ids(broker.recover_messages("t")) == ["ack", "b0", "b2"]
+    sub = broker.subscribe_with_ack("t", BIG)
+    assert broker.replay_messages("t") == 3
+    for message in drain_all(sub):
+        sub.ack(message.ack_id)  # type: ignore[attr-defined]
+    assert broker.recover_messages("t") == []
+    assert len(cache_of(broker)) == 0
+    assert broker.health_check().status == "healthy"
+
+
+@pytest.mark.parametrize("during", ["evicted", "acked"])
+def test_copy_settled_while_the_message_is_still_being_routed_counts(
+    make_broker: Factory, tmp_path: Path, during: str
+) -> None:
+    """A copy that ends before the publish has reached every subscription counts as settled.
+
+    The second subscription's filter runs in the publisher's thread in the middle of routing:
+    there the first subscription's copy ends (evicted by another publish, or acknowledged).
+    """
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    first = broker.subscribe_with_ack("t", mqkit.SubOptions(buffer_size=1))  # drop_oldest
+
+    def meanwhile(message: mqkit.Message) -> bool:
+        if message.id == "a":
+            if during == "evicted":
+                broker.publish("t", mqkit.Message("push"))  # evicts first's copy of "a"
+            else:
+                first.ack(first.get_nowait().ack_id)  # type: ignore[attr-defined]
+        return message.id == "a"
+
+    second = broker.subscribe_with_ack("t", mqkit.SubOptions(buffer_size=10, filter=meanwhile))
+    third = broker.subscribe_with_ack("t", BIG)
+    broker.publish("t", mqkit.AckMessage("a", ack_id="k"))
+    assert pending_on_disk(tmp_path) == ["a"]  # second and third hold it
+    second.ack(second.get_nowait().ack_id)  # type: ignore[attr-defined]
+    assert pending_on_disk(tmp_path) == ["a"]
+    if during == "evicted":
+        assert third.get_nowait().id == "push"  # published in the middle of routing "a"
+    third.ack(third.get_nowait().ack_id)  # type: ignore[attr-defined]
+    assert pending_on_disk(tmp_path) == []
+    assert "a" not in restarted_ids(make_broker, broker, tmp_path)
