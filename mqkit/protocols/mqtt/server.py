@@ -98,6 +98,7 @@ class Server:
         self._servers: list[asyncio.base_events.Server] = []
         self._matchers: dict[str, Callable[[str], bool]] = {}
         self._outgoing: dict[int, tuple[Message, Outgoing]] = {}
+        self._unsendable_logged: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -163,6 +164,28 @@ class Server:
             self._outgoing.clear()
         self._outgoing[key] = (message, out)
         return out
+
+    def unsendable(self, message: Message, why: str) -> None:
+        """``message`` cannot be sent to one client: count the drop, log it once per topic.
+
+        Counted through ``mqkit_drop`` (reason ``unsendable``, no subscription: the gateway had
+        taken it from its subscription), so the metrics count it as dropped.
+        """
+        hooks = self.hooks
+        if hooks.drop_on:
+            hooks.drop(self.broker, None, message, "unsendable")
+        key = (message.topic, why)
+        logged = self._unsendable_logged
+        if key not in logged:
+            if len(logged) >= 1024:
+                logged.clear()
+            logged.add(key)
+            log.warning(
+                "mqtt: dropped a message on %r for a client that cannot be sent it: %s "
+                "(logged once per topic and reason; each drop is counted as dropped)",
+                message.topic,
+                why,
+            )
 
     def publish_status(self, topic: str, message: Message) -> int:
         """Publish in-process now; return a reason code (0 when it was accepted)."""
@@ -880,8 +903,8 @@ class Connection(asyncio.Protocol):
                 ),
                 maximum_packet_size=server.max_packet_size,
                 topic_alias_maximum=server.topic_alias_maximum or None,
-                # Always: the id in effect (assigned when the client sent none).
-                assigned_client_identifier=client_id,
+                # Only an id the server assigned (libmosquitto refuses one it did not ask for).
+                assigned_client_identifier=client_id if not packet.client_id else None,
                 server_keep_alive=server_keep_alive,
                 authentication_method=self.auth_method or None,
             )
