@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import struct
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -233,17 +234,28 @@ def wire_string(text: object, what: str) -> bytes:
     """``text`` as MQTT string bytes (UTF-8, without its length prefix).
 
     Raises :class:`Unsendable` naming ``what`` when MQTT forbids the string: not a ``str``, a
-    character of ``_FORBIDDEN``, or more than 65,535 bytes. One regular expression search and
-    one encode per string: it runs once per message (:class:`Outgoing` is cached).
+    character of ``_FORBIDDEN``, or more than 65,535 bytes. It runs once per message
+    (:class:`Outgoing` is cached): for printable ASCII, two C calls and the encode; else one
+    regular expression search too.
     """
+    try:
+        return _utf8(text)
+    except Unsendable as exc:
+        raise Unsendable(f"{what} {exc}") from None
+
+
+def _utf8(text: object) -> bytes:
+    """:func:`wire_string` without the name (its error says only why)."""
     if not isinstance(text, str):
-        raise Unsendable(f"{what} is not a str")
-    bad = _FORBIDDEN.search(text)
-    if bad is not None:
-        raise Unsendable(f"{what} contains {_describe(bad.group())}")
+        raise Unsendable("is not a str")
+    # Printable ASCII (the usual case) holds none of them; two C calls say so.
+    if not (text.isascii() and text.isprintable()):
+        bad = _FORBIDDEN.search(text)
+        if bad is not None:
+            raise Unsendable(f"contains {_describe(bad.group())}")
     raw = text.encode()
     if len(raw) > 65535:
-        raise Unsendable(f"{what} is longer than 65535 UTF-8 bytes")
+        raise Unsendable("is longer than 65535 UTF-8 bytes")
     return raw
 
 
@@ -304,6 +316,17 @@ def _property_block(
         pairs = [
             (k, v) for k, v in meta.items() if not k.startswith(META_PREFIX) and isinstance(v, str)
         ]
-    for k, v in pairs:
-        out += b"\x26" + _str(k, f"meta key {_short(k)}") + _str(v, f"meta {_short(k)}")
+    for k, v in pairs:  # names are made only for an error: this loop runs for every message
+        try:
+            name = _utf8(k)
+        except Unsendable as exc:
+            raise Unsendable(f"meta key {_short(k)} {exc}") from None
+        try:
+            value = _utf8(v)
+        except Unsendable as exc:
+            raise Unsendable(f"meta {_short(k)} {exc}") from None
+        out += b"\x26" + _pack_h(len(name)) + name + _pack_h(len(value)) + value
     return bytes(out)
+
+
+_pack_h: Final = struct.Struct(">H").pack
