@@ -582,14 +582,18 @@ class Connection(asyncio.Protocol):
         # For MQTT the client is gone now: its session (will, expiry) goes on at once, not when
         # the drain ends (connection_lost runs again then, with nothing left to do).
         self.connection_lost(None)
+        if transport.can_write_eof():  # not over TLS: there the client's own close ends it
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (a reset): nothing to wait for
+                transport.abort()
+                return
         loop = asyncio.get_running_loop()
         self._drain_left = _DRAIN_BYTES
         self._drain = loop.call_later(_DRAIN_SECONDS, self.close)
         self.drained = loop.create_future()
         self.server.draining.add(self)
         self.reader = PacketReader(self.server.max_packet_size)  # unparsed input is dropped
-        if transport.can_write_eof():  # not over TLS: there the client's own close ends it
-            transport.write_eof()
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()

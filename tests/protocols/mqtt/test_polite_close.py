@@ -13,7 +13,9 @@ most 256 KiB at a time), so the server decides to close while input is still unr
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import struct
 import threading
 from collections.abc import Callable
 
@@ -178,7 +180,7 @@ def test_refused_connect_reads_the_connack_then_a_clean_end(
 
 
 def blocked_connection(
-    srv: Srv, client_id: str
+    srv: Srv, client_id: str, version: int = 5
 ) -> tuple[Raw, mqkit.Subscription, threading.Thread]:
     """A client whose QoS 1 publish waits for an in-process ``BLOCK_WITH_TIMEOUT`` subscriber,
     with more than the server buffers (1 MiB) pipelined behind it: the server stops reading,
@@ -188,9 +190,9 @@ def blocked_connection(
     )
     full = srv.broker.subscribe("blk", opts)
     srv.broker.publish("blk", mqkit.Message("filler"))
-    c = Raw(srv)
+    c = Raw(srv, version)
     assert c.connect(client_id).reason_code == 0
-    blocked = codec.Publish(topic="blk", payload=b"x", qos=1, packet_id=1).encode()
+    blocked = codec.Publish(topic="blk", payload=b"x", qos=1, packet_id=1).encode(version)
     sender = pipeline(c.sock, blocked + PADDING * 4)  # 1.25 MiB
     return c, full, sender
 
@@ -249,3 +251,27 @@ def test_drain_is_bounded_for_a_client_that_never_stops(
             stop.set()
         sender.join(TIMEOUT)
         assert got[-1] == codec.Disconnect(reason_code=Reason.RECEIVE_MAXIMUM_EXCEEDED)
+
+
+def test_shutdown_after_the_client_reset_its_connection(
+    server_factory: Callable[..., Srv], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutting the write side of a socket the client has reset fails (ENOTCONN): the server
+    then just closes it, and the rest of its shutdown still happens (sessions ended)."""
+    caplog.set_level(logging.ERROR, logger="mqkit.mqtt")
+    srv = server_factory()
+    # MQTT 3.1.1 (no DISCONNECT is written first), and the server is not reading: it cannot
+    # have noticed the reset when it shuts down.
+    c, full, sender = blocked_connection(srv, "reset", version=4)
+    sender.join(TIMEOUT)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    server = srv.plugin.server
+    closer = threading.Thread(target=srv.broker.close)
+    closer.start()
+    with contextlib.suppress(mqkit.MQError, TimeoutError):
+        full.get(timeout=TIMEOUT)  # let the blocked publish end
+    closer.join(TIMEOUT)
+    assert not closer.is_alive()
+    assert not [r.getMessage() for r in caplog.records if r.name == "mqkit.mqtt"]
+    assert not server.sessions and not server.connections and not server.draining
