@@ -262,7 +262,10 @@ def mqkit_drop(
     - ``dead letter queue off``: a dead letter with nowhere to go (``subscription`` is
       ``None``);
     - ``dead letter refused``: a dead letter the queue could not take (the memory limit;
-      ``subscription`` is ``None``).
+      ``subscription`` is ``None``);
+    - ``unsendable``: a protocol gateway took it from its subscription but cannot send it to
+      one client (MQTT: a string the protocol forbids, or more than the client's Maximum
+      Packet Size); ``subscription`` is ``None``, once per client that loses it.
     """
 
 

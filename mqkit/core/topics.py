@@ -1,5 +1,9 @@
 """Topic rules (the seed's): strip, non-empty, at most 1024 UTF-8 bytes; glob patterns.
 
+A topic must also have a UTF-8 form without U+0000 (no lone surrogate): MQTT, AMQP and the
+store all carry topics as UTF-8 strings, and MQTT forbids U+0000 in them. The broker validates
+a topic string once and remembers it (its route cache), so the check costs nothing per publish.
+
 Patterns follow Go's ``path.Match`` as the seed's pubsub uses it: ``*`` matches any run of
 characters except ``/`` (so ``orders.*`` matches ``orders.created``), ``?`` one such character,
 ``[...]`` a class (``[^...]`` or ``[!...]`` negated, ``a-z`` ranges), ``\\`` escapes. A pattern
@@ -30,6 +34,8 @@ def normalize_topic(topic: object) -> str:
         size = len(stripped.encode())
     except UnicodeEncodeError:  # a lone surrogate: the topic has no UTF-8 form
         raise InvalidTopicError.because("topic is not valid UTF-8") from None
+    if "\x00" in stripped:
+        raise InvalidTopicError.because("topic contains U+0000 (NUL)")
     if size > MAX_TOPIC_LENGTH:
         raise InvalidTopicError.because(f"topic too long (max {MAX_TOPIC_LENGTH} characters)")
     return stripped

@@ -37,6 +37,7 @@ _FIELDS = (
 (_PUBLISHED, _DELIVERED, _DROPPED, _EXPIRED, _ACKED,
  _NACKED, _REDELIVERED, _DEAD_LETTERED, _ERRORS) = range(len(_FIELDS))  # fmt: skip
 _POLICIES = frozenset(p.value for p in Backpressure)
+_COUNTED_DROPS = _POLICIES | {"unsendable"}  # and what a gateway could not send a client
 
 
 def _percentile(ordered: Sequence[float], q: float) -> float:
@@ -132,8 +133,8 @@ class MetricsPlugin(MetricsFeature):
     def mqkit_drop(
         self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
     ) -> None:
-        """Count drops by a backpressure policy."""
-        if reason in _POLICIES:
+        """Count drops by a backpressure policy, and messages a gateway could not send."""
+        if reason in _COUNTED_DROPS:
             self._count(message.topic, _DROPPED)
 
     @hookimpl

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -234,7 +237,7 @@ def test_topic_property(broker: mqkit.Broker, topic: str) -> None:
         encoded = len(stripped.encode())
     except UnicodeEncodeError:
         encoded = None
-    valid = bool(stripped) and encoded is not None and encoded <= 1024
+    valid = bool(stripped) and encoded is not None and encoded <= 1024 and "\x00" not in stripped
     if valid:
         sub = broker.subscribe(topic)
         assert sub.topic == stripped
@@ -246,3 +249,73 @@ def test_topic_property(broker: mqkit.Broker, topic: str) -> None:
             broker.subscribe(topic)
         with pytest.raises(mqkit.InvalidTopicError):
             broker.publish(topic, mqkit.Message("m"))
+
+
+# -- characters no topic may hold (issue 13, point 4) ---------------------------------------------
+
+_LATER = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _tx_block(b: mqkit.Broker, topic: str) -> None:
+    with b.transaction() as tx:
+        tx.publish("fine", mqkit.Message("ok"))
+        tx.publish(topic, mqkit.Message("m"))
+
+
+PUBLISH_PATHS: dict[str, Callable[[mqkit.Broker, str], object]] = {
+    "publish": lambda b, t: b.publish(t, mqkit.Message("m", "x")),
+    "publish_batch": lambda b, t: b.publish_batch(t, [mqkit.Message("m1"), mqkit.Message("m2")]),
+    "publish_priority": lambda b, t: b.publish_priority(t, mqkit.PriorityMessage("m", priority=2)),
+    "publish_ttl": lambda b, t: b.publish_ttl(t, mqkit.TTLMessage("m", expires_at=_LATER)),
+    "publish_with_ack": lambda b, t: b.publish_with_ack(t, mqkit.AckMessage("m", ack_id="a")),
+    "publish_priority_ttl": lambda b, t: b.publish_priority_ttl(
+        t, mqkit.PriorityTTLMessage("m", expires_at=_LATER)
+    ),
+    "publish_with_ack_ttl": lambda b, t: b.publish_with_ack_ttl(
+        t, mqkit.AckTTLMessage("m", ack_id="a", expires_at=_LATER)
+    ),
+    "publish_with_transaction": lambda b, t: b.publish_with_transaction(t, mqkit.Message("m"), "x"),
+    "transaction": _tx_block,
+    "publish_to_dead_letter": lambda b, t: b.publish_to_dead_letter(t, mqkit.Message("m"), "why"),
+    "subscribe": lambda b, t: b.subscribe(t),
+    "subscribe_pattern": lambda b, t: b.subscribe_pattern(t + "*"),
+}
+
+# U+0000 is refused by name; a lone surrogate has no UTF-8 form (no MQTT client, no store).
+FORBIDDEN_TOPICS = [
+    ("a\x00b", "U+0000"),
+    ("\x00", "U+0000"),
+    ("a/b\x00", "U+0000"),
+    ("a\ud800b", "UTF-8"),
+    ("\udfff", "UTF-8"),
+]
+
+
+@pytest.mark.parametrize("path", sorted(PUBLISH_PATHS))
+@pytest.mark.parametrize(("topic", "named"), FORBIDDEN_TOPICS)
+def test_topics_with_nul_or_lone_surrogates_are_refused_on_every_path(
+    path: str, topic: str, named: str
+) -> None:
+    config = mqkit.Config(
+        enable_priority_queue=True,
+        enable_ack_support=True,
+        enable_transactions=True,
+        enable_dead_letter_queue=True,
+        dead_letter_topic="dlq",
+    )
+    with mqkit.Broker(config) as b:
+        catch_all = b.subscribe_pattern("*")  # would match a topic without '/'
+        fine = b.subscribe("fine")
+        with pytest.raises(mqkit.InvalidTopicError) as raised:
+            PUBLISH_PATHS[path](b, topic)
+        assert named in str(raised.value)
+        assert str(raised.value).startswith("mq: invalid topic: ")
+        # Refused whole: nothing was delivered (not even a transaction's other message).
+        with pytest.raises(TimeoutError):
+            catch_all.get(timeout=0)
+        with pytest.raises(TimeoutError):
+            fine.get(timeout=0)
+        assert b.dead_letter_stats().total_messages == 0
+        # The same topic without the character is fine.
+        clean = topic.replace("\x00", "").replace("\ud800", "").replace("\udfff", "") or "c"
+        b.publish(clean, mqkit.Message("after"))

@@ -30,6 +30,10 @@ any other key               a user property (v5): name -> value
   other keys (``meta`` keys are user properties unless they begin with ``mqtt.``), and a
   Message Expiry Interval of the time left until ``expires_at`` (a message that expired is
   never sent).
+
+A message MQTT cannot carry (:func:`wire_string`: a topic, or for MQTT 5 a property, that
+holds a character MQTT forbids or exceeds 65,535 bytes) is not sent: :class:`Outgoing` says
+why, once per message, and the session drops it for that client.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import itertools
 import json
 import math
 import os
+import re
+import struct
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -50,8 +56,10 @@ __all__ = [
     "DEFAULT_QOS",
     "META_PREFIX",
     "Outgoing",
+    "Unsendable",
     "message_from_publish",
     "new_message_id",
+    "wire_string",
 ]
 
 META_PREFIX: Final = "mqtt."
@@ -129,65 +137,68 @@ class Outgoing:
     ``payload`` is the bytes to send, ``qos`` the publication QoS, ``retain`` the RETAIN flag
     as published, ``expires_at`` the expiry instant (or None), and ``props`` the v5 property
     bytes except the expiry interval and subscription identifiers (which vary per send).
+
+    ``problem`` says why no MQTT client can be sent the message (its topic or payload breaks
+    MQTT's rules, see :func:`wire_string`), ``v5_problem`` why an MQTT 5 client cannot (that,
+    or a property: a ``meta`` key or value); None when it can be sent.
     """
 
-    __slots__ = ("client_id", "expires_at", "payload", "props", "qos", "retain", "topic_bytes")
+    __slots__ = (
+        "client_id",
+        "expires_at",
+        "message",
+        "payload",
+        "problem",
+        "props",
+        "qos",
+        "retain",
+        "topic_bytes",
+        "v5_problem",
+    )
 
     def __init__(self, message: Message) -> None:
+        self.message = message
         meta: Mapping[str, str] = message.meta
         data: Any = message.data
         content_type = meta.get(K_CONTENT_TYPE)
         payload_format = meta.get(K_FORMAT) == "1"
-        if isinstance(data, bytes):
-            payload = data
-        elif isinstance(data, bytearray | memoryview):
-            payload = bytes(data)
-        elif isinstance(data, str):
-            payload = data.encode()
-            payload_format = True
-        else:
-            payload = to_json(encode_payload(data)).encode()
-            payload_format = True
-            if content_type is None:
-                content_type = "application/json"
+        problem: str | None = None
+        payload = b""
+        try:
+            if isinstance(data, bytes):
+                payload = data
+            elif isinstance(data, bytearray | memoryview):
+                payload = bytes(data)
+            elif isinstance(data, str):
+                payload = data.encode()
+                payload_format = True
+            else:
+                payload = to_json(encode_payload(data)).encode()
+                payload_format = True
+                if content_type is None:
+                    content_type = "application/json"
+        except UnicodeEncodeError:
+            problem = "the payload (a str) holds a lone surrogate: it has no UTF-8 form"
+        except Exception as exc:  # not serialisable: no client can be sent it
+            problem = f"the payload cannot be serialised: {exc}"
         self.payload = payload
-        self.topic_bytes = message.topic.encode()
+        try:
+            self.topic_bytes = wire_string(message.topic, "the topic")
+        except Unsendable as exc:
+            self.topic_bytes = b""
+            problem = problem or str(exc)
         qos_text = meta.get(K_QOS)
         self.qos = _QOS_TEXT.index(qos_text) if qos_text in _QOS_TEXT else DEFAULT_QOS
         self.retain = meta.get(K_RETAIN) == "1"
         self.client_id = meta.get(K_CLIENT)
         self.expires_at: datetime | None = getattr(message, "expires_at", None)
-        out = bytearray()
-        if payload_format:
-            out += b"\x01\x01"
-        if content_type is not None:
-            out += b"\x03" + _str(content_type)
-        response = meta.get(K_RESPONSE)
-        if response is not None:
-            out += b"\x08" + _str(response)
-        correlation = meta.get(K_CORRELATION)
-        if correlation is not None:
-            try:
-                raw = bytes.fromhex(correlation)
-            except ValueError:
-                raw = correlation.encode()
-            out += b"\x09" + len(raw).to_bytes(2, "big") + raw
-        users = meta.get(K_USER)
-        pairs: list[tuple[str, str]] | None = None
-        if users is not None:
-            try:
-                pairs = [(str(k), str(v)) for k, v in json.loads(users)]
-            except (ValueError, TypeError):
-                pairs = None
-        if pairs is None:
-            pairs = [
-                (k, v)
-                for k, v in meta.items()
-                if not k.startswith(META_PREFIX) and isinstance(v, str)
-            ]
-        for k, v in pairs:
-            out += b"\x26" + _str(k) + _str(v)
-        self.props = bytes(out)
+        self.problem = problem
+        try:
+            self.props = _property_block(meta, content_type, payload_format)
+        except Unsendable as exc:
+            self.props = b""
+            problem = problem or str(exc)
+        self.v5_problem = problem
 
     def properties(self, now: datetime | None, sub_ids: tuple[int, ...]) -> bytes | None:
         """The v5 property block for one send; None when the message has expired."""
@@ -203,6 +214,119 @@ class Outgoing:
         return encode_varint(len(body)) + body
 
 
-def _str(text: str) -> bytes:
-    raw = text.encode()[:65535]
+class Unsendable(Exception):
+    """A string MQTT cannot carry (its text names the string and the reason)."""
+
+
+# What MQTT's UTF-8 strings (v5 1.5.4, 3.1.1 1.5.3) must not hold - U+0000 and surrogates - and
+# what they should not, which a receiver may treat as malformed (libmosquitto does): control
+# characters U+0001-U+001F and U+007F-U+009F, and the noncharacters.
+_FORBIDDEN: Final = re.compile(
+    "[\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff\\ufdd0-\\ufdef"
+    + "".join(
+        f"\\U{plane | 0xFFFE:08x}\\U{plane | 0xFFFF:08x}" for plane in range(0, 0x110000, 0x10000)
+    )
+    + "]"
+)
+
+
+def wire_string(text: object, what: str) -> bytes:
+    """``text`` as MQTT string bytes (UTF-8, without its length prefix).
+
+    Raises :class:`Unsendable` naming ``what`` when MQTT forbids the string: not a ``str``, a
+    character of ``_FORBIDDEN``, or more than 65,535 bytes. It runs once per message
+    (:class:`Outgoing` is cached): for printable ASCII, two C calls and the encode; else one
+    regular expression search too.
+    """
+    try:
+        return _utf8(text)
+    except Unsendable as exc:
+        raise Unsendable(f"{what} {exc}") from None
+
+
+def _utf8(text: object) -> bytes:
+    """:func:`wire_string` without the name (its error says only why)."""
+    if not isinstance(text, str):
+        raise Unsendable("is not a str")
+    # Printable ASCII (the usual case) holds none of them; two C calls say so.
+    if not (text.isascii() and text.isprintable()):
+        bad = _FORBIDDEN.search(text)
+        if bad is not None:
+            raise Unsendable(f"contains {_describe(bad.group())}")
+    raw = text.encode()
+    if len(raw) > 65535:
+        raise Unsendable("is longer than 65535 UTF-8 bytes")
+    return raw
+
+
+def _describe(char: str) -> str:
+    code = ord(char)
+    if code == 0:
+        return "U+0000 (NUL)"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate (U+{code:04X})"
+    if code <= 0x9F:
+        return f"a control character (U+{code:04X})"
+    return f"a noncharacter (U+{code:04X})"
+
+
+def _short(name: str) -> str:
+    return repr(name if len(name) <= 40 else name[:40] + "...")
+
+
+def _str(text: object, what: str) -> bytes:
+    raw = wire_string(text, what)
     return len(raw).to_bytes(2, "big") + raw
+
+
+def _property_block(
+    meta: Mapping[str, str], content_type: str | None, payload_format: bool
+) -> bytes:
+    """The v5 properties that come from ``meta`` (raises :class:`Unsendable`)."""
+    out = bytearray()
+    if payload_format:
+        out += b"\x01\x01"
+    if content_type is not None:
+        out += b"\x03" + _str(content_type, f"meta {K_CONTENT_TYPE!r}")
+    response = meta.get(K_RESPONSE)
+    if response is not None:
+        what = f"meta {K_RESPONSE!r}"
+        out += b"\x08" + _str(response, what)
+        if not response:
+            raise Unsendable(f"{what} is not a topic name: it is empty")
+        if "+" in response or "#" in response:
+            raise Unsendable(f"{what} is not a topic name: it holds a wildcard")
+    correlation = meta.get(K_CORRELATION)
+    if correlation is not None:
+        try:
+            raw = bytes.fromhex(correlation)
+        except ValueError:
+            raw = wire_string(correlation, f"meta {K_CORRELATION!r}")
+        if len(raw) > 65535:
+            raise Unsendable(f"meta {K_CORRELATION!r} is longer than 65535 bytes")
+        out += b"\x09" + len(raw).to_bytes(2, "big") + raw
+    users = meta.get(K_USER)
+    pairs: list[tuple[str, str]] | None = None
+    if users is not None:
+        try:
+            pairs = [(str(k), str(v)) for k, v in json.loads(users)]
+        except (ValueError, TypeError):
+            pairs = None
+    if pairs is None:
+        pairs = [
+            (k, v) for k, v in meta.items() if not k.startswith(META_PREFIX) and isinstance(v, str)
+        ]
+    for k, v in pairs:  # names are made only for an error: this loop runs for every message
+        try:
+            name = _utf8(k)
+        except Unsendable as exc:
+            raise Unsendable(f"meta key {_short(k)} {exc}") from None
+        try:
+            value = _utf8(v)
+        except Unsendable as exc:
+            raise Unsendable(f"meta {_short(k)} {exc}") from None
+        out += b"\x26" + _pack_h(len(name)) + name + _pack_h(len(value)) + value
+    return bytes(out)
+
+
+_pack_h: Final = struct.Struct(">H").pack

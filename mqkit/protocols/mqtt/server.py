@@ -8,7 +8,9 @@ reading, so no client and no in-process publisher ever waits for another client.
 
 Errors follow the specification: a malformed packet or a protocol error closes that connection
 only, after a DISCONNECT with the reason code for MQTT 5 clients (a CONNACK with one, when it
-is the CONNECT that is wrong); MQTT 3.1.1 clients are simply disconnected.
+is the CONNECT that is wrong); MQTT 3.1.1 clients are simply disconnected. A connection the
+server ends is closed politely (:meth:`Connection.close_politely`): write side shut, input
+drained for a bounded time, so that the client reads the last packet instead of a reset.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ KEY_PREFIX: Final = "mqtt:"
 _HIGH_WATER: Final = 256 * 1024
 _READ_PAUSE: Final = 1024 * 1024
 _OUTGOING_CACHE: Final = 2048
+_DRAIN_SECONDS: Final = 1.0
+"""After the server ends a connection: how long it reads and discards what the client sends."""
+_DRAIN_BYTES: Final = 4 * 1024 * 1024
+"""... and how many bytes at most (beyond that, the close goes ahead: a reset is then fair)."""
 
 _NEW, _AUTHENTICATING, _CONNECTED, _CLOSED = range(4)
 
@@ -95,6 +101,8 @@ class Server:
         self.acks = broker.has_feature("ack")
         self.sessions: dict[str, Session] = {}
         self.connections: set[Connection] = set()
+        self.draining: set[Connection] = set()
+        """Connections the server ended that still read their input (``close_politely``)."""
         self.groups: dict[str, SharedGroup] = {}
         self.retained: dict[str, Message] = {}
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqkit-mqtt")
@@ -102,6 +110,7 @@ class Server:
         self._servers: list[asyncio.base_events.Server] = []
         self._matchers: dict[str, Callable[[str], bool]] = {}
         self._outgoing: dict[int, tuple[Message, Outgoing]] = {}
+        self._unsendable_logged: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.unclaimed: set[str] = set()
         """Client ids of restored sessions stored without an owner (by an older version)."""
@@ -130,6 +139,9 @@ class Server:
             conn.shut_down(publish_wills)
         for server in self._servers:
             await server.wait_closed()
+        draining = [c.drained for c in self.draining if c.drained is not None]
+        if draining:  # each is bounded by its own timer; this wait only backs them up
+            await asyncio.wait(draining, timeout=_DRAIN_SECONDS * 2)
         if self.store is not None:
             self.save_sessions()
         for session in list(self.sessions.values()):
@@ -170,6 +182,28 @@ class Server:
             self._outgoing.clear()
         self._outgoing[key] = (message, out)
         return out
+
+    def unsendable(self, message: Message, why: str) -> None:
+        """``message`` cannot be sent to one client: count the drop, log it once per topic.
+
+        Counted through ``mqkit_drop`` (reason ``unsendable``, no subscription: the gateway had
+        taken it from its subscription), so the metrics count it as dropped.
+        """
+        hooks = self.hooks
+        if hooks.drop_on:
+            hooks.drop(self.broker, None, message, "unsendable")
+        key = (message.topic, why)
+        logged = self._unsendable_logged
+        if key not in logged:
+            if len(logged) >= 1024:
+                logged.clear()
+            logged.add(key)
+            log.warning(
+                "mqtt: dropped a message on %r for a client that cannot be sent it: %s "
+                "(logged once per topic and reason; each drop is counted as dropped)",
+                message.topic,
+                why,
+            )
 
     def publish_status(self, topic: str, message: Message) -> int:
         """Publish in-process now; return a reason code (0 when it was accepted)."""
@@ -636,6 +670,10 @@ class Connection(asyncio.Protocol):
         self._connect: Connect | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._base_meta: tuple[str, ...] = ()
+        self._drain: asyncio.TimerHandle | None = None
+        self._drain_left = 0
+        self.drained: asyncio.Future[None] | None = None
+        """Set while closing politely (:meth:`close_politely`); done once the connection is lost."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -654,6 +692,11 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Frame and handle what arrived."""
+        if self._drain is not None:  # closing politely: what the client still sends is dropped
+            self._drain_left -= len(data)
+            if self._drain_left < 0:
+                self.close()
+            return
         self.last_rx = asyncio.get_running_loop().time()
         self.reader.feed(data)
         if not self._busy:
@@ -683,6 +726,11 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._drain is not None:
+            self._drain.cancel()
+            self.server.draining.discard(self)
+            if self.drained is not None and not self.drained.done():
+                self.drained.set_result(None)
         server = self.server
         server.connections.discard(self)
         session = self.session
@@ -703,7 +751,7 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send bytes (dropped once closing)."""
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing() and self._drain is None:
             transport.write(data)
 
     def close(self) -> None:
@@ -715,13 +763,47 @@ class Connection(asyncio.Protocol):
             else:
                 transport.close()
 
+    def close_politely(self) -> None:
+        """End the connection from the server's side so that the client reads the last packet.
+
+        Closing a socket with unread input makes the kernel send a TCP reset, and a client that
+        pipelined packets may then lose the DISCONNECT (or CONNACK) before it reads it. So:
+        send what is buffered and shut the write side (the client reads the packet, then the
+        end of the stream), read and discard what the client still sends until it closes too -
+        for at most ``_DRAIN_SECONDS`` and ``_DRAIN_BYTES`` - then close.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._drain is not None:
+            return
+        if transport.get_write_buffer_size() > _HIGH_WATER:
+            transport.abort()  # the client does not read: waiting for it would be pointless
+            return
+        # For MQTT the client is gone now: its session (will, expiry) goes on at once, not when
+        # the drain ends (connection_lost runs again then, with nothing left to do).
+        self.connection_lost(None)
+        if transport.can_write_eof():  # not over TLS: there the client's own close ends it
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (a reset): nothing to wait for
+                transport.abort()
+                return
+        loop = asyncio.get_running_loop()
+        self._drain_left = _DRAIN_BYTES
+        self._drain = loop.call_later(_DRAIN_SECONDS, self.close)
+        self.drained = loop.create_future()
+        self.server.draining.add(self)
+        self.reader = PacketReader(self.server.max_packet_size)  # unparsed input is dropped
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+
     def fail(self, reason: int, why: str) -> None:
         """A protocol violation (or a server decision): DISCONNECT (v5) and close; will follows."""
         log.info("mqtt: closing %r: %s (0x%02x)", self.client_id or "?", why, reason)
         if self.state == _CONNECTED and self.version >= 5:
             self.write(Disconnect(reason_code=reason).encode(5))
         self.state = _CLOSED
-        self.close()
+        self.close_politely()
 
     def shut_down(self, publish_wills: bool) -> None:
         """The server stops: DISCONNECT 0x8B (v5), will as on any unexpected close."""
@@ -737,7 +819,7 @@ class Connection(asyncio.Protocol):
                 if message is not None:  # now: the server is about to stop its tasks
                     self.server.publish_status(will.topic, message)
         self.state = _CLOSED
-        self.close()
+        self.close_politely()
 
     def _handle_will(self, session: Session) -> None:
         will = self.will
@@ -937,7 +1019,7 @@ class Connection(asyncio.Protocol):
             if v3 is not None:
                 self.write(ConnAck(reason_code=v3).encode(4))
         self.state = _CLOSED
-        self.close()
+        self.close_politely()
 
     async def _on_connect(self, packet: Connect) -> None:
         v5 = self.version >= 5
@@ -1057,7 +1139,7 @@ class Connection(asyncio.Protocol):
             if old.state == _CONNECTED and old.version >= 5:
                 old.write(Disconnect(reason_code=Reason.SESSION_TAKEN_OVER).encode(5))
             old.state = _CLOSED
-            old.close()
+            old.close_politely()
             will = old.will
             old.will = None
             if will is not None:
@@ -1092,8 +1174,8 @@ class Connection(asyncio.Protocol):
                 ),
                 maximum_packet_size=server.max_packet_size,
                 topic_alias_maximum=server.topic_alias_maximum or None,
-                # Always: the id in effect (assigned when the client sent none).
-                assigned_client_identifier=client_id,
+                # Only an id the server assigned (libmosquitto refuses one it did not ask for).
+                assigned_client_identifier=client_id if not packet.client_id else None,
                 server_keep_alive=server_keep_alive,
                 authentication_method=self.auth_method or None,
             )

@@ -258,9 +258,12 @@ class Session:
         for inf in list(self.inflight.values()):
             if inf.released:
                 conn.write(_pubrel(inf.packet_id))
-            elif self.server.may_read(conn, inf.message.topic):
-                self._write_publish(inf, dup=True)
-            else:  # the ACL changed since it was sent
+            elif not (
+                self.server.may_read(conn, inf.message.topic) and self._write_publish(inf, dup=True)
+            ):
+                # The ACL changed since it was sent, it expired, or this client cannot take it
+                # (a v5 client resumed a v3 session): never resent, so the flow ends here and
+                # its window slot is free again.
                 del self.inflight[inf.packet_id]
                 self._settle(inf.message, inf.ssub)
         self._drain()
@@ -418,6 +421,10 @@ class Session:
     def _encode(
         self, out: Outgoing, qos: int, retain: bool, dup: bool, packet_id: int, ids: tuple[int, ...]
     ) -> bytes | None:
+        problem = out.v5_problem if self.version >= 5 else out.problem
+        if problem is not None:  # MQTT forbids a string of it: dropped for this client
+            self.server.unsendable(out.message, problem)
+            return None
         props: bytes | None = None
         if self.version >= 5:
             props = out.properties(self.server.now(), ids)
@@ -427,7 +434,11 @@ class Session:
             return None
         data = encode_publish(out.topic_bytes, out.payload, qos, retain, dup, packet_id, props)
         if self.max_packet and len(data) > self.max_packet:
-            return None  # the client could not take it: discarded, as the spec says
+            # The client could not take it: discarded, as the spec says (and counted).
+            self.server.unsendable(
+                out.message, f"the client's Maximum Packet Size is {self.max_packet} bytes"
+            )
+            return None
         return data
 
     def _write_publish(self, inf: InFlight, dup: bool) -> bool:
