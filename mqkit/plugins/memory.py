@@ -46,6 +46,10 @@ class _Shard:
         self.pending = 0
 
 
+def _fold(total: _Shard, shard: _Shard) -> None:
+    total.bytes += shard.bytes  # a finished thread's checks ended with its calls
+
+
 class MemoryPlugin(MemoryFeature):
     """Accounts buffered bytes through the message-path hooks; enforces the limit.
 
@@ -62,20 +66,29 @@ class MemoryPlugin(MemoryFeature):
     )
 
     def __init__(self) -> None:
-        self._shards = ThreadShards(_Shard)
+        self._shards = ThreadShards(_Shard, _fold)
         self._local = self._shards.local
-        self._all_shards = self._shards.all
         self._features_seen: tuple[Feature, ...] = ()
         self._holders: tuple[Feature, ...] = ()
         self._broker: Broker | None = None
+
+    @property
+    def shards(self) -> ThreadShards[_Shard]:
+        """The per-thread counters (for tests and tooling: ``len(shards)``)."""
+        return self._shards
 
     # -- accounting (flat on purpose: these run for every message) --------------------------------
 
     def usage(self) -> int:
         """Estimated bytes held now: buffers plus what features hold."""
         total = 0
-        for shard in self._all_shards:
+        shards = self._shards
+        folds = shards.folds
+        for shard in shards.all:
             total += shard.bytes
+        if folds != shards.folds or folds & 1:  # a fold ran meanwhile: add up under its lock
+            with shards.lock:
+                total = sum(shard.bytes for shard in shards.all)
         broker = self._broker
         if broker is not None:
             features = broker.features()
