@@ -236,7 +236,8 @@ def mqkit_drop(
 
     - ``drop_oldest``: the dropped message was buffered and was evicted to make room;
     - ``drop_newest``, ``block_with_timeout``, ``close_subscriber``: the *new* message never
-      entered the buffer;
+      entered the buffer (``drop_newest`` also under ``DROP_OLDEST`` when a priority buffer
+      drops the new message itself, because it ranks below everything buffered);
     - ``withheld``: it left the buffer but was not handed out (``mqkit_deliver`` withheld it,
       or the ``ttl`` sweep removed it: expired);
     - ``unsubscribed``: removed from a cancelled subscription's buffer (an ack-required

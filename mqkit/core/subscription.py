@@ -393,7 +393,10 @@ class Subscription:
         if dropped is not None:
             hooks = self._broker._hooks
             if hooks.drop_on:
-                hooks.drop(self._broker, self, dropped, policy.value)
+                reason = policy.value
+                if dropped is message and policy is Backpressure.DROP_OLDEST:
+                    reason = Backpressure.DROP_NEWEST.value  # a priority buffer's choice
+                hooks.drop(self._broker, self, dropped, reason)
         if close:
             self.cancel()
         return entered

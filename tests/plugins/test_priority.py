@@ -213,7 +213,8 @@ def test_drop_oldest_drops_the_new_message_when_it_is_lower_than_all(
     sub = full_buffer(broker, Backpressure.DROP_OLDEST)
     broker.publish("jobs", pm("lowest-d", P.LOWEST))
     broker.publish("jobs", Message("plain-normal"))  # NORMAL: above LOW, evicts low-a
-    assert drops(hook_recorder) == [("lowest-d", "drop_oldest"), ("low-a", "drop_oldest")]
+    # lowest-d never entered the buffer: dropped as the newest (never counted as buffered)
+    assert drops(hook_recorder) == [("lowest-d", "drop_newest"), ("low-a", "drop_oldest")]
     assert sub.stats() == mqkit.SubscriptionStats(received=4, dropped=2, queue_len=3, queue_cap=3)
     assert drain_ids(sub) == ["high-b", "plain-normal", "low-c"]
     assert broker.metrics().topics["jobs"].dropped == 2
