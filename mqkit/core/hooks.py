@@ -336,7 +336,15 @@ class Hooks:
 
     def accept(self, broker: Broker, messages: Sequence[Message]) -> None:
         """Fire ``mqkit_accept``; an MQError (or PluginError) fails the publish."""
-        self._decide("mqkit_accept", self._accept, broker, messages)
+        for plugin, fn in self._accept:  # _decide, inlined: every publish call fires it
+            try:
+                fn(broker, messages)
+            except MQError:
+                raise
+            except Exception as exc:
+                raise PluginError.because(
+                    f"plugin {plugin!r} failed in mqkit_accept: {exc!r}"
+                ) from exc
 
     def published(self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]) -> None:
         """Fire ``mqkit_published``."""

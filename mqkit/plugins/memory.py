@@ -103,18 +103,6 @@ class MemoryPlugin(MemoryFeature):
 
     # -- accounting (flat on purpose: these run for every message) --------------------------------
 
-    def _buffered(self) -> int:
-        """The sum of the shards; exact even while a finished thread's shard is folded."""
-        shards = self._shards
-        folds = shards.folds
-        total = 0
-        for shard in shards.all:
-            total += shard.bytes
-        if folds != shards.folds or folds & 1:  # a fold ran meanwhile: add up under its lock
-            with shards.lock:
-                total = sum(shard.bytes for shard in shards.all)
-        return total
-
     def usage(self) -> int:
         """Estimated bytes held now: buffers plus what features hold.
 
@@ -124,7 +112,14 @@ class MemoryPlugin(MemoryFeature):
         broker = self._broker
         if broker is None:  # not started, or stopped: nothing is counted
             return 0
-        total = self._buffered()
+        shards = self._shards
+        folds = shards.folds
+        total = 0
+        for shard in shards.all:
+            total += shard.bytes
+        if folds != shards.folds or folds & 1:  # a thread's shard was folded meanwhile
+            with shards.lock:
+                total = sum(shard.bytes for shard in shards.all)
         features = broker.features()
         if features is not self._features_seen:  # the plugin set changed: look again
             self._holders = tuple(
@@ -135,22 +130,15 @@ class MemoryPlugin(MemoryFeature):
             total += feature.held_bytes()
         return total if total > 0 else 0
 
-    def _need(self, broker: Broker, messages: Sequence[Message]) -> int:
-        """Bytes ``messages`` take once routed: a copy per subscription reached (at least one)."""
-        need = 0
-        for message in messages:
-            subs = len(broker.routes(message.topic))
-            need += (estimate_size(message) + SLOT_BYTES) * (subs if subs > 1 else 1)
-        return need
+    def check(self, messages: Sequence[Message]) -> None:
+        """Refuse messages that would take the broker past its limit (as a publish call).
 
-    def _check(self, broker: Broker, incoming: int) -> None:
-        limit = broker.config.max_memory_usage
-        if limit > 0:
-            used = self.usage()
-            if used + incoming > limit:
-                raise MemoryLimitExceededError.because(
-                    f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
-                )
+        Each counts a copy per subscription it reaches (at least one). Raises
+        ``MemoryLimitExceededError``.
+        """
+        broker = self._broker
+        if broker is not None:
+            self.mqkit_accept(broker, messages)
 
     def _left_closed(self, subscription: Subscription, message: Message) -> None:
         """A copy left the buffer of a closed subscription: un-count it unless the cancel did."""
@@ -196,11 +184,18 @@ class MemoryPlugin(MemoryFeature):
             self._cancelled.clear()
 
     @hookimpl(tryfirst=True)
-    def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
-        """Refuse a message that would take the broker past its limit (one copy per buffer)."""
-        subs = len(broker.routes(topic))
-        # measured here once (estimate_size remembers it on the message): _check, inlined
-        incoming = (estimate_size(message) + SLOT_BYTES) * (subs if subs > 1 else 1)
+    def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
+        """Refuse a publish call whose messages would not fit: all of them or none.
+
+        One hook for every call that routes messages - ``publish``, a batch, a transaction's
+        commit, a replay - before persistence stores them (a transaction's messages were
+        checked when it took them too: :meth:`check`).
+        """
+        incoming = 0
+        for message in messages:
+            subs = len(broker.routes(message.topic))
+            # measured here once: estimate_size remembers the size on the message
+            incoming += (estimate_size(message) + SLOT_BYTES) * (subs if subs > 1 else 1)
         limit = broker.config.max_memory_usage
         if limit > 0:
             used = self.usage()
@@ -208,16 +203,6 @@ class MemoryPlugin(MemoryFeature):
                 raise MemoryLimitExceededError.because(
                     f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
                 )
-
-    @hookimpl(tryfirst=True)
-    def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Refuse a publish call of several messages that together would not fit.
-
-        A batch, a transaction's commit, a replay: all of it or, past the limit, none. (A
-        single message was checked by ``mqkit_publish``.)
-        """
-        if len(messages) > 1:
-            self._check(broker, self._need(broker, messages))
 
     @hookimpl
     def mqkit_published(
