@@ -693,3 +693,20 @@ def test_usage_is_always_what_is_held(buffer: str, operations: list[tuple]) -> N
     finally:
         broker.close()
     assert broker.memory_usage() == 0
+
+
+def test_a_commit_that_does_not_fit_is_refused_as_a_whole(make_broker) -> None:
+    a, b = Message("a", "x" * 300), Message("b", "y" * 300)
+    one = size(a) + SLOT_BYTES
+    limit = 3 * one - 1  # held, a and b count without their slots: c fits beside them
+    broker = make_broker("memory", "transactions", config=Config(max_memory_usage=limit))
+    sub = broker.subscribe("t")
+    broker.publish_with_transaction("t", a, "tx")
+    broker.publish_with_transaction("t", b, "tx")
+    broker.publish("t", Message("c", "z" * 300))
+    with pytest.raises(MemoryLimitExceededError):
+        broker.commit_transaction("tx")  # as buffered copies, a and b no longer fit
+    assert drain_ids(sub) == ["c"]
+    assert broker.memory_usage() == 0
+    with pytest.raises(mqkit.TransactionNotFoundError, match="commit failed"):
+        broker.commit_transaction("tx")
