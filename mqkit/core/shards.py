@@ -56,8 +56,8 @@ class ThreadShards(Generic[T]):
         reads it directly (``try: local.shard`` / ``except AttributeError: get()``)."""
         self.lock = threading.RLock()
         """Held while a shard is added or folded: a reader that must not see a fold half done
-        (a shard counted both in :attr:`retired` and on its own) adds up under it. Reentrant:
-        a thread's end may fold its shard wherever the last reference to its slot goes."""
+        (a shard counted both in :attr:`retired` and on its own) adds up under it. Reentrant, so
+        that a fold can never wait for its own thread."""
         self._keys = itertools.count()
         self._live: dict[int, T] = {}
         self.retired: T = factory()
