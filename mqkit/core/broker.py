@@ -641,6 +641,9 @@ class Broker:
             hooks = self._hooks
             if hooks.publish_on and hooks.publish(self, stamped.topic, stamped):
                 return token
+            memory = self._feature(MemoryFeature)
+            if memory is not None:  # what a transaction holds counts against the limit
+                memory.check((stamped,))
             return feature.add(tx_id, stamped, token)
 
         held: object = self._guard("publish_with_transaction", topic, hold)

@@ -10,6 +10,7 @@ plugins meet each other only through hooks and these interfaces.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from mqkit.core.message import Message
@@ -141,6 +142,13 @@ class MemoryFeature(Feature):
     @abc.abstractmethod
     def usage(self) -> int:
         """Estimated bytes the broker holds now."""
+
+    def check(self, messages: Sequence[Message]) -> None:
+        """Refuse (``MemoryLimitExceededError``) messages that would not fit under the limit.
+
+        The broker asks before a transaction holds a message (publish calls are checked in
+        the plugin's own hooks). Without a limit, nothing is refused.
+        """
 
 
 class ClusterFeature(Feature):

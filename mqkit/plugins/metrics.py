@@ -28,7 +28,8 @@ from mqkit.core.subscription import Backpressure, Subscription
 __all__ = ["LATENCY_WINDOW", "MetricsPlugin"]
 
 LATENCY_WINDOW = 10_000
-"""Deliveries (of each consumer thread) whose latencies the percentiles are computed over."""
+"""Deliveries (of each consumer thread, and of the finished threads together) whose latencies
+the percentiles are computed over."""
 
 _FIELDS = (
     "published", "delivered", "dropped", "expired", "acked",
@@ -60,12 +61,28 @@ class _Shard:
         self.latency_max = 0.0
 
 
+def _fold(total: _Shard, shard: _Shard) -> None:
+    """Add a finished thread's counters into the total of finished threads."""
+    for topic, row in shard.rows.items():
+        into = total.rows.get(topic)
+        if into is None:
+            total.rows[topic] = row
+        else:
+            for i, value in enumerate(row):
+                into[i] += value
+    total.latencies.extend(shard.latencies)  # the window keeps the latest
+    total.latency_sum += shard.latency_sum
+    total.latency_count += shard.latency_count
+    total.latency_max = max(total.latency_max, shard.latency_max)
+
+
 class MetricsPlugin(MetricsFeature):
     """Counts what happens to messages; ``broker.metrics()`` reads it.
 
     Counting takes no lock: each thread counts into its own shard, and a snapshot adds the
     shards up (a snapshot taken while messages flow is a consistent-enough sum of each
-    counter, as with any live metrics source).
+    counter, as with any live metrics source). A thread's shard is folded into one total when
+    the thread ends, so a snapshot adds up the live threads' shards and that total.
     """
 
     plugin_info = PluginInfo(
@@ -74,10 +91,15 @@ class MetricsPlugin(MetricsFeature):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._shards = ThreadShards(_Shard)
+        self._shards = ThreadShards(_Shard, _fold)
         self._local = self._shards.local
         self._last_error = ""
         self._broker: Broker | None = None
+
+    @property
+    def shards(self) -> ThreadShards[_Shard]:
+        """The per-thread counters (for tests and tooling: ``len(shards)``)."""
+        return self._shards
 
     def _count(self, topic: str, field: int, n: int = 1) -> None:
         rows = self._shards.get().rows
@@ -174,20 +196,20 @@ class MetricsPlugin(MetricsFeature):
     def snapshot(self) -> MetricsSnapshot:
         """The counters now (the broker adds the subscription gauges)."""
         with self._lock:
-            shards = list(self._shards)
             last_error = self._last_error
         rows: dict[str, list[int]] = {}
         latencies: list[float] = []
         total_latency, count, worst = 0.0, 0, 0.0
-        for shard in shards:
-            for topic, row in list(shard.rows.items()):  # one C-level copy: safe while counting
-                into = rows.setdefault(topic, [0] * len(_FIELDS))
-                for i, value in enumerate(list(row)):
-                    into[i] += value
-            latencies.extend(list(shard.latencies))
-            total_latency += shard.latency_sum
-            count += shard.latency_count
-            worst = max(worst, shard.latency_max)
+        with self._shards.lock:  # no finished thread's shard is folded while we add up
+            for shard in self._shards.all:
+                for topic, row in list(shard.rows.items()):  # one C-level copy: safe to count
+                    into = rows.setdefault(topic, [0] * len(_FIELDS))
+                    for i, value in enumerate(list(row)):
+                        into[i] += value
+                latencies.extend(list(shard.latencies))
+                total_latency += shard.latency_sum
+                count += shard.latency_count
+                worst = max(worst, shard.latency_max)
         ordered = sorted(latencies)
         broker = self._broker
         subscribers: dict[str, int] = {}

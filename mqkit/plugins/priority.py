@@ -6,8 +6,9 @@ any ``int`` is a priority, and a message without one (a plain :class:`~mqkit.Mes
 
 Backpressure with priorities: ``DROP_OLDEST`` drops the oldest message of the *lowest* priority
 present (a full buffer of urgent work is not thinned by a flood of low-priority messages;
-when the new message itself is the lowest, older messages of its level go first). The other
-policies act on the new message, as without priorities.
+when the new message itself is the lowest, older messages of its level go first; a new message
+below everything buffered is itself dropped, reported as ``drop_newest``: it never entered the
+buffer). The other policies act on the new message, as without priorities.
 """
 
 from __future__ import annotations

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import random
+import threading
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mqkit
 from mqkit import (
@@ -291,3 +297,416 @@ def test_health_degraded_at_ninety_percent(make_broker) -> None:
     assert health.problems == (f"memory usage {used} bytes is at 90% of the limit",)
     broker.update_config(broker.config.replace(max_memory_usage=limit + 1))  # just under 90 %
     assert broker.health_check().status == "healthy"
+
+
+# -- exact accounting: every policy, every buffer, every path (issue 13, point 12) ---------------
+
+
+def buffered_bytes(broker: mqkit.Broker) -> int:
+    """What the live subscriptions' buffers hold, by the plugin's rule (a copy: size + slot)."""
+    return sum(size(m) + SLOT_BYTES for s in broker.subscriptions() for m in s.buffered())
+
+
+def dead_letter_bytes(broker: mqkit.Broker) -> int:
+    return (
+        sum(size(d.message) for d in broker.dead_letters())
+        if broker.has_plugin("deadletter")
+        else 0
+    )
+
+
+BUFFERS = ("fifo", "priority")
+P = mqkit.Priority
+PRIORITIES = (P.HIGH, P.LOW, P.HIGHEST, P.LOWEST, P.NORMAL, P.LOWEST, P.LOW)
+
+
+@pytest.mark.parametrize("buffer", BUFFERS)
+@pytest.mark.parametrize("policy", list(mqkit.Backpressure))
+def test_usage_is_exact_under_every_policy_and_buffer(
+    make_broker, policy: mqkit.Backpressure, buffer: str
+) -> None:
+    plugins = ("memory", "priority") if buffer == "priority" else ("memory",)
+    broker = make_broker(*plugins, config=Config(max_memory_usage=10**6))
+    sub = broker.subscribe("t", SubOptions(buffer_size=3, policy=policy, block_timeout=0.0))
+    other = broker.subscribe("t")
+    for i, priority in enumerate(PRIORITIES * 3):
+        broker.publish("t", PriorityMessage(f"m{i}", "x" * (10 * i), priority=priority))
+        assert broker.memory_usage() == buffered_bytes(broker) >= 0, i
+    assert sub.stats().dropped > 0
+    for taker in (sub, other):
+        while taker.stats().queue_len:
+            taker.get_nowait()
+            assert broker.memory_usage() == buffered_bytes(broker) >= 0
+    assert broker.memory_usage() == 0
+
+
+def test_a_priority_buffer_dropping_the_new_message_keeps_the_limit(make_broker) -> None:
+    # DROP_OLDEST on a priority buffer drops the *new* message when it ranks below everything
+    # buffered: it never entered, so it must not be subtracted (usage went negative, and the
+    # limit let another subscription hold several times the limit).
+    limit = 5000
+    broker = make_broker("memory", "priority", config=Config(max_memory_usage=limit))
+    urgent = broker.subscribe("jobs", SubOptions(buffer_size=2))
+    for i in range(2):
+        broker.publish("jobs", PriorityMessage(f"urgent-{i}", priority=mqkit.Priority.HIGHEST))
+    held = broker.memory_usage()
+    for i in range(50):
+        broker.publish("jobs", PriorityMessage(f"low-{i}", "x" * 100, priority=0))
+    assert urgent.stats().dropped == 50
+    assert broker.memory_usage() == held == buffered_bytes(broker)
+    bulk = broker.subscribe("bulk")
+    with pytest.raises(MemoryLimitExceededError):
+        for i in range(1000):
+            broker.publish("bulk", Message(f"bulk-{i}", "x" * 100))
+    assert buffered_bytes(broker) <= limit
+    assert bulk.stats().queue_len < 1000
+
+
+class TakeOver:
+    """A plugin that takes over every message published to ``gateway`` (it never buffers)."""
+
+    plugin_info = mqkit.PluginInfo(name="take-over", description="takes over gateway")
+
+    @mqkit.hookimpl
+    def mqkit_publish(self, topic: str) -> bool | None:
+        return True if topic == "gateway" else None
+
+
+CHECKED_NOT_ROUTED: dict[str, Callable[[mqkit.Broker, Message], None]] = {
+    "held by a transaction": lambda b, m: b.publish_with_transaction("t", m, "tx"),
+    "taken over by a plugin": lambda b, m: b.publish("gateway", m),
+}
+
+
+@pytest.mark.parametrize("first", list(CHECKED_NOT_ROUTED))
+def test_a_checked_message_is_counted_once(make_broker, first: str) -> None:
+    # A message checked against the limit but not routed (held by a transaction, taken over by
+    # a plugin) is counted by what holds it, if anything - not a second time by the check
+    # (a transaction's messages were counted twice: a publish that fits was refused).
+    before, after = Message("before", "x" * 300), Message("after", "y" * 300)
+    held = size(before) if first == "held by a transaction" else 0
+    one = size(after) + SLOT_BYTES
+    limit = held + 2 * one  # exactly room for what is held and two more
+    broker = make_broker(
+        "memory", "transactions", config=Config(max_memory_usage=limit), objects=[TakeOver()]
+    )
+    sub = broker.subscribe("t")
+    CHECKED_NOT_ROUTED[first](broker, before)
+    assert broker.memory_usage() == held
+    broker.publish("t", after)
+    broker.publish("t", after)
+    assert broker.memory_usage() == limit
+    with pytest.raises(MemoryLimitExceededError):
+        broker.publish("t", after)
+    assert drain_ids(sub) == ["after", "after"]
+    broker.publish_batch("t", [after, after])
+    assert broker.memory_usage() == limit
+    with pytest.raises(MemoryLimitExceededError):
+        broker.publish_batch("t", [after])
+    assert drain_ids(sub) == ["after", "after"]
+    assert broker.memory_usage() == held
+
+
+class TakeOnCancel:
+    """Takes a message out of a cancelled subscription before the memory plugin hears of it."""
+
+    plugin_info = mqkit.PluginInfo(name="take-on-cancel", description="drains at cancel")
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+
+    @mqkit.hookimpl(tryfirst=True)
+    def mqkit_unsubscribe(self, subscription: mqkit.Subscription) -> None:
+        self.taken.append(subscription.get_nowait().id)
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["cancel", "broker-close"])
+def test_a_cancelled_buffer_is_uncounted_once_whoever_drains_it(make_broker, close) -> None:
+    taker = TakeOnCancel()
+    broker = make_broker("memory", config=Config(max_memory_usage=10**6), objects=[taker])
+    sub, other = broker.subscribe("t"), broker.subscribe("u")
+    for i in range(3):
+        broker.publish("t", Message(f"m{i}", "x" * 100))
+    broker.publish("u", Message("kept"))
+    if close:
+        broker.close()
+    else:
+        sub.cancel()  # the plugin takes m0 out of the closed buffer first
+    assert taker.taken[0] == "m0"
+    assert (
+        broker.memory_usage()
+        == buffered_bytes(broker)
+        == (0 if close else size(Message("kept")) + SLOT_BYTES)
+    )
+    assert drain_ids(sub) == ["m1", "m2"]
+    assert broker.memory_usage() == buffered_bytes(broker)
+    if not close:
+        assert drain_ids(other) == ["kept"]
+    assert broker.memory_usage() == 0
+
+
+class PeakSampler:
+    """Samples, after every publish call, what the buffers really hold and the usage read."""
+
+    plugin_info = mqkit.PluginInfo(name="peak-sampler", description="samples buffered bytes")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.peak = 0
+        self.lowest_usage = 0
+
+    @mqkit.hookimpl
+    def mqkit_published(self, broker: mqkit.Broker) -> None:
+        held, usage = buffered_bytes(broker), broker.memory_usage()
+        with self.lock:
+            self.peak = max(self.peak, held)
+            self.lowest_usage = min(self.lowest_usage, usage)
+
+
+@pytest.mark.parametrize(
+    ("buffer", "persistence"),
+    [("fifo", False), ("fifo", True), ("priority", True)],
+    ids=["fifo", "fifo+persistence", "priority+persistence"],
+)
+def test_concurrent_publishers_overshoot_by_at_most_one_message_each(
+    tmp_path, buffer: str, persistence: bool
+) -> None:
+    publishers, each, limit = 8, 150, 20_000
+    rng = random.Random(13)
+    batches = [
+        [PriorityMessage(f"p{i}-m{j:03}", "x" * rng.randrange(200, 1500), priority=0)
+         for j in range(each)]
+        for i in range(publishers)
+    ]  # fmt: skip
+    biggest = max(size(m) for batch in batches for m in batch) + SLOT_BYTES
+    sampler = PeakSampler()
+    plugins = [
+        "memory",
+        *(["persistence"] if persistence else []),
+        *([buffer] * (buffer != "fifo")),
+    ]
+    config = Config(max_memory_usage=limit, persistence_path=str(tmp_path / "store"))
+    with mqkit.Broker(broker_config(*plugins, config=config), plugins=[sampler]) as broker:
+        sub = broker.subscribe("t", SubOptions(buffer_size=100_000))
+        # A full DROP_OLDEST buffer holding higher priorities: with a priority buffer, every
+        # new message is the one it drops.
+        side = broker.subscribe("t", SubOptions(buffer_size=1))
+        broker.publish("t", PriorityMessage("urgent", priority=mqkit.Priority.HIGHEST))
+        assert sub.get_nowait().id == "urgent"
+        start = threading.Barrier(publishers + 1)
+        refused = [0] * publishers
+
+        def publish(i: int) -> None:
+            start.wait()
+            for message in batches[i]:
+                try:
+                    broker.publish("t", message)
+                except MemoryLimitExceededError:
+                    refused[i] += 1
+
+        def consume() -> None:
+            start.wait()
+            for _ in sub:  # until cancelled and drained
+                pass
+
+        threads = [threading.Thread(target=publish, args=(i,)) for i in range(publishers)]
+        consumer = threading.Thread(target=consume)
+        for t in [*threads, consumer]:
+            t.start()
+        for t in threads:
+            t.join()
+        sub.cancel()
+        consumer.join()
+        assert sampler.peak <= limit + publishers * biggest
+        assert sampler.lowest_usage >= 0
+        assert sum(refused) > 0  # the limit was reached
+        assert (
+            broker.memory_usage()
+            == buffered_bytes(broker)
+            == sum(size(m) + SLOT_BYTES for m in side.buffered())
+        )
+
+
+# -- a property: whatever happens, usage is what is held ------------------------------------------
+
+LIMIT_P = 6000
+ACK_TIMEOUT = 2.5  # whole-second clock steps never land on a deadline
+TX_TIMEOUT = 4.5
+
+payload_sizes = st.integers(min_value=0, max_value=700)
+topics = st.sampled_from(("a", "a", "b", DLQ))
+priorities = st.sampled_from((0, 20, 40))
+OPERATIONS = st.one_of(
+    st.tuples(st.just("subscribe"), topics, st.sampled_from(list(mqkit.Backpressure))),
+    st.tuples(st.just("cancel"), st.integers(0, 9)),
+    st.tuples(
+        st.just("publish"),
+        topics,
+        st.sampled_from(["plain", "priority", "priority", "ttl", "ack"]),
+        payload_sizes,
+        priorities,
+    ),
+    st.tuples(st.just("batch"), topics, st.lists(payload_sizes, min_size=1, max_size=4)),
+    st.tuples(st.just("tx_publish"), st.integers(0, 2), topics, payload_sizes),
+    st.tuples(st.sampled_from(["commit", "rollback"]), st.integers(0, 2)),
+    st.tuples(st.just("get"), st.integers(0, 9)),
+    st.tuples(st.sampled_from(["ack", "nack", "reject"]), st.integers(0, 9)),
+    st.tuples(st.just("dead_letter"), topics, payload_sizes),
+    st.tuples(st.just("replay")),
+    st.tuples(st.just("advance"), st.integers(1, 3)),
+)
+
+
+class Model:
+    """What the plugin counts besides buffers: open transactions and unacknowledged deliveries
+    (buffers and dead letters are read from the broker itself)."""
+
+    def __init__(self, broker: mqkit.Broker, clock: FakeClock) -> None:
+        self.broker, self.clock = broker, clock
+        self.subs: list[mqkit.Subscription] = []
+        self.tx: dict[str, list[int]] = {}
+        self.pending: dict[tuple[int, str], tuple[float, int]] = {}  # -> (deadline, bytes)
+        self.ids = itertools.count()
+
+    def expected(self) -> int:
+        open_tx = self.broker.get_plugin("transactions")
+        assert isinstance(open_tx, mqkit.TransactionFeature)
+        self.tx = {tx: sizes for tx, sizes in self.tx.items() if open_tx.is_open(tx)}
+        now = self.clock.monotonic()
+        self.pending = {k: v for k, v in self.pending.items() if v[0] > now}
+        return (
+            buffered_bytes(self.broker)
+            + dead_letter_bytes(self.broker)
+            + sum(sum(sizes) for sizes in self.tx.values())
+            + sum(held for _, held in self.pending.values())
+        )
+
+    def message(self, kind: str, n: int, priority: int = 20) -> Message:
+        mid, data = f"m{next(self.ids)}", "x" * n
+        if kind == "priority":
+            return PriorityMessage(mid, data, priority=priority)
+        if kind == "ttl":
+            return TTLMessage(mid, data, expires_at=in_(self.clock, 0.5 + priority % 3))
+        if kind == "ack":
+            return AckMessage(mid, data, ack_timeout=ACK_TIMEOUT)
+        return Message(mid, data)
+
+    def sub(self, i: int) -> mqkit.Subscription:
+        return self.subs[i % len(self.subs)]
+
+    def fits(self, topic: str, messages: list[Message]) -> bool:
+        """Whether ``messages`` fit in what is left (one copy per subscription reached)."""
+        copies = max(1, len(self.broker.routes(topic)))
+        need = sum(copies * (size(m) + SLOT_BYTES) for m in messages)
+        return self.broker.memory_usage() + need <= LIMIT_P
+
+    def publish(self, topic: str, messages: list[Message], call: Callable[[], None]) -> None:
+        """Make a publish call; it may be refused only if the messages do not fit."""
+        fits = self.fits(topic, messages)
+        try:
+            call()
+        except MemoryLimitExceededError:
+            assert not fits, f"refused, although {len(messages)} message(s) fit"
+            raise
+
+    def run(self, op: tuple) -> None:
+        b, name = self.broker, op[0]
+        if name == "subscribe":
+            opts = SubOptions(buffer_size=2, policy=op[2], block_timeout=0.0)
+            self.subs.append(b.subscribe(op[1], opts))
+        elif name == "cancel":
+            sub = self.sub(op[1])
+            sub.cancel()
+            self.pending = {k: v for k, v in self.pending.items() if k[0] != id(sub)}
+        elif name == "publish":
+            _, topic, kind, n, priority = op
+            message = self.message(kind, n, priority)
+            self.publish(topic, [message], lambda: b.publish(topic, message))
+        elif name == "batch":
+            batch = [self.message("plain", n) for n in op[2]]
+            self.publish(op[1], batch, lambda: b.publish_batch(op[1], batch))
+        elif name == "tx_publish":
+            _, tx, topic, n = op
+            message = self.message("plain", n)
+            self.publish(
+                topic, [message], lambda: b.publish_with_transaction(topic, message, f"tx{tx}")
+            )
+            self.tx.setdefault(f"tx{tx}", []).append(size(message))
+        elif name == "commit":
+            b.commit_transaction(f"tx{op[1]}")
+        elif name == "rollback":
+            b.rollback_transaction(f"tx{op[1]}")
+        elif name == "get":
+            sub = self.sub(op[1])
+            message = sub.get_nowait()
+            if isinstance(message, AckMessage):
+                deadline = self.clock.monotonic() + ACK_TIMEOUT
+                self.pending[(id(sub), message.ack_id)] = (deadline, size(message))
+        elif name in ("ack", "nack", "reject"):
+            sub = self.sub(op[1])
+            mine = [k for k in self.pending if k[0] == id(sub)]
+            if mine:
+                del self.pending[mine[0]]
+                if name == "ack":
+                    sub.ack(mine[0][1])
+                else:
+                    sub.nack(mine[0][1], requeue=name == "nack")
+        elif name == "dead_letter":
+            b.publish_to_dead_letter(op[1], self.message("plain", op[2]), "manual")
+        elif name == "replay":
+            b.replay_dead_letters(2)
+        elif name == "advance":
+            self.clock.advance(op[1])
+
+
+@pytest.mark.parametrize("buffer", BUFFERS)
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(operations=st.lists(OPERATIONS, max_size=40))
+def test_usage_is_always_what_is_held(buffer: str, operations: list[tuple]) -> None:
+    clock = FakeClock()
+    plugins = ["memory", "ttl", "ack", "transactions", "deadletter"]
+    config = Config(
+        max_memory_usage=LIMIT_P,
+        dead_letter_topic=DLQ,
+        max_dead_letters=4,
+        max_ack_retries=1,
+        transaction_timeout=TX_TIMEOUT,
+    )
+    broker = mqkit.Broker(
+        broker_config(*plugins, *([buffer] * (buffer != "fifo")), config=config), clock=clock
+    )
+    model = Model(broker, clock)
+    try:
+        for policy in mqkit.Backpressure:  # one of each on "a" to begin with
+            model.run(("subscribe", "a", policy))
+        for op in operations:
+            # refused, not found, empty: the invariant holds all the same
+            with contextlib.suppress(mqkit.MQError, TimeoutError):
+                model.run(op)
+            usage = broker.memory_usage()
+            assert usage == model.expected(), op
+            assert usage >= 0
+        for i, sub in enumerate(model.subs):
+            model.run(("cancel", i))
+            drain(sub)
+        assert broker.memory_usage() == model.expected()
+    finally:
+        broker.close()
+    assert broker.memory_usage() == 0
+
+
+def test_a_commit_that_does_not_fit_is_refused_as_a_whole(make_broker) -> None:
+    a, b = Message("a", "x" * 300), Message("b", "y" * 300)
+    one = size(a) + SLOT_BYTES
+    limit = 3 * one - 1  # held, a and b count without their slots: c fits beside them
+    broker = make_broker("memory", "transactions", config=Config(max_memory_usage=limit))
+    sub = broker.subscribe("t")
+    broker.publish_with_transaction("t", a, "tx")
+    broker.publish_with_transaction("t", b, "tx")
+    broker.publish("t", Message("c", "z" * 300))
+    with pytest.raises(MemoryLimitExceededError):
+        broker.commit_transaction("tx")  # as buffered copies, a and b no longer fit
+    assert drain_ids(sub) == ["c"]
+    assert broker.memory_usage() == 0
+    with pytest.raises(mqkit.TransactionNotFoundError, match="commit failed"):
+        broker.commit_transaction("tx")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import MappingProxyType
 
 import pytest
@@ -17,6 +18,8 @@ from mqkit import (
     TopicMetrics,
     TTLMessage,
 )
+from mqkit.core.message import estimate_size
+from mqkit.plugins.memory import SLOT_BYTES
 from mqkit.testing import FakeClock
 
 from .helpers import DLQ, drain, in_
@@ -200,3 +203,38 @@ def test_scripted_scenario_gives_exact_metrics(make_broker, fake_clock: FakeCloc
         ),
     )
     assert broker.dead_letter_stats().total_messages == 2
+
+
+# -- threads come and go (issue 13, point 13) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("wave", [1, 25], ids=["one-at-a-time", "25-at-a-time"])
+def test_finished_threads_leave_no_shards_behind(make_broker, wave: int) -> None:
+    # Like `mqkit serve`'s HTTP handler: a thread per request, each publishing once. What a
+    # thread counted is kept when it ends; its per-thread counters are not.
+    broker = make_broker("metrics", "memory", config=Config(max_memory_usage=10**7))
+    sub, other = broker.subscribe("t"), broker.subscribe("u")
+    threads_run = 1000
+
+    def request(i: int) -> None:
+        broker.publish("t", Message(f"m{i}", "x" * (i % 50)))
+        broker.publish("u", Message(f"n{i}"))
+        sub.get_nowait()
+
+    for first in range(0, threads_run, wave):
+        threads = [threading.Thread(target=request, args=(i,)) for i in range(first, first + wave)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    metrics = broker.metrics()
+    assert (metrics.total_published, metrics.total_delivered) == (2 * threads_run, threads_run)
+    assert metrics.topics["t"] == TopicMetrics(
+        published=threads_run, delivered=threads_run, subscribers=1
+    )
+    assert metrics.max_latency == 0.0 and metrics.average_latency == 0.0  # the fake clock stands
+    assert broker.memory_usage() == sum(estimate_size(m) + SLOT_BYTES for m in other.buffered())
+    live = threading.active_count()
+    for name in ("metrics", "memory"):
+        plugin = broker.get_plugin(name)
+        assert len(plugin.shards) <= live + 1, name  # + the finished threads' total
