@@ -495,6 +495,7 @@ def test_concurrent_publishers_overshoot_by_at_most_one_message_each(
         assert sub.get_nowait().id == "urgent"
         start = threading.Barrier(publishers + 1)
         refused = [0] * publishers
+        limit_reached = threading.Event()
 
         def publish(i: int) -> None:
             start.wait()
@@ -503,9 +504,13 @@ def test_concurrent_publishers_overshoot_by_at_most_one_message_each(
                     broker.publish("t", message)
                 except MemoryLimitExceededError:
                     refused[i] += 1
+                    limit_reached.set()
 
         def consume() -> None:
             start.wait()
+            # Consuming from the start, a consumer as fast as the (durable) publishers would
+            # keep the usage below the limit: it starts once the limit is reached.
+            assert limit_reached.wait(timeout=60)
             for _ in sub:  # until cancelled and drained
                 pass
 
