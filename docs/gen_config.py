@@ -61,8 +61,11 @@ unknown key or a bad value, and the message names the key and the file
 `true/false/1/0`, durations in seconds, lists comma-separated. A variable with the prefix that
 names no field is an error.
 
-**Types.** *duration*: seconds as a number (a `datetime.timedelta` is accepted in code);
-*list*: a list of strings (TOML array, or comma-separated in the environment).
+**Types.** *bool*: `true`, `false`, `1` or `0` (as text in any case, or a TOML boolean); `yes`,
+`on`, `2` or `1.0` is an `InvalidConfigError` naming the field and the value.
+*duration*: seconds as a finite number (a `datetime.timedelta` is accepted in code); `nan` and
+`inf` are refused, naming the field. *list*: a list of strings (TOML array, or comma-separated in
+the environment).
 """
 
 SECTIONS: dict[str, str] = {

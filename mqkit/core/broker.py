@@ -21,6 +21,7 @@ from typing import Any, Final, Self, TypeVar
 
 import attrs
 
+from mqkit.core.checks import int_limit
 from mqkit.core.config import Config
 from mqkit.core.errors import (
     AckNotSupportedError,
@@ -59,6 +60,7 @@ from mqkit.core.message import (
     Stamper,
     TTLMessage,
     _stampers,
+    check_message,
     stamper,
 )
 from mqkit.core.plugins import PluginManager, info_of, instantiate, plan_plugins
@@ -69,7 +71,7 @@ from mqkit.core.status import (
     HealthStatus,
     MetricsSnapshot,
 )
-from mqkit.core.subscription import SubOptions, Subscription
+from mqkit.core.subscription import SubOptions, Subscription, check_options
 from mqkit.core.timers import Clock, TimerService
 from mqkit.core.topics import compile_pattern, is_pattern, normalize_topic
 
@@ -508,8 +510,7 @@ class Broker:
         if not isinstance(opts, SubOptions):
             raise InvalidConfigError.because(f"expected SubOptions, got {type(opts).__name__}")
         cfg = self._config
-        if opts.buffer_size < 0:
-            raise InvalidConfigError.because("buffer_size cannot be negative")
+        check_options(opts)
         capacity = opts.buffer_size or cfg.default_buffer_size
         if matches is None and pattern and is_pattern(key):
             matches = compile_pattern(key)
@@ -608,6 +609,10 @@ class Broker:
         except MQError as exc:
             self._failed(operation, topic, exc)
             raise
+
+    def _limit(self, operation: str, topic: str, limit: object) -> int:
+        """``limit`` if it is an int (``InvalidArgumentError`` otherwise, reported as failed)."""
+        return int(self._guard(operation, topic, lambda: int_limit(limit)))
 
     def _guard(self, operation: str, topic: str, call: Callable[[], Any]) -> Any:
         try:
@@ -721,6 +726,7 @@ class Broker:
         def add() -> None:
             topic = normalize_topic(original_topic)  # replay publishes to it
             self._check_message(message)
+            check_message(message)
             feature.add(topic, message, reason, message.attempt)
             self._hooks.dead_letter(self, topic, message, reason)
 
@@ -780,6 +786,7 @@ class Broker:
             DeadLetterNotSupportedError,
             "dead letter queue is disabled",
         )
+        limit = self._limit("dead_letters", "", limit)
         return list(feature.dead_letters(limit))
 
     def replay_dead_letters(self, limit: int = 0) -> int:
@@ -796,6 +803,7 @@ class Broker:
             DeadLetterNotSupportedError,
             "dead letter queue is disabled",
         )
+        limit = self._limit("replay_dead_letters", "", limit)
         done = republished = 0
         try:
             for record in feature.dead_letters(limit):
@@ -822,6 +830,7 @@ class Broker:
             PersistenceDisabledError,
             "persistence is not enabled",
         )
+        limit = self._limit("recover_messages", topic, limit)
         return list(self._guard("recover_messages", topic, lambda: feature.recover(topic, limit)))
 
     def replay_messages(self, topic: str, limit: int = 0) -> int:

@@ -7,6 +7,7 @@ is accepted); lists are tuples. ``validate()`` checks in the seed's order and ra
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -23,8 +24,11 @@ DEFAULT_BUFFER_SIZE = 16
 MAX_TOPIC_LENGTH = 1024
 
 
-def _seconds(value: float | timedelta) -> float:
-    return parse_seconds(value)
+def _seconds(value: float | timedelta) -> Any:
+    try:
+        return parse_seconds(value)
+    except ValueError:
+        return value  # not a duration: validate() names the field (not a bare ValueError here)
 
 
 def _strs(value: Any) -> tuple[str, ...]:
@@ -37,6 +41,20 @@ def _duration(default: float) -> Any:
 
 def _names(default: tuple[str, ...] = ()) -> Any:
     return attrs.field(default=default, converter=_strs)
+
+
+def _type_name(kind: object) -> str:
+    """A field's annotation as written: a string until cattrs resolves it to the class."""
+    if isinstance(kind, type):
+        return kind.__name__
+    return str(kind)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        return False
 
 
 _FIELD_TYPES: dict[str, Callable[[object], bool]] = {
@@ -131,16 +149,23 @@ class Config:
     def validate(self) -> None:
         """Raise :class:`~mqkit.InvalidConfigError` for the first invalid field, in seed order.
 
-        Field types are checked first (``Config(max_topics="3")`` names ``max_topics``), then
-        the seed's rules.
+        Field types are checked first (``Config(max_topics="3")`` names ``max_topics``; a
+        duration must be a finite number: NaN and infinity are refused), then the seed's rules.
         """
         for field in attrs.fields(type(self)):
             value = getattr(self, field.name)
-            expected = _FIELD_TYPES.get(str(field.type))
+            kind = _type_name(field.type)
+            expected = _FIELD_TYPES.get(kind)
             if expected is not None and not expected(value):
                 raise InvalidConfigError(
-                    f"{InvalidConfigError.default}: {field.name} must be {field.type}, "
+                    f"{InvalidConfigError.default}: {field.name} must be {kind}, "
                     f"not {type(value).__name__} {value!r}",
+                    field=field.name,
+                )
+            if kind == "float" and not _finite(value):
+                raise InvalidConfigError(
+                    f"{InvalidConfigError.default}: {field.name} must be a finite number of "
+                    f"seconds, not {value!r}",
                     field=field.name,
                 )
         for field, bad, why in self._rules():
@@ -285,14 +310,20 @@ class Config:
             raise InvalidConfigError(
                 f"{InvalidConfigError.default}: {text}{where}", field=field
             ) from None
-        config.validate()
+        try:
+            config.validate()
+        except InvalidConfigError as exc:
+            if not where:
+                raise
+            raise InvalidConfigError(f"{exc.message}{where}", field=exc.field) from None
         return config
 
     @classmethod
     def from_env(cls, prefix: str = "MQKIT_", environ: Mapping[str, str] | None = None) -> Config:
         """Build a config from ``<prefix><FIELD NAME IN UPPER CASE>`` environment variables.
 
-        Booleans are ``true/false/1/0``, durations seconds, lists comma-separated. Variables with
+        Booleans are ``true/false/1/0`` (in any case; ``yes`` or ``on`` is an error), durations
+        seconds (finite: ``nan`` and ``inf`` are errors), lists comma-separated. Variables with
         the prefix that name no field are errors (a typo should not pass silently).
         """
         env = os.environ if environ is None else environ

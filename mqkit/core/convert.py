@@ -25,15 +25,19 @@ from mqkit.core.errors import SerializationError
 
 __all__ = ["converter", "parse_bool", "parse_seconds", "parse_str_tuple"]
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
 
 
 def parse_bool(value: object) -> bool:
-    """Read a boolean: ``bool``, ``0``/``1``, or ``true/false/1/0/yes/no/on/off``."""
+    """Read a boolean: a ``bool``, the integers ``0``/``1``, or ``true/false/1/0`` as text.
+
+    Text is read in any case and without surrounding white space (``TRUE``, ``" false"``);
+    anything else - ``yes``, ``on``, ``2``, ``1.0``, an empty string - is an error, not a guess.
+    """
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
+    if type(value) is int and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
         text = value.strip().lower()
@@ -67,7 +71,10 @@ def parse_seconds(value: object) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond a float's range
+            raise ValueError(f"expected a duration in seconds, got {value!r}") from None
     if isinstance(value, str):
         try:
             return float(value.strip())
@@ -143,16 +150,26 @@ converter: cattrs.Converter = _make_converter()
 """The shared converter. ``converter.unstructure(obj)`` gives JSON-ready data."""
 
 
+def _describe_value_error(exc: BaseException, kind: Any) -> str:
+    """A structuring error's text: our parsers' own (it names the value), else cattrs'."""
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, kind)
+
+
 def describe_structure_error(exc: Exception) -> tuple[str, str | None]:
     """Turn a cattrs structuring error into ``(text, first offending field or None)``."""
     if isinstance(exc, cattrs.BaseValidationError):
-        lines = cattrs.transform_error(exc, path="")
+        lines = cattrs.transform_error(exc, path="", format_exception=_describe_value_error)
         fields = []
+        texts = []
         for line in lines:
-            path = line.rsplit(" @ ", 1)[-1] if " @ " in line else ""
-            fields.append(path.lstrip(".").split(".")[0].split("[")[0] or None)
+            text, _, path = line.rpartition(" @ ") if " @ " in line else (line, "", "")
+            path = path.lstrip(".")
+            fields.append(path.split(".")[0].split("[")[0] or None)
+            texts.append(f"{path}: {text}" if path else text)  # "max_topics: expected an ..."
         first = next((f for f in fields if f), None)
-        return "; ".join(lines), first
+        return "; ".join(texts), first
     return str(exc), None
 
 

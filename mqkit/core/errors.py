@@ -16,6 +16,7 @@ __all__ = [
     "ClusterDisabledError",
     "DeadLetterNotSupportedError",
     "FeatureNotEnabledError",
+    "InvalidArgumentError",
     "InvalidConfigError",
     "InvalidMessageError",
     "InvalidTopicError",
@@ -169,6 +170,15 @@ class InvalidConfigError(MQError):
         super().__init__(message)
         self.field = field
         """The name of the offending field (or key, or environment variable), when known."""
+
+
+class InvalidArgumentError(MQError, ValueError):
+    """A number argument is NaN, infinite or no number at all (a ``timeout``, a ``limit``).
+
+    It is a :class:`ValueError` too, as Python's own ``queue.Queue.get(timeout=-1)`` raises one.
+    """
+
+    default = "mq: invalid argument"
 
 
 class SubscriptionClosedError(MQError):

@@ -21,6 +21,9 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from mqkit.core.checks import as_finite, describe
+from mqkit.core.errors import InvalidMessageError
+
 __all__ = [
     "AckMessage",
     "AckPolicy",
@@ -30,6 +33,7 @@ __all__ = [
     "PriorityMessage",
     "PriorityTTLMessage",
     "TTLMessage",
+    "check_message",
     "estimate_size",
     "has_field",
     "message_priority",
@@ -293,6 +297,79 @@ def message_priority(message: Message) -> int:
     return priority
 
 
+_ABSENT: Final = object()
+_MAPPINGS: Final = (dict, MappingProxyType)  # the common ones, without the ABC's isinstance
+
+
+def _check_meta(message: Message, meta: object) -> None:
+    """Refuse ``meta`` unless it maps ``str`` to ``str`` (the stamper's call when meta is given)."""
+    if meta.__class__ not in _MAPPINGS and not isinstance(meta, Mapping):
+        raise _refuse(message, f"meta must be a mapping of str to str, not {describe(meta)}")
+    for key, value in meta.items():
+        if key.__class__ is not str or value.__class__ is not str:
+            raise _refuse(
+                message, f"meta must map str to str, not {describe(key)}: {describe(value)}"
+            )
+
+
+def _refuse(message: Message, problem: str) -> InvalidMessageError:
+    return InvalidMessageError.because(f"message {message.id!r}: {problem}")
+
+
+def check_message(message: Message, attempt: object = None) -> None:
+    """Refuse a message whose fields the broker reads hold what it cannot work with (plugin API).
+
+    Raises :class:`~mqkit.InvalidMessageError` naming the message, the field and the value:
+    ``attempt`` (``attempt`` when given: the one a copy is stamped with) must be an ``int`` of at
+    least 1; ``meta`` a mapping of ``str`` to ``str`` (exactly ``str``: what a store and a wire
+    protocol write); ``priority`` an ``int`` (an ``IntEnum`` such as :class:`Priority` is one);
+    ``ack_timeout`` None or finite seconds, at least 0; ``ack_policy`` an :class:`AckPolicy`.
+    A ``bool`` is no ``int`` for any of them. Every stamped copy is checked (see
+    :func:`stamper`), so every publish path refuses such a message before any plugin sees it.
+    """
+    if attempt is None:
+        attempt = message.attempt
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise _refuse(message, f"attempt must be an int of at least 1, not {describe(attempt)}")
+    if attempt < 1:
+        raise _refuse(message, f"attempt must be an int of at least 1, not {attempt!r}")
+    meta = message.meta
+    if meta is not EMPTY_META:
+        _check_meta(message, meta)
+    priority = getattr(message, "priority", _ABSENT)
+    if priority is not _ABSENT and (not isinstance(priority, int) or priority.__class__ is bool):
+        raise _refuse(message, f"priority must be an int, not {describe(priority)}")
+    timeout = getattr(message, "ack_timeout", None)
+    if timeout is not None:
+        seconds = as_finite(timeout)
+        if seconds is None or seconds < 0:
+            raise _refuse(
+                message,
+                "ack_timeout must be None (the default_ack_timeout) or finite seconds, at least "
+                f"0, not {describe(timeout)}",
+            )
+    policy = getattr(message, "ack_policy", AckPolicy.NONE)
+    if policy.__class__ is not AckPolicy:
+        raise _refuse(message, f"ack_policy must be an AckPolicy, not {describe(policy)}")
+
+
+def _fast_checks(names: list[str]) -> str:
+    """The generated stamper's test: true when :func:`check_message` must look at the message.
+
+    A few identity tests for the common case (an ``int`` attempt, an ``int`` or ``Priority``
+    priority, no ``ack_timeout``, an ``AckPolicy``); ``meta`` is looked at only when a message
+    has its own (not the shared empty default).
+    """
+    tests = ["attempt.__class__ is not int", "attempt < 1"]
+    if "priority" in names:
+        tests.append("(p := m.priority.__class__) is not _Priority and p is not int")
+    if "ack_timeout" in names:
+        tests.append("m.ack_timeout is not None")
+    if "ack_policy" in names:
+        tests.append("m.ack_policy.__class__ is not _AckPolicy")
+    return " or ".join(tests)
+
+
 M = TypeVar("M", bound=Message)
 Stamper = Callable[[M, str, datetime | float, int], M]
 """``stamp(message, topic, time, attempt) -> copy`` with those fields (and an ack id) filled in.
@@ -370,7 +447,8 @@ def stamper(cls: type[M]) -> Stamper[M]:
     The copy has ``topic``, ``time`` and ``attempt`` set; for classes with an ``ack_id`` field an
     empty ack id is replaced by a generated one that is never repeated, across restarts too. The
     copy is a new message: it has no store sequence number (:func:`store_seq`), even when
-    ``message`` had one.
+    ``message`` had one. A message whose fields :func:`check_message` refuses is not copied:
+    ``InvalidMessageError``.
     """
     try:
         return _stampers[cls]
@@ -381,6 +459,7 @@ def stamper(cls: type[M]) -> Stamper[M]:
     if draft is None:
         # Not a slotted class (a user's own subclass): fall back to attrs.evolve.
         def evolve(m: M, topic: str, time: datetime | float, attempt: int) -> M:
+            check_message(m, attempt)
             # POSIX seconds go into the slot as they are, as on the fast path (Message.time).
             changes: dict[str, Any] = {"topic": topic, "time": time, "attempt": attempt}
             if "ack_id" in names and not getattr(m, "ack_id", ""):
@@ -390,7 +469,21 @@ def stamper(cls: type[M]) -> Stamper[M]:
         _stampers[cls] = evolve
         return evolve
     namespace: dict[str, Any] = {"_draft": draft, "_cls": cls, "_ack": _next_ack_id}
-    lines = ["def stamp(m, topic, time, attempt):", "    n = _draft()"]
+    namespace.update(
+        _check=check_message,
+        _meta=_check_meta,
+        _EMPTY=EMPTY_META,
+        _Priority=Priority,
+        _AckPolicy=AckPolicy,
+    )
+    lines = ["def stamp(m, topic, time, attempt):"]
+    lines += [
+        f"    if {_fast_checks(names)}:",
+        "        _check(m, attempt)",  # every field, meta too
+        "    elif (meta := m.meta) is not _EMPTY:",
+        "        _meta(m, meta)",
+        "    n = _draft()",
+    ]
     stamped = {"topic": "topic", "time": "time", "attempt": "attempt", "_seq": "-1"}
     for name in names:
         value = stamped.get(name, f"m.{name}")

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar
 
 import attrs
 
-from mqkit.core.errors import AckNotSupportedError, SubscriptionClosedError
+from mqkit.core.checks import as_finite, describe, finite_seconds
+from mqkit.core.errors import AckNotSupportedError, InvalidConfigError, SubscriptionClosedError
 from mqkit.core.message import Message
 from mqkit.core.status import SubscriptionStats
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
 
-__all__ = ["Backpressure", "Buffer", "FifoBuffer", "SubOptions", "Subscription"]
+__all__ = ["Backpressure", "Buffer", "FifoBuffer", "SubOptions", "Subscription", "check_options"]
 
 
 class Backpressure(enum.Enum):
@@ -47,14 +48,40 @@ class Backpressure(enum.Enum):
 class SubOptions:
     """Options of one subscription.
 
-    ``buffer_size`` 0 means the broker's ``default_buffer_size``. ``filter`` runs in the
-    publisher's thread; a message it returns False for is skipped silently for this subscriber.
+    ``buffer_size`` 0 means the broker's ``default_buffer_size``. ``block_timeout`` is the
+    seconds a ``BLOCK_WITH_TIMEOUT`` publisher waits (finite: 0 or less does not wait).
+    ``filter`` runs in the publisher's thread; a message it returns False for is skipped
+    silently for this subscriber. Subscribing checks the options (:func:`check_options`).
     """
 
     buffer_size: int = 0
     policy: Backpressure = Backpressure.DROP_OLDEST
     block_timeout: float = 0.05
     filter: Callable[[Message], bool] | None = None
+
+
+def check_options(opts: SubOptions) -> None:
+    """Raise :class:`~mqkit.InvalidConfigError` naming the option a subscription cannot use.
+
+    ``buffer_size`` must be an ``int`` of at least 0, ``policy`` a :class:`Backpressure`,
+    ``block_timeout`` a finite number of seconds (NaN or infinity is refused), ``filter`` None or
+    a callable. A ``bool`` is no number here.
+    """
+    size = opts.buffer_size
+    field = problem = ""
+    if not isinstance(size, int) or isinstance(size, bool):
+        field, problem = "buffer_size", f"must be an int, not {describe(size)}"
+    elif size < 0:
+        field, problem = "buffer_size", "cannot be negative"
+    elif not isinstance(opts.policy, Backpressure):
+        field, problem = "policy", f"must be a Backpressure, not {describe(opts.policy)}"
+    elif as_finite(opts.block_timeout) is None:
+        field = "block_timeout"
+        problem = f"must be a finite number of seconds, not {describe(opts.block_timeout)}"
+    elif opts.filter is not None and not callable(opts.filter):
+        field, problem = "filter", f"must be None or a callable, not {describe(opts.filter)}"
+    if problem:
+        raise InvalidConfigError(f"{InvalidConfigError.default}: {field} {problem}", field=field)
 
 
 class Buffer(Protocol):
@@ -192,9 +219,13 @@ class Subscription:
     def get(self, timeout: float | None = None) -> Message:
         """Return the next message, waiting up to ``timeout`` seconds (None: for ever).
 
-        Raises ``TimeoutError`` when the time runs out, and
-        :class:`~mqkit.SubscriptionClosedError` once the subscription is closed and drained.
+        Raises ``TimeoutError`` when the time runs out (a timeout of 0 or less: unless a message
+        is buffered), :class:`~mqkit.SubscriptionClosedError` once the subscription is closed
+        and drained, and :class:`~mqkit.InvalidArgumentError` (a ``ValueError``) for a timeout
+        that is NaN, infinite or no number, before taking anything: wait for ever with ``None``.
         """
+        if timeout is not None:
+            timeout = finite_seconds(timeout, "timeout")
         try:
             message = self._buf.popleft()
         except IndexError:
@@ -218,6 +249,8 @@ class Subscription:
 
     async def aget(self, timeout: float | None = None) -> Message:
         """Await the next message (as ``get``, without blocking the event loop)."""
+        if timeout is not None:
+            timeout = finite_seconds(timeout, "timeout")
         try:
             message = self._buf.popleft()
         except IndexError:

@@ -18,6 +18,8 @@ import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from mqkit.core.checks import finite_seconds
+
 __all__ = ["Clock", "FakeClock", "TimerHandle", "TimerService"]
 
 log = logging.getLogger("mqkit.timers")
@@ -97,7 +99,10 @@ class FakeClock(Clock):
 
     def advance(self, seconds: float | timedelta) -> None:
         """Move the clock forward, running every timer that falls due on the way, in order."""
-        step = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        if isinstance(seconds, timedelta):
+            step = seconds.total_seconds()
+        else:  # NaN would run every timer, infinity end the clock: InvalidArgumentError
+            step = finite_seconds(seconds, "seconds")
         if step < 0:
             raise ValueError("a clock does not go backwards")
         with self._lock:
@@ -147,8 +152,11 @@ class TimerService:
         clock.attach(self)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run ``callback()`` after ``delay`` seconds; exceptions are logged, not raised."""
-        deadline = self.clock.monotonic() + max(0.0, delay)
+        """Run ``callback()`` after ``delay`` seconds; exceptions are logged, not raised.
+
+        ``delay`` must be finite (``InvalidArgumentError``); 0 or less runs it at once.
+        """
+        deadline = self.clock.monotonic() + max(0.0, finite_seconds(delay, "delay"))
         handle = TimerHandle(self, deadline, callback)
         with self._cond:
             if self._closed:

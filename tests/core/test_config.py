@@ -8,6 +8,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mqkit
 
@@ -484,3 +486,195 @@ def test_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_from_env_is_case_sensitive_on_the_name() -> None:
     with pytest.raises(mqkit.InvalidConfigError):
         mqkit.Config.from_env(environ={"MQKIT_max_topics": "3"})
+
+
+# -- numbers are finite (issue 13, point 14) -----------------------------------------------------
+
+FLOAT_FIELDS = [f.name for f in attrs.fields(mqkit.Config) if f.type in (float, "float")]
+INT_FIELDS = [f.name for f in attrs.fields(mqkit.Config) if f.type in (int, "int")]
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+NON_FINITE_TEXT = ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"]
+
+
+def test_the_numeric_fields_are_found() -> None:
+    # generated from the class: a new duration or limit is covered by the tests below
+    assert {"transaction_timeout", "message_ttl", "mqtt_connect_timeout"} <= set(FLOAT_FIELDS)
+    assert {"max_topics", "mqtt_max_inflight", "http_port"} <= set(INT_FIELDS)
+    assert len(FLOAT_FIELDS) >= 7 and len(INT_FIELDS) >= 18
+
+
+def assert_names(info: pytest.ExceptionInfo[mqkit.InvalidConfigError], field: str) -> None:
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{PREFIX}{field} ")
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=repr)
+@pytest.mark.parametrize("field", FLOAT_FIELDS + INT_FIELDS)
+def test_a_non_finite_number_is_refused_in_code(field: str, value: float) -> None:
+    config = mqkit.Config(**{field: value})  # built; refused by validate() and Broker()
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        config.validate()
+    assert_names(info, field)
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Broker(config)
+    assert_names(info, field)
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config().replace(**{field: value}).validate()
+    assert_names(info, field)
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=repr)
+@pytest.mark.parametrize("field", FLOAT_FIELDS + INT_FIELDS)
+def test_a_non_finite_number_is_refused_from_a_mapping(field: str, value: float) -> None:
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_dict({field: value})
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("text", NON_FINITE_TEXT)
+@pytest.mark.parametrize("field", FLOAT_FIELDS + INT_FIELDS)
+def test_a_non_finite_number_is_refused_from_the_environment(field: str, text: str) -> None:
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_env(environ={f"MQKIT_{field.upper()}": text})
+    assert info.value.field == field
+    assert "environment" in str(info.value)
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_dict({field: text})
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "+inf"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS + INT_FIELDS)
+def test_a_non_finite_number_is_refused_from_toml(field: str, text: str, tmp_path: Any) -> None:
+    path = tmp_path / "mqkit.toml"
+    path.write_text(f"{field} = {text}\n", encoding="utf-8")  # TOML's own nan and inf
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_toml(path)
+    assert info.value.field == field
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_a_duration_too_large_for_a_float_is_refused(field: str) -> None:
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config(**{field: 10**400}).validate()
+    assert_names(info, field)
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_dict({field: 10**400})
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_a_duration_that_is_no_number_is_named_by_validate(field: str) -> None:
+    # the duration converter does not raise a bare ValueError from Config(...)
+    for value in ("soon", None, [1]):
+        with pytest.raises(mqkit.InvalidConfigError) as info:
+            mqkit.Config(**{field: value}).validate()
+        assert_names(info, field)
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_large_finite_durations_are_accepted(field: str) -> None:
+    mqkit.Config(**{field: 1e9}).validate()
+    assert mqkit.Config.from_dict({field: "86400.5"}).validate() is None
+
+
+def test_update_config_refuses_a_non_finite_number_and_keeps_the_old() -> None:
+    with mqkit.Broker(mqkit.Config(enable_transactions=True)) as broker:
+        old = broker.config
+        with pytest.raises(mqkit.InvalidConfigError) as info:
+            broker.update_config(old.replace(transaction_timeout=float("nan")))
+        assert info.value.field == "transaction_timeout"
+        assert broker.config is old
+
+
+def test_a_nan_transaction_timeout_no_longer_ends_every_transaction() -> None:
+    # the issue's example: with nan every transaction was rolled back at once
+    with pytest.raises(mqkit.InvalidConfigError, match="transaction_timeout"):
+        mqkit.Broker(mqkit.Config(enable_transactions=True, transaction_timeout=float("nan")))
+
+
+# -- booleans are true/false/1/0 (issue 13, point 15) --------------------------------------------
+
+BOOL_FIELDS = [f.name for f in attrs.fields(mqkit.Config) if f.type in (bool, "bool")]
+# what the rules require once a feature is on (so that a true flag validates)
+COMPANIONS = {"cluster_node_id": "n1", "persistence_path": "store", "dead_letter_topic": "dlq"}
+NOT_BOOLEANS = ["yes", "no", "on", "off", "y", "n", "t", "f", "", " ", "2", "-1", "01", "1.0",
+                "truee", "enable", "none", "null"]  # fmt: skip
+NOT_BOOLEAN_VALUES: list[object] = [2, -1, 10, 0.0, 1.0, 0.5, None, [True], {"a": 1}]
+
+
+def test_the_boolean_fields_are_found() -> None:
+    assert {"enable_mqtt", "enable_persistence", "autoload_plugins"} <= set(BOOL_FIELDS)
+    assert "mqtt_allow_anonymous" in BOOL_FIELDS
+
+
+@pytest.mark.parametrize("text", NOT_BOOLEANS)
+@pytest.mark.parametrize("field", BOOL_FIELDS)
+def test_a_boolean_text_other_than_true_false_1_0_is_refused(field: str, text: str) -> None:
+    for load in (
+        lambda: mqkit.Config.from_dict({field: text}),
+        lambda: mqkit.Config.from_env(environ={f"MQKIT_{field.upper()}": text}),
+    ):
+        with pytest.raises(mqkit.InvalidConfigError) as info:
+            load()
+        assert info.value.field == field
+        assert field in str(info.value)
+        assert repr(text) in str(info.value)  # the value, as given
+
+
+@pytest.mark.parametrize("value", NOT_BOOLEAN_VALUES, ids=repr)
+@pytest.mark.parametrize("field", BOOL_FIELDS)
+def test_a_boolean_value_other_than_a_bool_0_or_1_is_refused(field: str, value: object) -> None:
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_dict({field: value})
+    assert info.value.field == field
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config(**{field: value}).validate()
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("field", BOOL_FIELDS)
+def test_a_boolean_text_is_refused_in_toml(field: str, tmp_path: Any) -> None:
+    path = tmp_path / "mqkit.toml"
+    for text in ('"yes"', '"on"', "2", "1.0"):
+        path.write_text(f"{field} = {text}\n", encoding="utf-8")
+        with pytest.raises(mqkit.InvalidConfigError) as info:
+            mqkit.Config.from_toml(path)
+        assert info.value.field == field
+        assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "value"),
+    [(True, True), (False, False), (1, True), (0, False), ("true", True), ("false", False),
+     ("1", True), ("0", False), ("TRUE", True), ("False", False), (" true\n", True)],
+)  # fmt: skip
+@pytest.mark.parametrize("field", BOOL_FIELDS)
+def test_the_documented_booleans_are_accepted(field: str, given: object, value: bool) -> None:
+    assert getattr(mqkit.Config.from_dict({**COMPANIONS, field: given}), field) is value
+    if isinstance(given, str):
+        environ = {f"MQKIT_{k.upper()}": v for k, v in COMPANIONS.items()}
+        env = mqkit.Config.from_env(environ={**environ, f"MQKIT_{field.upper()}": given})
+        assert getattr(env, field) is value
+
+
+@pytest.mark.parametrize("field", BOOL_FIELDS)
+def test_toml_booleans_are_accepted(field: str, tmp_path: Any) -> None:
+    path = tmp_path / "mqkit.toml"
+    for text, value in (("true", True), ("false", False), ('"1"', True), ("0", False)):
+        companions = "".join(f'{k} = "{v}"\n' for k, v in COMPANIONS.items())
+        path.write_text(f"{companions}{field} = {text}\n", encoding="utf-8")
+        assert getattr(mqkit.Config.from_toml(path), field) is value
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.text(max_size=8))
+def test_any_other_text_is_no_boolean(text: str) -> None:
+    if text.strip().lower() in ("true", "false", "1", "0"):
+        assert isinstance(mqkit.Config.from_dict({"enable_mqtt": text}).enable_mqtt, bool)
+        return
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Config.from_dict({"enable_mqtt": text})
+    assert info.value.field == "enable_mqtt"

@@ -20,6 +20,7 @@ ALL_ERRORS = [
     mqkit.LimitExceededError,
     mqkit.FeatureNotEnabledError,
     mqkit.InvalidConfigError,
+    mqkit.InvalidArgumentError,
     mqkit.SubscriptionClosedError,
     mqkit.AckNotFoundError,
     mqkit.SerializationError,
