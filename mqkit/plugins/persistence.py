@@ -252,12 +252,13 @@ class _Pin:
     the same, so the order of the hooks does not matter.
     """
 
-    __slots__ = ("copies", "key", "routing", "settled", "stored_at")
+    __slots__ = ("copies", "key", "routers", "routing", "settled", "stored_at")
 
     def __init__(self, key: _Key, stored_at: float, routing: int) -> None:
         self.key = key
         self.stored_at = stored_at
         self.routing = routing  # publishes or replays of it between accept and published
+        self.routers: list[int] = []  # the threads routing it (their idents)
         self.copies = 0  # copies that entered a subscription's buffer
         self.settled = 0  # copies that ended (acknowledged or given up)
 
@@ -300,6 +301,8 @@ def batch_members(raw: object, first: int, count: int) -> list[tuple[_Key, dict[
 
 _COPY_ENDS = frozenset({"drop_oldest", "withheld", "unsubscribed"})
 """``mqkit_drop`` reasons that end a buffered copy (the others: the copy never entered)."""
+_ROUTING_WAIT = 30.0
+"""Seconds an ack waits for its message's publish to finish routing in another thread."""
 
 
 class PersistencePlugin(PersistenceFeature):
@@ -314,6 +317,8 @@ class PersistencePlugin(PersistenceFeature):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._routed = threading.Condition(self._lock)  # a pin's routing ended (acks wait)
+        self._ack_waiters = 0
         self._cache: diskcache.Cache | None = None
         self._store_lock: StoreLock | None = None
         self._seq = 0  # the next sequence number
@@ -487,11 +492,14 @@ class PersistencePlugin(PersistenceFeature):
         A pinned (ack-required) message starts with ``routing`` publishes under way.
         """
         index, all_keys, counts = self._index, self._keys, self._live_count
+        router = threading.get_ident() if routing else 0
         for key in keys:
             seq, topic = key[0], key[1]
             all_keys[seq] = key
             if key[4] & _PINNED:
                 pin = self._pins[seq] = _Pin(key, stored_at, routing)
+                if router:
+                    pin.routers.append(router)
                 pinned = self._pinned.get(topic)
                 if pinned is None:
                     pinned = self._pinned[topic] = {}
@@ -578,8 +586,10 @@ class PersistencePlugin(PersistenceFeature):
                 detail = self._write_failed(exc)
                 raise PersistenceError.because(f"cannot store message(s): {detail}") from exc
             self._seq = first + len(keys)
+            router = threading.get_ident()
             for pin in replayed:
                 pin.routing += 1
+                pin.routers.append(router)
             self._remember(keys, broker.clock.monotonic(), 1)
             for i, message in enumerate(fresh):
                 set_store_seq(message, first + i)
@@ -612,9 +622,11 @@ class PersistencePlugin(PersistenceFeature):
     def _route(self, pins: list[_Pin]) -> None:
         """Pinned messages are being replayed: one more routing each, until published."""
         if pins:
+            router = threading.get_ident()
             with self._lock:
                 for pin in pins:
                     pin.routing += 1
+                    pin.routers.append(router)
 
     def _encode_batch(
         self, members: Sequence[Message], identities: list[tuple[str, str, int, int]]
@@ -651,21 +663,27 @@ class PersistencePlugin(PersistenceFeature):
         pins = self._pins
         if not pins:
             return
+        router = 0
         for i, message in enumerate(messages):
             pin = pins.get(store_seq(message))
             if pin is not None:
+                router = router or threading.get_ident()
                 with self._lock:
                     pin.routing -= 1
                     pin.copies += copies[i]
+                    if router in pin.routers:
+                        pin.routers.remove(router)
                     if pin.done and self._pins.get(pin.key[0]) is pin:
                         self._remove((pin.key,))
+                    if self._ack_waiters and pin.routing <= 0:
+                        self._routed.notify_all()
 
     # -- settling --------------------------------------------------------------------------------
 
     @hookimpl
     def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
-        """A subscription acknowledged its copy."""
-        self._settle(message)
+        """A subscription acknowledged its copy (on disk when the ack returns)."""
+        self._settle(message, durable=True)
 
     @hookimpl
     def mqkit_drop(
@@ -695,8 +713,15 @@ class PersistencePlugin(PersistenceFeature):
             if key is not None and not key[4] & _PINNED and key[1:3] == (message.topic, message.id):
                 self._remove((key,))
 
-    def _settle(self, message: Message) -> None:
-        """One copy of a pinned message ended; remove the message with its last copy."""
+    def _settle(self, message: Message, durable: bool = False) -> None:
+        """One copy of a pinned message ended; remove the message with its last copy.
+
+        ``durable`` (an ack): while another thread still routes the message's publish, the
+        number of copies is not known yet; wait for that routing to end (the router removes
+        the message if this was its last copy), so that an acknowledged message is off disk
+        when ``ack()`` returns. The publishing thread itself (an ack from a filter) and the
+        other ways a copy ends do not wait.
+        """
         pin = self._pins.get(store_seq(message))
         if pin is None:
             return
@@ -706,6 +731,12 @@ class PersistencePlugin(PersistenceFeature):
             pin.settled += 1
             if pin.done:
                 self._remove((pin.key,))
+            elif durable and pin.routing > 0 and threading.get_ident() not in pin.routers:
+                self._ack_waiters += 1
+                try:  # bounded: a routing that never ends leaves the message stored (safe side)
+                    self._routed.wait_for(lambda: pin.routing <= 0, timeout=_ROUTING_WAIT)
+                finally:
+                    self._ack_waiters -= 1
 
     def _remove(self, keys: Iterable[_Key]) -> None:
         """Under the lock: settle ``keys`` and delete them from the store."""

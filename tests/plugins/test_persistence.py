@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -1393,4 +1394,43 @@ def test_copy_settled_while_the_message_is_still_being_routed_counts(
         assert third.get_nowait().id == "push"  # published in the middle of routing "a"
     third.ack(third.get_nowait().ack_id)  # type: ignore[attr-defined]
     assert pending_on_disk(tmp_path) == []
+    assert "a" not in restarted_ids(make_broker, broker, tmp_path)
+
+
+def test_an_ack_during_routing_returns_once_the_message_left_the_store(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    """``ack()`` returns with the message off disk, also while its publish is still routing.
+
+    The consumer's copy is buffered first; a second subscription's filter then holds the
+    publisher's thread in the middle of routing while the consumer acks from its own thread.
+    The ack may only return once the store knows the message settled (a SIGKILL right after
+    must not bring an acknowledged message back).
+    """
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    consumer = broker.subscribe_with_ack("t", BIG)
+    routing, release = threading.Event(), threading.Event()
+
+    def hold(message: mqkit.Message) -> bool:
+        routing.set()
+        assert release.wait(timeout=30)
+        return False  # one copy only: the consumer's
+
+    broker.subscribe("t", mqkit.SubOptions(buffer_size=10, filter=hold))
+    publisher = threading.Thread(target=broker.publish, args=("t", mqkit.AckMessage("a")))
+    publisher.start()
+    assert routing.wait(timeout=30)
+    on_disk_after_ack: list[list[str]] = []
+
+    def ack() -> None:
+        consumer.ack(consumer.get_nowait().ack_id)  # type: ignore[attr-defined]
+        on_disk_after_ack.append(pending_on_disk(tmp_path))
+
+    acker = threading.Thread(target=ack)
+    acker.start()
+    acker.join(timeout=0.5)  # an ack that returns at once does so well within this
+    release.set()
+    acker.join(timeout=30)
+    publisher.join(timeout=30)
+    assert on_disk_after_ack == [[]]
     assert "a" not in restarted_ids(make_broker, broker, tmp_path)
