@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from plugins.helpers import drain
 
 import mqkit
 
@@ -56,15 +57,6 @@ def subscribe(broker: mqkit.Broker, shape: str) -> tuple[mqkit.Subscription, ...
         options = mqkit.SubOptions(buffer_size=5, policy=policy, block_timeout=0.001)
         subs.append(broker.subscribe(TOPIC, options))
     return tuple(subs)
-
-
-def drain(sub: mqkit.Subscription) -> list[mqkit.Message]:
-    out: list[mqkit.Message] = []
-    while True:
-        try:
-            out.append(sub.get_nowait())
-        except (TimeoutError, mqkit.SubscriptionClosedError):
-            return out
 
 
 def message_bytes(shape: str) -> int:
