@@ -2,9 +2,10 @@
 # An external acceptance suite: gmqtt 0.8.0's live-broker tests (tests/test_mqtt5.py, from its
 # PyPI sdist, unpacked here and never committed) against mqkit's MQTT gateway and, in the same
 # run, against Debian's mosquitto, side by side. Fails unless exactly 16 tests ran against mqkit
-# and mqkit passed all 16 (and, as a check of the comparison, when mqkit fails a test mosquitto
-# passes). gmqtt's wheel would put a top-level "tests" package in site-packages, so the suite
-# runs from the unpacked sdist in a venv of its own.
+# and mqkit passed all 16 but the tests that ask for what MQTT 5 forbids (NONCONFORMING below,
+# which both servers must fail), and never fails a test mosquitto passes. gmqtt's wheel would
+# put a top-level "tests" package in site-packages, so the suite runs from the unpacked sdist
+# in a venv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/mqkit-gmqtt.XXXXXX)
@@ -83,6 +84,14 @@ import sys
 import xml.etree.ElementTree as ET
 
 EXPECTED = 16  # tests/test_mqtt5.py of gmqtt 0.8.0
+# Tests that ask a server for what MQTT 5 forbids it to do; mqkit (and mosquitto) fail them.
+NONCONFORMING = {
+    # gmqtt.Client("") sends a uuid of its own as client id, then expects the CONNACK to carry
+    # an Assigned Client Identifier: MQTT 5 3.2.2.3.7 has one only for an empty client id, and
+    # libmosquitto v5 clients (mosquitto_sub -V 5 -i ID) refuse one they did not ask for as a
+    # protocol error (tests/protocols/mqtt/test_wire_strings.py).
+    "test_assigned_clientid",
+}
 
 def results(path):
     out = {}
@@ -106,14 +115,21 @@ print(f"{'total passed':45} {count(mqkit, 'pass'):<6} {count(mosq, 'pass'):<6}")
 problems = []
 if len(mqkit) != EXPECTED:
     problems.append(f"{len(mqkit)} tests ran against mqkit, not {EXPECTED}")
-if count(mqkit, "pass") != EXPECTED:
-    failed = sorted(n for n, v in mqkit.items() if v != "pass")
+conforming = EXPECTED - len(NONCONFORMING)
+failed = sorted(n for n, v in mqkit.items() if v != "pass" and n not in NONCONFORMING)
+if failed:
     problems.append(f"mqkit passed {count(mqkit, 'pass')} of {EXPECTED}; not passed: {failed}")
+wrong = sorted(n for n in NONCONFORMING if mqkit.get(n) != "FAIL" or mosq.get(n) != "FAIL")
+if wrong:  # the reason given above no longer holds: look again
+    problems.append(f"nonconforming tests not failed by both servers: {wrong}")
 regressions = sorted(n for n, v in mosq.items() if v == "pass" and mqkit.get(n) != "pass")
 if regressions:
     problems.append(f"mqkit fails what mosquitto passes: {regressions}")
 if problems:
     print("gmqtt gate FAILED:", *problems, sep="\n  ")
     sys.exit(1)
-print(f"gmqtt gate passed: mqkit {EXPECTED}/{EXPECTED}")
+print(
+    f"gmqtt gate passed: mqkit {conforming}/{conforming} of the conforming tests "
+    f"(failed as it must: {sorted(NONCONFORMING)})"
+)
 EOF
