@@ -224,7 +224,8 @@ class Subscription:
         and drained, and :class:`~mqkit.InvalidArgumentError` (a ``ValueError``) for a timeout
         that is NaN, infinite or no number, before taking anything: wait for ever with ``None``.
         """
-        if timeout is not None:
+        # A finite float passes with two tests; anything else is checked (or refused) by a call.
+        if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
         try:
             message = self._buf.popleft()
@@ -236,8 +237,14 @@ class Subscription:
         return message
 
     def get_nowait(self) -> Message:
-        """Return a buffered message at once: ``get(timeout=0)``."""
-        return self.get(timeout=0)
+        """Return a buffered message at once: ``get(timeout=0)`` (without its argument check)."""
+        try:
+            message = self._buf.popleft()
+        except IndexError:
+            return self._get_slow(0.0)
+        if (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message):
+            return self._get_slow(0.0)
+        return message
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscription is closed and drained."""
@@ -249,7 +256,7 @@ class Subscription:
 
     async def aget(self, timeout: float | None = None) -> Message:
         """Await the next message (as ``get``, without blocking the event loop)."""
-        if timeout is not None:
+        if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
         try:
             message = self._buf.popleft()
