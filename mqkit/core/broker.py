@@ -651,8 +651,7 @@ class Broker:
                 memory.check((stamped,))
             return feature.add(tx_id, stamped, token)
 
-        held: object = self._guard("publish_with_transaction", topic, hold)
-        return held
+        return self._guard("publish_with_transaction", topic, hold)
 
     def commit_transaction(self, tx_id: str) -> None:
         """Deliver every message of ``tx_id`` together (``TransactionNotFoundError`` if none)."""

@@ -506,5 +506,5 @@ def redelivery(message: M) -> M:
     stamp = stamper(type(message))
     when = _read_time(message)  # as it is: POSIX seconds are not turned into a datetime
     copy = stamp(message, message.topic, when, message.attempt + 1)  # type: ignore[arg-type]
-    _SEQ_SLOT.__set__(copy, message._seq)
+    set_store_seq(copy, message._seq)
     return copy
