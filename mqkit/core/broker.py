@@ -64,6 +64,7 @@ from mqkit.core.message import (
     stamper,
 )
 from mqkit.core.plugins import PluginManager, info_of, instantiate, plan_plugins
+from mqkit.core.shards import ThreadShards
 from mqkit.core.status import (
     ClusterStatus,
     DeadLetter,
@@ -85,12 +86,40 @@ _DEFAULT_OPTIONS: Final = SubOptions()
 _REPORTED: Final = "_mqkit_reported"  # set on an MQError once mqkit_error has seen it
 
 
-@attrs.frozen(slots=True)
 class _Route:
-    """A valid topic and the subscriptions (exact, then pattern) a publish to it reaches."""
+    """A valid topic and the subscriptions (exact, then pattern) a publish to it reaches.
 
-    topic: str
-    subs: tuple[Subscription, ...]
+    ``ranked``: every subscription of the route has its plugin-supplied buffer (or none is
+    supplied): routing a message that wants one needs no look. ``published`` counts the
+    messages routed here, when a plugin asked for topic counts (``count_published``).
+    """
+
+    __slots__ = ("published", "ranked", "subs", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        subs: tuple[Subscription, ...],
+        published: itertools.count[int] | None,
+        ranked: bool,
+    ) -> None:
+        self.topic = topic
+        self.subs = subs
+        self.published = published
+        self.ranked = ranked
+
+
+class _ByteShard:
+    """One thread's share of the buffered bytes (see ``Broker.buffered_bytes``)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def _fold_bytes(total: _ByteShard, shard: _ByteShard) -> None:
+    total.bytes += shard.bytes
 
 
 class Transaction:
@@ -147,6 +176,9 @@ class Broker:
         self._exact: dict[str, list[Subscription]] = {}
         self._patterns: dict[str, tuple[Callable[[str], bool], list[Subscription]]] = {}
         self._routes: dict[str, _Route] = {}
+        self._published: dict[str, itertools.count[int]] | None = None
+        self._bytes = ThreadShards(_ByteShard, _fold_bytes)
+        self._bytes_local = self._bytes.local
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
         self._dead_letters_refused = 0  # given up, and the DLQ refused them (memory limit)
@@ -269,7 +301,13 @@ class Broker:
             for matches, psubs in self._patterns.values():
                 if matches(stripped):
                     subs.extend(psubs)
-            route = _Route(stripped, tuple(subs))
+            counts = self._published
+            counter = None
+            if counts is not None:
+                counter = counts.get(stripped)
+                if counter is None:
+                    counter = counts[stripped] = itertools.count()
+            route = _Route(stripped, tuple(subs), counter, all(s._ranked for s in subs))
             if len(self._routes) >= _ROUTE_CACHE_MAX:
                 self._routes.clear()
             self._routes[topic] = route
@@ -315,6 +353,8 @@ class Broker:
                 return
             if hooks.accept_on and cls not in hooks.accept_idle:
                 hooks.accept(self, (stamped,))
+            if not route.ranked and cls not in hooks.buffer_idle:
+                self._rank(route, cls)
             if hooks.published_on:
                 copies = 0
                 for sub in route.subs:
@@ -323,6 +363,8 @@ class Broker:
             else:
                 for sub in route.subs:
                     sub._put(stamped)
+            if route.published is not None:
+                next(route.published)
         except MQError as exc:
             self._failed("publish", topic, exc)
             raise
@@ -369,9 +411,64 @@ class Broker:
         copies: list[int] = []
         for message in messages:
             route = routes.get(message.topic) or self._route(message.topic)
+            if not route.ranked and message.__class__ not in hooks.buffer_idle:
+                self._rank(route, message.__class__)
             copies.append(sum(sub._put(message) for sub in route.subs))
+            if route.published is not None:
+                next(route.published)
         if hooks.published_on:
             hooks.published(self, messages, copies)
+
+    def _rank(self, route: _Route, cls: type) -> None:
+        """Give the route's subscriptions their plugin buffers if ``cls`` wants one (lazily)."""
+        if self._hooks.buffer_wanted(cls):
+            for sub in route.subs:
+                if not sub._ranked:
+                    sub._rank()
+            route.ranked = True
+
+    # -- accounting (plugin API) -------------------------------------------------------------------
+
+    def count_published(self) -> None:
+        """Start counting the messages routed to each topic (``published_counts``; plugin API).
+
+        The ``metrics`` plugin asks at start. Counting costs a publish one C-level step.
+        """
+        with self._lock:
+            if self._published is None:
+                self._published = {}
+                self._routes.clear()
+
+    def published_counts(self) -> dict[str, int]:
+        """Messages routed to each topic since ``count_published`` (plugin API)."""
+        with self._lock:
+            counts = dict(self._published or {})
+        # itertools.count is the lock-free counter; its repr is its next value: count(N).
+        return {topic: int(repr(counter)[6:-1]) for topic, counter in counts.items()}
+
+    def _add_bytes(self, n: int) -> None:
+        """Add ``n`` to the calling thread's share of the buffered bytes (subscriptions call it)."""
+        try:
+            self._bytes_local.shard.bytes += n
+        except AttributeError:
+            self._bytes.get().bytes += n
+
+    def buffered_bytes(self) -> int:
+        """Estimated bytes in metered subscription buffers (plugin API; never below 0).
+
+        Subscriptions whose ``Taps.meter`` a plugin asked for (the ``memory`` plugin) count
+        each copy's estimated size plus ``SLOT_BYTES`` as it enters and leaves their buffer,
+        in the acting thread's share; this adds the shares up.
+        """
+        shards = self._bytes
+        folds = shards.folds
+        total = 0
+        for shard in shards.all:
+            total += shard.bytes
+        if folds != shards.folds or folds & 1:  # a thread's share was folded meanwhile
+            with shards.lock:
+                total = sum(shard.bytes for shard in shards.all)
+        return total if total > 0 else 0
 
     def dispatch(self, messages: Sequence[Message]) -> None:
         """Deliver already stamped and checked messages, all or none (plugin API).
@@ -534,9 +631,13 @@ class Broker:
                 )
             sub = Subscription(self, next(self._sub_ids), key, opts, capacity)
             sub.is_pattern = matches is not None
-            buffer = hooks.subscription_buffer(self, sub)
-            if buffer is not None:
-                sub._set_buffer(buffer)
+            if hooks.buffer_lazy:
+                sub._ranked = False  # a FIFO until a message needs the plugin's buffer
+            else:
+                buffer = hooks.subscription_buffer(self, sub)
+                if buffer is not None:
+                    sub._set_buffer(buffer)
+            sub._configure(hooks.subscription_taps(self, sub))
             subs.append(sub)
             if existing is None:
                 table[key] = (matches, subs) if matches is not None else subs
@@ -961,10 +1062,22 @@ class Broker:
                 except BaseException:
                     self._config = old
                     self._apply_plugins(old)
+                    self._reconfigure()
                     raise
+                self._reconfigure()
         except MQError as exc:
             self._failed("update_config", "", exc)
             raise
+
+    def _reconfigure(self) -> None:
+        """Re-apply buffers and taps to every live subscription after the plugin set changed."""
+        hooks = self._hooks
+        with self._lock:
+            for sub in self.subscriptions():
+                if not sub._ranked and not hooks.buffer_lazy:
+                    sub._rank()
+                sub._configure(hooks.subscription_taps(self, sub))
+            self._routes.clear()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

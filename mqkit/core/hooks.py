@@ -31,7 +31,7 @@ from mqkit.core.message import Message
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
     from mqkit.core.config import Config
-    from mqkit.core.subscription import Buffer, Subscription
+    from mqkit.core.subscription import Buffer, Subscription, Taps
 
 __all__ = ["Hooks"]
 
@@ -141,7 +141,14 @@ class Hooks:
         """Message classes for which no ``mqkit_delivered`` implementation is called."""
         self.accept_idle: set[type] = set()
         """Message classes for which a one-message ``mqkit_accept`` calls no implementation."""
+        self.take_idle: set[type] = set()
+        """Message classes for which neither ``mqkit_deliver`` nor ``mqkit_delivered`` calls an
+        implementation (filled in by subscriptions as they find out)."""
+        self.buffer_idle: set[type] = set()
+        """Message classes for which no ``mqkit_subscription_buffer`` implementation is
+        interested: routing them leaves a subscription's FIFO in place."""
         idle = {
+            "mqkit_subscription_buffer": self.buffer_idle,
             "mqkit_publish": self.publish_idle,
             "mqkit_deliver": self.deliver_idle,
             "mqkit_delivered": self.delivered_idle,
@@ -156,6 +163,13 @@ class Hooks:
                 if any(i is not None for i in interests)
                 else None
             )
+        buffer_by_class = narrowed["mqkit_subscription_buffer"]
+        self._buffer_by_class = buffer_by_class
+        buffer_interests = _interests(pm, "mqkit_subscription_buffer") if pm is not None else []
+        self.buffer_lazy = bool(buffer_interests) and all(i is not None for i in buffer_interests)
+        """Whether every ``mqkit_subscription_buffer`` implementation declared its message
+        classes: subscriptions then start with a FIFO and move to the plugin's buffer on the
+        first message of such a class (``Broker`` tests ``buffer_idle`` per publish)."""
         self._publish_by_class = narrowed["mqkit_publish"]
         self._deliver_by_class = narrowed["mqkit_deliver"]
         self._delivered_by_class = narrowed["mqkit_delivered"]
@@ -170,6 +184,7 @@ class Hooks:
         self._authorize = table["mqkit_authorize"]
         self._subscription_buffer = table["mqkit_subscription_buffer"]
         self._subscribe = table["mqkit_subscribe"]
+        self._subscription_taps = table["mqkit_subscription_taps"]
         self._unsubscribe = table["mqkit_unsubscribe"]
         self._health = table["mqkit_health"]
         self._publish = table["mqkit_publish"]
@@ -301,6 +316,27 @@ class Hooks:
                 "mqkit_subscription_buffer", self._subscription_buffer, broker, subscription
             ),
         )
+
+    def buffer_wanted(self, cls: type) -> bool:
+        """Whether a ``mqkit_subscription_buffer`` implementation wants messages of ``cls``.
+
+        For ``buffer_lazy``; a class for which none does goes into ``buffer_idle``.
+        """
+        by_class = self._buffer_by_class
+        return by_class is None or bool(by_class[cls])
+
+    def subscription_taps(self, broker: Broker, subscription: Subscription) -> list[Taps]:
+        """Collect ``mqkit_subscription_taps`` (a failing plugin's taps are left out)."""
+        found: list[Taps] = []
+        for plugin, fn in self._subscription_taps:
+            try:
+                taps = fn(broker, subscription)
+            except Exception as exc:
+                self._report(plugin, "mqkit_subscription_taps", exc)
+                continue
+            if taps is not None:
+                found.append(taps)
+        return found
 
     def subscribe(self, broker: Broker, subscription: Subscription) -> None:
         """Fire ``mqkit_subscribe``."""

@@ -50,7 +50,7 @@ from mqkit.core.message import Message
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
     from mqkit.core.config import Config
-    from mqkit.core.subscription import Buffer, Subscription
+    from mqkit.core.subscription import Buffer, Subscription, Taps
 
 __all__ = ["HOOK_NAMES", "MESSAGE_INTEREST", "Interest", "for_messages", "hookimpl", "hookspec"]
 
@@ -168,10 +168,26 @@ def mqkit_authorize(
 
 @hookspec(firstresult=True)
 def mqkit_subscription_buffer(broker: Broker, subscription: Subscription) -> Buffer | None:
-    """Supply the buffer for a new subscription (the ``priority`` plugin's ordered buffer).
+    """Supply the buffer for a subscription (the ``priority`` plugin's ordered buffer).
 
     firstresult: the first non-``None`` buffer is used; ``None`` from everybody gives a FIFO.
-    May raise ``MQError`` to refuse the subscription.
+    Fires when a subscription is made - or, for an implementation marked with
+    :func:`for_messages`, only once a message of a class it is interested in is first routed
+    to the subscription: until then the subscription keeps a FIFO (a plain message costs no
+    ordered buffer), and its buffered messages move to the new buffer in order. May raise
+    ``MQError`` to refuse the subscription (at subscribe time only).
+    """
+
+
+@hookspec
+def mqkit_subscription_taps(broker: Broker, subscription: Subscription) -> Taps | None:
+    """Choose the per-message work a plugin needs on a subscription, once (:class:`Taps`).
+
+    Fires when a subscription is made, and for every live subscription when the plugin set
+    changes; the subscription then calls the taps directly, with no hook dispatch per message
+    (a latency sampler, an expiry check, byte metering). Collecting: every implementation is
+    asked; return ``None`` for nothing. An exception is counted against the plugin and its taps
+    are left out.
     """
 
 

@@ -234,13 +234,30 @@ def _payload_size(value: object, depth: int = 0) -> int:
     return sys.getsizeof(value)
 
 
+_ITEM_BYTES: Final = 64
+"""What :func:`estimate_size` allows for each item of a container payload (a small key and
+value), beyond the container itself: the items are counted, not walked."""
+
+
+def _container_size(value: object) -> int:
+    """O(1): the container's own size plus ``_ITEM_BYTES`` per item (no walk)."""
+    try:
+        items = len(value)  # type: ignore[arg-type]
+    except TypeError:
+        items = 0
+    return sys.getsizeof(value) + _ITEM_BYTES * items
+
+
 def estimate_size(message: Message) -> int:
-    """Estimate the bytes a message holds: the object, its id, payload and metadata.
+    """Estimate the bytes a message holds: the object, its id, payload and metadata, in O(1).
 
     A cheap, deterministic estimate (the same message always gives the same number), used
-    for ``max_memory_usage``; payloads are measured three levels deep. The estimate is
-    measured once per message and remembered on it (and on its stamped copies): the memory
-    plugin asks for it at publish and again when each copy leaves its buffer.
+    for ``max_memory_usage``: a ``str``/``bytes`` payload counts its length, a number a fixed
+    size, and any other payload (a dict, a list, an object) its own ``sys.getsizeof`` plus 64
+    bytes per item - the items are counted, not walked, so a deep payload costs no more to
+    measure than a flat one (and is under-estimated: the limit is on what the broker can
+    count cheaply, not the process's heap). The estimate is measured once per message and
+    remembered on it (and on its stamped copies).
     """
     size: int = message._size
     if size >= 0:
@@ -249,7 +266,14 @@ def estimate_size(message: Message) -> int:
     kind = type(data)
     payload = _SCALAR_SIZES.get(kind)  # the common payloads without a further call
     if payload is None:
-        payload = 49 + len(data) if kind in _SIZED_TYPES else _payload_size(data)
+        if kind in _SIZED_TYPES:
+            payload = 49 + len(data)
+        elif isinstance(data, _SCALAR_CLASSES):
+            payload = 32
+        elif isinstance(data, _SIZED_CLASSES):
+            payload = 49 + len(data)
+        else:
+            payload = _container_size(data)
     size = _MESSAGE_OVERHEAD + len(message.id) + payload
     if message.meta:
         # 49 + len for a str key or value; attrs does not check types, so anything is measured

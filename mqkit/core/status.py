@@ -32,6 +32,10 @@ class SubscriptionStats:
     dropped: int
     queue_len: int
     queue_cap: int
+    delivered: int = 0
+    """Messages handed out to a consumer (withheld and evicted ones are not)."""
+    buffered_bytes: int = 0
+    """Estimated bytes of the buffered messages (0 unless the ``memory`` plugin meters them)."""
 
 
 @attrs.frozen(slots=True, kw_only=True)

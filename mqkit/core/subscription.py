@@ -11,24 +11,46 @@ is lost. A woken waiter that finds its message taken by a faster consumer simply
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar
 
 import attrs
 
 from mqkit.core.checks import as_finite, describe, finite_seconds
-from mqkit.core.errors import AckNotSupportedError, InvalidConfigError, SubscriptionClosedError
-from mqkit.core.message import Message
+from mqkit.core.errors import (
+    AckNotSupportedError,
+    InvalidArgumentError,
+    InvalidConfigError,
+    SubscriptionClosedError,
+)
+from mqkit.core.message import Message, estimate_size
 from mqkit.core.status import SubscriptionStats
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
 
-__all__ = ["Backpressure", "Buffer", "FifoBuffer", "SubOptions", "Subscription", "check_options"]
+__all__ = [
+    "SAMPLE_EVERY",
+    "SLOT_BYTES",
+    "Backpressure",
+    "Buffer",
+    "FifoBuffer",
+    "SubOptions",
+    "Subscription",
+    "Taps",
+    "check_options",
+]
+
+SLOT_BYTES: Final = 64
+"""Bytes counted for each buffer a message sits in, beyond the message's own estimate."""
+
+SAMPLE_EVERY: Final = 64
+"""A subscription calls its ``sample`` taps for one message in this many handed out."""
 
 
 class Backpressure(enum.Enum):
@@ -131,11 +153,48 @@ class FifoBuffer(deque[Message]):
         return self.popleft()
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class Taps:
+    """What a plugin asks of one subscription's per-message path, chosen once (plugin API).
+
+    Returned by ``mqkit_subscription_taps`` when a subscription is made (and again when the
+    plugin set changes): the subscription then calls these directly, in the consumer's thread,
+    with no hook dispatch per message. Every field is optional:
+
+    - ``withhold(subscription, message)``: called for every message a consumer is about to be
+      handed; return True to withhold it (the tap reports why itself, e.g. ``mqkit_expire``;
+      the subscription reports the drop as ``withheld``).
+    - ``sample(subscription, message, weight)``: called for every message handed out while
+      the subscription has handed out fewer than :data:`SAMPLE_EVERY`, then for one in
+      :data:`SAMPLE_EVERY`; ``weight`` is how many hand-outs the sample stands for (1, then
+      :data:`SAMPLE_EVERY`). A latency sampler.
+    - ``meter``: keep the bytes of this subscription's buffer (``Subscription.buffered_bytes``
+      and ``Broker.buffered_bytes()``); takes then pop under the subscription's lock.
+    """
+
+    withhold: Callable[[Subscription, Message], bool] | None = None
+    sample: Callable[[Subscription, Message, int], None] | None = None
+    meter: bool = False
+
+
+_NO_TAPS: Final = Taps()
+_NEVER: Final = 1 << 62
+"""The sample countdown of a subscription without a sampler: it never runs out."""
+
 _DROP_NEWEST: Final = Backpressure.DROP_NEWEST.value
 """The drop reason of a new message that never entered a full buffer (see ``mqkit_drop``)."""
 
 _NO_MESSAGES: Final[Buffer] = FifoBuffer()
 """Stands in for a subscription's buffer while ``remove`` works on it; always empty."""
+
+
+def _check_max(max_messages: object) -> int:
+    """``max_messages`` of ``get_many``: an ``int`` of at least 1 (``InvalidArgumentError``)."""
+    if not isinstance(max_messages, int) or isinstance(max_messages, bool) or max_messages < 1:
+        raise InvalidArgumentError.because(
+            f"max_messages must be an int of at least 1, not {describe(max_messages)}"
+        )
+    return max_messages
 
 
 class _ThreadWaiter:
@@ -211,8 +270,23 @@ class Subscription:
         self._waiters: deque[_Waiter] = deque()
         self._space_waiters: deque[_ThreadWaiter] = deque()
         self._closed = False
+        # Counters, written under the lock: copies that entered the buffer, new copies dropped by
+        # the policy or evicted, copies put back (redelivery), copies that left other than by
+        # being handed out (evicted, withheld, removed). Handed out = the rest (``delivered``).
         self._received = 0
         self._dropped = 0
+        self._requeued = 0
+        self._left = 0
+        # The per-message path's strategies (see ``_configure``).
+        self._bytes = 0
+        self._metered = False
+        self._withhold: tuple[Callable[[Subscription, Message], bool], ...] = ()
+        self._samplers: tuple[Callable[[Subscription, Message, int], None], ...] = ()
+        self._countdown = _NEVER
+        self._sampled = 0
+        self._take_on = False
+        self._take_idle: set[type] | frozenset[type] = frozenset()
+        self._ranked = True
 
     # -- consumers -------------------------------------------------------------------------------
 
@@ -227,24 +301,84 @@ class Subscription:
         # A finite float passes with two tests; anything else is checked (or refused) by a call.
         if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
+        if self._metered:
+            return self._get_slow(timeout)
         try:
             message = self._buf.popleft()
         except IndexError:
             return self._get_slow(timeout)
-        # Without a blocked publisher or a consumer-side hook, nothing else is due: no call.
-        if (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message):
+        # Nothing else is due unless a sample is, a publisher is blocked or the message's class
+        # has consumer-side work (hooks or taps): one countdown and three tests, no call.
+        self._countdown = left = self._countdown - 1
+        if (
+            left <= 0
+            or self._space_waiters
+            or (self._take_on and message.__class__ not in self._take_idle)
+        ) and not self._after_pop(message):
             return self._get_slow(timeout)
         return message
 
     def get_nowait(self) -> Message:
         """Return a buffered message at once: ``get(timeout=0)`` (without its argument check)."""
+        if self._metered:
+            return self._get_slow(0.0)
         try:
             message = self._buf.popleft()
         except IndexError:
             return self._get_slow(0.0)
-        if (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message):
+        self._countdown = left = self._countdown - 1
+        if (
+            left <= 0
+            or self._space_waiters
+            or (self._take_on and message.__class__ not in self._take_idle)
+        ) and not self._after_pop(message):
             return self._get_slow(0.0)
         return message
+
+    def get_many(self, max_messages: int, timeout: float | None = None) -> list[Message]:
+        """Return up to ``max_messages`` messages (a list of at least one).
+
+        Waits (as ``get``) for the first, then takes what else is buffered without waiting.
+        Raises as ``get`` (``TimeoutError`` when not even one message came in time), and
+        :class:`~mqkit.InvalidArgumentError` for a ``max_messages`` that is not an ``int`` of
+        at least 1.
+        """
+        limit = _check_max(max_messages)
+        taken = [self.get(timeout)]
+        self._take_more(taken, limit)
+        return taken
+
+    async def aget_many(self, max_messages: int, timeout: float | None = None) -> list[Message]:
+        """Await up to ``max_messages`` messages (as ``get_many``, without blocking the loop)."""
+        limit = _check_max(max_messages)
+        taken = [await self.aget(timeout)]
+        self._take_more(taken, limit)
+        return taken
+
+    def _take_more(self, taken: list[Message], limit: int) -> None:
+        """Append buffered messages to ``taken`` until it holds ``limit`` or none is left."""
+        while len(taken) < limit:
+            message = self._take_buffered()
+            if message is None:
+                return
+            taken.append(message)
+
+    def _take_buffered(self) -> Message | None:
+        """A buffered message to hand out now, or None when none is (never waits)."""
+        while True:
+            if self._metered:
+                with self._lock:
+                    if not self._buf:
+                        return None
+                    message = self._pop_locked()
+            else:
+                try:
+                    message = self._buf.popleft()
+                except IndexError:
+                    return None
+            self._countdown -= 1
+            if self._after_pop(message):
+                return message
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscription is closed and drained."""
@@ -258,11 +392,18 @@ class Subscription:
         """Await the next message (as ``get``, without blocking the event loop)."""
         if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
+        if self._metered:
+            return await self._aget_slow(timeout)
         try:
             message = self._buf.popleft()
         except IndexError:
             return await self._aget_slow(timeout)
-        if (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message):
+        self._countdown = left = self._countdown - 1
+        if (
+            left <= 0
+            or self._space_waiters
+            or (self._take_on and message.__class__ not in self._take_idle)
+        ) and not self._after_pop(message):
             return await self._aget_slow(timeout)
         return message
 
@@ -276,13 +417,19 @@ class Subscription:
         One coroutine per message: ``aget``'s fast path is repeated here rather than wrapped
         in an async generator, which would cost a second frame and object per message.
         """
-        try:
-            message: Message | None = self._buf.popleft()
-        except IndexError:
-            message = None
-        if message is None or (
-            (self._space_waiters or self._broker._hooks.on_take) and not self._after_pop(message)
-        ):
+        message: Message | None = None
+        if not self._metered:
+            with contextlib.suppress(IndexError):
+                message = self._buf.popleft()
+        if message is not None:
+            self._countdown = left = self._countdown - 1
+            if (
+                left <= 0
+                or self._space_waiters
+                or (self._take_on and message.__class__ not in self._take_idle)
+            ) and not self._after_pop(message):
+                message = None
+        if message is None:
             try:
                 return await self._aget_slow(None)
             except SubscriptionClosedError:
@@ -293,42 +440,82 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._pop_or_wait(deadline)
+            self._countdown -= 1
             if self._after_pop(message):
                 return message
 
     def _after_pop(self, message: Message) -> bool:
-        """Wake a blocked publisher, then hand ``message`` out unless a plugin withholds it.
+        """Wake a blocked publisher, then hand ``message`` out unless a tap or plugin withholds it.
 
-        Every consumer path calls this for each message it pops; a withheld message is
+        Every consumer path calls this for a message it popped when anything is due (a sample,
+        a blocked publisher, consumer-side work for the message's class); a withheld message is
         reported as dropped (``withheld``) and the caller looks for the next one.
         """
         if self._space_waiters:
             self._wake_space()
+        for withhold in self._withhold:
+            if withhold(self, message):
+                self._withheld(message)
+                return False
         hooks = self._broker._hooks
         cls = message.__class__
-        if (
-            hooks.deliver_on
-            and cls not in hooks.deliver_idle
-            and not hooks.deliver(self._broker, self, message)
-        ):
-            if hooks.drop_on:
-                hooks.drop(self._broker, self, message, "withheld")
+        deliver = hooks.deliver_on and cls not in hooks.deliver_idle
+        if deliver and not hooks.deliver(self._broker, self, message):
+            self._withheld(message)
             return False
         if hooks.delivered_on and cls not in hooks.delivered_idle:
             hooks.delivered(self._broker, self, message)
+        elif (not deliver or cls in hooks.deliver_idle) and (
+            not hooks.delivered_on or cls in hooks.delivered_idle
+        ):
+            hooks.take_idle.add(cls)  # no hook for this class: the fast path skips the call
+        if self._countdown <= 0:
+            samplers = self._samplers
+            if samplers:
+                self._sampled = sampled = self._sampled + 1
+                weight = 1 if sampled <= SAMPLE_EVERY else SAMPLE_EVERY
+                self._countdown = 1 if sampled < SAMPLE_EVERY else SAMPLE_EVERY
+                for sample in samplers:
+                    sample(self, message, weight)
+            else:
+                self._countdown = _NEVER
         return True
+
+    def _withheld(self, message: Message) -> None:
+        """A popped message is not handed out: count it and report the drop."""
+        with self._lock:
+            self._left += 1
+        hooks = self._broker._hooks
+        if hooks.drop_on:
+            hooks.drop(self._broker, self, message, "withheld")
 
     def _pop_or_enlist(self, remaining: float | None, waiter: _W) -> Message | _W:
         """Under the lock: pop a message, raise (closed, or out of time), or enlist ``waiter``."""
         with self._lock:
             if self._buf:
-                return self._buf.popleft()
+                return self._pop_locked()
             if self._closed:
                 raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no message on {self.topic!r} in time")
             self._waiters.append(waiter)
             return waiter
+
+    def _pop_locked(self) -> Message:
+        """Under the lock: pop the next message, un-counting its bytes when metered."""
+        message = self._buf.popleft()
+        if self._metered:
+            self._meter(message, -1)
+        return message
+
+    def _meter(self, message: Message, sign: int) -> None:
+        """Under the lock, while metered: count a copy in (``sign`` 1) or out (-1) of the buffer."""
+        size = message._size
+        if size < 0:
+            size = estimate_size(message)
+        size = sign * (size + SLOT_BYTES)
+        self._bytes += size
+        self._broker._add_bytes(size)
 
     def _discard(self, waiter: _Waiter) -> bool:
         """Under the lock: withdraw ``waiter``; False if a publisher already woke it."""
@@ -353,6 +540,7 @@ class Subscription:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             message = await self._apop_or_wait(loop, deadline)
+            self._countdown -= 1
             if self._after_pop(message):
                 return message
 
@@ -400,6 +588,8 @@ class Subscription:
             if len(buf) < self._cap:
                 buf.append(message)
                 self._received += 1
+                if self._metered:
+                    self._meter(message, 1)
                 if self._waiters:
                     self._wake_one()
                 return True
@@ -427,10 +617,16 @@ class Subscription:
                 close = policy is Backpressure.CLOSE_SUBSCRIBER
             if dropped is not None:
                 self._dropped += 1
+                if dropped is not message:  # evicted: it was buffered
+                    self._left += 1
+                    if self._metered:
+                        self._meter(dropped, -1)
             entered = dropped is not message and not self._closed
             if entered:
                 buf.append(message)
                 self._received += 1
+                if self._metered:
+                    self._meter(message, 1)
                 if self._waiters:
                     self._wake_one()
         if dropped is not None:
@@ -481,6 +677,56 @@ class Subscription:
     def _set_buffer(self, buffer: Buffer) -> None:
         self._buf = buffer
 
+    def _rank(self) -> None:
+        """Move to the buffer a plugin supplies, now that a message needs it (``_ranked``).
+
+        A subscription whose buffer plugin declared the message classes it is for starts with
+        a FIFO and moves here, under the lock, on the first such message routed to it: the
+        buffered messages move in order (each ``popleft`` gives a message to exactly one taker,
+        so a consumer popping meanwhile takes it from the old buffer or finds it in the new).
+        """
+        with self._lock:
+            if self._ranked:
+                return
+            buffer = self._broker._hooks.subscription_buffer(self._broker, self)
+            self._ranked = True
+            if buffer is None:
+                return
+            old = self._buf
+            while True:
+                try:
+                    buffer.append(old.popleft())
+                except IndexError:
+                    break
+            self._buf = buffer
+
+    def _configure(self, taps: Sequence[Taps]) -> None:
+        """Apply the taps plugins asked for and the broker's current hooks.
+
+        At subscribe, and whenever the plugin set changes.
+        """
+        hooks = self._broker._hooks
+        withhold = tuple(t.withhold for t in taps if t.withhold is not None)
+        samplers = tuple(t.sample for t in taps if t.sample is not None)
+        meter = any(t.meter for t in taps)
+        with self._lock:
+            self._withhold = withhold
+            self._samplers = samplers
+            if not samplers:
+                self._countdown = _NEVER
+            elif self._countdown > SAMPLE_EVERY:  # sampling starts: the next hand-out is sampled
+                self._countdown = 1
+            self._take_on = bool(withhold) or hooks.on_take
+            self._take_idle = frozenset() if withhold else hooks.take_idle
+            if meter and not self._metered and not self._closed:
+                self._metered = True
+                for message in list(self._buf):  # list(deque): one C call, no mutation seen
+                    self._meter(message, 1)
+            elif not meter and self._metered:
+                self._broker._add_bytes(-self._bytes)
+                self._bytes = 0
+                self._metered = False
+
     # -- plugin API --------------------------------------------------------------------------------
 
     def redeliver(self, message: Message) -> bool:
@@ -492,6 +738,9 @@ class Subscription:
             if self._closed:
                 return False
             self._buf.appendleft(message)
+            self._requeued += 1
+            if self._metered:
+                self._meter(message, 1)
             if self._waiters:
                 self._wake_one()
         hooks = self._broker._hooks
@@ -527,6 +776,10 @@ class Subscription:
                     for m, drop in zip(taken, verdicts, strict=True):
                         if not drop:
                             buf.append(m)
+                    self._left += len(gone)
+                    if self._metered:
+                        for m in gone:
+                            self._meter(m, -1)
             finally:
                 self._buf = buf
             for _ in range(min(len(gone), len(self._space_waiters))):
@@ -568,6 +821,10 @@ class Subscription:
             if self._closed:
                 return False
             self._closed = True
+            if self._metered:  # no longer the broker's: out of its total (drained uncounted)
+                self._broker._add_bytes(-self._bytes)
+                self._bytes = 0
+                self._metered = False
             while self._waiters:
                 self._waiters.popleft().wake()
             while self._space_waiters:
@@ -580,14 +837,31 @@ class Subscription:
         return self._closed
 
     def stats(self) -> SubscriptionStats:
-        """Counters: messages enqueued, dropped by policy; buffer length and capacity."""
+        """Counters: messages enqueued, dropped by policy, handed out; the buffer's state."""
         with self._lock:
+            length = len(self._buf)
             return SubscriptionStats(
                 received=self._received,
                 dropped=self._dropped,
-                queue_len=len(self._buf),
+                queue_len=length,
                 queue_cap=self._cap,
+                delivered=max(0, self._received + self._requeued - self._left - length),
+                buffered_bytes=self._bytes,
             )
+
+    @property
+    def delivered(self) -> int:
+        """Messages handed out to consumers so far (plugin API).
+
+        Derived from the counters, so counting costs the consumers nothing; exact once
+        consumers are quiet.
+        """
+        return max(0, self._received + self._requeued - self._left - len(self._buf))
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Estimated bytes of the buffered messages, when a plugin meters them (else 0)."""
+        return self._bytes
 
     def __enter__(self) -> Self:
         return self

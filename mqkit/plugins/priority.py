@@ -18,8 +18,9 @@ import itertools
 from collections.abc import Iterator
 
 from mqkit.core.broker import Broker
-from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import Message, Priority, message_priority
+from mqkit.core.config import Config
+from mqkit.core.hookspecs import for_messages, hookimpl
+from mqkit.core.message import Message, Priority, has_field, message_priority
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 
@@ -87,6 +88,11 @@ class PriorityBuffer:
         return (entry[2] for entry in sorted(self._heap))
 
 
+def _ranked(cls: type[Message], config: Config) -> bool:
+    """The message classes that need a priority buffer: those with a ``priority`` field."""
+    return has_field(cls, "priority")
+
+
 class PriorityPlugin:
     """Supplies priority-ordered buffers while ``enable_priority_queue`` is on."""
 
@@ -97,8 +103,13 @@ class PriorityPlugin:
     )
 
     @hookimpl
+    @for_messages(_ranked)
     def mqkit_subscription_buffer(
         self, broker: Broker, subscription: Subscription
     ) -> PriorityBuffer | None:
-        """Give every new subscription a priority buffer."""
+        """Give a subscription a priority buffer once a message with a priority reaches it.
+
+        Until then its buffer is the FIFO (plain messages all rank ``NORMAL``: the same order),
+        so a broker that routes no prioritised message pays nothing for the plugin.
+        """
         return PriorityBuffer()

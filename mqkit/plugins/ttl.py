@@ -4,7 +4,10 @@ A message's own ``expires_at`` is always honoured; ``Config.message_ttl > 0`` gi
 message without one a default expiry of ``time + message_ttl``. Expiry is checked:
 
 - at publish: an already expired message is refused with ``MessageExpiredError``;
-- at delivery: a consumer is never handed an expired message (``mqkit_deliver`` withholds it);
+- at delivery: a consumer is never handed an expired message - a message with its own
+  ``expires_at`` is checked by ``mqkit_deliver``; under ``message_ttl`` every subscription
+  checks the default expiry itself, through the plugin's ``Taps.withhold`` (no hook call per
+  message);
 - by a sweep every ``TTL_SWEEP_INTERVAL`` seconds on the broker's timer service, which removes
   expired messages from buffers nobody reads, so they do not hold memory.
 
@@ -21,9 +24,9 @@ from mqkit.core.broker import Broker
 from mqkit.core.config import Config
 from mqkit.core.errors import InvalidMessageError, MessageExpiredError
 from mqkit.core.hookspecs import for_messages, hookimpl
-from mqkit.core.message import Message, has_field
+from mqkit.core.message import Message, has_field, posix_time
 from mqkit.core.plugins import PluginInfo
-from mqkit.core.subscription import Subscription
+from mqkit.core.subscription import Subscription, Taps
 from mqkit.core.timers import TimerHandle
 
 __all__ = ["TTL_SWEEP_INTERVAL", "TTLPlugin", "expiry_of"]
@@ -43,8 +46,13 @@ def expiry_of(message: Message, default_ttl: float) -> datetime | None:
 
 
 def _may_expire(cls: type[Message], config: Config) -> bool:
-    """The classes the hooks concern: with ``expires_at``, or all under a default TTL."""
+    """The classes ``mqkit_publish`` concerns: with ``expires_at``, or all under a default TTL."""
     return config.message_ttl > 0 or has_field(cls, "expires_at")
+
+
+def _own_expiry(cls: type[Message], config: Config) -> bool:
+    """The classes ``mqkit_deliver`` checks: those with their own ``expires_at``."""
+    return has_field(cls, "expires_at")
 
 
 class TTLPlugin:
@@ -97,21 +105,35 @@ class TTLPlugin:
             self._schedule_sweep(broker)
 
     @hookimpl(tryfirst=True)
-    @for_messages(_may_expire)
+    @for_messages(_own_expiry)
     def mqkit_deliver(
         self, broker: Broker, subscription: Subscription, message: Message
     ) -> bool | None:
-        """Withhold an expired message (and report it); hand out the others."""
+        """Withhold a message whose own ``expires_at`` has passed (and report it)."""
         expires: datetime | None = getattr(message, "expires_at", None)
-        if expires is None:
-            default_ttl = broker.config.message_ttl
-            if default_ttl <= 0 or message.time is None:
-                return None  # the common case: nothing can expire
-            expires = message.time + timedelta(seconds=default_ttl)
-        if expires > broker.clock.now():
+        if expires is None or expires > broker.clock.now():
             return None
         self._expired(broker, message)
         return False
+
+    @hookimpl
+    def mqkit_subscription_taps(self, broker: Broker) -> Taps | None:
+        """Under ``message_ttl``, check every hand-out's default expiry (no hook per message)."""
+        ttl = broker.config.message_ttl
+        if ttl <= 0:
+            return None
+        clock_time = broker.clock.time
+
+        def withhold(subscription: Subscription, message: Message) -> bool:
+            if getattr(message, "expires_at", None) is not None:
+                return False  # its own expiry: mqkit_deliver checks it
+            published = posix_time(message)
+            if published is None or published + ttl > clock_time():
+                return False
+            self._expired(broker, message)
+            return True
+
+        return Taps(withhold=withhold)
 
     def _expired(self, broker: Broker, message: Message) -> None:
         broker.hooks.expire(broker, message.topic, message)

@@ -1045,6 +1045,7 @@ def test_hook_recorder_records_the_message_path_in_order(
 
     assert hook_recorder.names() == [
         "mqkit_subscription_buffer",
+        "mqkit_subscription_taps",
         "mqkit_subscribe",
         "mqkit_publish",
         "mqkit_accept",
@@ -1053,7 +1054,7 @@ def test_hook_recorder_records_the_message_path_in_order(
         "mqkit_delivered",
         "mqkit_unsubscribe",
     ]
-    _, subscribe, publish, accept, published, _, _, unsubscribe = hook_recorder.calls
+    _, _, subscribe, publish, accept, published, _, _, unsubscribe = hook_recorder.calls
     assert subscribe.subscription is sub
     assert unsubscribe.subscription is sub
     assert [m.id for m in accept.messages] == [m.id for m in published.messages] == ["m-1"]

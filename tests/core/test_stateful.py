@@ -36,6 +36,7 @@ class ModelSub:
     queue: list[str] = attrs.field(factory=list)
     received: int = 0
     dropped: int = 0
+    delivered: int = 0
     closed: bool = False
 
     def matches(self, topic: str) -> bool:
@@ -126,6 +127,7 @@ class BrokerMachine(RuleBasedStateMachine):
     def get(self, model: ModelSub) -> None:
         if model.queue:
             assert model.real.get_nowait().id == model.queue.pop(0)
+            model.delivered += 1
         elif model.closed:
             with pytest.raises(mqkit.SubscriptionClosedError):
                 model.real.get_nowait()
@@ -150,6 +152,7 @@ class BrokerMachine(RuleBasedStateMachine):
                     dropped=model.dropped,
                     queue_len=len(model.queue),
                     queue_cap=model.cap,
+                    delivered=model.delivered,
                 )
                 assert not model.real.closed
 

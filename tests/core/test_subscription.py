@@ -308,7 +308,9 @@ def test_stats(make_broker) -> None:
     for i in range(3):
         broker.publish("t", mqkit.Message(str(i)))
     sub.get_nowait()
-    assert sub.stats() == mqkit.SubscriptionStats(received=3, dropped=0, queue_len=2, queue_cap=4)
+    assert sub.stats() == mqkit.SubscriptionStats(
+        received=3, dropped=0, queue_len=2, queue_cap=4, delivered=1
+    )
 
 
 # -- filters ---------------------------------------------------------------------------------------
@@ -328,7 +330,7 @@ def test_filter_false_skips_silently(make_broker) -> None:
         broker.publish("t", mqkit.Message(str(i)))
     assert ids([evens.get_nowait() for _ in range(3)]) == ["0", "2", "4"]
     assert evens.stats() == mqkit.SubscriptionStats(
-        received=3, dropped=0, queue_len=0, queue_cap=16
+        received=3, dropped=0, queue_len=0, queue_cap=16, delivered=3
     )
     assert everything.stats().received == 5
     assert seen_topics == ["t"] * 5  # the filter sees the stamped message
