@@ -61,6 +61,7 @@ from mqkit.core.message import (
     TTLMessage,
     _stampers,
     check_message,
+    estimate_size,
     stamper,
 )
 from mqkit.core.plugins import PluginManager, info_of, instantiate, plan_plugins
@@ -72,7 +73,7 @@ from mqkit.core.status import (
     HealthStatus,
     MetricsSnapshot,
 )
-from mqkit.core.subscription import SubOptions, Subscription, check_options
+from mqkit.core.subscription import SLOT_BYTES, SubOptions, Subscription, check_options
 from mqkit.core.timers import Clock, TimerService
 from mqkit.core.topics import compile_pattern, is_pattern, normalize_topic
 
@@ -179,6 +180,7 @@ class Broker:
         self._published: dict[str, itertools.count[int]] | None = None
         self._bytes = ThreadShards(_ByteShard, _fold_bytes)
         self._bytes_local = self._bytes.local
+        self._admissions: tuple[Callable[[int, int], None], ...] = ()
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
         self._dead_letters_refused = 0  # given up, and the DLQ refused them (memory limit)
@@ -351,6 +353,12 @@ class Broker:
                 and hooks.publish(self, route.topic, stamped)
             ):
                 return
+            if self._admissions:
+                size = stamped._size
+                if size < 0:
+                    size = estimate_size(stamped)
+                copies = len(route.subs)
+                self._admit((size + SLOT_BYTES) * (copies if copies > 1 else 1))
             if hooks.accept_on and cls not in hooks.accept_idle:
                 hooks.accept(self, (stamped,))
             if not route.ranked and cls not in hooks.buffer_idle:
@@ -405,6 +413,8 @@ class Broker:
             messages = [m for m in messages if not hooks.publish(self, m.topic, m)]
         if not messages:
             return
+        if self._admissions:
+            self._admit(self.incoming_bytes(messages))
         if hooks.accept_on:
             hooks.accept(self, messages)
         routes = self._routes
@@ -445,6 +455,50 @@ class Broker:
             counts = dict(self._published or {})
         # itertools.count is the lock-free counter; its repr is its next value: count(N).
         return {topic: int(repr(counter)[6:-1]) for topic, counter in counts.items()}
+
+    def add_admission(self, admit: Callable[[int, int], None]) -> None:
+        """Have ``admit(incoming, buffered)`` check every publish call first (plugin API).
+
+        ``incoming`` is the bytes the call would add to the buffers (``incoming_bytes``),
+        ``buffered`` what metered buffers hold now (``buffered_bytes()``); raise
+        an ``MQError`` to refuse the whole call (nothing is stored or delivered). The ``memory``
+        plugin enforces ``max_memory_usage`` this way: one direct call per publish, before any
+        ``mqkit_accept`` implementation (persistence) runs.
+        """
+        with self._lock:
+            self._admissions = (*self._admissions, admit)
+
+    def remove_admission(self, admit: Callable[[int, int], None]) -> None:
+        """Stop calling ``admit`` (plugin API; nothing happens if it is not there)."""
+        with self._lock:
+            self._admissions = tuple(a for a in self._admissions if a != admit)
+
+    def incoming_bytes(self, messages: Sequence[Message]) -> int:
+        """What routing ``messages`` now would add to the buffers (plugin API).
+
+        Each message's estimated size plus ``SLOT_BYTES``, once per subscription it reaches
+        (at least once).
+        """
+        total = 0
+        routes = self._routes
+        for message in messages:
+            route = routes.get(message.topic) or self._route(message.topic)
+            copies = len(route.subs)
+            total += (estimate_size(message) + SLOT_BYTES) * (copies if copies > 1 else 1)
+        return total
+
+    def _admit(self, incoming: int) -> None:
+        # buffered_bytes(), inlined
+        shards = self._bytes
+        folds = shards.folds
+        total = 0
+        for shard in shards.all:
+            total += shard.bytes
+        if folds != shards.folds or folds & 1:  # a thread's share was folded meanwhile
+            with shards.lock:
+                total = sum(shard.bytes for shard in shards.all)
+        for admit in self._admissions:
+            admit(incoming, total if total > 0 else 0)
 
     def _add_bytes(self, n: int) -> None:
         """Add ``n`` to the calling thread's share of the buffered bytes (subscriptions call it)."""

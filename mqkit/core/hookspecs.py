@@ -234,10 +234,10 @@ def mqkit_accept(broker: Broker, messages: Sequence[Message]) -> None:
 
     Fires once per ``publish`` (one message), ``publish_batch`` (the whole batch) and
     transaction commit (every message, each with its own ``topic``), before any of them is
-    buffered. The ``memory`` plugin refuses here what would not fit under its limit, and the
-    ``persistence`` plugin stores them, in one store transaction. May raise an ``MQError``
-    (``MemoryLimitExceededError``, ``PersistenceError``) to fail the whole call: nothing is
-    delivered.
+    buffered, and after the broker's admission checks (the ``memory`` plugin's limit: see
+    ``Broker.add_admission``). The ``persistence`` plugin stores them here, in one store
+    transaction. May raise an ``MQError`` (``PersistenceError``) to fail the whole call:
+    nothing is delivered.
     """
 
 

@@ -239,8 +239,16 @@ _ITEM_BYTES: Final = 64
 value), beyond the container itself: the items are counted, not walked."""
 
 
+_CONTAINERS: Final = frozenset({dict, list, tuple, set, frozenset})
+
+
 def _container_size(value: object) -> int:
-    """O(1): the container's own size plus ``_ITEM_BYTES`` per item (no walk)."""
+    """O(1): 64 bytes for a container plus ``_ITEM_BYTES`` per item (no walk).
+
+    Any other object: its ``sys.getsizeof``, plus the items if it has a length.
+    """
+    if type(value) in _CONTAINERS:
+        return 64 + _ITEM_BYTES * len(value)  # type: ignore[arg-type]
     try:
         items = len(value)  # type: ignore[arg-type]
     except TypeError:
@@ -254,7 +262,8 @@ def estimate_size(message: Message) -> int:
     A cheap, deterministic estimate (the same message always gives the same number), used
     for ``max_memory_usage``: a ``str``/``bytes`` payload counts its length, a number a fixed
     size, and any other payload (a dict, a list, an object) its own ``sys.getsizeof`` plus 64
-    bytes per item - the items are counted, not walked, so a deep payload costs no more to
+    bytes per item (a dict, list, tuple or set: 64 bytes plus 64 per item) - the items are
+    counted, not walked, so a deep payload costs no more to
     measure than a flat one (and is under-estimated: the limit is on what the broker can
     count cheaply, not the process's heap). The estimate is measured once per message and
     remembered on it (and on its stamped copies).
@@ -268,6 +277,8 @@ def estimate_size(message: Message) -> int:
     if payload is None:
         if kind in _SIZED_TYPES:
             payload = 49 + len(data)
+        elif kind in _CONTAINERS:
+            payload = 64 + _ITEM_BYTES * len(data)
         elif isinstance(data, _SCALAR_CLASSES):
             payload = 32
         elif isinstance(data, _SIZED_CLASSES):

@@ -301,10 +301,8 @@ class Subscription:
         # A finite float passes with two tests; anything else is checked (or refused) by a call.
         if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
-        if self._metered:
-            return self._get_slow(timeout)
         try:
-            message = self._buf.popleft()
+            message = self._take_metered() if self._metered else self._buf.popleft()
         except IndexError:
             return self._get_slow(timeout)
         # Nothing else is due unless a sample is, a publisher is blocked or the message's class
@@ -320,10 +318,8 @@ class Subscription:
 
     def get_nowait(self) -> Message:
         """Return a buffered message at once: ``get(timeout=0)`` (without its argument check)."""
-        if self._metered:
-            return self._get_slow(0.0)
         try:
-            message = self._buf.popleft()
+            message = self._take_metered() if self._metered else self._buf.popleft()
         except IndexError:
             return self._get_slow(0.0)
         self._countdown = left = self._countdown - 1
@@ -366,16 +362,10 @@ class Subscription:
     def _take_buffered(self) -> Message | None:
         """A buffered message to hand out now, or None when none is (never waits)."""
         while True:
-            if self._metered:
-                with self._lock:
-                    if not self._buf:
-                        return None
-                    message = self._pop_locked()
-            else:
-                try:
-                    message = self._buf.popleft()
-                except IndexError:
-                    return None
+            try:
+                message = self._take_metered() if self._metered else self._buf.popleft()
+            except IndexError:
+                return None
             self._countdown -= 1
             if self._after_pop(message):
                 return message
@@ -392,10 +382,8 @@ class Subscription:
         """Await the next message (as ``get``, without blocking the event loop)."""
         if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
-        if self._metered:
-            return await self._aget_slow(timeout)
         try:
-            message = self._buf.popleft()
+            message = self._take_metered() if self._metered else self._buf.popleft()
         except IndexError:
             return await self._aget_slow(timeout)
         self._countdown = left = self._countdown - 1
@@ -418,9 +406,8 @@ class Subscription:
         in an async generator, which would cost a second frame and object per message.
         """
         message: Message | None = None
-        if not self._metered:
-            with contextlib.suppress(IndexError):
-                message = self._buf.popleft()
+        with contextlib.suppress(IndexError):
+            message = self._take_metered() if self._metered else self._buf.popleft()
         if message is not None:
             self._countdown = left = self._countdown - 1
             if (
@@ -501,6 +488,31 @@ class Subscription:
             self._waiters.append(waiter)
             return waiter
 
+    def _take_metered(self) -> Message:
+        """Pop under the lock, un-counting the bytes (``IndexError`` when empty).
+
+        A metered subscription's consumers pop under the lock, so that the count and the buffer
+        change together (a cancel then un-counts exactly what is left).
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            message = self._buf.popleft()
+            if self._metered:  # _meter(message, -1), inlined
+                size = message._size
+                if size < 0:
+                    size = estimate_size(message)
+                size += SLOT_BYTES
+                self._bytes -= size
+                broker = self._broker
+                try:
+                    broker._bytes_local.shard.bytes -= size
+                except AttributeError:
+                    broker._bytes.get().bytes -= size
+        finally:
+            lock.release()
+        return message
+
     def _pop_locked(self) -> Message:
         """Under the lock: pop the next message, un-counting its bytes when metered."""
         message = self._buf.popleft()
@@ -515,7 +527,11 @@ class Subscription:
             size = estimate_size(message)
         size = sign * (size + SLOT_BYTES)
         self._bytes += size
-        self._broker._add_bytes(size)
+        broker = self._broker
+        try:  # Broker._add_bytes, inlined
+            broker._bytes_local.shard.bytes += size
+        except AttributeError:
+            broker._bytes.get().bytes += size
 
     def _discard(self, waiter: _Waiter) -> bool:
         """Under the lock: withdraw ``waiter``; False if a publisher already woke it."""
@@ -588,8 +604,17 @@ class Subscription:
             if len(buf) < self._cap:
                 buf.append(message)
                 self._received += 1
-                if self._metered:
-                    self._meter(message, 1)
+                if self._metered:  # _meter(message, 1), inlined
+                    size = message._size
+                    if size < 0:
+                        size = estimate_size(message)
+                    size += SLOT_BYTES
+                    self._bytes += size
+                    broker = self._broker
+                    try:
+                        broker._bytes_local.shard.bytes += size
+                    except AttributeError:
+                        broker._bytes.get().bytes += size
                 if self._waiters:
                     self._wake_one()
                 return True

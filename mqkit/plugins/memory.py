@@ -27,7 +27,7 @@ from mqkit.core.broker import Broker
 from mqkit.core.errors import MemoryLimitExceededError
 from mqkit.core.features import Feature, MemoryFeature
 from mqkit.core.hookspecs import hookimpl
-from mqkit.core.message import Message, estimate_size
+from mqkit.core.message import Message
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import SLOT_BYTES, Subscription, Taps
 
@@ -63,13 +63,14 @@ class MemoryPlugin(MemoryFeature):
         total = broker.buffered_bytes()
         features = broker.features()
         if features is not self._features_seen:  # the plugin set changed: look again
-            self._holders = tuple(
-                f for f in features if type(f).held_bytes is not Feature.held_bytes
-            )
-            self._features_seen = features
+            self._find_holders(features)
         for feature in self._holders:
             total += feature.held_bytes()
         return total if total > 0 else 0
+
+    def _find_holders(self, features: tuple[Feature, ...]) -> None:
+        self._holders = tuple(f for f in features if type(f).held_bytes is not Feature.held_bytes)
+        self._features_seen = features
 
     def check(self, messages: Sequence[Message]) -> None:
         """Refuse messages that would take the broker past its limit (as a publish call).
@@ -79,45 +80,49 @@ class MemoryPlugin(MemoryFeature):
         """
         broker = self._broker
         if broker is not None:
-            self.mqkit_accept(broker, messages)
+            self._admit(broker.incoming_bytes(messages), broker.buffered_bytes())
+
+    def _admit(self, incoming: int, buffered: int) -> None:
+        """Refuse a publish call that would add ``incoming`` bytes past the limit (all or none).
+
+        The broker calls it for every call that routes messages - ``publish``, a batch, a
+        transaction's commit, a replay - before persistence stores them (a transaction's
+        messages were checked when it took them too: :meth:`check`).
+        """
+        broker = self._broker
+        if broker is None:
+            return
+        limit = broker.config.max_memory_usage  # update_config may change it
+        if limit > 0:
+            used = buffered
+            features = broker.features()
+            if features is not self._features_seen:  # the plugin set changed: look again
+                self._find_holders(features)
+            for feature in self._holders:
+                used += feature.held_bytes()
+            if used + incoming > limit:
+                raise MemoryLimitExceededError.because(
+                    f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
+                )
 
     # -- hooks ---------------------------------------------------------------------------------
 
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
-        """Start reading the broker's metered bytes (the broker applies the taps)."""
+        """Start reading the broker's metered bytes and checking its publishes."""
         self._broker = broker
+        broker.add_admission(self._admit)
 
     @hookimpl
-    def mqkit_broker_close(self) -> None:
-        """Stop: nothing is counted any more."""
+    def mqkit_broker_close(self, broker: Broker) -> None:
+        """Stop: nothing is counted or checked any more."""
+        broker.remove_admission(self._admit)
         self._broker = None
 
     @hookimpl
     def mqkit_subscription_taps(self, subscription: Subscription) -> Taps:
         """Meter every subscription's buffer."""
         return _METER
-
-    @hookimpl(tryfirst=True)
-    def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Refuse a publish call whose messages would not fit: all of them or none.
-
-        One hook for every call that routes messages - ``publish``, a batch, a transaction's
-        commit, a replay - before persistence stores them (a transaction's messages were
-        checked when it took them too: :meth:`check`).
-        """
-        incoming = 0
-        for message in messages:
-            subs = len(broker.routes(message.topic))
-            # measured here once: estimate_size remembers the size on the message
-            incoming += (estimate_size(message) + SLOT_BYTES) * (subs if subs > 1 else 1)
-        limit = broker.config.max_memory_usage
-        if limit > 0:
-            used = self.usage()
-            if used + incoming > limit:
-                raise MemoryLimitExceededError.because(
-                    f"memory usage {used} + {incoming} bytes would exceed limit {limit} bytes"
-                )
 
     @hookimpl
     def mqkit_health(self, broker: Broker) -> list[str] | None:
