@@ -71,7 +71,7 @@ from mqkit.core.status import (
     SubscriptionStats,
     TopicMetrics,
 )
-from mqkit.core.subscription import Backpressure, Buffer, SubOptions, Subscription
+from mqkit.core.subscription import Backpressure, Buffer, SubOptions, Subscription, Taps
 from mqkit.core.timers import Clock, FakeClock, TimerHandle, TimerService
 
 __version__ = "0.1.0"
@@ -130,6 +130,7 @@ __all__ = [
     "SubscriptionClosedError",
     "SubscriptionStats",
     "TTLMessage",
+    "Taps",
     "TimerHandle",
     "TimerService",
     "TopicMetrics",

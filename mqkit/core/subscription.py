@@ -164,9 +164,10 @@ class Taps:
     - ``withhold(subscription, message)``: called for every message a consumer is about to be
       handed; return True to withhold it (the tap reports why itself, e.g. ``mqkit_expire``;
       the subscription reports the drop as ``withheld``).
-    - ``sample(subscription, message, weight)``: called for every message handed out while
-      the subscription has handed out fewer than :data:`SAMPLE_EVERY`, then for one in
-      :data:`SAMPLE_EVERY`; ``weight`` is how many hand-outs the sample stands for (1, then
+    - ``sample(subscription, message, weight)``: called for each of the first
+      :data:`SAMPLE_EVERY` messages handed out, then for one in :data:`SAMPLE_EVERY` taken
+      from the buffer (a message is sampled when it is handed out: a withheld one passes the
+      turn to the next); ``weight`` is how many takes the sample stands for (1, then
       :data:`SAMPLE_EVERY`). A latency sampler.
     - ``meter``: keep the bytes of this subscription's buffer (``Subscription.buffered_bytes``
       and ``Broker.buffered_bytes()``); takes then pop under the subscription's lock.

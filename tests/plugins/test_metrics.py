@@ -237,3 +237,40 @@ def test_finished_threads_leave_no_shards_behind(make_broker, wave: int) -> None
     live = threading.active_count()
     plugin = broker.get_plugin("metrics")
     assert len(plugin.shards) <= live + 1  # + the finished threads' total
+
+
+def test_sampled_latency_stays_within_a_few_percent_on_a_steady_stream(
+    make_broker, fake_clock: FakeClock
+) -> None:
+    """Latency is sampled (all of a subscription's first 64 hand-outs, then 1 in 64): on a
+    steady stream the mean and p99 stay within a few percent of the exact figures."""
+    broker = make_broker("metrics")
+    sub = broker.subscribe("t", SubOptions(buffer_size=100))
+    exact: list[float] = []
+    for i in range(20_000):
+        broker.publish("t", Message(str(i)))
+        latency = 0.001 * (1 + (i * 7919) % 100)  # 1..100 ms, evenly spread
+        fake_clock.advance(latency)
+        sub.get_nowait()
+        exact.append(latency)
+    metrics = broker.metrics()
+    ordered = sorted(exact)
+    assert metrics.total_delivered == 20_000
+    assert metrics.average_latency == pytest.approx(sum(exact) / len(exact), rel=0.03)
+    assert metrics.p99_latency == pytest.approx(ordered[int(0.99 * len(ordered))], rel=0.03)
+    assert metrics.max_latency == pytest.approx(max(exact), rel=0.03)  # sampled too
+
+
+def test_delivered_counts_under_the_subscription_key(make_broker) -> None:
+    """A pattern subscription's hand-outs count under its pattern (as its subscribers do)."""
+    broker = make_broker("metrics")
+    everything = broker.subscribe_pattern("t.*")
+    broker.publish("t.a", Message("1"))
+    broker.publish("t.b", Message("2"))
+    drain(everything)
+    metrics = broker.metrics()
+    assert metrics.topics["t.a"] == TopicMetrics(published=1)
+    assert metrics.topics["t.*"] == TopicMetrics(delivered=2, subscribers=1)
+    assert metrics.total_delivered == 2
+    everything.cancel()
+    assert broker.metrics().topics["t.*"] == TopicMetrics(delivered=2)  # kept at the cancel
