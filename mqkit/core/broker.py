@@ -188,6 +188,7 @@ class Broker:
         self._pm = PluginManager()
         self._features: dict[str, Feature] = {}
         self._feature_list: tuple[Feature, ...] = ()
+        self._ack: AckFeature | None = None
         self._hooks = Hooks(None, self._report_plugin_error)
         try:
             added = self._apply_plugins(config)
@@ -237,6 +238,7 @@ class Broker:
             features = pm.features()
         self._features = features
         self._feature_list = tuple(features.values())
+        self._ack = self._feature(AckFeature)  # Subscription.ack asks on every ack
         self._hooks = Hooks(pm, self._report_plugin_error, config)
         return added_names
 
@@ -275,7 +277,7 @@ class Broker:
         return found if isinstance(found, kind) else None
 
     def _ack_feature(self) -> AckFeature | None:
-        return self._feature(AckFeature)
+        return self._ack
 
     def _require(self, kind: type[F], error: type[FeatureNotEnabledError], why: str) -> F:
         self._check_open()

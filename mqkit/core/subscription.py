@@ -821,9 +821,10 @@ class Subscription:
 
     def ack(self, ack_id: str) -> None:
         """Acknowledge a message this subscription delivered (``AckNotFoundError`` if unknown)."""
-        self._broker._check_open()
-        feature = self._broker._ack_feature()
-        if feature is None:
+        broker = self._broker
+        feature = broker._ack
+        if feature is None or broker._closed:
+            broker._check_open()
             raise AckNotSupportedError.because("acknowledgment support is disabled")
         feature.ack_subscription(self, ack_id)
 

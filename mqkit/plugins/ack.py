@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from mqkit.core.broker import Broker
 from mqkit.core.errors import AckNotFoundError, InvalidMessageError, MQError
@@ -52,26 +52,20 @@ from mqkit.core.topics import normalize_topic
 __all__ = ["AckPlugin", "needs_ack"]
 
 
-class _Pending:
-    """One unacknowledged delivery."""
+class _Pending(NamedTuple):
+    """One unacknowledged delivery (a tuple: made with one C call per delivery)."""
 
-    __slots__ = ("ack_id", "deadline", "message", "size", "subscription", "timeout")
+    message: Message
+    subscription: Subscription
+    ack_id: str
+    timeout: float
+    deadline: float
+    size: int
 
-    def __init__(
-        self,
-        message: Message,
-        subscription: Subscription,
-        ack_id: str,
-        timeout: float,
-        deadline: float,
-        size: int,
-    ) -> None:
-        self.message = message
-        self.subscription = subscription
-        self.ack_id = ack_id
-        self.timeout = timeout
-        self.deadline = deadline
-        self.size = size
+
+_new_pending: Final = tuple.__new__
+"""``_new_pending(_Pending, (fields...))``: a ``_Pending`` without the generated ``__new__``."""
+_NO_ACK: Final = AckPolicy.NONE
 
 
 _Bucket = OrderedDict[tuple[Subscription, str], _Pending]
@@ -152,7 +146,7 @@ class AckPlugin(AckFeature):
         if len(messages) == 1:  # publish: no list, no set, no call (_ack_id, inlined)
             message = messages[0]
             ack_id = getattr(message, "ack_id", "")
-            if ack_id and getattr(message, "ack_policy", AckPolicy.NONE) != AckPolicy.NONE:
+            if ack_id and getattr(message, "ack_policy", _NO_ACK) != _NO_ACK:
                 with self._lock:
                     if ack_id in self._ids:
                         raise _taken(ack_id, message)
@@ -190,7 +184,9 @@ class AckPlugin(AckFeature):
 
     @hookimpl
     @for_messages(_has_ack_id)
-    def mqkit_published(self, messages: Sequence[Message], copies: Sequence[int]) -> None:
+    def mqkit_published(
+        self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
+    ) -> None:
         """An ack id stays taken by the copies the message left in buffers."""
         publishing = self._publishing
         if not publishing:
@@ -200,7 +196,8 @@ class AckPlugin(AckFeature):
                 ack_id = getattr(message, "ack_id", "")
                 if ack_id and publishing.get(ack_id) is message:
                     del publishing[ack_id]
-                    self._release(ack_id, 1 - copies[i])
+                    if copies[i] != 1 or self._ids.get(ack_id, 1) <= 0:  # else: count unchanged
+                        self._release(ack_id, 1 - copies[i])
 
     @hookimpl
     def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
@@ -221,16 +218,17 @@ class AckPlugin(AckFeature):
     @for_messages(lambda cls, config: has_field(cls, "ack_policy"))
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Start the deadline of an ack-required message just handed out."""
-        if not needs_ack(message):
+        if getattr(message, "ack_policy", _NO_ACK) == _NO_ACK:  # needs_ack, inlined
             return
         ack_id: str = getattr(message, "ack_id", "")
         timeout: float | None = getattr(message, "ack_timeout", None)
         if timeout is None:
             timeout = broker.config.default_ack_timeout
         deadline = broker.clock.monotonic() + timeout
-        # Bytes held for redelivery matter only to a memory limit: skip the estimate without one.
-        size = estimate_size(message) if broker.has_feature("memory") else 0
-        pending = _Pending(message, subscription, ack_id, timeout, deadline, size)
+        size = estimate_size(message)  # O(1), and remembered on the message
+        pending: _Pending = _new_pending(
+            _Pending, (message, subscription, ack_id, timeout, deadline, size)
+        )
         with self._lock:
             held = self._pending.get(subscription)
             if held is None:
@@ -278,8 +276,28 @@ class AckPlugin(AckFeature):
 
     def ack_subscription(self, subscription: Subscription, ack_id: str) -> None:
         """Settle ``ack_id`` on ``subscription``."""
-        pending = self._take(subscription, ack_id, settle=True)
-        broker = self._live_broker()
+        with self._lock:  # _take(subscription, ack_id, settle=True), inlined: every ack
+            held = self._pending.get(subscription)
+            pending = held.pop(ack_id, None) if held is not None else None
+            if pending is None:
+                raise AckNotFoundError.because(
+                    f"ack id {ack_id!r} not found (unknown, or already acked or settled)"
+                )
+            if not held:
+                del self._pending[subscription]
+            bucket = self._buckets.get(pending.timeout)  # _unlink
+            if bucket is not None:
+                bucket.pop((subscription, ack_id), None)
+            self._bytes -= pending.size
+            left = self._ids.get(ack_id)  # _release(ack_id)
+            if left is not None:
+                if left > 1 or ack_id in self._publishing:
+                    self._ids[ack_id] = left - 1
+                else:
+                    del self._ids[ack_id]
+        broker = self._broker
+        if broker is None:
+            broker = self._live_broker()
         broker.hooks.ack(broker, subscription, pending.message)
 
     def nack_subscription(self, subscription: Subscription, ack_id: str, requeue: bool) -> None:

@@ -118,7 +118,10 @@ class MetricsPlugin(MetricsFeature):
         return self._shards
 
     def _count(self, topic: str, field: int, n: int = 1) -> None:
-        rows = self._shards.get().rows
+        try:
+            rows = self._local.shard.rows
+        except AttributeError:
+            rows = self._shards.get().rows
         row = rows.get(topic)
         if row is None:
             row = rows[topic] = [0] * len(_FIELDS)
