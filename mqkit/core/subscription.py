@@ -28,7 +28,7 @@ from mqkit.core.errors import (
     InvalidConfigError,
     SubscriptionClosedError,
 )
-from mqkit.core.message import Message, estimate_size
+from mqkit.core.message import Message, _read_time, estimate_size
 from mqkit.core.status import SubscriptionStats
 
 if TYPE_CHECKING:
@@ -162,8 +162,10 @@ class Taps:
     with no hook dispatch per message. Every field is optional:
 
     - ``withhold(subscription, message)``: called for every message a consumer is about to be
-      handed; return True to withhold it (the tap reports why itself, e.g. ``mqkit_expire``;
-      the subscription reports the drop as ``withheld``).
+      handed (with ``max_age``: only for one published more than ``max_age`` seconds ago, by
+      the broker's clock - the subscription tests the age itself, without a call); return
+      True to withhold it (the tap reports why itself, e.g. ``mqkit_expire``; the
+      subscription reports the drop as ``withheld``).
     - ``sample(subscription, message, weight)``: called for each of the first
       :data:`SAMPLE_EVERY` messages handed out, then for one in :data:`SAMPLE_EVERY` taken
       from the buffer (a message is sampled when it is handed out: a withheld one passes the
@@ -174,6 +176,7 @@ class Taps:
     """
 
     withhold: Callable[[Subscription, Message], bool] | None = None
+    max_age: float | None = None
     sample: Callable[[Subscription, Message, int], None] | None = None
     meter: bool = False
 
@@ -281,7 +284,9 @@ class Subscription:
         # The per-message path's strategies (see ``_configure``).
         self._bytes = 0
         self._metered = False
-        self._withhold: tuple[Callable[[Subscription, Message], bool], ...] = ()
+        self._withhold: tuple[tuple[float | None, Callable[[Subscription, Message], bool]], ...]
+        self._withhold = ()
+        self._clock_time = broker.clock.time
         self._samplers: tuple[Callable[[Subscription, Message, int], None], ...] = ()
         self._countdown = _NEVER
         self._sampled = 0
@@ -441,7 +446,15 @@ class Subscription:
         """
         if self._space_waiters:
             self._wake_space()
-        for withhold in self._withhold:
+        for max_age, withhold in self._withhold:
+            if max_age is not None:  # only what is old enough is asked about: no call
+                published = _read_time(message)
+                if published is None:
+                    continue
+                if published.__class__ is not float:
+                    published = published.timestamp()  # type: ignore[union-attr]
+                if published + max_age > self._clock_time():
+                    continue
             if withhold(self, message):
                 self._withheld(message)
                 return False
@@ -732,7 +745,7 @@ class Subscription:
         At subscribe, and whenever the plugin set changes.
         """
         hooks = self._broker._hooks
-        withhold = tuple(t.withhold for t in taps if t.withhold is not None)
+        withhold = tuple((t.max_age, t.withhold) for t in taps if t.withhold is not None)
         samplers = tuple(t.sample for t in taps if t.sample is not None)
         meter = any(t.meter for t in taps)
         with self._lock:

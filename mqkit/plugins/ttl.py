@@ -24,7 +24,7 @@ from mqkit.core.broker import Broker
 from mqkit.core.config import Config
 from mqkit.core.errors import InvalidMessageError, MessageExpiredError
 from mqkit.core.hookspecs import for_messages, hookimpl
-from mqkit.core.message import Message, has_field, posix_time
+from mqkit.core.message import Message, has_field
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
 from mqkit.core.timers import TimerHandle
@@ -87,13 +87,11 @@ class TTLPlugin:
             self._broker = None
 
     @hookimpl
-    @for_messages(_may_expire)
+    @for_messages(_own_expiry)
     def mqkit_publish(self, broker: Broker, topic: str, message: Message) -> None:
         """Refuse a message whose ``expires_at`` is not timezone-aware or has passed."""
         expires: datetime | None = getattr(message, "expires_at", None)
         if expires is None:
-            if self._sweep is None and broker.config.message_ttl > 0:
-                self._schedule_sweep(broker)  # message_ttl was switched on at run time
             return
         if not isinstance(expires, datetime) or expires.tzinfo is None:
             raise InvalidMessageError.because(
@@ -118,22 +116,25 @@ class TTLPlugin:
 
     @hookimpl
     def mqkit_subscription_taps(self, broker: Broker) -> Taps | None:
-        """Under ``message_ttl``, check every hand-out's default expiry (no hook per message)."""
+        """Under ``message_ttl``, have every subscription check the default expiry itself.
+
+        The subscription asks ``withhold`` only about a message older than ``message_ttl``
+        (``Taps.max_age``): the per-message check is an age test, no call. Also starts the
+        sweep when ``message_ttl`` was switched on at run time.
+        """
         ttl = broker.config.message_ttl
         if ttl <= 0:
             return None
-        clock_time = broker.clock.time
+        if self._sweep is None:
+            self._schedule_sweep(broker)
 
         def withhold(subscription: Subscription, message: Message) -> bool:
             if getattr(message, "expires_at", None) is not None:
-                return False  # its own expiry: mqkit_deliver checks it
-            published = posix_time(message)
-            if published is None or published + ttl > clock_time():
-                return False
+                return False  # its own expiry wins: mqkit_deliver checks it
             self._expired(broker, message)
             return True
 
-        return Taps(withhold=withhold)
+        return Taps(withhold=withhold, max_age=ttl)
 
     def _expired(self, broker: Broker, message: Message) -> None:
         broker.hooks.expire(broker, message.topic, message)
