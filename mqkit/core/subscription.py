@@ -131,6 +131,19 @@ class Buffer(Protocol):
         """
         ...
 
+    def take_front(self, predicate: Callable[[Message], bool], /) -> list[Message]:
+        """Remove and return messages from the front of each FIFO run while ``predicate`` holds.
+
+        A FIFO run is a sequence the buffer hands out in arrival order (the whole buffer of a
+        FIFO, one priority level of a priority buffer). From each run's front, take messages
+        while ``predicate`` is true of them; stop at the first it is false of. The cost is
+        proportional to what is removed (plus one look per run), never to what is buffered.
+        Consumers keep popping without the lock meanwhile: every message goes to exactly one of
+        them or to this call. A buffer without this method is served by ``remove``'s walk
+        (:meth:`Subscription.remove_front`).
+        """
+        ...
+
     def clear(self) -> None:
         """Remove every message."""
 
@@ -151,6 +164,38 @@ class FifoBuffer(deque[Message]):
     def evict(self, incoming: Message, /) -> Message:
         """Remove the oldest message."""
         return self.popleft()
+
+    def take_front(self, predicate: Callable[[Message], bool], /) -> list[Message]:
+        """Remove and return the oldest messages while ``predicate`` holds (see ``Buffer``).
+
+        Consumers pop without the lock, so the head is looked at (``self[0]``) and then popped;
+        a consumer may take it in between. Then the message popped instead is judged too: kept
+        if ``predicate`` holds, else put back at the front. In that tiny window a consumer may
+        take the message behind it first (an order swap of two neighbours, only when a
+        consumer pops at the very instant the head turned out not to be the one looked at);
+        nothing is lost or handed out twice. A look at a head that ``predicate`` rejects
+        changes nothing.
+        """
+        taken: list[Message] = []
+        try:
+            while True:
+                try:
+                    head = self[0]
+                except IndexError:
+                    return taken
+                if not predicate(head):
+                    return taken
+                try:
+                    popped = self.popleft()
+                except IndexError:  # a consumer took the last one
+                    return taken
+                taken.append(popped)
+                if popped is not head and not predicate(popped):
+                    self.appendleft(taken.pop())  # a consumer took the head: this one stays
+                    return taken
+        except BaseException:
+            self.extendleft(reversed(taken))  # a predicate that raises removes nothing
+            raise
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -824,6 +869,23 @@ class Subscription:
             for _ in range(min(len(gone), len(self._space_waiters))):
                 self._space_waiters.popleft().wake()  # room for blocked publishers
         return gone
+
+    def remove_front(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """Remove and return the messages at the front that ``predicate`` selects (plugin API).
+
+        From the front of each FIFO run of the buffer (the whole FIFO; each priority level),
+        messages are taken while ``predicate`` holds (``Buffer.take_front``): the work is
+        proportional to what is removed, whatever is buffered. Consumers keep taking
+        messages meanwhile. A buffer without ``take_front`` gets ``remove``'s walk instead.
+        """
+        with self._lock:
+            take_front = getattr(self._buf, "take_front", None)
+            if take_front is not None:
+                gone: list[Message] = take_front(predicate)
+                for _ in range(min(len(gone), len(self._space_waiters))):
+                    self._space_waiters.popleft().wake()  # room for blocked publishers
+                return gone
+        return self.remove(predicate)  # a third-party buffer without take_front
 
     @property
     def broker(self) -> Broker:

@@ -9,7 +9,12 @@ message without one a default expiry of ``time + message_ttl``. Expiry is checke
   checks the default expiry itself, through the plugin's ``Taps.withhold`` (no hook call per
   message);
 - by a sweep every ``TTL_SWEEP_INTERVAL`` seconds on the broker's timer service, which removes
-  expired messages from buffers nobody reads, so they do not hold memory.
+  expired messages from the front of buffers nobody reads, so they do not hold memory. Its work
+  is proportional to what expired, not to what is buffered: it stops at the first message of
+  each FIFO run (each priority level) that is still alive. Under ``message_ttl`` expiries follow
+  publish order, so every expired message is at a front; a message with its own ``expires_at``
+  that expires behind a live one stays buffered (never handed out) until it reaches the front,
+  as with RabbitMQ's per-message TTL.
 
 Each expired message is reported through ``mqkit_expire`` and, when the dead letter queue is
 on, dead-lettered with reason ``expired``.
@@ -156,17 +161,24 @@ class TTLPlugin:
         self._schedule_sweep(broker)
 
     def sweep(self, broker: Broker) -> int:
-        """Remove expired messages from every buffer now; return how many."""
+        """Remove the expired messages at the front of every buffer now; return how many.
+
+        Each subscription gives up the expired messages at the front of each of its FIFO runs
+        (``Subscription.remove_front``): the work is what expired plus one look per run, not
+        what is buffered. Under ``message_ttl`` alone expiries follow publish order, so that
+        is every expired message; one with its own ``expires_at`` that expired behind a
+        message still alive waits for the front (it is never handed out meanwhile).
+        """
         now = broker.clock.now()
         default_ttl = broker.config.message_ttl
+
+        def expired(m: Message) -> bool:
+            expires = expiry_of(m, default_ttl)
+            return expires is not None and expires <= now
+
         count = 0
         for sub in broker.subscriptions():
-
-            def expired(m: Message) -> bool:
-                expires = expiry_of(m, default_ttl)
-                return expires is not None and expires <= now
-
-            for message in sub.remove(expired):
+            for message in sub.remove_front(expired):
                 broker.hooks.drop(broker, sub, message, "withheld")
                 self._expired(broker, message)
                 count += 1

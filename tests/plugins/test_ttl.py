@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 import attrs
 import pytest
 
 import mqkit
 from mqkit import (
+    AckMessage,
     AckTTLMessage,
     Config,
     InvalidMessageError,
     Message,
     MessageExpiredError,
+    Priority,
+    PriorityMessage,
     PriorityTTLMessage,
+    SubOptions,
     TTLMessage,
 )
 from mqkit.testing import FakeClock
@@ -323,3 +331,211 @@ def test_sweep_dead_letters_with_the_dlq_on(make_broker, fake_clock: FakeClock) 
         ("a", "t", "expired"),
         ("b", "t", "expired"),
     ]
+
+
+# -- the sweep's work: proportional to what expires ------------------------------------------------
+
+
+class LookedAt(datetime):
+    """An instant that counts how often it is compared or converted: the work spent on it."""
+
+    looks: ClassVar[list[int]] = [0]
+
+    def _look(self) -> None:
+        self.looks[0] += 1
+
+    def __lt__(self, other: object) -> bool:
+        self._look()
+        return super().__lt__(other)  # type: ignore[operator]
+
+    def __le__(self, other: object) -> bool:
+        self._look()
+        return super().__le__(other)  # type: ignore[operator]
+
+    def __gt__(self, other: object) -> bool:
+        self._look()
+        return super().__gt__(other)  # type: ignore[operator]
+
+    def __ge__(self, other: object) -> bool:
+        self._look()
+        return super().__ge__(other)  # type: ignore[operator]
+
+    def timestamp(self) -> float:
+        self._look()
+        return super().timestamp()
+
+    @classmethod
+    def of(cls, instant: datetime) -> LookedAt:
+        return cls.fromtimestamp(instant.timestamp(), instant.tzinfo)
+
+
+def priority_buffer_takes_fronts() -> bool:
+    from mqkit.plugins.priority import PriorityBuffer
+
+    return hasattr(PriorityBuffer, "take_front")
+
+
+@pytest.mark.parametrize(
+    "plugins",
+    [
+        ("ttl", "metrics"),
+        pytest.param(
+            ("ttl", "metrics", "priority"),
+            marks=pytest.mark.skipif(
+                not priority_buffer_takes_fronts(),
+                reason="the priority buffer has no take_front yet: the sweep walks it",
+            ),
+        ),
+    ],
+    ids=["fifo", "priority"],
+)
+def test_sweep_work_is_proportional_to_what_expires(
+    make_broker, fake_clock: FakeClock, plugins: tuple[str, ...]
+) -> None:
+    broker = make_broker(*plugins)
+    subs = [broker.subscribe("t", SubOptions(buffer_size=200_000)) for _ in range(2)]
+    for i in range(10):  # the 10 that expire, first in line
+        at = LookedAt.of(in_(fake_clock, 1.5 + i / 1000))
+        broker.publish("t", PriorityTTLMessage(f"soon-{i}", priority=i % 3, expires_at=at))
+    later = LookedAt.of(in_(fake_clock, 3600))
+    for i in range(100_000):
+        broker.publish("t", PriorityTTLMessage(f"later-{i}", priority=i % 3, expires_at=later))
+    LookedAt.looks[0] = 0
+    fake_clock.advance(2)  # two sweeps: at 1 s (nothing expired) and at 2 s (the 10)
+    assert broker.metrics().total_expired == 20  # 10 per subscription
+    assert [s.stats().queue_len for s in subs] == [100_000, 100_000]
+    # Each sweep looks at each run's front and at what it takes: about 2 * 3 + 10 per
+    # subscription and sweep here; a walk of the buffers would be 400,000 looks.
+    assert LookedAt.looks[0] <= 2 * 2 * (3 * 2 + 10)
+    first = [subs[0].get_nowait().id for _ in range(3)]
+    ordered = "priority" in plugins
+    assert first == (
+        ["later-2", "later-5", "later-8"] if ordered else ["later-0", "later-1", "later-2"]
+    )
+
+
+def test_sweep_takes_expired_fronts_and_keeps_the_rest_in_order(
+    make_broker, fake_clock: FakeClock, hook_recorder
+) -> None:
+    broker = make_broker("ttl", "metrics", config=Config(message_ttl=10), objects=[hook_recorder])
+    sub = broker.subscribe("t", SubOptions(buffer_size=100))
+    for i in range(5):
+        broker.publish("t", Message(f"old-{i}"))
+    fake_clock.advance(5)
+    for i in range(5):
+        broker.publish("t", Message(f"new-{i}"))
+    fake_clock.advance(5.5)  # the sweep at 10 s: the old ones expired, nobody read them
+    assert sub.stats().queue_len == 5
+    assert [c.message.id for c in hook_recorder.of("mqkit_expire")] == [
+        f"old-{i}" for i in range(5)
+    ]
+    assert drops(hook_recorder) == [(f"old-{i}", "withheld") for i in range(5)]
+    assert drain_ids(sub) == [f"new-{i}" for i in range(5)]
+
+
+def test_sweep_takes_expired_messages_from_every_priority_level(
+    make_broker, fake_clock: FakeClock, hook_recorder
+) -> None:
+    broker = make_broker(
+        "ttl", "priority", "metrics", config=Config(message_ttl=10), objects=[hook_recorder]
+    )
+    sub = broker.subscribe("t", SubOptions(buffer_size=100))
+    levels = [Priority.LOW, Priority.HIGHEST, Priority.NORMAL]
+    for i in range(6):
+        broker.publish("t", PriorityMessage(f"old-{i}", priority=levels[i % 3]))
+    fake_clock.advance(5)
+    for i in range(6):
+        broker.publish("t", PriorityMessage(f"new-{i}", priority=levels[i % 3]))
+    fake_clock.advance(5.5)
+    assert sub.stats().queue_len == 6
+    assert sorted(c.message.id for c in hook_recorder.of("mqkit_expire")) == [
+        f"old-{i}" for i in range(6)
+    ]
+    assert drain_ids(sub) == ["new-1", "new-4", "new-2", "new-5", "new-0", "new-3"]
+
+
+def test_own_expiries_out_of_order_are_freed_once_at_the_front(
+    make_broker, fake_clock: FakeClock, hook_recorder
+) -> None:
+    broker = make_broker("ttl", "metrics", objects=[hook_recorder])
+    sub = broker.subscribe("t")
+    broker.publish_ttl("t", TTLMessage("later", expires_at=in_(fake_clock, 4.5)))
+    broker.publish_ttl("t", TTLMessage("sooner", expires_at=in_(fake_clock, 0.5)))
+    broker.publish_ttl("t", TTLMessage("soonest", expires_at=in_(fake_clock, 0.2)))
+    # Expired behind a live message, the sooner ones may wait for the front (never handed out
+    # meanwhile); once "later" expired too, nobody reading, a sweep has freed all three.
+    fake_clock.advance(5)
+    assert sub.stats().queue_len == 0
+    expired = sorted(c.message.id for c in hook_recorder.of("mqkit_expire"))
+    assert expired == ["later", "sooner", "soonest"]  # each reported once
+    assert broker.metrics().total_expired == 3
+
+
+def test_own_expiry_behind_a_live_one_is_withheld_from_its_consumer(
+    make_broker, fake_clock: FakeClock, hook_recorder
+) -> None:
+    broker = make_broker("ttl", objects=[hook_recorder])
+    sub = broker.subscribe("t")
+    broker.publish_ttl("t", TTLMessage("later", expires_at=in_(fake_clock, 60)))
+    broker.publish_ttl("t", TTLMessage("sooner", expires_at=in_(fake_clock, 0.5)))
+    broker.publish("t", Message("plain"))
+    fake_clock.advance(3)
+    assert drain_ids(sub) == ["later", "plain"]
+    assert [c.message.id for c in hook_recorder.of("mqkit_expire")] == ["sooner"]
+
+
+def test_sweep_takes_redelivered_messages_that_expired(make_broker, fake_clock: FakeClock) -> None:
+    broker = make_broker("ttl", "ack", "metrics", config=Config(message_ttl=10))
+    sub = broker.subscribe("t", SubOptions(buffer_size=100))
+    broker.publish_with_ack("t", AckMessage("first"))
+    fake_clock.advance(3)
+    broker.publish_with_ack("t", AckMessage("second"))
+    broker.publish_with_ack("t", AckMessage("third"))
+    first, second = sub.get_nowait(), sub.get_nowait()
+    sub.nack(first.ack_id)  # redelivered at the front, keeping its publish time
+    sub.nack(second.ack_id)  # now ahead of "first": expiries out of order at the front
+    fake_clock.advance(10.5)  # past 13 s: all three expired; nobody read them, a sweep took them
+    assert sub.stats().queue_len == 0
+    assert broker.metrics().total_expired == 3
+    assert broker.metrics().topics["t"].redelivered == 2
+
+
+def test_sweep_while_consumers_pop_loses_and_duplicates_nothing(
+    make_broker, fake_clock: FakeClock, hook_recorder
+) -> None:
+    n = 30_000
+    broker = make_broker("ttl", objects=[hook_recorder])
+    sub = broker.subscribe("t", SubOptions(buffer_size=n))
+    for i in range(n):  # expiries spread over 10 s, in publish order
+        broker.publish_ttl("t", TTLMessage(str(i), expires_at=in_(fake_clock, 0.5 + i / 3000)))
+    got: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def consume(out: list[str]) -> None:
+        try:
+            while not done.is_set() or sub.stats().queue_len:
+                with contextlib.suppress(TimeoutError):
+                    out.append(sub.get_nowait().id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside the sweep become likely
+    threads = [threading.Thread(target=consume, args=(out,)) for out in got]
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(11):
+            fake_clock.advance(1)  # a sweep each second, in this thread, while they pop
+        done.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert errors == []
+    assert not any(t.is_alive() for t in threads)
+    expired = [c.message.id for c in hook_recorder.of("mqkit_expire")]
+    delivered = got[0] + got[1]
+    assert len(delivered) + len(expired) == n
+    assert sorted(map(int, delivered + expired)) == list(range(n))
