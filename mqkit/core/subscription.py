@@ -882,6 +882,10 @@ class Subscription:
             take_front = getattr(self._buf, "take_front", None)
             if take_front is not None:
                 gone: list[Message] = take_front(predicate)
+                self._left += len(gone)
+                if self._metered:
+                    for message in gone:
+                        self._meter(message, -1)
                 for _ in range(min(len(gone), len(self._space_waiters))):
                     self._space_waiters.popleft().wake()  # room for blocked publishers
                 return gone

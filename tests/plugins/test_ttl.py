@@ -539,3 +539,19 @@ def test_sweep_while_consumers_pop_loses_and_duplicates_nothing(
     delivered = got[0] + got[1]
     assert len(delivered) + len(expired) == n
     assert sorted(map(int, delivered + expired)) == list(range(n))
+
+
+def test_sweep_keeps_the_counters_and_the_memory_count_exact(make_broker, fake_clock) -> None:
+    """What the sweep takes leaves the buffer's counters and the metered bytes too."""
+    broker = make_broker(
+        "ttl", "memory", "metrics", config=Config(message_ttl=1, max_memory_usage=1 << 20)
+    )
+    sub = broker.subscribe("t")
+    for i in range(5):
+        broker.publish("t", Message(str(i), "x" * 100))
+    assert broker.memory_usage() > 500
+    fake_clock.advance(2)  # the sweep runs: all five expired
+    stats = sub.stats()
+    assert (stats.received, stats.queue_len, stats.delivered) == (5, 0, 0)
+    assert broker.memory_usage() == 0
+    assert broker.metrics().total_expired == 5
