@@ -95,7 +95,7 @@ class _Route:
     messages routed here, when a plugin asked for topic counts (``count_published``).
     """
 
-    __slots__ = ("published", "ranked", "subs", "topic")
+    __slots__ = ("published", "puts", "ranked", "subs", "topic")
 
     def __init__(
         self,
@@ -106,6 +106,8 @@ class _Route:
     ) -> None:
         self.topic = topic
         self.subs = subs
+        self.puts = tuple(sub._put for sub in subs)
+        """Each subscription's ``_put``, bound once: the publish loop calls them directly."""
         self.published = published
         self.ranked = ranked
 
@@ -347,8 +349,16 @@ class Broker:
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
             stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
-            # From here on: _dispatch for one message, inlined (no lists on the hot path).
             hooks = self._hooks
+            if cls in hooks.quiet:  # no hook, buffer or admission concerns the class
+                for put in route.puts:
+                    put(stamped)
+                if route.published is not None:
+                    next(route.published)
+                return
+            # From here on: _dispatch for one message, inlined (no lists on the hot path).
+            if cls not in hooks.loud:
+                self._learn_quiet(cls)
             if (
                 hooks.publish_on
                 and cls not in hooks.publish_idle
@@ -371,8 +381,8 @@ class Broker:
                     copies += sub._put(stamped)
                 hooks.published(self, (stamped,), (copies,))
             else:
-                for sub in route.subs:
-                    sub._put(stamped)
+                for put in route.puts:
+                    put(stamped)
             if route.published is not None:
                 next(route.published)
         except MQError as exc:
@@ -431,6 +441,23 @@ class Broker:
         if hooks.published_on:
             hooks.published(self, messages, copies)
 
+    def _learn_quiet(self, cls: type) -> None:
+        """Find out whether publishing ``cls`` concerns anything but routing (once per class).
+
+        A class no ``mqkit_publish``/``mqkit_accept``/``mqkit_published`` implementation, no
+        lazy buffer and no admission concerns goes into ``hooks.quiet``: its publishes skip
+        every other test. The per-class hook narrowing is computed here, not on the path.
+        """
+        hooks = self._hooks
+        quiet = (
+            not self._admissions
+            and not hooks.published_on
+            and (not hooks.publish_on or not hooks.publish_wanted(cls))
+            and (not hooks.accept_on or not hooks.accept_wanted(cls))
+            and (not hooks.buffer_lazy or not hooks.buffer_wanted(cls))
+        )
+        (hooks.quiet if quiet else hooks.loud).add(cls)
+
     def _rank(self, route: _Route, cls: type) -> None:
         """Give the route's subscriptions their plugin buffers if ``cls`` wants one (lazily)."""
         if self._hooks.buffer_wanted(cls):
@@ -469,11 +496,13 @@ class Broker:
         """
         with self._lock:
             self._admissions = (*self._admissions, admit)
+            self._hooks.quiet.clear()  # every publish is checked from now on
 
     def remove_admission(self, admit: Callable[[int, int], None]) -> None:
         """Stop calling ``admit`` (plugin API; nothing happens if it is not there)."""
         with self._lock:
             self._admissions = tuple(a for a in self._admissions if a != admit)
+            self._hooks.loud.clear()  # classes may be quiet again
 
     def incoming_bytes(self, messages: Sequence[Message]) -> int:
         """What routing ``messages`` now would add to the buffers (plugin API).

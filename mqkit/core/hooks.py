@@ -141,6 +141,11 @@ class Hooks:
         """Message classes for which no ``mqkit_delivered`` implementation is called."""
         self.accept_idle: set[type] = set()
         """Message classes for which a one-message ``mqkit_accept`` calls no implementation."""
+        self.quiet: set[type] = set()
+        """Message classes whose publish concerns nothing but routing (``Broker`` learns them:
+        no publish/accept/published hook, lazy buffer or admission for the class)."""
+        self.loud: set[type] = set()
+        """Message classes found not quiet (so that the broker asks once)."""
         self.take_idle: set[type] = set()
         """Message classes for which neither ``mqkit_deliver`` nor ``mqkit_delivered`` calls an
         implementation (filled in by subscriptions as they find out)."""
@@ -316,6 +321,16 @@ class Hooks:
                 "mqkit_subscription_buffer", self._subscription_buffer, broker, subscription
             ),
         )
+
+    def publish_wanted(self, cls: type) -> bool:
+        """Whether an ``mqkit_publish`` implementation concerns messages of ``cls``."""
+        by_class = self._publish_by_class
+        return bool(self._publish if by_class is None else by_class[cls])
+
+    def accept_wanted(self, cls: type) -> bool:
+        """Whether an ``mqkit_accept`` implementation concerns messages of ``cls``."""
+        by_class = self._accept_by_class
+        return bool(self._accept if by_class is None else by_class[cls])
 
     def buffer_wanted(self, cls: type) -> bool:
         """Whether a ``mqkit_subscription_buffer`` implementation wants messages of ``cls``.

@@ -118,7 +118,12 @@ def test_the_facade_has_nothing_else_that_looks_like_a_hook() -> None:
     public_methods = {
         name for name, value in vars(Hooks).items() if not name.startswith("_") and callable(value)
     }
-    assert public_methods - hooks == {"calls_any", "buffer_wanted"}
+    assert public_methods - hooks == {
+        "calls_any",
+        "buffer_wanted",
+        "publish_wanted",
+        "accept_wanted",
+    }
     facade = Hooks(None, lambda plugin, hook, exc: None)
     attributes = {name for name in dir(facade) if not name.startswith("_")}
     assert not [name for name in attributes if name.startswith("mqkit_")]
