@@ -14,8 +14,10 @@ with its defaults and the gateway on 127.0.0.1 port 0, N raw MQTT 3.1.1 clients 
 SUBSCRIBE ``#`` at QoS 1 and then never read their socket (nor acknowledge anything), and
 ``broker.publish`` in this process once every client's queue is full (after a warm-up of
 three times ``mqtt_max_queued_messages`` messages, paced so that the gateway keeps up). It
-prints msgs/s for N = 0, 1 and 20 (median of interleaved rounds; each timed run stops after
-20,000 messages or 5 seconds) and the ratio N=20 / N=0. ``--idle-only`` runs this table alone
+prints msgs/s for N = 0, 1 and 20, and for a reference run without MQTT clients but with one
+in-process subscription whose buffer (``mqtt_max_queued_messages``) is full - what one
+subscriber costs (median of interleaved rounds; each timed run stops after 20,000 messages or
+5 seconds) - and the ratios N=20 / N=0 and N=20 / reference. ``--idle-only`` runs this table alone
 (``--no-priority``: with ``enable_priority_queue=False``, the core's FIFO buffers). Nothing
 here asserts a speed.
 """
@@ -101,7 +103,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-IDLE_COUNTS = (0, 1, 20)
+IDLE_COUNTS = (0, -1, 1, 20)
+"""MQTT clients per run; -1 is the reference run (one full in-process subscription)."""
 IDLE_MESSAGES = 20_000
 IDLE_SECONDS = 5.0
 
@@ -129,8 +132,13 @@ def idle_client(port: int, index: int) -> socket.socket:
     return sock
 
 
-def idle_round(clients: int, messages: int, priority: bool) -> float:
-    """In-process msgs/s with ``clients`` idle MQTT subscribers to ``#`` whose queues are full."""
+def idle_round(clients: int, messages: int, priority: bool) -> tuple[float, float]:
+    """In-process msgs/s with ``clients`` idle MQTT subscribers to ``#`` whose queues are full,
+    and the publishing thread's CPU time per message (µs).
+
+    ``clients`` -1 is the reference: no MQTT client, one in-process subscription to the topic
+    with a full buffer of ``mqtt_max_queued_messages`` (what one subscriber costs).
+    """
     config = mqkit.Config(
         enable_mqtt=True, mqtt_host="127.0.0.1", mqtt_port=0, enable_priority_queue=priority
     )
@@ -139,6 +147,9 @@ def idle_round(clients: int, messages: int, priority: bool) -> float:
     try:
         _, port = broker.start_mqtt_server()
         socks = [idle_client(port, i) for i in range(clients)]
+        if clients < 0:
+            cap = broker.config.mqtt_max_queued_messages
+            broker.subscribe("bench/idle", mqkit.SubOptions(buffer_size=cap))
         payload = b"x" * 64
         warm = 3 * broker.config.mqtt_max_queued_messages
         for i in range(warm):  # fills the window, then every client's queue
@@ -149,6 +160,7 @@ def idle_round(clients: int, messages: int, priority: bool) -> float:
         batch = [mqkit.Message(f"m{i}", payload) for i in range(messages)]
         publish = broker.publish
         done = 0
+        cpu = time.thread_time()
         t0 = time.perf_counter()
         deadline = t0 + IDLE_SECONDS
         for start in range(0, messages, 500):
@@ -158,7 +170,9 @@ def idle_round(clients: int, messages: int, priority: bool) -> float:
             if time.perf_counter() > deadline:
                 break
         elapsed = time.perf_counter() - t0
-        return min(done, messages) / elapsed
+        cpu = time.thread_time() - cpu
+        done = min(done, messages)
+        return done / elapsed, cpu / done * 1e6
     finally:
         for sock in socks:
             sock.close()
@@ -170,21 +184,28 @@ def idle_table(quick: bool, priority: bool = True) -> None:
     messages = 5_000 if quick else IDLE_MESSAGES
     rounds = 1 if quick else 3
     results: dict[int, list[float]] = {}
+    cpus: dict[int, list[float]] = {}
     for _ in range(rounds):
         for clients in IDLE_COUNTS:
-            results.setdefault(clients, []).append(idle_round(clients, messages, priority))
+            rate, cpu = idle_round(clients, messages, priority)
+            results.setdefault(clients, []).append(rate)
+            cpus.setdefault(clients, []).append(cpu)
     base = statistics.median(results[0])
     what = "Broker() defaults" if priority else "Broker() defaults but enable_priority_queue=False"
     print(
         f"in-process publish with N idle MQTT QoS 1 subscribers to #, {what}, "
         f"{messages} x 64 B, median of {rounds}"
     )
-    print(f"{'N':>4} {'msgs/s':>12} {'vs N=0':>8}")
+    print(f"{'N':>4} {'msgs/s':>12} {'vs N=0':>8} {'publisher CPU us/msg':>21}")
     for clients in IDLE_COUNTS:
         rate = statistics.median(results[clients])
-        print(f"{clients:>4} {rate:>12,.0f} {rate / base:>8.2f}")
-    ratio = statistics.median(results[20]) / base
-    print(f"ratio N=20 / N=0: {ratio:.2f}")
+        label = "ref" if clients < 0 else str(clients)
+        cpu = statistics.median(cpus[clients])
+        print(f"{label:>4} {rate:>12,.0f} {rate / base:>8.2f} {cpu:>21.2f}")
+    n20 = statistics.median(results[20])
+    print(f"ratio N=20 / N=0: {n20 / base:.2f}")
+    print(f"ratio N=20 / ref: {n20 / statistics.median(results[-1]):.2f}")
+    print("(ref: no MQTT client, one in-process subscription with a full buffer of 1000)")
 
 
 def main() -> int:
