@@ -278,9 +278,8 @@ class Feed:
             queue.append(message)
         # BLOCK_WITH_TIMEOUT cannot make the publisher wait for one member (it waits while
         # every member is full, at the broker subscription): the new message is dropped.
-        reason = Backpressure.DROP_NEWEST.value if dropped is message else policy.value
         session = ssub.session
-        session.drop(dropped, ssub, reason)
+        session.drop(dropped, ssub, policy.value)
         if policy is Backpressure.CLOSE_SUBSCRIBER:
             session.server.subscription_lost(session, ssub)
 

@@ -153,3 +153,30 @@ def test_idle_clients_add_no_work_per_client_to_an_in_process_publish(
     finally:
         for c in idle:
             c.close()
+
+
+def test_close_subscriber_ends_only_the_slow_client_while_another_reads(
+    server_factory: ServerFactory, paho_factory: Callable[..., Paho]
+) -> None:
+    srv = server_factory(mqtt_max_queued_messages=5, mqtt_backpressure="close_subscriber")
+    slow = Raw(srv)
+    try:
+        slow.connect("slow", properties=codec.Properties(receive_maximum=1))
+        subscribe_raw(slow, "flood")  # ... and never acknowledges
+        fast = paho_factory(srv, "fast", version=5)
+        fast.subscribe("flood", 1)
+        for batch in range(10):
+            for i in range(4):  # fewer than the bound at a time: the reader keeps up
+                srv.broker.publish("flood", mqkit.Message(f"m{batch}-{i}", b"y"))
+            assert [fast.get().payload for _ in range(4)] == [b"y"] * 4
+        # The slow client's own queue overflowed: it alone was disconnected with 0x97.
+        got: list[codec.Packet] = []
+        while not (got and isinstance(got[-1], codec.Disconnect)):
+            got.append(slow.packet())
+        assert isinstance(got[-1], codec.Disconnect)
+        assert got[-1].reason_code == Reason.QUOTA_EXCEEDED
+        assert all(isinstance(p, codec.Publish) for p in got[:-1])
+        srv.broker.publish("flood", mqkit.Message("after", b"after"))
+        assert fast.get().payload == b"after"
+    finally:
+        slow.close()
