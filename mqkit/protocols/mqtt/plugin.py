@@ -34,7 +34,7 @@ from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.protocols.mqtt.auth import Authenticator
 from mqkit.protocols.mqtt.server import KEY_PREFIX, Server
-from mqkit.protocols.mqtt.store import Journal
+from mqkit.protocols.mqtt.store import FeedJournals, Journal
 
 __all__ = ["MQTTPlugin"]
 
@@ -246,10 +246,10 @@ class MQTTPlugin(ProtocolFeature):
 
     @hookimpl
     def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
-        """A message a session's subscription dropped leaves the session's stored queue."""
+        """A message a feed's (or group's) buffer dropped leaves the stored queues."""
         if subscription is not None:
             journal = subscription.options.filter
-            if isinstance(journal, Journal):
+            if isinstance(journal, Journal | FeedJournals):
                 journal.forget(message)
 
     @hookimpl

@@ -54,8 +54,8 @@ from mqkit.protocols.mqtt.codec import (
     Will,
 )
 from mqkit.protocols.mqtt.mapping import Outgoing, message_from_publish
-from mqkit.protocols.mqtt.session import NEVER, InFlight, Session, SessionSub, SharedGroup
-from mqkit.protocols.mqtt.store import GroupJournal, Journal, SessionStore
+from mqkit.protocols.mqtt.session import NEVER, Feed, InFlight, Session, SessionSub, SharedGroup
+from mqkit.protocols.mqtt.store import FeedJournals, GroupJournal, Journal, SessionStore
 from mqkit.protocols.mqtt.topics import compile_filter, filter_is_valid, parse_shared
 
 if TYPE_CHECKING:
@@ -103,6 +103,8 @@ class Server:
         self.connections: set[Connection] = set()
         self.draining: set[Connection] = set()
         """Connections the server ended that still read their input (``close_politely``)."""
+        self.feeds: dict[str, Feed] = {}
+        """One per topic filter that sessions subscribe to (not ``$share/...``), by key."""
         self.groups: dict[str, SharedGroup] = {}
         self.retained: dict[str, Message] = {}
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mqkit-mqtt")
@@ -146,6 +148,11 @@ class Server:
             self.save_sessions()
         for session in list(self.sessions.values()):
             session.end()
+        for feed in list(self.feeds.values()):
+            if feed.task is not None:
+                feed.task.cancel()
+            feed.sub.cancel()
+        self.feeds.clear()
         for group in list(self.groups.values()):
             if group.task is not None:
                 group.task.cancel()
@@ -269,21 +276,30 @@ class Server:
         return found
 
     def make_sub(self, session: Session, topic_filter: str) -> SessionSub:
-        """A broker subscription for one filter of ``session`` (joining a shared group)."""
+        """A subscription entry for one filter of ``session``, on the filter's feed or group.
+
+        Makes the broker subscription when the filter has none yet (this may raise
+        :class:`~mqkit.MQError`: a limit); the entry joins it in :meth:`join_sub`.
+        """
         shared = parse_shared(topic_filter)
         inner = shared.topic_filter if shared is not None else topic_filter
         matches = self.matcher(inner)
         key = KEY_PREFIX + topic_filter
         if shared is None:
-            if self.session_store is None:
-                sub = self.broker.subscribe_matching(key, matches, self.sub_options)
-                return SessionSub(topic_filter, inner, None, matches, sub)
-            journal = Journal(self.session_store, self, session)
-            options = attrs.evolve(self.sub_options, filter=journal)
-            sub = self.broker.subscribe_matching(key, matches, options)
-            ssub = SessionSub(topic_filter, inner, None, matches, sub)
-            ssub.journal = journal
-            journal.ssub = ssub
+            feed = self.feeds.get(key)
+            if feed is None:
+                options = self.sub_options
+                if self.session_store is not None:
+                    options = attrs.evolve(options, filter=FeedJournals())
+                sub = self.broker.subscribe_matching(key, matches, options)
+                feed = self.feeds[key] = Feed(key, sub, options.buffer_size, self.acks)
+                feed.task = asyncio.get_running_loop().create_task(feed.pump(self._feed_closed))
+            ssub = SessionSub(session, topic_filter, inner, None, matches, feed.sub)
+            ssub.feed = feed
+            if self.session_store is not None:
+                journal = Journal(self.session_store, self, session)
+                ssub.journal = journal
+                journal.ssub = ssub
             return ssub
         group = self.groups.get(key)
         if group is None:
@@ -298,13 +314,35 @@ class Server:
             group = self.groups[key] = SharedGroup(key, sub)
             group.journal = group_journal
             group.task = asyncio.get_running_loop().create_task(group.pump(self._group_closed))
-        return SessionSub(topic_filter, inner, group, matches, group.sub)
+        return SessionSub(session, topic_filter, inner, group, matches, group.sub)
+
+    def join_sub(self, session: Session, ssub: SessionSub) -> None:
+        """``ssub`` (of :meth:`make_sub`) starts receiving: it joins its feed or group."""
+        feed = ssub.feed
+        if feed is not None:
+            feed.add(ssub)
+            journals = feed.sub.options.filter
+            if isinstance(journals, FeedJournals) and ssub.journal is not None:
+                journals.journals = (*journals.journals, ssub.journal)
+        elif ssub.group is not None:
+            ssub.group.add(session, ssub)
 
     def release_sub(self, session: Session, ssub: SessionSub) -> None:
-        """A session dropped ``ssub``: cancel its broker subscription (or leave the group)."""
+        """A session dropped ``ssub``: leave its feed or group (the last one cancels it)."""
         group = ssub.group
         if group is None:
-            ssub.sub.cancel()
+            feed = ssub.feed
+            if feed is None:
+                return
+            feed.remove(ssub)
+            journals = feed.sub.options.filter
+            if isinstance(journals, FeedJournals):
+                journals.journals = tuple(j for j in journals.journals if j is not ssub.journal)
+            if not feed.members and self.feeds.get(feed.key) is feed:
+                del self.feeds[feed.key]
+                if feed.task is not None:
+                    feed.task.cancel()
+                feed.sub.cancel()
             return
         group.remove(session)
         if not group.members and self.groups.get(group.key) is group:
@@ -323,10 +361,25 @@ class Server:
                 if not self.closing:
                     self.write_session(session)
 
+    def _feed_closed(self, feed: Feed) -> None:
+        """The broker closed a feed's subscription: every member loses its subscription.
+
+        (``CLOSE_SUBSCRIBER``: the feed's buffer overflowed while no member could take a
+        message, so every member's queue was full.)
+        """
+        for ssub in list(feed.members):
+            session = ssub.session
+            if session.subs.get(ssub.topic_filter) is ssub and not session.ended:
+                self.subscription_lost(session, ssub)
+
     def broker_closed_sub(self, sub_id: int) -> None:
         """The broker closed subscription ``sub_id`` (loop thread; via ``mqkit_unsubscribe``)."""
         if self.closing:
             return
+        for feed in list(self.feeds.values()):
+            if feed.sub.id == sub_id:
+                self._feed_closed(feed)
+                return
         for session in list(self.sessions.values()):
             for ssub in list(session.subs.values()):
                 if ssub.sub.id == sub_id:

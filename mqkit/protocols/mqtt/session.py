@@ -1,18 +1,30 @@
 """Per-client MQTT session state: subscriptions, in-flight messages, packet ids, offline queue.
 
 A :class:`Session` outlives its connections when it is persistent (MQTT 3.1.1
-``clean_session=0``, MQTT 5 Session Expiry Interval > 0). Each of its topic filters is a broker
-:class:`~mqkit.Subscription` (key ``mqtt:<filter>``) with its own buffer and backpressure
-policy, drained by one pump task; a shared subscription (``$share/<group>/<filter>``) is one
-broker subscription per group, drained by a pump of every member session (competing
-consumers). While the client is offline the pumps stop, so the broker subscriptions buffer
-(``mqtt_max_queued_messages`` each, under ``mqtt_backpressure``).
+``clean_session=0``, MQTT 5 Session Expiry Interval > 0).
+
+**One broker subscription per topic filter, whatever the number of clients.** Every session
+subscribed to a filter (not ``$share/...``) is a member of that filter's :class:`Feed`: one
+broker :class:`~mqkit.Subscription` (key ``mqtt:<filter>``), so an in-process publish to the
+filter enters one buffer however many clients subscribed to it. The feed's pump (on the
+gateway's loop) takes a message only while at least one member can take one now, and hands it
+to every member: to a ready member's session at once, into the private queue of a member that
+is not (``mqtt_max_queued_messages`` each, under ``mqtt_backpressure``: dropped copies are
+counted through ``mqkit_drop``, ``close_subscriber`` ends that member's subscription). While
+no member is ready - every client idle, slow or offline - the pump rests and the broker
+subscription's own buffer (the same bound and policy) holds what comes, the tail common to
+every member's queue: idle clients then cost a publisher one buffer insert (and, once full,
+one eviction) per message, and cost the gateway nothing.
+
+A shared subscription (``$share/<group>/<filter>``) is one broker subscription per group,
+drained by a pump that hands each message to one ready member in turn (competing consumers).
 
 Delivery respects the client's Receive Maximum: at most that many QoS 1/2 messages are in
-flight; beyond it, each pump parks at most one message in ``pending`` and stops taking more
-from its subscription, so a slow client fills its own buffers (and its policy applies) without
-holding up anybody else. Overlapping subscriptions of one session deliver a message once, at
-the highest granted QoS, with every matching subscription identifier.
+flight; beyond it, a session parks at most one message per subscription in ``pending`` and
+takes no more from it until that one is sent, so a slow client fills its own queue (where its
+policy applies) without holding up anybody else. Overlapping subscriptions of one session
+deliver a message once, at the highest granted QoS, with every matching subscription
+identifier.
 """
 
 from __future__ import annotations
@@ -23,11 +35,11 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mqkit.core.errors import MQError, SubscriptionClosedError
 from mqkit.core.message import Message
-from mqkit.core.subscription import Subscription
+from mqkit.core.subscription import Backpressure, Subscription
 from mqkit.protocols.mqtt.codec import encode_publish
 from mqkit.protocols.mqtt.mapping import Outgoing
 
@@ -35,7 +47,7 @@ if TYPE_CHECKING:
     from mqkit.protocols.mqtt.server import Connection, Server
     from mqkit.protocols.mqtt.store import GroupJournal, Journal
 
-__all__ = ["NEVER", "InFlight", "Session", "SessionSub", "SharedGroup"]
+__all__ = ["NEVER", "Feed", "InFlight", "Session", "SessionSub", "SharedGroup"]
 
 log = logging.getLogger("mqkit.mqtt")
 
@@ -121,10 +133,177 @@ class SharedGroup:
                 log.exception("mqtt: delivering %r to %r failed", message.id, session.client_id)
 
 
-class SessionSub:
-    """One topic filter of a session with its options, broker subscription and pump."""
+class Feed:
+    """The broker subscription of one topic filter, shared by every session subscribed to it.
+
+    See the module docstring. Loop-thread only, except :attr:`sub`'s filter (the members'
+    journals, with persistence), which runs in the publishing thread.
+    """
 
     __slots__ = (
+        "_joining",
+        "_order",
+        "acks",
+        "cap",
+        "key",
+        "members",
+        "policy",
+        "ready",
+        "ready_count",
+        "sub",
+        "task",
+        "unsettled",
+    )
+
+    def __init__(self, key: str, sub: Subscription, cap: int, acks: bool) -> None:
+        self.key = key
+        """``mqtt:<filter>``."""
+        self.sub = sub
+        """The broker subscription the publishes to the filter enter (once each)."""
+        self.cap = cap
+        """The bound of each member's private queue (``mqtt_max_queued_messages``)."""
+        self.policy = sub.options.policy
+        """What a member's full queue does with one more message (``mqtt_backpressure``)."""
+        self.acks = acks
+        """Whether the broker tracks acknowledgements (``enable_ack_support``)."""
+        self.members: dict[SessionSub, None] = {}
+        """The subscriptions of the sessions subscribed, in the order they joined."""
+        self.ready = asyncio.Event()
+        """Set while at least one member can take a message now."""
+        self.ready_count = 0
+        """How many members can take a message now."""
+        self.task: asyncio.Task[None] | None = None
+        """The feed's pump."""
+        self.unsettled: dict[int, list[Any]] = {}
+        """``id(message)`` -> [message, members still holding it], for ack-required messages.
+
+        The broker's copy is acknowledged when the last member is done with it.
+        """
+        self._order: tuple[SessionSub, ...] = ()
+        """The members a message goes to (a joining one is left out until it joined)."""
+        self._joining: SessionSub | None = None
+
+    def add(self, ssub: SessionSub) -> None:
+        """A session's subscription joins (after what the buffer holds went to the others)."""
+        ssub.feed = self
+        self.members[ssub] = None  # a member already: the feed stays while the others catch up
+        self._joining = ssub
+        try:
+            self.catch_up()
+        finally:
+            self._joining = None
+        self._reorder()
+        if ssub.ready.is_set():
+            self.count_ready(1)
+
+    def remove(self, ssub: SessionSub) -> None:
+        """A session's subscription leaves."""
+        if self.members.pop(ssub, 0) is None:
+            self._reorder()
+            if ssub.ready.is_set():
+                self.count_ready(-1)
+
+    def _reorder(self) -> None:
+        joining = self._joining
+        self._order = tuple(m for m in self.members if m is not joining)
+
+    def count_ready(self, delta: int) -> None:
+        """A member became ready (1) or stopped being ready (-1)."""
+        self.ready_count += delta
+        if self.ready_count > 0:
+            self.ready.set()
+        else:
+            self.ready.clear()
+
+    def catch_up(self) -> None:
+        """Hand what the broker subscription holds to the members now.
+
+        A member is joining: what was published before it subscribed is not for it.
+        """
+        sub = self.sub
+        while True:
+            try:
+                message = sub.get_nowait()
+            except (TimeoutError, SubscriptionClosedError):
+                return
+            self.fan_out(message)
+
+    async def pump(self, on_closed: Callable[[Feed], None]) -> None:
+        """Take messages while any member is ready and hand each to every member."""
+        sub = self.sub
+        ready = self.ready
+        while True:
+            if not ready.is_set():
+                await ready.wait()
+                continue
+            try:
+                message = await sub.aget()
+            except SubscriptionClosedError:
+                on_closed(self)
+                return
+            self.fan_out(message)
+
+    def fan_out(self, message: Message) -> None:
+        """Hand ``message`` to every member: sent (or parked) if it is ready, else queued."""
+        order = self._order
+        if self.acks:
+            ack_id: str = getattr(message, "ack_id", "")
+            if ack_id:
+                self.unsettled[id(message)] = [message, len(order)]
+        members = self.members
+        for ssub in order:
+            if ssub not in members:  # left meanwhile (its queue overflowed: close_subscriber)
+                self.release(message)
+                continue
+            try:
+                if ssub.ready.is_set():
+                    ssub.session.offer(message, ssub)
+                else:
+                    self.enqueue(ssub, message)
+            except Exception:  # a bug must not stop the feed
+                log.exception(
+                    "mqtt: delivering %r to %r failed", message.id, ssub.session.client_id
+                )
+
+    def enqueue(self, ssub: SessionSub, message: Message) -> None:
+        """Put ``message`` in the private queue of a member that cannot take it now."""
+        queue = ssub.queue
+        if len(queue) < self.cap:
+            queue.append(message)
+            return
+        policy = self.policy
+        dropped = message
+        if policy is Backpressure.DROP_OLDEST:
+            dropped = queue.popleft()
+            queue.append(message)
+        # BLOCK_WITH_TIMEOUT cannot make the publisher wait for one member (it waits while
+        # every member is full, at the broker subscription): the new message is dropped.
+        session = ssub.session
+        session.drop(dropped, ssub, policy.value)
+        if policy is Backpressure.CLOSE_SUBSCRIBER:
+            session.server.subscription_lost(session, ssub)
+
+    def release(self, message: Message) -> None:
+        """A member is done with ``message``: acknowledge the broker's copy after the last."""
+        unsettled = self.unsettled
+        if not unsettled:
+            return
+        key = id(message)
+        entry = unsettled.get(key)
+        if entry is None or entry[0] is not message:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del unsettled[key]
+            with contextlib.suppress(MQError):
+                self.sub.ack(message.ack_id)
+
+
+class SessionSub:
+    """One topic filter of a session with its options and broker subscription (feed or group)."""
+
+    __slots__ = (
+        "feed",
         "group",
         "held",
         "identifier",
@@ -133,21 +312,25 @@ class SessionSub:
         "matches",
         "no_local",
         "qos",
+        "queue",
         "ready",
         "retain_as_published",
+        "session",
         "sub",
-        "task",
         "topic_filter",
     )
 
     def __init__(
         self,
+        session: Session,
         topic_filter: str,
         inner: str,
         group: SharedGroup | None,
         matches: Callable[[str], bool],
         sub: Subscription,
     ) -> None:
+        self.session = session
+        """The session it belongs to."""
         self.topic_filter = topic_filter
         """The filter as subscribed (``$share/...`` included)."""
         self.inner = inner
@@ -157,7 +340,11 @@ class SessionSub:
         self.matches = matches
         """Whether a topic name matches ``inner``."""
         self.sub = sub
-        """The broker subscription (the group's, when shared)."""
+        """The broker subscription (the feed's, or the group's when shared)."""
+        self.feed: Feed | None = None
+        """The filter's feed (None when shared)."""
+        self.queue: deque[Message] = deque()
+        """Messages the feed handed over while the session could not take them (bounded)."""
         self.qos = 0
         """The granted QoS."""
         self.no_local = False
@@ -169,11 +356,22 @@ class SessionSub:
         self.held = 0
         """Messages of this subscription parked in the session's pending queue."""
         self.ready = asyncio.Event()
-        """Set while the pump may take the next message."""
-        self.task: asyncio.Task[None] | None = None
-        """The pump."""
+        """Set while the session can take the next message of this subscription now."""
         self.journal: Journal | None = None
         """The stored queue of a session's own subscription (with persistence), or None."""
+
+    def set_ready(self, ready: bool) -> None:
+        """Set or clear :attr:`ready` (and the feed's count of ready members)."""
+        event = self.ready
+        if ready == event.is_set():
+            return
+        if ready:
+            event.set()
+        else:
+            event.clear()
+        feed = self.feed
+        if feed is not None and self in feed.members:
+            feed.count_ready(1 if ready else -1)
 
 
 class InFlight:
@@ -288,34 +486,38 @@ class Session:
         self.writable = writable
         self._refresh()
 
+    def _go(self) -> bool:
+        return self.conn is not None and self.writable and not self.ended
+
     def _refresh(self, only: SessionSub | None = None) -> None:
-        go = self.conn is not None and self.writable and not self.ended
-        for ssub in (only,) if only is not None else self.subs.values():
-            if go and ssub.held <= 0:
-                ssub.ready.set()
-            else:
-                ssub.ready.clear()
+        for ssub in (only,) if only is not None else tuple(self.subs.values()):
+            queue = ssub.queue
+            # What the feed queued while the session could not take it goes first, in order.
+            while queue and ssub.held <= 0 and self._go():
+                self.offer(queue.popleft(), ssub)
+            ssub.set_ready(not queue and ssub.held <= 0 and self._go())
             if ssub.group is not None:
                 ssub.group.update()
 
     # -- subscriptions ---------------------------------------------------------------------------
 
     def add_sub(self, ssub: SessionSub) -> None:
-        """Register a new subscription and start its pump."""
+        """Register a new subscription: join its feed (or shared group)."""
         self.subs[ssub.topic_filter] = ssub
-        if ssub.group is None:
-            ssub.task = asyncio.get_running_loop().create_task(self._pump(ssub))
-        else:
-            ssub.group.add(self, ssub)
+        self.server.join_sub(self, ssub)
         self._refresh(ssub)
 
     def remove_sub(self, topic_filter: str) -> SessionSub | None:
-        """Forget a subscription: stop its pump and drop (or give back) its pending messages."""
+        """Forget a subscription: leave its feed and drop (or give back) what it held."""
         ssub = self.subs.pop(topic_filter, None)
         if ssub is None:
             return None
-        if ssub.task is not None:
-            ssub.task.cancel()
+        ssub.set_ready(False)
+        feed = ssub.feed
+        if feed is not None:
+            for message in ssub.queue:
+                feed.release(message)
+            ssub.queue.clear()
         if ssub.journal is not None:  # what is in flight stays stored until it completes
             ssub.journal.close({id(i.message) for i in self.inflight.values() if i.ssub is ssub})
         if ssub.held:
@@ -324,34 +526,14 @@ class Session:
                 if entry[1] is ssub:
                     if ssub.group is not None:
                         ssub.sub.redeliver(entry[0])
+                    elif feed is not None:
+                        feed.release(entry[0])
                 else:
                     keep.append(entry)
             self.pending = keep
             ssub.held = 0
         self.server.release_sub(self, ssub)
         return ssub
-
-    async def _pump(self, ssub: SessionSub) -> None:
-        sub = ssub.sub
-        ready = ssub.ready
-        while True:
-            if not ready.is_set():
-                await ready.wait()
-                continue
-            try:
-                message = await sub.aget()
-            except SubscriptionClosedError:
-                if self.subs.get(ssub.topic_filter) is ssub and not self.ended:
-                    self.server.subscription_lost(self, ssub)
-                return
-            if self.ended or self.subs.get(ssub.topic_filter) is not ssub:
-                if ssub.group is not None:
-                    sub.redeliver(message)
-                return
-            try:
-                self.offer(message, ssub)
-            except Exception:  # a bug must not kill the pump silently
-                log.exception("mqtt: delivering %r to %r failed", message.id, self.client_id)
 
     # -- delivery --------------------------------------------------------------------------------
 
@@ -387,7 +569,9 @@ class Session:
         if self.conn is None or (qos and (self.pending or len(self.inflight) >= self.window)):
             self.pending.append((message, ssub, qos, retain, ids))
             ssub.held += 1
-            self._refresh(ssub)
+            ssub.set_ready(False)
+            if ssub.group is not None:
+                ssub.group.update()
             return
         self._send(message, out, ssub, qos, retain, ids)
 
@@ -470,14 +654,23 @@ class Session:
 
     def _settle(self, message: Message, ssub: SessionSub | None) -> None:
         """The message is done: out of the store; the ack plugin hears of an ack-required one."""
-        if ssub is not None:
-            journal = ssub.journal if ssub.group is None else ssub.group.journal
-            if journal is not None:
-                journal.forget(message)
+        _forget(message, ssub)
         ack_id = getattr(message, "ack_id", "")
-        if ack_id and ssub is not None and self.server.acks:
+        if ack_id and ssub is not None and ssub.group is not None and self.server.acks:
             with contextlib.suppress(MQError):
                 ssub.sub.ack(ack_id)
+
+    def drop(self, message: Message, ssub: SessionSub, reason: str) -> None:
+        """A subscription's full queue dropped ``message`` (``reason``: the policy).
+
+        Counted through ``mqkit_drop`` (no subscription: the gateway had taken the message
+        from the feed), so the metrics count it as dropped for its topic.
+        """
+        _forget(message, ssub)
+        server = self.server
+        hooks = server.hooks
+        if hooks.drop_on:
+            hooks.drop(server.broker, None, message, reason)
 
     # -- acknowledgements from the client --------------------------------------------------------
 
@@ -542,16 +735,23 @@ class Session:
         found += [entry[0] for entry in self.pending]
         for ssub in self.subs.values():
             if ssub.group is None:
-                found += ssub.sub.buffered()
+                found += ssub.queue
+                found += ssub.sub.buffered()  # the feed's buffer: the tail of every member's
         return found
 
 
 def _forget(message: Message, ssub: SessionSub | None) -> None:
-    """``message`` is done for the session: out of the subscription's stored queue."""
+    """``message`` is done for the session: out of the subscription's stored queue.
+
+    The last member of a feed done with an ack-required message acknowledges it to the broker.
+    """
     if ssub is not None:
         journal = ssub.journal if ssub.group is None else ssub.group.journal
         if journal is not None:
             journal.forget(message)
+        feed = ssub.feed
+        if feed is not None:
+            feed.release(message)
 
 
 def _pubrel(packet_id: int) -> bytes:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from mqkit.protocols.mqtt.server import Server
     from mqkit.protocols.mqtt.session import InFlight, Session, SessionSub
 
-__all__ = ["GroupJournal", "Journal", "SessionStore"]
+__all__ = ["FeedJournals", "GroupJournal", "Journal", "SessionStore"]
 
 log = logging.getLogger("mqkit.mqtt")
 
@@ -220,6 +220,32 @@ class Journal:
                 self.flights.discard(seq)
                 keys.append(("i", owner, seq))
         self.store.delete(*keys)
+
+
+class FeedJournals:
+    """The filter of a feed's broker subscription: the journals of its persistent members.
+
+    It runs in the publishing thread before a message enters the feed's buffer, and stores the
+    message for every member that keeps it (:class:`Journal`) before the publish returns. The
+    gateway's ``mqkit_drop`` calls :meth:`forget` for a message the feed's buffer dropped.
+    """
+
+    __slots__ = ("journals",)
+
+    def __init__(self) -> None:
+        self.journals: tuple[Journal, ...] = ()
+        """The members' journals (replaced whole as members come and go: publishers read it)."""
+
+    def __call__(self, message: Message) -> bool:
+        """Store ``message`` for each member that keeps it; let it in."""
+        for journal in self.journals:
+            journal(message)
+        return True
+
+    def forget(self, message: Message) -> None:
+        """The feed's buffer dropped ``message``: out of every member's stored queue."""
+        for journal in self.journals:
+            journal.forget(message)
 
 
 class GroupJournal(Journal):

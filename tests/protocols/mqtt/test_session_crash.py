@@ -421,6 +421,39 @@ def test_messages_the_subscription_dropped_do_not_come_back(
     nothing_more(back, clients(child.address, "pub-after"), "orders/end")
 
 
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [("drop_oldest", list(range(COUNT - 5, COUNT))), ("drop_newest", list(range(5)))],
+)
+def test_an_offline_sessions_queue_keeps_its_bound_while_another_client_reads(
+    brokers: Any, clients: Any, policy: str, kept: list[int]
+) -> None:
+    """The filter's broker subscription is drained for a reader; the offline session's own
+    queue drops under its policy, and what it dropped does not come back after a SIGKILL."""
+    config = {"mqtt_max_queued_messages": 5, "mqtt_backpressure": policy}
+    child = brokers(**config)
+    with Raw(child.address.pair, 4) as raw:
+        raw_connect(raw, "bounded", 4)
+        req = codec.SubscriptionRequest(topic_filter="orders/#", qos=1)
+        raw.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode(4))
+        assert isinstance(raw.packet(), codec.SubAck)
+        raw.send(codec.Disconnect().encode(4))
+        assert raw.closed()
+    reader = clients(child.address, "reader")
+    reader.subscribe("orders/#", 1)
+    pub = clients(child.address, "pub")
+    for i in range(COUNT):
+        pub.publish(f"orders/{i}", f"order {i}".encode(), 1)
+        assert reader.get().payload == f"order {i}".encode()  # it keeps up, one at a time
+    child.kill()
+
+    child = brokers(**config)
+    back = clients(child.address, "bounded", version=4, clean=False)
+    assert back.connack is not None and back.connack[0].session_present
+    assert [back.get().payload for _ in kept] == [f"order {i}".encode() for i in kept]
+    nothing_more(back, clients(child.address, "pub-after"), "orders/end")
+
+
 def test_a_message_that_expired_while_the_broker_was_down_is_not_sent(
     brokers: Any, clients: Any
 ) -> None:
