@@ -146,6 +146,9 @@ class Hooks:
         no publish/accept/published hook, lazy buffer or admission for the class)."""
         self.loud: set[type] = set()
         """Message classes found not quiet (so that the broker asks once)."""
+        self.drop_idle: set[type] = set()
+        """Message classes whose drops from a subscription's buffer call no ``mqkit_drop``
+        implementation (drops without a subscription reach every one)."""
         self.take_idle: set[type] = set()
         """Message classes for which neither ``mqkit_deliver`` nor ``mqkit_delivered`` calls an
         implementation (filled in by subscriptions as they find out)."""
@@ -159,6 +162,7 @@ class Hooks:
             "mqkit_delivered": self.delivered_idle,
             "mqkit_accept": self.accept_idle,
             "mqkit_published": set(),  # not tested by the broker: the facade narrows it
+            "mqkit_drop": self.drop_idle,
         }
         narrowed: dict[str, _ByClass | None] = {}
         for name, idle_classes in idle.items():
@@ -180,6 +184,7 @@ class Hooks:
         self._delivered_by_class = narrowed["mqkit_delivered"]
         self._accept_by_class = narrowed["mqkit_accept"]
         self._published_by_class = narrowed["mqkit_published"]
+        self._drop_by_class = narrowed["mqkit_drop"]
         self.impls = table
         """Compiled implementations per hook name (read-only; for tests and tooling)."""
         self._broker_start = table["mqkit_broker_start"]
@@ -436,8 +441,23 @@ class Hooks:
     def drop(
         self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
     ) -> None:
-        """Fire ``mqkit_drop``."""
-        self._notify("mqkit_drop", self._drop, broker, subscription, message, reason)
+        """Fire ``mqkit_drop`` (and the subscription's ``Taps.dropped``).
+
+        A drop from a subscription's buffer skips the implementations narrowed away from the
+        message's class (:func:`~mqkit.core.hookspecs.for_messages`); a drop without a
+        subscription (a lost dead letter, a message a gateway cannot send) reaches every one.
+        """
+        impls = self._drop
+        if subscription is not None:
+            for dropped in subscription._drop_taps:
+                try:
+                    dropped(subscription, message, reason)
+                except Exception as exc:
+                    self._report("taps of subscription", "mqkit_drop", exc)
+            by_class = self._drop_by_class
+            if by_class is not None:
+                impls = by_class[message.__class__]
+        self._notify("mqkit_drop", impls, broker, subscription, message, reason)
 
     def deliver(self, broker: Broker, subscription: Subscription, message: Message) -> bool:
         """Fire ``mqkit_deliver``; False when a plugin withholds the message."""

@@ -29,6 +29,9 @@ may say so with :func:`for_messages`: the facade then skips it for the other cla
 a call (the answer is cached per class until the configuration or the plugin set changes).
 ``mqkit_accept`` and ``mqkit_published`` are narrowed the same way when a call carries one
 message (``publish``); a call with several (a batch, a commit) reaches every implementation.
+``mqkit_drop`` is narrowed for drops from a subscription's buffer; a drop without a
+subscription (a lost dead letter, a message a gateway cannot send) reaches every
+implementation.
 
 A message's path: ``publish`` → :func:`mqkit_publish` (check, or take over) →
 :func:`mqkit_accept` (store) → buffered in each matching subscription (or :func:`mqkit_drop`) →

@@ -216,6 +216,9 @@ class Taps:
       from the buffer (a message is sampled when it is handed out: a withheld one passes the
       turn to the next); ``weight`` is how many takes the sample stands for (1, then
       :data:`SAMPLE_EVERY`). A latency sampler.
+    - ``dropped(subscription, message, reason)``: called for every message this subscription
+      drops (the reasons of ``mqkit_drop``), before the hook - a plugin that cares about the
+      drops of its own subscriptions only needs no ``mqkit_drop`` call for everybody's.
     - ``meter``: keep the bytes of this subscription's buffer (``Subscription.buffered_bytes``
       and ``Broker.buffered_bytes()``); takes then pop under the subscription's lock.
     """
@@ -223,6 +226,7 @@ class Taps:
     withhold: Callable[[Subscription, Message], bool] | None = None
     max_age: float | None = None
     sample: Callable[[Subscription, Message, int], None] | None = None
+    dropped: Callable[[Subscription, Message, str], None] | None = None
     meter: bool = False
 
 
@@ -231,6 +235,8 @@ _NEVER: Final = 1 << 62
 """The sample countdown of a subscription without a sampler: it never runs out."""
 
 _DROP_NEWEST: Final = Backpressure.DROP_NEWEST.value
+_OLDEST: Final = Backpressure.DROP_OLDEST
+_OLDEST_REASON: Final = Backpressure.DROP_OLDEST.value
 """The drop reason of a new message that never entered a full buffer (see ``mqkit_drop``)."""
 
 _NO_MESSAGES: Final[Buffer] = FifoBuffer()
@@ -333,6 +339,7 @@ class Subscription:
         self._withhold = ()
         self._clock_time = broker.clock.time
         self._samplers: tuple[Callable[[Subscription, Message, int], None], ...] = ()
+        self._drop_taps: tuple[Callable[[Subscription, Message, str], None], ...] = ()
         self._countdown = _NEVER
         self._sampled = 0
         self._take_on = False
@@ -532,14 +539,17 @@ class Subscription:
         with self._lock:
             self._left += 1
         hooks = self._broker._hooks
-        if hooks.drop_on:
+        if hooks.drop_on or self._drop_taps:
             hooks.drop(self._broker, self, message, "withheld")
 
     def _pop_or_enlist(self, remaining: float | None, waiter: _W) -> Message | _W:
         """Under the lock: pop a message, raise (closed, or out of time), or enlist ``waiter``."""
         with self._lock:
             if self._buf:
-                return self._pop_locked()
+                try:
+                    return self._pop_locked()
+                except IndexError:  # a lock-free consumer took the last one since the look
+                    pass
             if self._closed:
                 raise SubscriptionClosedError.because(f"subscription to {self.topic!r}")
             if remaining is not None and remaining <= 0:
@@ -677,11 +687,40 @@ class Subscription:
                 if self._waiters:
                     self._wake_one()
                 return True
+            if self._policy is not _OLDEST:
+                dropped = None  # the other policies: below, without the lock held
+            else:  # full, DROP_OLDEST: make room under the same lock (the common overflow)
+                try:
+                    dropped = buf.evict(message)
+                except IndexError:  # consumers emptied the buffer since the length was read
+                    dropped = None
+                if dropped is not message:
+                    if dropped is not None:
+                        self._dropped += 1
+                        self._left += 1
+                        if self._metered:
+                            self._meter(dropped, -1)
+                    buf.append(message)
+                    self._received += 1
+                    if self._metered:
+                        self._meter(message, 1)
+                    if self._waiters:
+                        self._wake_one()
+                else:
+                    self._dropped += 1
         finally:
             lock.release()
-        return self._overflow(message)
+        if self._policy is not _OLDEST:
+            return self._overflow(message)
+        if dropped is not None and (self._drop_taps or self._broker._hooks.drop_on):
+            # A buffer that drops the new message under DROP_OLDEST (a priority buffer whose new
+            # message ranks lowest) did not evict anything: the new message never entered.
+            reason = _DROP_NEWEST if dropped is message else _OLDEST_REASON
+            self._broker._hooks.drop(self._broker, self, dropped, reason)
+        return dropped is not message
 
     def _overflow(self, message: Message) -> bool:
+        """The policies other than ``DROP_OLDEST`` on a full buffer."""
         policy = self._policy
         dropped: Message | None = None
         close = False
@@ -691,8 +730,6 @@ class Subscription:
             buf = self._buf
             if len(buf) < self._cap:  # a consumer made room meanwhile
                 dropped = None
-            elif policy is Backpressure.DROP_OLDEST:
-                dropped = buf.evict(message)
             elif policy is Backpressure.BLOCK_WITH_TIMEOUT:
                 if not self._wait_for_space():
                     dropped = message
@@ -713,14 +750,8 @@ class Subscription:
                     self._meter(message, 1)
                 if self._waiters:
                     self._wake_one()
-        if dropped is not None:
-            hooks = self._broker._hooks
-            if hooks.drop_on:
-                # A buffer that drops the new message under DROP_OLDEST (a priority buffer whose
-                # new message ranks lowest) did not evict anything: the new message never entered.
-                rejected = dropped is message and policy is Backpressure.DROP_OLDEST
-                reason = _DROP_NEWEST if rejected else policy.value
-                hooks.drop(self._broker, self, dropped, reason)
+        if dropped is not None and (self._drop_taps or self._broker._hooks.drop_on):
+            self._broker._hooks.drop(self._broker, self, dropped, policy.value)
         if close:
             self.cancel()
         return entered
@@ -792,6 +823,7 @@ class Subscription:
         hooks = self._broker._hooks
         withhold = tuple((t.max_age, t.withhold) for t in taps if t.withhold is not None)
         samplers = tuple(t.sample for t in taps if t.sample is not None)
+        self._drop_taps = tuple(t.dropped for t in taps if t.dropped is not None)
         meter = any(t.meter for t in taps)
         with self._lock:
             self._withhold = withhold
