@@ -345,6 +345,8 @@ class Subscription:
         self._take_on = False
         self._take_idle: set[type] | frozenset[type] = frozenset()
         self._ranked = True
+        self._ring = options.policy is _OLDEST
+        """A FIFO under DROP_OLDEST, unmetered and without drop taps: ``_put``'s shortest way."""
 
     # -- consumers -------------------------------------------------------------------------------
 
@@ -667,10 +669,8 @@ class Subscription:
         lock = self._lock
         lock.acquire()
         try:
-            if self._closed:
-                return False
             buf = self._buf
-            if len(buf) < self._cap:
+            if len(buf) < self._cap and not self._closed:
                 buf.append(message)
                 self._received += 1
                 if self._metered:  # _meter(message, 1), inlined
@@ -687,11 +687,25 @@ class Subscription:
                 if self._waiters:
                     self._wake_one()
                 return True
-            if self._policy is not _OLDEST:
+            if self._closed:
+                return False
+            if self._ring:  # a full FIFO under DROP_OLDEST, unmetered: the common overflow
+                try:
+                    dropped = buf.popleft()
+                except IndexError:  # consumers emptied the buffer since the length was read
+                    dropped = None
+                else:
+                    self._dropped += 1
+                    self._left += 1
+                buf.append(message)
+                self._received += 1
+                if self._waiters:
+                    self._wake_one()
+            elif self._policy is not _OLDEST:
                 dropped = None  # the other policies: below, without the lock held
             else:  # full, DROP_OLDEST: make room under the same lock (the common overflow)
-                try:
-                    dropped = buf.evict(message)
+                try:  # FifoBuffer.evict, inlined
+                    dropped = buf.popleft() if buf.__class__ is FifoBuffer else buf.evict(message)
                 except IndexError:  # consumers emptied the buffer since the length was read
                     dropped = None
                 if dropped is not message:
@@ -712,11 +726,13 @@ class Subscription:
             lock.release()
         if self._policy is not _OLDEST:
             return self._overflow(message)
-        if dropped is not None and (self._drop_taps or self._broker._hooks.drop_on):
-            # A buffer that drops the new message under DROP_OLDEST (a priority buffer whose new
-            # message ranks lowest) did not evict anything: the new message never entered.
-            reason = _DROP_NEWEST if dropped is message else _OLDEST_REASON
-            self._broker._hooks.drop(self._broker, self, dropped, reason)
+        if dropped is not None:
+            hooks = self._broker._hooks
+            if self._drop_taps or (hooks.drop_on and dropped.__class__ not in hooks.drop_idle):
+                # A buffer that drops the new message under DROP_OLDEST (a priority buffer whose
+                # new message ranks lowest) did not evict anything: it never entered.
+                reason = _DROP_NEWEST if dropped is message else _OLDEST_REASON
+                hooks.drop(self._broker, self, dropped, reason)
         return dropped is not message
 
     def _overflow(self, message: Message) -> bool:
@@ -791,6 +807,7 @@ class Subscription:
 
     def _set_buffer(self, buffer: Buffer) -> None:
         self._buf = buffer
+        self._ring = self._ring and type(buffer) is FifoBuffer
 
     def _rank(self) -> None:
         """Move to the buffer a plugin supplies, now that a message needs it (``_ranked``).
@@ -814,6 +831,7 @@ class Subscription:
                 except IndexError:
                     break
             self._buf = buffer
+            self._ring = False
 
     def _configure(self, taps: Sequence[Taps]) -> None:
         """Apply the taps plugins asked for and the broker's current hooks.
@@ -842,6 +860,12 @@ class Subscription:
                 self._broker._add_bytes(-self._bytes)
                 self._bytes = 0
                 self._metered = False
+            self._ring = (
+                self._policy is _OLDEST
+                and type(self._buf) is FifoBuffer
+                and not self._metered
+                and not self._drop_taps
+            )
 
     # -- plugin API --------------------------------------------------------------------------------
 
@@ -995,6 +1019,11 @@ class Subscription:
         consumers are quiet.
         """
         return max(0, self._received + self._requeued - self._left - len(self._buf))
+
+    @property
+    def dropped(self) -> int:
+        """Messages this subscription dropped under its backpressure policy (plugin API)."""
+        return self._dropped
 
     @property
     def buffered_bytes(self) -> int:

@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 from mqkit.core.broker import Broker
+from mqkit.core.config import Config
 from mqkit.core.errors import MQError
 from mqkit.core.features import MetricsFeature
-from mqkit.core.hookspecs import hookimpl
+from mqkit.core.hookspecs import for_messages, hookimpl
 from mqkit.core.message import Message, posix_time
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.shards import ThreadShards
@@ -50,6 +51,14 @@ _FIELDS = (
  _NACKED, _REDELIVERED, _DEAD_LETTERED, _ERRORS) = range(len(_FIELDS))  # fmt: skip
 _POLICIES = frozenset(p.value for p in Backpressure)
 _COUNTED_DROPS = _POLICIES | {"unsendable"}  # and what a gateway could not send a client
+
+
+def _no_class(cls: type[Message], config: Config) -> bool:
+    """No class: a subscription counts its own drops (read from it, not reported per drop).
+
+    Drops without a subscription reach ``mqkit_drop`` whatever the class.
+    """
+    return False
 
 
 def _percentile(ordered: Sequence[float], q: float) -> float:
@@ -107,10 +116,10 @@ class MetricsPlugin(MetricsFeature):
         self._last_error = ""
         self._broker: Broker | None = None
         self._taps = Taps(sample=self._sample)
-        # Live subscriptions and the ``delivered`` each had when counting began; the counts
-        # of cancelled ones, by key.
-        self._subs: dict[Subscription, int] = {}
-        self._retired: dict[str, int] = {}
+        # Live subscriptions and the (delivered, dropped) each had when counting began; the
+        # counts of cancelled ones, by key.
+        self._subs: dict[Subscription, tuple[int, int]] = {}
+        self._retired: dict[str, list[int]] = {}
 
     @property
     def shards(self) -> ThreadShards[_Shard]:
@@ -134,7 +143,7 @@ class MetricsPlugin(MetricsFeature):
         self._broker = broker
         with self._lock:
             for sub in broker.subscriptions():
-                self._subs.setdefault(sub, sub.delivered)
+                self._subs.setdefault(sub, (sub.delivered, sub.dropped))
 
     @hookimpl
     def mqkit_broker_close(self) -> None:
@@ -151,7 +160,7 @@ class MetricsPlugin(MetricsFeature):
     def mqkit_subscribe(self, subscription: Subscription) -> None:
         """Count a new subscription's hand-outs."""
         with self._lock:
-            self._subs.setdefault(subscription, 0)
+            self._subs.setdefault(subscription, (0, 0))
 
     @hookimpl
     def mqkit_unsubscribe(self, subscription: Subscription) -> None:
@@ -159,8 +168,9 @@ class MetricsPlugin(MetricsFeature):
         with self._lock:
             start = self._subs.pop(subscription, None)
             if start is not None:
-                key = subscription.topic
-                self._retired[key] = self._retired.get(key, 0) + subscription.delivered - start
+                row = self._retired.setdefault(subscription.topic, [0, 0])
+                row[0] += subscription.delivered - start[0]
+                row[1] += subscription.dropped - start[1]
 
     def _sample(self, subscription: Subscription, message: Message, weight: int) -> None:
         """A latency sample (``Taps.sample``) standing for ``weight`` hand-outs."""
@@ -182,11 +192,16 @@ class MetricsPlugin(MetricsFeature):
             shard.latency_max = latency
 
     @hookimpl
+    @for_messages(_no_class)
     def mqkit_drop(
         self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
     ) -> None:
-        """Count drops by a backpressure policy, and messages a gateway could not send."""
-        if reason in _COUNTED_DROPS:
+        """Count a message a gateway could not send.
+
+        A subscription's own drops are read from its counters: narrowed away from every class,
+        only drops without a subscription come here.
+        """
+        if subscription is None and reason in _COUNTED_DROPS:
             self._count(message.topic, _DROPPED)
 
     @hookimpl
@@ -249,12 +264,16 @@ class MetricsPlugin(MetricsFeature):
             for topic, routed in broker.published_counts().items():
                 rows.setdefault(topic, [0] * len(_FIELDS))[_PUBLISHED] += routed
         with self._lock:
-            delivered = dict(self._retired)
-            for sub, start in self._subs.items():
-                delivered[sub.topic] = delivered.get(sub.topic, 0) + sub.delivered - start
-        for topic, handed in delivered.items():
-            if handed:
-                rows.setdefault(topic, [0] * len(_FIELDS))[_DELIVERED] += handed
+            counted = {key: list(row) for key, row in self._retired.items()}
+            for sub, (delivered, dropped) in self._subs.items():
+                row = counted.setdefault(sub.topic, [0, 0])
+                row[0] += sub.delivered - delivered
+                row[1] += sub.dropped - dropped
+        for topic, (handed, lost) in counted.items():
+            if handed or lost:
+                row = rows.setdefault(topic, [0] * len(_FIELDS))
+                row[_DELIVERED] += handed
+                row[_DROPPED] += lost
         totals = [sum(row[i] for row in rows.values()) for i in range(len(_FIELDS))]
         topics = {
             topic: TopicMetrics(

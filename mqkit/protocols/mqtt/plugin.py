@@ -31,7 +31,7 @@ from mqkit.core.features import ProtocolFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
 from mqkit.core.plugins import PluginInfo
-from mqkit.core.subscription import Subscription
+from mqkit.core.subscription import Subscription, Taps
 from mqkit.protocols.mqtt.auth import Authenticator
 from mqkit.protocols.mqtt.server import KEY_PREFIX, Server
 from mqkit.protocols.mqtt.store import FeedJournals, Journal
@@ -245,12 +245,19 @@ class MQTTPlugin(ProtocolFeature):
             asyncio.run_coroutine_threadsafe(forget(), loop).result(_START_TIMEOUT)
 
     @hookimpl
-    def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
-        """A message a feed's (or group's) buffer dropped leaves the stored queues."""
-        if subscription is not None:
-            journal = subscription.options.filter
-            if isinstance(journal, Journal | FeedJournals):
-                journal.forget(message)
+    def mqkit_subscription_taps(self, subscription: Subscription) -> Taps | None:
+        """A feed's (or group's) journalled subscription: what its buffer drops leaves the queues.
+
+        A tap on that subscription only: no ``mqkit_drop`` call for everybody's drops.
+        """
+        journal = subscription.options.filter
+        if not isinstance(journal, Journal | FeedJournals):
+            return None
+
+        def dropped(subscription: Subscription, message: Message, reason: str) -> None:
+            journal.forget(message)
+
+        return Taps(dropped=dropped)
 
     @hookimpl
     def mqkit_health(self) -> list[str]:
