@@ -418,7 +418,10 @@ class Subscription:
             if len(buf) < self._cap:  # a consumer made room meanwhile
                 dropped = None
             elif policy is Backpressure.DROP_OLDEST:
-                dropped = buf.evict(message)
+                try:
+                    dropped = buf.evict(message)
+                except IndexError:  # lock-free consumers emptied it since the check: room
+                    dropped = None
             elif policy is Backpressure.BLOCK_WITH_TIMEOUT:
                 if not self._wait_for_space():
                     dropped = message
