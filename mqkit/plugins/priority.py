@@ -13,9 +13,9 @@ buffer). The other policies act on the new message, as without priorities.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from mqkit.core.broker import Broker
 from mqkit.core.config import Config
@@ -26,66 +26,169 @@ from mqkit.core.subscription import Subscription
 
 __all__ = ["PriorityBuffer", "PriorityPlugin"]
 
-_Entry = tuple[int, int, Message]  # (-priority, sequence, message)
-_push = heapq.heappush
-_pop = heapq.heappop
+_NORMAL = Priority.NORMAL
+_PRUNE_AT = 8
+"""Empty levels are kept (a level that empties and refills costs nothing) until this many."""
+
+
+def _by_priority(item: tuple[int, deque[Message]]) -> int:
+    return item[0]
 
 
 class PriorityBuffer:
-    """A subscription buffer ordered by (priority descending, arrival ascending).
+    """A subscription buffer: one FIFO ``deque`` per priority level, highest level first.
 
-    ``popleft`` is one ``heapq.heappop`` (a single C call, atomic under the GIL); sequence
-    numbers are unique, so messages themselves are never compared.
+    ``append``, ``appendleft`` and ``popleft`` cost one dict look-up and one deque operation
+    (plus a look at each empty level above the message's); ``evict`` looks at the levels
+    from the lowest up: no cost grows with the number of buffered messages, and a buffered
+    message costs one deque slot (8 bytes).
+
+    Consumers call ``popleft`` without the subscription's lock, while publishers append and
+    evict under it. So the levels are published to consumers as a tuple that is only ever
+    replaced, never changed (a consumer iterates the one it read), a level's deque leaves
+    that tuple only when it is empty, and every removal is one ``deque.popleft``: each message
+    goes to exactly one taker. A level found non-empty and then empty (a consumer took its
+    last message) is simply passed.
     """
 
-    __slots__ = ("_front", "_heap", "_seq")
+    __slots__ = ("_ascending", "_levels", "_prune_at", "_queues")
 
     def __init__(self) -> None:
-        self._heap: list[_Entry] = []
-        self._seq = itertools.count()
-        self._front = itertools.count(-1, -1)
+        self._levels: dict[int, deque[Message]] = {}
+        self._queues: tuple[deque[Message], ...] = ()  # the levels' deques, highest first
+        # (priority, deque) of each level, lowest first: what evict looks through.
+        self._ascending: tuple[tuple[int, deque[Message]], ...] = ()
+        self._prune_at = _PRUNE_AT
 
     def append(self, message: Message, /) -> None:
         """Add a message behind the others of its priority."""
         # message_priority, inlined: this runs for every buffered message.
-        priority: int = getattr(message, "priority", Priority.NORMAL)
-        _push(self._heap, (-priority, next(self._seq), message))
+        priority: int = getattr(message, "priority", _NORMAL)
+        try:
+            self._levels[priority].append(message)
+        except KeyError:
+            self._new_level(priority).append(message)
 
     def appendleft(self, message: Message, /) -> None:
         """Put a message back ahead of the others of its priority (redelivery)."""
-        heapq.heappush(self._heap, (-message_priority(message), next(self._front), message))
+        priority = message_priority(message)
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._new_level(priority)
+        level.appendleft(message)
 
     def popleft(self) -> Message:
-        """Remove and return the highest-priority, oldest message."""
-        return _pop(self._heap)[2]
+        """Remove and return the oldest message of the highest priority present.
+
+        ``IndexError`` when every level is empty. Safe without the lock (see the class).
+        """
+        for level in self._queues:
+            if level:
+                try:
+                    return level.popleft()
+                except IndexError:
+                    pass  # another consumer took its last message: look further down
+        raise IndexError("pop from an empty priority buffer")
 
     def evict(self, incoming: Message, /) -> Message:
-        """Drop the oldest message of the lowest priority present, ``incoming`` included."""
-        heap = self._heap
-        if not heap:
-            raise IndexError("evict from an empty buffer")
-        if -message_priority(incoming) > max(entry[0] for entry in heap):
-            return incoming  # lower than everything buffered: the new message goes
-        victim = max(range(len(heap)), key=lambda i: (heap[i][0], -heap[i][1]))
-        entry = heap[victim]
-        heap[victim] = heap[-1]
-        heap.pop()
-        heapq.heapify(heap)
-        return entry[2]
+        """Drop the oldest message of the lowest priority present, ``incoming`` included.
+
+        Returns ``incoming`` itself when it ranks below everything buffered (it is not
+        buffered). Raises ``IndexError`` when there is nothing to evict because lock-free
+        consumers emptied the lowest level meanwhile: they made room.
+        """
+        for priority, level in self._ascending:
+            if level:
+                # message_priority, inlined (evicting is the hot path of a full buffer).
+                if getattr(incoming, "priority", _NORMAL) < priority:
+                    return incoming  # lower than everything buffered: the new message goes
+                try:
+                    return level.popleft()
+                except IndexError:
+                    break  # a consumer took the last message of this level: there is room
+        raise IndexError("nothing to evict: consumers emptied the buffer")
+
+    def take_front(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """Remove and return, level by level, the leading messages ``predicate`` selects.
+
+        Each level gives up messages from its front while ``predicate`` is true of them and
+        stops at the first it is false of (which stays). The cost is the messages removed plus
+        the number of levels. Called under the subscription's lock while consumers pop: a
+        message is only removed by ``popleft``, and one a consumer's pop made the front meanwhile
+        is judged too and put back if it stays. If ``predicate`` raises, the messages removed
+        so far are put back and nothing is removed.
+        """
+        taken: list[Message] = []
+        starts: list[tuple[deque[Message], int]] = []  # (level, index in taken of its first)
+        try:
+            for level in self._queues:
+                starts.append((level, len(taken)))
+                while True:
+                    try:
+                        head = level[0]
+                    except IndexError:
+                        break
+                    if not predicate(head):
+                        break
+                    try:
+                        got = level.popleft()
+                    except IndexError:
+                        break
+                    if got is not head:  # a consumer took ``head``: judge the new front
+                        try:
+                            stays = not predicate(got)
+                        except BaseException:
+                            level.appendleft(got)
+                            raise
+                        if stays:
+                            level.appendleft(got)
+                            break
+                    taken.append(got)
+        except BaseException:
+            end = len(taken)
+            for level, start in reversed(starts):
+                level.extendleft(reversed(taken[start:end]))
+                end = start
+            raise
+        return taken
 
     def clear(self) -> None:
         """Remove every message."""
-        self._heap.clear()
+        for level in self._queues:
+            level.clear()
+        self._levels = {}
+        self._queues = ()
+        self._ascending = ()
+        self._prune_at = _PRUNE_AT
 
     def __len__(self) -> int:
-        return len(self._heap)
+        queues = self._queues
+        if len(queues) == 1:  # plain messages only: one level
+            return len(queues[0])
+        return sum(map(len, queues))
 
     def __bool__(self) -> bool:
-        return bool(self._heap)
+        return any(self._queues)
 
     def __iter__(self) -> Iterator[Message]:
-        """The messages in delivery order."""
-        return (entry[2] for entry in sorted(self._heap))
+        """The messages in delivery order (a snapshot)."""
+        # One C-level pass (no bytecode runs, so no consumer pops during it).
+        return iter(list(itertools.chain.from_iterable(self._queues)))
+
+    def _new_level(self, priority: int) -> deque[Message]:
+        """Under the lock: add an empty level for ``priority`` and publish the new levels."""
+        levels = self._levels
+        if len(levels) >= self._prune_at:
+            # Forget the empty levels (only publishers fill a level, and they hold the lock).
+            levels = {p: level for p, level in levels.items() if level}
+            self._levels = levels
+            self._prune_at = max(_PRUNE_AT, 2 * (len(levels) + 1))
+        level: deque[Message] = deque()
+        levels[priority] = level
+        ascending = sorted(levels.items(), key=_by_priority)
+        self._ascending = tuple(ascending)
+        self._queues = tuple(level for _, level in reversed(ascending))
+        return level
 
 
 def _ranked(cls: type[Message], config: Config) -> bool:
