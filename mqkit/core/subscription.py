@@ -216,6 +216,9 @@ class Taps:
       from the buffer (a message is sampled when it is handed out: a withheld one passes the
       turn to the next); ``weight`` is how many takes the sample stands for (1, then
       :data:`SAMPLE_EVERY`). A latency sampler.
+    - ``taken(subscription, message)``: called for every message handed out (a counter of
+      what a pattern subscription hands out per topic, say): the costliest tap, one call per
+      message.
     - ``dropped(subscription, message, reason)``: called for every message this subscription
       drops (the reasons of ``mqkit_drop``), before the hook - a plugin that cares about the
       drops of its own subscriptions only needs no ``mqkit_drop`` call for everybody's.
@@ -226,6 +229,7 @@ class Taps:
     withhold: Callable[[Subscription, Message], bool] | None = None
     max_age: float | None = None
     sample: Callable[[Subscription, Message, int], None] | None = None
+    taken: Callable[[Subscription, Message], None] | None = None
     dropped: Callable[[Subscription, Message, str], None] | None = None
     meter: bool = False
 
@@ -340,6 +344,7 @@ class Subscription:
         self._clock_time = broker.clock.time
         self._samplers: tuple[Callable[[Subscription, Message, int], None], ...] = ()
         self._drop_taps: tuple[Callable[[Subscription, Message, str], None], ...] = ()
+        self._taken: tuple[Callable[[Subscription, Message], None], ...] = ()
         self._countdown = _NEVER
         self._sampled = 0
         self._take_on = False
@@ -524,6 +529,8 @@ class Subscription:
             not hooks.delivered_on or cls in hooks.delivered_idle
         ):
             hooks.take_idle.add(cls)  # no hook for this class: the fast path skips the call
+        for taken in self._taken:
+            taken(self, message)
         if self._countdown <= 0:
             samplers = self._samplers
             if samplers:
@@ -842,16 +849,18 @@ class Subscription:
         withhold = tuple((t.max_age, t.withhold) for t in taps if t.withhold is not None)
         samplers = tuple(t.sample for t in taps if t.sample is not None)
         self._drop_taps = tuple(t.dropped for t in taps if t.dropped is not None)
+        taken = tuple(t.taken for t in taps if t.taken is not None)
         meter = any(t.meter for t in taps)
         with self._lock:
             self._withhold = withhold
             self._samplers = samplers
+            self._taken = taken
             if not samplers:
                 self._countdown = _NEVER
             elif self._countdown > SAMPLE_EVERY:  # sampling starts: the next hand-out is sampled
                 self._countdown = 1
-            self._take_on = bool(withhold) or hooks.on_take
-            self._take_idle = frozenset() if withhold else hooks.take_idle
+            self._take_on = bool(withhold or taken) or hooks.on_take
+            self._take_idle = frozenset() if withhold or taken else hooks.take_idle
             if meter and not self._metered and not self._closed:
                 self._metered = True
                 for message in list(self._buf):  # list(deque): one C call, no mutation seen

@@ -261,16 +261,19 @@ def test_sampled_latency_stays_within_a_few_percent_on_a_steady_stream(
     assert metrics.max_latency == pytest.approx(max(exact), rel=0.03)  # sampled too
 
 
-def test_delivered_counts_under_the_subscription_key(make_broker) -> None:
-    """A pattern subscription's hand-outs count under its pattern (as its subscribers do)."""
+def test_a_pattern_subscription_counts_under_each_message_topic(make_broker) -> None:
+    """An exact subscription's counts are read from it; a pattern's are counted per topic."""
     broker = make_broker("metrics")
-    everything = broker.subscribe_pattern("t.*")
+    everything = broker.subscribe_pattern("t.*", SubOptions(buffer_size=1))
+    exact = broker.subscribe("t.a", SubOptions(buffer_size=1))
     broker.publish("t.a", Message("1"))
-    broker.publish("t.b", Message("2"))
+    broker.publish("t.b", Message("2"))  # the pattern's buffer of one drops "1"
     drain(everything)
+    drain(exact)
     metrics = broker.metrics()
-    assert metrics.topics["t.a"] == TopicMetrics(published=1)
-    assert metrics.topics["t.*"] == TopicMetrics(delivered=2, subscribers=1)
-    assert metrics.total_delivered == 2
+    assert metrics.topics["t.a"] == TopicMetrics(published=1, delivered=1, dropped=1, subscribers=1)
+    assert metrics.topics["t.b"] == TopicMetrics(published=1, delivered=1)
+    assert (metrics.total_delivered, metrics.total_dropped) == (2, 1)
+    exact.cancel()
     everything.cancel()
-    assert broker.metrics().topics["t.*"] == TopicMetrics(delivered=2)  # kept at the cancel
+    assert broker.metrics().topics["t.a"] == TopicMetrics(published=1, delivered=1, dropped=1)
