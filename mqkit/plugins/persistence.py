@@ -48,6 +48,7 @@ store entry, written in one store transaction: storing it costs one write, not o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import heapq
@@ -55,6 +56,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -100,6 +102,17 @@ _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _IN_DATABASE = 1 << 30  # diskcache keeps values smaller than this in SQLite, not in files
+# The rows diskcache writes for a text key (raw = 1) with a text value kept in the database
+# (size 0, mode 1: MODE_RAW, no file), no tag, never read yet.
+_INSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
+    " mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
+)
+_INSERT_TOMBSTONE = (
+    "INSERT OR IGNORE INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
+)
+_DELETE = "DELETE FROM Cache WHERE key = ? AND raw = 1"
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
 
 
@@ -758,21 +771,34 @@ class PersistencePlugin(PersistenceFeature):
         expire: float | None = None,
         reserved: int = 0,
     ) -> None:
-        """Write ``ops`` (deletes and tombstones), the high-water mark and an entry: one commit."""
-        if not ops and not reserved:
-            if entry is not None:
-                cache.set(entry, text, expire=expire)
-            return
-        with cache.transact():
+        """Write ``ops`` (deletes and tombstones), the high-water mark and an entry: one commit.
+
+        On this thread's connection to diskcache's database, in a transaction of its own
+        (``BEGIN IMMEDIATE``, as ``Cache.transact``), the rows ``Cache.set`` and
+        ``Cache.delete`` write for a text key and a text value kept in the database
+        (``MODE_RAW``), without their lookup of an existing row: an entry's key is new (its
+        sequence number was never used), and a tombstone is written once (``OR IGNORE``: the
+        same row again is no harm). Any failure rolls the whole transaction back.
+        """
+        sql = cache._sql
+        sql("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
             for op, tombstone in ops:
                 if tombstone:
-                    cache.set(op, _TOMBSTONE)
+                    sql(_INSERT_TOMBSTONE, (op, now, now, _TOMBSTONE))
                 else:
-                    cache.delete(op)
+                    sql(_DELETE, (op,))
             if reserved:
                 self._write_reserved(cache, reserved)
             if entry is not None:
-                cache.set(entry, text, expire=expire)
+                expire_time = None if expire is None else now + expire
+                sql(_INSERT, (entry, now, expire_time, now, text))
+            sql("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                sql("ROLLBACK")
+            raise
 
     def _committed(
         self, broker: Broker | None, jobs: list[_Job], first: int, error: BaseException | None
