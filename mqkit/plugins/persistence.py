@@ -381,6 +381,7 @@ class PersistencePlugin(PersistenceFeature):
         self._arrived = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)  # leading ended (close waits for it)
         self._deferred: list[tuple[str, bool]] = []  # (entry text, True: set a tombstone)
+        self._deferred_at = 0.0  # when the oldest of them was deferred (monotonic)
         self._flush_timer: TimerHandle | None = None
         self._cache: diskcache.Cache | None = None
         self._store_lock: StoreLock | None = None
@@ -842,17 +843,27 @@ class PersistencePlugin(PersistenceFeature):
         doomed: list[_Key] = []
         for topic in topics:
             doomed += self._expired(broker, topic)
-        self._deferred += self._delete_ops(doomed)
+        self._defer(self._delete_ops(doomed))
 
     def _flush(self) -> None:
         """Write the deferred deletes now (joining a group commit under way, if any)."""
         self._commit(_Job((), [], "", None, []))
 
     def _flush_due(self) -> None:
-        """The flush timer: write the deferred deletes unless a group commit takes them."""
+        """The flush timer: write the deferred deletes that waited ``_FLUSH_DELAY``.
+
+        Deletes deferred since the timer was armed (writes took the earlier ones) wait on: the
+        timer is armed again for the oldest of them. While writes come often, they take every
+        delete along and the timer never writes (nor competes with them for the store).
+        """
         with self._lock:
             self._flush_timer = None
-            if self._leading or not self._deferred or self._cache is None:
+            broker = self._broker
+            if self._leading or not self._deferred or broker is None:
+                return  # a group commit under way takes them, or re-arms the timer
+            wait = self._deferred_at + _FLUSH_DELAY - broker.clock.monotonic()
+            if wait > 0:
+                self._flush_timer = broker.timers.call_later(wait, self._flush_due)
                 return
             self._leading = True
         self._lead()
@@ -862,6 +873,8 @@ class PersistencePlugin(PersistenceFeature):
         if not ops or self._cache is None:
             return False
         deferred = self._deferred
+        if not deferred and self._broker is not None:
+            self._deferred_at = self._broker.clock.monotonic()
         deferred += ops
         if not self._leading and self._flush_timer is None and self._broker is not None:
             self._flush_timer = self._broker.timers.call_later(_FLUSH_DELAY, self._flush_due)
