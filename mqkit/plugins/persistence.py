@@ -741,7 +741,10 @@ class PersistencePlugin(PersistenceFeature):
         text = ""
         expire: float | None = None
         reserved = 0
-        stored = [job for job in jobs if job.identities]  # not the flushes
+        if len(jobs) == 1:  # no group
+            stored = jobs if jobs[0].identities else []
+        else:
+            stored = [job for job in jobs if job.identities]  # not the flushes
         count = sum(len(job.identities) for job in stored)
         if count:
             if count == 1:
@@ -819,9 +822,22 @@ class PersistencePlugin(PersistenceFeature):
                     job.error.__cause__ = error
             return
         assert broker is not None
+        now = broker.clock.monotonic()
+        if len(jobs) == 1 and len(jobs[0].identities) == 1:  # a message alone (no group)
+            job = jobs[0]
+            job.done = True
+            key = (first, *job.identities[0])
+            self._seq = first + 1
+            for pin in job.replayed:
+                pin.routing += 1
+            self._remember((key,), now, 1)
+            set_store_seq(job.messages[0], first)
+            expired = self._expired(broker, key[1])
+            if expired:
+                self._defer(self._delete_ops(expired))
+            return
         count = sum(len(job.identities) for job in jobs)
         self._seq = first + count
-        now = broker.clock.monotonic()
         batch = _Batch(first, count, count) if count > 1 else None
         seq = first
         topics: set[str] = set()
@@ -843,7 +859,8 @@ class PersistencePlugin(PersistenceFeature):
         doomed: list[_Key] = []
         for topic in topics:
             doomed += self._expired(broker, topic)
-        self._defer(self._delete_ops(doomed))
+        if doomed:
+            self._defer(self._delete_ops(doomed))
 
     def _flush(self) -> None:
         """Write the deferred deletes now (joining a group commit under way, if any)."""
@@ -1015,8 +1032,8 @@ class PersistencePlugin(PersistenceFeature):
     def _remove(self, keys: Iterable[_Key]) -> bool:
         """Under the lock: settle ``keys``; their deletes are deferred (True: flush them now)."""
         doomed = [key for key in keys if self._forget(key)]
-        for topic in {key[1] for key in doomed}:
-            self._trim(topic)
+        for topic in {key[1] for key in doomed if not key[4] & _PINNED}:
+            self._trim(topic)  # (a pinned key is not in the index: nothing to trim)
         return self._defer(self._delete_ops(doomed))
 
     def _delete_ops(self, keys: list[_Key], texts: Sequence[str] = ()) -> list[tuple[str, bool]]:
@@ -1025,9 +1042,11 @@ class PersistencePlugin(PersistenceFeature):
         Each is ``(entry text, tombstone)``: a message stored alone is deleted; a batch member
         gets a tombstone, unless it was the batch's last: then the batch and its tombstones go.
         """
+        batches = self._batches
+        if len(keys) == 1 and not texts and keys[0][0] not in batches:  # one stored alone
+            return [(_key_text(keys[0]), False)]
         ops = [(text, False) for text in texts]
         touched: dict[int, tuple[_Batch, list[int]]] = {}
-        batches = self._batches
         for key in keys:
             batch = batches.pop(key[0], None)
             if batch is None:
