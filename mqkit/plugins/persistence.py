@@ -6,6 +6,15 @@ store's transaction committed (SQLite in WAL mode: a process killed at any insta
 message whose publish returned). A batch (``publish_batch``, a committed transaction) is one
 store entry, written in one store transaction: storing it costs one write, not one per message.
 
+- **Group commit.** Concurrent calls share a store transaction: the first to arrive leads and
+  writes everything queued by then (several calls' messages as one batch entry), the others
+  wait for the commit holding theirs. A failed commit fails every call in it and stores none
+  of them; a message that cannot be encoded fails its own call before it joins one.
+- **Deferred deletes.** A settled or retired entry leaves the index at once; its delete joins
+  the next store write, else a timer writes it ``_FLUSH_DELAY`` later, or ``_FLUSH_AT`` waiting
+  deletes are written at once, or ``close()`` writes them. A crash can bring back a message
+  whose delete was not written yet (at least once); none leaves the disk before it settled.
+
 - **Order and recovery.** Each stored message gets its own sequence number, its identity in the
   store: two publishes are two stored messages, whatever their ids and however close in time.
   The numbers only grow, across restarts too (the store keeps a high-water mark, written once
