@@ -664,18 +664,29 @@ class PersistencePlugin(PersistenceFeature):
         none of them.
         """
         with self._lock:
-            if self._cache is None:
+            cache = self._cache
+            if cache is None:
                 raise PersistenceError.because("the store is closed")
-            self._queue.append(job)
-            if self._want and len(self._queue) >= self._want:
-                self._arrived.notify()
-            if self._leading:
-                wake = job.wake = threading.Lock()
-                wake.acquire()
-            else:
+            if not self._leading and not self._queue and self._group < 2:
+                # Alone (no commit under way, none waited for): lead at once with this job.
                 self._leading = True
-                wake = None
-        if wake is not None:
+                self._group = 1
+                ops, self._deferred = self._deferred, []
+                alone = (cache, self._broker, ops, self._seq)
+            else:
+                alone = None
+                self._queue.append(job)
+                if self._want and len(self._queue) >= self._want:
+                    self._arrived.notify()
+                if self._leading:
+                    wake = job.wake = threading.Lock()
+                    wake.acquire()
+                else:
+                    self._leading = True
+                    wake = None
+        if alone is not None:
+            self._lead([job], *alone)
+        elif wake is not None:
             wake.acquire()  # released by the leader: done, or this thread leads the next group
             if not job.done:
                 self._lead()
@@ -684,25 +695,38 @@ class PersistencePlugin(PersistenceFeature):
         if job.error is not None:
             raise job.error
 
-    def _lead(self) -> None:
-        """In the thread that leads: commit the queued jobs and the deferred deletes together."""
+    def _lead(
+        self,
+        taken: list[_Job] | None = None,
+        cache: diskcache.Cache | None = None,
+        broker: Broker | None = None,
+        ops: list[tuple[str, bool]] | None = None,
+        first: int = 0,
+    ) -> None:
+        """In the thread that leads: commit the queued jobs and the deferred deletes together.
+
+        ``taken``: the jobs, already taken under the lock with the rest (a call alone).
+        """
         jobs: list[_Job] = []
         successor: _Job | None = None
         try:
-            with self._lock:
-                want = self._group
-                if want > 1 and 0 < len(self._queue) < want:
-                    # The last group had several calls: their threads, just woken, are on
-                    # their way back (the GIL lets one run at a time). One commit for all of
-                    # them costs less than one each: wait for them, briefly.
-                    self._want = want
-                    self._arrived.wait(_GROUP_WAIT)
-                    self._want = 0
-                jobs, self._queue = self._queue, []
-                self._group = sum(1 for job in jobs if job.identities)
-                ops, self._deferred = self._deferred, []
-                cache, broker = self._cache, self._broker
-                first = self._seq
+            if taken is not None and ops is not None:
+                jobs = taken
+            else:
+                with self._lock:
+                    want = self._group
+                    if want > 1 and 0 < len(self._queue) < want:
+                        # The last group had several calls: their threads, just woken, are on
+                        # their way back (the GIL lets one run at a time). One commit for all
+                        # of them costs less than one each: wait for them, briefly.
+                        self._want = want
+                        self._arrived.wait(_GROUP_WAIT)
+                        self._want = 0
+                    jobs, self._queue = self._queue, []
+                    self._group = sum(1 for job in jobs if job.identities)
+                    ops, self._deferred = self._deferred, []
+                    cache, broker = self._cache, self._broker
+                    first = self._seq
             error = self._store(cache, broker, jobs, ops, first)
             with self._lock:
                 self._committed(broker, jobs, first, error)
