@@ -67,7 +67,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -121,7 +121,15 @@ _INSERT_TOMBSTONE = (
     "INSERT OR IGNORE INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
     " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
 )
-_DELETE = "DELETE FROM Cache WHERE key = ? AND raw = 1"
+_DELETE = "DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename IS NULL"
+_DELETE_ANY = "DELETE FROM Cache WHERE key = ? AND raw = 1"
+_SELECT_FILE = "SELECT filename FROM Cache WHERE key = ? AND raw = 1"
+# A deleted row made the row of a new entry, in the same transaction (no file behind it).
+_RECYCLE = (
+    "UPDATE Cache SET key = ?, store_time = ?, expire_time = ?, access_time = ?,"
+    " access_count = 0, tag = NULL, size = 0, mode = 1, filename = NULL, value = ?"
+    " WHERE key = ? AND raw = 1 AND filename IS NULL"
+)
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
 
 
@@ -815,27 +823,52 @@ class PersistencePlugin(PersistenceFeature):
         ``Cache.delete`` write for a text key and a text value kept in the database
         (``MODE_RAW``), without their lookup of an existing row: an entry's key is new (its
         sequence number was never used), and a tombstone is written once (``OR IGNORE``: the
-        same row again is no harm). Any failure rolls the whole transaction back.
+        same row again is no harm). When an entry is written with a delete, the deleted row
+        becomes the entry's (one ``UPDATE`` instead of a ``DELETE`` and an ``INSERT``: the same
+        rows in the end, half the work). A row whose value is in a file (stores of earlier
+        versions) is deleted and its file removed after the commit, as ``Cache.delete`` does.
+        Any failure rolls the whole transaction back.
         """
         sql = cache._sql
+        files: list[str] = []
+        recycled = ""
+        if entry is not None:
+            for op, tombstone in ops:
+                if not tombstone:
+                    recycled = op
+                    break
         sql("BEGIN IMMEDIATE")
         try:
             now = time.time()
             for op, tombstone in ops:
                 if tombstone:
                     sql(_INSERT_TOMBSTONE, (op, now, now, _TOMBSTONE))
-                else:
-                    sql(_DELETE, (op,))
+                elif op is not recycled and not sql(_DELETE, (op,)).rowcount:
+                    self._delete_with_file(sql, op, files)
             if reserved:
                 self._write_reserved(cache, reserved)
             if entry is not None:
                 expire_time = None if expire is None else now + expire
-                sql(_INSERT, (entry, now, expire_time, now, text))
+                row = (entry, now, expire_time, now, text)
+                if not recycled or not sql(_RECYCLE, (*row, recycled)).rowcount:
+                    if recycled:
+                        self._delete_with_file(sql, recycled, files)
+                    sql(_INSERT, row)
             sql("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 sql("ROLLBACK")
             raise
+        for name in files:
+            cache._disk.remove(name)
+
+    @staticmethod
+    def _delete_with_file(sql: Callable[..., sqlite3.Cursor], key: str, files: list[str]) -> None:
+        """In a store transaction: delete the row ``key`` whose value is in a file (if any)."""
+        for (name,) in sql(_SELECT_FILE, (key,)).fetchall():
+            sql(_DELETE_ANY, (key,))
+            if name is not None:
+                files.append(name)
 
     def _committed(
         self, broker: Broker | None, jobs: list[_Job], first: int, error: BaseException | None

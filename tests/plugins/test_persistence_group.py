@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import pytest
 from support.process import Child
 
@@ -342,3 +343,30 @@ def test_sigkill_during_group_commits_loses_no_returned_publish(tmp_path: Path, 
         m for m in recovered if m not in published and place(m)[0] != last[m.split("-", 1)[0]] + 1
     ]
     assert stray == [], f"recovered, never printed, not from an interrupted call: {stray}"
+
+
+def test_values_kept_in_files_by_earlier_stores_leave_with_their_files(
+    make_broker: Factory, tmp_path: Path
+) -> None:
+    """A store written with values in files (diskcache's default for large ones) settles too."""
+    broker = make_broker("persistence", "ack", config=config(tmp_path))
+    for name in ("a", "b", "c"):
+        broker.publish("t", mqkit.AckMessage(name, name * 5000, ack_id=name))
+    broker.close()
+    cache = diskcache.Cache(str(tmp_path / "store"), disk_min_file_size=1000)
+    for key in list(cache.iterkeys()):
+        cache.set(key, cache[key])  # the same value, now in a file
+    cache.close()
+    assert len(list((tmp_path / "store").rglob("*.val"))) == 3
+
+    again = make_broker("persistence", "ack", config=config(tmp_path))
+    sub = again.subscribe_with_ack("t", BIG)
+    assert again.replay_messages("t") == 3
+    for name in ("a", "b"):
+        assert sub.get_nowait().data == name * 5000
+        sub.ack(name)
+    again.publish("u", mqkit.Message("next"))  # the deletes join this write
+    assert pending_on_disk(tmp_path) == ["c"]
+    assert len(list((tmp_path / "store").rglob("*.val"))) == 1
+    again.close()
+    assert reopened_ids(make_broker, tmp_path) == ["c"]
