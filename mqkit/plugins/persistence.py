@@ -397,6 +397,7 @@ class PersistencePlugin(PersistenceFeature):
         self._want = 0  # while the leader waits for them: that many calls queued
         self._arrived = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)  # leading ended (close waits for it)
+        self._closing = False
         self._deferred: list[tuple[str, bool]] = []  # (entry text, True: set a tombstone)
         self._deferred_at = 0.0  # when the oldest of them was deferred (monotonic)
         self._flush_timer: TimerHandle | None = None
@@ -456,6 +457,7 @@ class PersistencePlugin(PersistenceFeature):
                 f"cannot open the store in {str(directory)!r}: {_store_error(exc)}"
             ) from exc
         self._store_lock, self._cache, self._broker = store_lock, cache, broker
+        self._closing = False
 
     @hookimpl
     def mqkit_broker_close(self) -> None:
@@ -463,6 +465,7 @@ class PersistencePlugin(PersistenceFeature):
         if self._cache is not None:
             self._flush()
         with self._lock:
+            self._closing = True
             self._idle.wait_for(lambda: not self._leading)
             cache, self._cache = self._cache, None
             self._broker = None
@@ -763,7 +766,8 @@ class PersistencePlugin(PersistenceFeature):
     def _end_leading(self) -> None:
         """Under the lock: nobody leads now; deletes left over wait for the flush timer."""
         self._leading = False
-        self._idle.notify_all()
+        if self._closing:
+            self._idle.notify_all()
         if self._deferred and self._flush_timer is None and self._broker is not None:
             self._flush_timer = self._broker.timers.call_later(_FLUSH_DELAY, self._flush_due)
 
@@ -799,6 +803,8 @@ class PersistencePlugin(PersistenceFeature):
                 expire = None if any(job.expire is None for job in stored) else stored[0].expire
             if first + count > self._reserved:  # past the high-water mark: move it ahead
                 reserved = first + count + _SEQ_BLOCK
+        elif not ops:
+            return None  # a flush with nothing to write
         try:
             self._write(cache, ops, entry, text, expire, reserved)
         except _STORE_ERRORS as exc:
