@@ -18,8 +18,9 @@ cases of one run, never numbers across runs - on a shared machine absolute numbe
 - **plugins**: publish -> get with the core alone, with each feature plugin, with all the
   in-memory plugins (priority, ttl, ack, metrics, memory), with ``Broker()`` defaults and with
   persistence.
-- **durable**: ``publish`` and ``publish_batch`` with persistence against diskcache's
-  ``Cache.set`` (alone and 100 per ``transact()``) and ``sqlite3`` ``executemany``.
+- **durable**: ``publish`` (one thread, and 8 publisher threads sharing group commits) and
+  ``publish_batch`` with persistence against diskcache's ``Cache.set`` (alone and 100 per
+  ``transact()``) and ``sqlite3`` ``executemany``.
 - **ack**: the round trip publish, get, ack: in memory against kombu ``memory://`` (and
   persist-queue on ``:memory:``), durable against persist-queue's ``SQLiteAckQueue``.
 - **memory**: bytes per buffered message (``tracemalloc``) against ``queue.SimpleQueue``, and

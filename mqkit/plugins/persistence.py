@@ -951,7 +951,7 @@ class PersistencePlugin(PersistenceFeature):
             if self._leading or not self._deferred or broker is None:
                 return  # a group commit under way takes them, or re-arms the timer
             wait = self._deferred_at + _FLUSH_DELAY - broker.clock.monotonic()
-            if wait > 0:
+            if wait > 1e-9:  # (float rounding: a deadline met to the nanosecond is met)
                 self._flush_timer = broker.timers.call_later(wait, self._flush_due)
                 return
             self._leading = True
