@@ -6,6 +6,15 @@ store's transaction committed (SQLite in WAL mode: a process killed at any insta
 message whose publish returned). A batch (``publish_batch``, a committed transaction) is one
 store entry, written in one store transaction: storing it costs one write, not one per message.
 
+- **Group commit.** Concurrent calls share a store transaction: the first to arrive leads and
+  writes everything queued by then (several calls' messages as one batch entry), the others
+  wait for the commit holding theirs. A failed commit fails every call in it and stores none
+  of them; a message that cannot be encoded fails its own call before it joins one.
+- **Deferred deletes.** A settled or retired entry leaves the index at once; its delete joins
+  the next store write, else a timer writes it ``_FLUSH_DELAY`` later, or ``_FLUSH_AT`` waiting
+  deletes are written at once, or ``close()`` writes them. A crash can bring back a message
+  whose delete was not written yet (at least once); none leaves the disk before it settled.
+
 - **Order and recovery.** Each stored message gets its own sequence number, its identity in the
   store: two publishes are two stored messages, whatever their ids and however close in time.
   The numbers only grow, across restarts too (the store keeps a high-water mark, written once
@@ -48,6 +57,7 @@ store entry, written in one store transaction: storing it costs one write, not o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import heapq
@@ -55,8 +65,9 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -72,6 +83,7 @@ from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, has_field, set_store_seq, store_seq
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
+from mqkit.core.timers import TimerHandle
 from mqkit.core.topics import normalize_topic
 
 __all__ = ["LOCK_FILE", "PersistencePlugin", "StoreLock", "batch_members", "parse_entry_key"]
@@ -99,6 +111,25 @@ _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _IN_DATABASE = 1 << 30  # diskcache keeps values smaller than this in SQLite, not in files
+# The rows diskcache writes for a text key (raw = 1) with a text value kept in the database
+# (size 0, mode 1: MODE_RAW, no file), no tag, never read yet.
+_INSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
+    " mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
+)
+_INSERT_TOMBSTONE = (
+    "INSERT OR IGNORE INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
+)
+_DELETE = "DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename IS NULL"
+_DELETE_ANY = "DELETE FROM Cache WHERE key = ? AND raw = 1"
+_SELECT_FILE = "SELECT filename FROM Cache WHERE key = ? AND raw = 1"
+# A deleted row made the row of a new entry, in the same transaction (no file behind it).
+_RECYCLE = (
+    "UPDATE Cache SET key = ?, store_time = ?, expire_time = ?, access_time = ?,"
+    " access_count = 0, tag = NULL, size = 0, mode = 1, filename = NULL, value = ?"
+    " WHERE key = ? AND raw = 1 AND filename IS NULL"
+)
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
 
 
@@ -252,13 +283,12 @@ class _Pin:
     the same, so the order of the hooks does not matter.
     """
 
-    __slots__ = ("copies", "key", "routers", "routing", "settled", "stored_at")
+    __slots__ = ("copies", "key", "routing", "settled", "stored_at")
 
     def __init__(self, key: _Key, stored_at: float, routing: int) -> None:
         self.key = key
         self.stored_at = stored_at
         self.routing = routing  # publishes or replays of it between accept and published
-        self.routers: list[int] = []  # the threads routing it (their idents)
         self.copies = 0  # copies that entered a subscription's buffer
         self.settled = 0  # copies that ended (acknowledged or given up)
 
@@ -301,8 +331,50 @@ def batch_members(raw: object, first: int, count: int) -> list[tuple[_Key, dict[
 
 _COPY_ENDS = frozenset({"drop_oldest", "withheld", "unsubscribed"})
 """``mqkit_drop`` reasons that end a buffered copy (the others: the copy never entered)."""
-_ROUTING_WAIT = 30.0
-"""Seconds an ack waits for its message's publish to finish routing in another thread."""
+_FLUSH_DELAY = 0.01
+"""Seconds a deferred delete (of a settled message) waits at most for a store write to join."""
+_GROUP_WAIT = 0.001
+"""Seconds a group commit's leader waits at most for the previous group's publishers to return."""
+_FLUSH_AT = 256
+"""Deferred deletes that make the thread deferring the last one write them all at once."""
+
+
+class _Job:
+    """One call's store write waiting for its group commit (no messages: a flush).
+
+    ``text`` is the value of the call's own entry: a message's JSON, or a batch's
+    ``[[topic, id, micros, message, ack], ...]``. ``wake`` is held until the leader releases
+    it: the job is ``done`` (``error`` says how), or its thread leads the next group.
+    """
+
+    __slots__ = ("done", "error", "expire", "identities", "messages", "replayed", "text", "wake")
+
+    def __init__(
+        self,
+        messages: Sequence[Message],
+        identities: list[tuple[str, str, int, int]],
+        text: str,
+        expire: float | None,
+        replayed: list[_Pin],
+    ) -> None:
+        self.messages = messages
+        self.identities = identities
+        self.text = text
+        self.expire = expire
+        self.replayed = replayed
+        self.done = False
+        self.error: PersistenceError | None = None
+        self.wake: threading.Lock | None = None
+
+    def members(self) -> str:
+        """The job's batch members, ``[topic, id, micros, message, ack]``, comma-separated."""
+        if len(self.identities) > 1:
+            return self.text[1:-1]  # a batch's text: its members in brackets
+        topic, message_id, micros, pinned = self.identities[0]
+        return (
+            f"[{encode_basestring_ascii(topic)},{encode_basestring_ascii(message_id)},"
+            f"{micros},{self.text},{pinned}]"
+        )
 
 
 class PersistencePlugin(PersistenceFeature):
@@ -317,8 +389,18 @@ class PersistencePlugin(PersistenceFeature):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._routed = threading.Condition(self._lock)  # a pin's routing ended (acks wait)
-        self._ack_waiters = 0
+        # Group commit: the calls waiting for a store write, the thread committing one
+        # (``_leading``), and the settled entries' deletes waiting to join a write.
+        self._queue: list[_Job] = []
+        self._leading = False
+        self._group = 0  # calls that stored messages in the last group commit
+        self._want = 0  # while the leader waits for them: that many calls queued
+        self._arrived = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)  # leading ended (close waits for it)
+        self._closing = False
+        self._deferred: list[tuple[str, bool]] = []  # (entry text, True: set a tombstone)
+        self._deferred_at = 0.0  # when the oldest of them was deferred (monotonic)
+        self._flush_timer: TimerHandle | None = None
         self._cache: diskcache.Cache | None = None
         self._store_lock: StoreLock | None = None
         self._seq = 0  # the next sequence number
@@ -375,13 +457,22 @@ class PersistencePlugin(PersistenceFeature):
                 f"cannot open the store in {str(directory)!r}: {_store_error(exc)}"
             ) from exc
         self._store_lock, self._cache, self._broker = store_lock, cache, broker
+        self._closing = False
 
     @hookimpl
     def mqkit_broker_close(self) -> None:
-        """Close the store and release the directory."""
+        """Write the deferred deletes, close the store and release the directory."""
+        if self._cache is not None:
+            self._flush()
         with self._lock:
+            self._closing = True
+            self._idle.wait_for(lambda: not self._leading)
             cache, self._cache = self._cache, None
             self._broker = None
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            self._deferred.clear()
         if cache is not None:
             cache.close()
         if self._store_lock is not None:
@@ -463,7 +554,12 @@ class PersistencePlugin(PersistenceFeature):
             doomed: list[_Key] = []
             for topic in list(self._index):
                 doomed += self._expired(broker, topic)
-            self._delete_stored(cache, doomed, doomed_texts)
+            ops = self._delete_ops(doomed, doomed_texts)
+        if ops:
+            try:
+                self._write(cache, ops)
+            except _STORE_ERRORS as exc:
+                self._write_failed(exc)
 
     @staticmethod
     def _read_reserved(cache: diskcache.Cache) -> int:
@@ -492,14 +588,11 @@ class PersistencePlugin(PersistenceFeature):
         A pinned (ack-required) message starts with ``routing`` publishes under way.
         """
         index, all_keys, counts = self._index, self._keys, self._live_count
-        router = threading.get_ident() if routing else 0
         for key in keys:
             seq, topic = key[0], key[1]
             all_keys[seq] = key
             if key[4] & _PINNED:
                 pin = self._pins[seq] = _Pin(key, stored_at, routing)
-                if router:
-                    pin.routers.append(router)
                 pinned = self._pinned.get(topic)
                 if pinned is None:
                     pinned = self._pinned[topic] = {}
@@ -533,10 +626,11 @@ class PersistencePlugin(PersistenceFeature):
 
     @hookimpl(trylast=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
-        """Store the messages (one entry, one store transaction) before they are delivered.
+        """Store the messages (one entry) before they are delivered: return once committed.
 
-        A message that carries the number of a stored message is that message replayed: it is
-        not stored again (a pinned one counts one more routing under way).
+        Concurrent calls share a store transaction (group commit, :meth:`_commit`). A message
+        that carries the number of a stored message is that message replayed: it is not stored
+        again (a pinned one counts one more routing under way).
         """
         known = self._keys
         replayed: list[_Pin] = []
@@ -567,39 +661,313 @@ class PersistencePlugin(PersistenceFeature):
         expire = None if pinned_any else broker.config.persistence_max_age
         one = len(fresh) == 1
         text = self._encode(fresh[0]) if one else self._encode_batch(fresh, identities)
+        self._commit(_Job(fresh, identities, text, expire, replayed))
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    def _commit(self, job: _Job) -> None:
+        """Write ``job`` in a group commit; return once its group committed, or raise its error.
+
+        The first call to arrive leads: it writes in one store transaction everything queued
+        by then - the calls' entries, as one entry when there are several, and the deferred
+        deletes - then wakes the calls of its group and hands over to the first call queued
+        meanwhile. A failed write fails every call of its group, with the error, and stores
+        none of them.
+        """
         with self._lock:
-            cache = self._live_cache()
-            first = self._seq
-            keys = [(first + i, *identity) for i, identity in enumerate(identities)]
-            batch = None if len(keys) == 1 else _Batch(first, len(keys), len(keys))
-            entry = _key_text(keys[0]) if batch is None else batch.text
-            try:
-                if first + len(keys) <= self._reserved:
-                    cache.set(entry, text, expire=expire)
-                else:  # past the high-water mark: move it ahead, in the same transaction
-                    reserved = first + len(keys) + _SEQ_BLOCK
-                    with cache.transact():
-                        self._write_reserved(cache, reserved)
-                        cache.set(entry, text, expire=expire)
-                    self._reserved = reserved
-            except _STORE_ERRORS as exc:
-                detail = self._write_failed(exc)
-                raise PersistenceError.because(f"cannot store message(s): {detail}") from exc
-            self._seq = first + len(keys)
-            router = threading.get_ident()
-            for pin in replayed:
+            cache = self._cache
+            if cache is None:
+                raise PersistenceError.because("the store is closed")
+            if not self._leading and not self._queue and self._group < 2:
+                # Alone (no commit under way, none waited for): lead at once with this job.
+                self._leading = True
+                self._group = 1
+                ops, self._deferred = self._deferred, []
+                alone = (cache, self._broker, ops, self._seq)
+            else:
+                alone = None
+                self._queue.append(job)
+                if self._want and len(self._queue) >= self._want:
+                    self._arrived.notify()
+                if self._leading:
+                    wake = job.wake = threading.Lock()
+                    wake.acquire()
+                else:
+                    self._leading = True
+                    wake = None
+        if alone is not None:
+            self._lead([job], *alone)
+        elif wake is not None:
+            wake.acquire()  # released by the leader: done, or this thread leads the next group
+            if not job.done:
+                self._lead()
+        else:
+            self._lead()
+        if job.error is not None:
+            raise job.error
+
+    def _lead(
+        self,
+        taken: list[_Job] | None = None,
+        cache: diskcache.Cache | None = None,
+        broker: Broker | None = None,
+        ops: list[tuple[str, bool]] | None = None,
+        first: int = 0,
+    ) -> None:
+        """In the thread that leads: commit the queued jobs and the deferred deletes together.
+
+        ``taken``: the jobs, already taken under the lock with the rest (a call alone).
+        """
+        jobs: list[_Job] = []
+        successor: _Job | None = None
+        try:
+            if taken is not None and ops is not None:
+                jobs = taken
+            else:
+                with self._lock:
+                    want = self._group
+                    if want > 1 and 0 < len(self._queue) < want:
+                        # The last group had several calls: their threads, just woken, are on
+                        # their way back (the GIL lets one run at a time). One commit for all
+                        # of them costs less than one each: wait for them, briefly.
+                        self._want = want
+                        self._arrived.wait(_GROUP_WAIT)
+                        self._want = 0
+                    jobs, self._queue = self._queue, []
+                    self._group = sum(1 for job in jobs if job.identities)
+                    ops, self._deferred = self._deferred, []
+                    cache, broker = self._cache, self._broker
+                    first = self._seq
+            error = self._store(cache, broker, jobs, ops, first)
+            with self._lock:
+                self._committed(broker, jobs, first, error)
+                if self._queue:
+                    successor = self._queue[0]
+                else:
+                    self._end_leading()
+        except BaseException as exc:  # a fault of this code: fail the group, never hang it
+            with self._lock:
+                for job in jobs:
+                    if not job.done:
+                        job.done = True
+                        job.error = PersistenceError.because(f"cannot store message(s): {exc!r}")
+                if self._queue:
+                    successor = self._queue[0]
+                else:
+                    self._end_leading()
+            raise
+        finally:
+            for job in jobs:
+                if job.wake is not None:
+                    job.wake.release()
+            if successor is not None and successor.wake is not None:
+                successor.wake.release()
+
+    def _end_leading(self) -> None:
+        """Under the lock: nobody leads now; deletes left over wait for the flush timer."""
+        self._leading = False
+        if self._closing:
+            self._idle.notify_all()
+        if self._deferred and self._flush_timer is None and self._broker is not None:
+            self._flush_timer = self._broker.timers.call_later(_FLUSH_DELAY, self._flush_due)
+
+    def _store(
+        self,
+        cache: diskcache.Cache | None,
+        broker: Broker | None,
+        jobs: list[_Job],
+        ops: list[tuple[str, bool]],
+        first: int,
+    ) -> BaseException | None:
+        """Write a group: its entry and ``ops`` in one store transaction; the error, if any."""
+        if cache is None or broker is None:
+            return PersistenceError.because("the store is closed")
+        entry: str | None = None
+        text = ""
+        expire: float | None = None
+        reserved = 0
+        if len(jobs) == 1:  # no group
+            stored = jobs if jobs[0].identities else []
+        else:
+            stored = [job for job in jobs if job.identities]  # not the flushes
+        count = sum(len(job.identities) for job in stored)
+        if count:
+            if count == 1:
+                entry = _key_text((first, *stored[0].identities[0]))
+            else:
+                entry = _to_json((first, count))
+            if len(stored) == 1:
+                text, expire = stored[0].text, stored[0].expire
+            else:  # one batch entry: the members of every call, in the order they came
+                text = "[" + ",".join([job.members() for job in stored]) + "]"
+                expire = None if any(job.expire is None for job in stored) else stored[0].expire
+            if first + count > self._reserved:  # past the high-water mark: move it ahead
+                reserved = first + count + _SEQ_BLOCK
+        elif not ops:
+            return None  # a flush with nothing to write
+        try:
+            self._write(cache, ops, entry, text, expire, reserved)
+        except _STORE_ERRORS as exc:
+            return exc
+        if reserved:
+            self._reserved = reserved
+        return None
+
+    def _write(
+        self,
+        cache: diskcache.Cache,
+        ops: list[tuple[str, bool]],
+        entry: str | None = None,
+        text: str = "",
+        expire: float | None = None,
+        reserved: int = 0,
+    ) -> None:
+        """Write ``ops`` (deletes and tombstones), the high-water mark and an entry: one commit.
+
+        On this thread's connection to diskcache's database, in a transaction of its own
+        (``BEGIN IMMEDIATE``, as ``Cache.transact``), the rows ``Cache.set`` and
+        ``Cache.delete`` write for a text key and a text value kept in the database
+        (``MODE_RAW``), without their lookup of an existing row: an entry's key is new (its
+        sequence number was never used), and a tombstone is written once (``OR IGNORE``: the
+        same row again is no harm). When an entry is written with a delete, the deleted row
+        becomes the entry's (one ``UPDATE`` instead of a ``DELETE`` and an ``INSERT``: the same
+        rows in the end, half the work). A row whose value is in a file (stores of earlier
+        versions) is deleted and its file removed after the commit, as ``Cache.delete`` does.
+        Any failure rolls the whole transaction back.
+        """
+        sql = cache._sql
+        files: list[str] = []
+        recycled = ""
+        if entry is not None:
+            for op, tombstone in ops:
+                if not tombstone:
+                    recycled = op
+                    break
+        sql("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            for op, tombstone in ops:
+                if tombstone:
+                    sql(_INSERT_TOMBSTONE, (op, now, now, _TOMBSTONE))
+                elif op is not recycled and not sql(_DELETE, (op,)).rowcount:
+                    self._delete_with_file(sql, op, files)
+            if reserved:
+                self._write_reserved(cache, reserved)
+            if entry is not None:
+                expire_time = None if expire is None else now + expire
+                row = (entry, now, expire_time, now, text)
+                if not recycled or not sql(_RECYCLE, (*row, recycled)).rowcount:
+                    if recycled:
+                        self._delete_with_file(sql, recycled, files)
+                    sql(_INSERT, row)
+            sql("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                sql("ROLLBACK")
+            raise
+        for name in files:
+            cache._disk.remove(name)
+
+    @staticmethod
+    def _delete_with_file(sql: Callable[..., sqlite3.Cursor], key: str, files: list[str]) -> None:
+        """In a store transaction: delete the row ``key`` whose value is in a file (if any)."""
+        for (name,) in sql(_SELECT_FILE, (key,)).fetchall():
+            sql(_DELETE_ANY, (key,))
+            if name is not None:
+                files.append(name)
+
+    def _committed(
+        self, broker: Broker | None, jobs: list[_Job], first: int, error: BaseException | None
+    ) -> None:
+        """Under the lock: index a committed group (or fail its jobs); mark its jobs done."""
+        if error is not None:
+            if isinstance(error, PersistenceError):
+                text = error.message
+            else:
+                text = PersistenceError.because(
+                    f"cannot store message(s): {self._write_failed(error)}"
+                ).message
+            for job in jobs:
+                job.done = True
+                if job.identities:
+                    job.error = PersistenceError(text)
+                    job.error.__cause__ = error
+            return
+        assert broker is not None
+        now = broker.clock.monotonic()
+        if len(jobs) == 1 and len(jobs[0].identities) == 1:  # a message alone (no group)
+            job = jobs[0]
+            job.done = True
+            key = (first, *job.identities[0])
+            self._seq = first + 1
+            for pin in job.replayed:
                 pin.routing += 1
-                pin.routers.append(router)
-            self._remember(keys, broker.clock.monotonic(), 1)
-            for i, message in enumerate(fresh):
-                set_store_seq(message, first + i)
+            self._remember((key,), now, 1)
+            set_store_seq(job.messages[0], first)
+            expired = self._expired(broker, key[1])
+            if expired:
+                self._defer(self._delete_ops(expired))
+            return
+        count = sum(len(job.identities) for job in jobs)
+        self._seq = first + count
+        batch = _Batch(first, count, count) if count > 1 else None
+        seq = first
+        topics: set[str] = set()
+        for job in jobs:
+            job.done = True
+            if not job.identities:
+                continue
+            keys = [(seq + i, *identity) for i, identity in enumerate(job.identities)]
+            for pin in job.replayed:
+                pin.routing += 1
+            self._remember(keys, now, 1)
+            for i, message in enumerate(job.messages):
+                set_store_seq(message, seq + i)
             if batch is not None:
                 for key in keys:
                     self._batches[key[0]] = batch
-            doomed: list[_Key] = []
-            for topic in {key[1] for key in keys}:
-                doomed += self._expired(broker, topic)
-            self._delete_stored(cache, doomed)
+            topics.update(identity[0] for identity in job.identities)
+            seq += len(keys)
+        doomed: list[_Key] = []
+        for topic in topics:
+            doomed += self._expired(broker, topic)
+        if doomed:
+            self._defer(self._delete_ops(doomed))
+
+    def _flush(self) -> None:
+        """Write the deferred deletes now (joining a group commit under way, if any)."""
+        self._commit(_Job((), [], "", None, []))
+
+    def _flush_due(self) -> None:
+        """The flush timer: write the deferred deletes that waited ``_FLUSH_DELAY``.
+
+        Deletes deferred since the timer was armed (writes took the earlier ones) wait on: the
+        timer is armed again for the oldest of them. While writes come often, they take every
+        delete along and the timer never writes (nor competes with them for the store).
+        """
+        with self._lock:
+            self._flush_timer = None
+            broker = self._broker
+            if self._leading or not self._deferred or broker is None:
+                return  # a group commit under way takes them, or re-arms the timer
+            wait = self._deferred_at + _FLUSH_DELAY - broker.clock.monotonic()
+            if wait > 1e-9:  # (float rounding: a deadline met to the nanosecond is met)
+                self._flush_timer = broker.timers.call_later(wait, self._flush_due)
+                return
+            self._leading = True
+        self._lead()
+
+    def _defer(self, ops: list[tuple[str, bool]]) -> bool:
+        """Under the lock: deletes join the next store write; True: write them now (too many)."""
+        if not ops or self._cache is None:
+            return False
+        deferred = self._deferred
+        if not deferred and self._broker is not None:
+            self._deferred_at = self._broker.clock.monotonic()
+        deferred += ops
+        if not self._leading and self._flush_timer is None and self._broker is not None:
+            self._flush_timer = self._broker.timers.call_later(_FLUSH_DELAY, self._flush_due)
+        return len(deferred) >= _FLUSH_AT
 
     def _replays(self, messages: Sequence[Message]) -> tuple[Sequence[Message], list[_Pin]]:
         """Tell replays of stored messages from new ones: (to store, pins of the replays).
@@ -622,11 +990,9 @@ class PersistencePlugin(PersistenceFeature):
     def _route(self, pins: list[_Pin]) -> None:
         """Pinned messages are being replayed: one more routing each, until published."""
         if pins:
-            router = threading.get_ident()
             with self._lock:
                 for pin in pins:
                     pin.routing += 1
-                    pin.routers.append(router)
 
     def _encode_batch(
         self, members: Sequence[Message], identities: list[tuple[str, str, int, int]]
@@ -663,27 +1029,24 @@ class PersistencePlugin(PersistenceFeature):
         pins = self._pins
         if not pins:
             return
-        router = 0
+        flush = False
         for i, message in enumerate(messages):
             pin = pins.get(store_seq(message))
             if pin is not None:
-                router = router or threading.get_ident()
                 with self._lock:
                     pin.routing -= 1
                     pin.copies += copies[i]
-                    if router in pin.routers:
-                        pin.routers.remove(router)
                     if pin.done and self._pins.get(pin.key[0]) is pin:
-                        self._remove((pin.key,))
-                    if self._ack_waiters and pin.routing <= 0:
-                        self._routed.notify_all()
+                        flush |= self._remove((pin.key,))
+        if flush:
+            self._flush()
 
     # -- settling --------------------------------------------------------------------------------
 
     @hookimpl
     def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
-        """A subscription acknowledged its copy (on disk when the ack returns)."""
-        self._settle(message, durable=True)
+        """A subscription acknowledged its copy (its delete is written with the next write)."""
+        self._settle(message)
 
     @hookimpl
     def mqkit_drop(
@@ -710,17 +1073,22 @@ class PersistencePlugin(PersistenceFeature):
             return  # a buffered copy (its drop settled it), or not a copy of a subscription
         with self._lock:
             key = self._keys.get(seq)
-            if key is not None and not key[4] & _PINNED and key[1:3] == (message.topic, message.id):
-                self._remove((key,))
+            flush = (
+                key is not None
+                and not key[4] & _PINNED
+                and key[1:3] == (message.topic, message.id)
+                and self._remove((key,))
+            )
+        if flush:
+            self._flush()
 
-    def _settle(self, message: Message, durable: bool = False) -> None:
+    def _settle(self, message: Message) -> None:
         """One copy of a pinned message ended; remove the message with its last copy.
 
-        ``durable`` (an ack): while another thread still routes the message's publish, the
-        number of copies is not known yet; wait for that routing to end (the router removes
-        the message if this was its last copy), so that an acknowledged message is off disk
-        when ``ack()`` returns. The publishing thread itself (an ack from a filter) and the
-        other ways a copy ends do not wait.
+        While a publish of the message is still being routed, the number of copies is not
+        known yet: then the router removes the message once routing ends, if this was its last
+        copy. The delete is deferred (:meth:`_defer`): a crash before it is written brings the
+        message back (at least once), never loses one.
         """
         pin = self._pins.get(store_seq(message))
         if pin is None:
@@ -729,66 +1097,44 @@ class PersistencePlugin(PersistenceFeature):
             if self._pins.get(pin.key[0]) is not pin:
                 return  # removed meanwhile
             pin.settled += 1
-            if pin.done:
-                self._remove((pin.key,))
-            elif durable and pin.routing > 0 and threading.get_ident() not in pin.routers:
-                self._ack_waiters += 1
-                try:  # bounded: a routing that never ends leaves the message stored (safe side)
-                    self._routed.wait_for(lambda: pin.routing <= 0, timeout=_ROUTING_WAIT)
-                finally:
-                    self._ack_waiters -= 1
+            flush = pin.done and self._remove((pin.key,))
+        if flush:
+            self._flush()
 
-    def _remove(self, keys: Iterable[_Key]) -> None:
-        """Under the lock: settle ``keys`` and delete them from the store."""
+    def _remove(self, keys: Iterable[_Key]) -> bool:
+        """Under the lock: settle ``keys``; their deletes are deferred (True: flush them now)."""
         doomed = [key for key in keys if self._forget(key)]
-        for topic in {key[1] for key in doomed}:
-            self._trim(topic)
-        if self._cache is not None:
-            self._delete_stored(self._cache, doomed)
+        for topic in {key[1] for key in doomed if not key[4] & _PINNED}:
+            self._trim(topic)  # (a pinned key is not in the index: nothing to trim)
+        return self._defer(self._delete_ops(doomed))
 
-    def _delete_stored(
-        self, cache: diskcache.Cache, keys: list[_Key], texts: Sequence[str] = ()
-    ) -> None:
-        """Under the lock: take settled keys (and entries ``texts``) out of the store.
+    def _delete_ops(self, keys: list[_Key], texts: Sequence[str] = ()) -> list[tuple[str, bool]]:
+        """Under the lock: the store writes that take settled keys (and entries ``texts``) out.
 
-        One store transaction. A message stored alone is deleted; a batch member gets a
-        tombstone, unless it was the batch's last: then the batch and its tombstones go.
+        Each is ``(entry text, tombstone)``: a message stored alone is deleted; a batch member
+        gets a tombstone, unless it was the batch's last: then the batch and its tombstones go.
         """
-        deletes = list(texts)
-        touched: dict[int, tuple[_Batch, list[int]]] = {}
         batches = self._batches
+        if len(keys) == 1 and not texts and keys[0][0] not in batches:  # one stored alone
+            return [(_key_text(keys[0]), False)]
+        ops = [(text, False) for text in texts]
+        touched: dict[int, tuple[_Batch, list[int]]] = {}
         for key in keys:
             batch = batches.pop(key[0], None)
             if batch is None:
-                deletes.append(_key_text(key))
+                ops.append((_key_text(key), False))
             else:
                 batch.live -= 1
                 touched.setdefault(batch.first, (batch, []))[1].append(key[0])
-        tombstones: list[str] = []
         for batch, settled in touched.values():
             if batch.live == 0:
-                deletes.append(batch.text)
-                deletes += [_to_json((seq,)) for seq in batch.tombstoned]
+                ops.append((batch.text, False))
+                ops += [(_to_json((seq,)), False) for seq in batch.tombstoned]
                 batch.tombstoned = []
             else:
-                tombstones += [_to_json((seq,)) for seq in settled]
+                ops += [(_to_json((seq,)), True) for seq in settled]
                 batch.tombstoned += settled
-        if not deletes and not tombstones:
-            return
-        try:
-            if len(deletes) + len(tombstones) == 1:
-                if deletes:
-                    cache.delete(deletes[0])
-                else:
-                    cache.set(tombstones[0], _TOMBSTONE)
-            else:
-                with cache.transact():
-                    for text in deletes:
-                        cache.delete(text)
-                    for text in tombstones:
-                        cache.set(text, _TOMBSTONE)
-        except _STORE_ERRORS as exc:
-            self._write_failed(exc)
+        return ops
 
     def _write_failed(self, exc: BaseException) -> str:
         """Under the lock: count a failed write; return its text."""
@@ -838,14 +1184,17 @@ class PersistencePlugin(PersistenceFeature):
         ``topic`` is checked and stripped as ``publish`` does (``InvalidTopicError``).
         """
         topic = normalize_topic(topic)
+        flush = False
         with self._lock:
             cache = self._live_cache()
             if self._broker is not None:
-                self._delete_stored(cache, self._expired(self._broker, topic))
+                flush = self._defer(self._delete_ops(self._expired(self._broker, topic)))
             batches, live = self._batches, self._keys
             plain = [key for key, _ in self._index.get(topic, ()) if key[0] in live]
             pinned = [pin.key for pin in self._pinned.get(topic, {}).values()]
             keys = [(key, batches.get(key[0])) for key in heapq.merge(plain, pinned)]
+        if flush:
+            self._flush()
         messages: list[Message] = []
         read: dict[int, dict[_Key, object] | None] = {}  # batches read by this call
         for key, batch in keys:
