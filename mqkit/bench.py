@@ -2176,10 +2176,7 @@ _TITLES: Final = {
     "asyncio 1 -> 1": "asyncio: 1 consumer task, publisher in the same loop",
     "asyncio 1 -> 10": "asyncio: 10 consumer tasks, publisher in the same loop",
     "plugins": "What each plugin costs: publish -> get, one thread",
-    "full buffer": (
-        f"scaling: publish into a full {FULL_BUFFER:,}-message DROP_OLDEST buffer (every publish "
-        "evicts)"
-    ),
+    "full buffer": f"scaling: publish into a full DROP_OLDEST buffer of {FULL_BUFFER:,}",
     "durable": "durable: write messages to disk (no subscriber)",
     "ack round trip, in memory": "ack round trip (publish, get, ack), in memory",
     "ack round trip, durable": "ack round trip (publish, get, ack), durable",
