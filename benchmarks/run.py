@@ -141,7 +141,11 @@ def main() -> int:
     if "scaling" in groups:
 
         def measured(name: str) -> None:
-            print(f"  [{time.perf_counter() - started:6.1f}s] scaling / {name}", file=sys.stderr)
+            print(
+                f"  [{time.perf_counter() - started:6.1f}s] scaling / {name}",
+                file=sys.stderr,
+                flush=True,
+            )
 
         scaling = bench.run_scaling(args.messages, quick=args.quick, on_run=measured)
     tables = [
