@@ -4,7 +4,7 @@ Run from a clone of the repository (the peers come with the ``bench`` extra)::
 
     python benchmarks/run.py [--quick] [--group NAME ...] [--json FILE] [--chart FILE]
 
-Groups: core, cross-thread, asyncio, plugins, durable, ack, memory (the suite in
+Groups: core, cross-thread, asyncio, plugins, durable, ack, memory, scaling (the suite in
 ``mqkit/bench.py``, which ``mqkit bench`` runs too) and mqtt (``benchmarks/bench_mqtt.py``: the
 MQTT gateway against mosquitto, in its own processes). Without ``--group`` every group runs;
 ``--quick`` leaves out mqtt (CI runs it on its own line). Each table is printed in Markdown
@@ -137,8 +137,23 @@ def main() -> int:
 
     results = bench.run_suite(cases, args.messages, rounds, ran, quick=args.quick)
     memory = bench.run_memory(args.messages, quick=args.quick) if "memory" in groups else []
-    tables = [*bench.timing_tables(results), *bench.memory_tables(memory)]
-    targets = bench.evaluate_targets(results)
+    scaling: list[bench.ScalingResult] = []
+    if "scaling" in groups:
+
+        def measured(name: str) -> None:
+            print(
+                f"  [{time.perf_counter() - started:6.1f}s] scaling / {name}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        scaling = bench.run_scaling(args.messages, quick=args.quick, on_run=measured)
+    tables = [
+        *bench.timing_tables(results),
+        *bench.memory_tables(memory),
+        *bench.scaling_tables(scaling),
+    ]
+    targets = bench.evaluate_targets(results, memory, scaling)
     if targets:
         tables.append(bench.target_table(targets))
     print(bench.markdown(tables))
@@ -147,7 +162,7 @@ def main() -> int:
         code = run_mqtt(args.quick)
     title = f"mqkit benchmark suite ({'quick' if args.quick else 'full'}), median of {rounds}"
     if args.json:
-        data = bench.to_json(results, memory, title, machine)
+        data = bench.to_json(results, memory, title, machine, scaling)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
@@ -156,6 +171,7 @@ def main() -> int:
     failed = [f"{r.group} / {r.name}: {r.status}" for r in results if r.status != "ok"]
     failed = [f for f in failed if "not installed" not in f]
     failed += [f"memory / {m.name}: {m.status}" for m in memory if m.status != "ok"]
+    failed += [f"scaling / {r.name}: {r.status}" for r in scaling if not r.ok]
     for line in failed:
         print(f"FAILED: {line}", file=sys.stderr)
     print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)

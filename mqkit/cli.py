@@ -477,7 +477,7 @@ def bench(
             "--group",
             "-g",
             help="Run only this group (repeatable): core, cross-thread, asyncio, plugins, "
-            "durable, ack, memory.",
+            "durable, ack, memory, scaling.",
         ),
     ] = None,
     chart: Annotated[
@@ -492,19 +492,23 @@ def bench(
 
     Groups: core (publish -> get against pyee, blinker, pypubsub, aiopubsub and stdlib
     baselines), cross-thread, asyncio, plugins (what each plugin costs), durable (against
-    diskcache and sqlite3), ack (round trip against kombu and persist-queue) and memory.
+    diskcache and sqlite3), ack (round trip against kombu and persist-queue), memory and
+    scaling (the cost per message with 10,000 and 1,000,000 messages buffered).
     Prints a table per group, the targets with their verdicts, and writes a PNG chart
     (matplotlib). Peers come with the 'bench' extra; a missing one shows as "not installed".
     """
     from mqkit.bench import (
         GROUPS,
         MEMORY_CASES,
+        SCALING_CASES,
         BenchCase,
         evaluate_targets,
         machine_info,
         memory_tables,
         run_memory,
+        run_scaling,
         run_suite,
+        scaling_tables,
         suite,
         target_table,
         timing_tables,
@@ -541,13 +545,10 @@ def bench(
         console=console,
     )
     with progress:
+        extra = {"memory": len(MEMORY_CASES), "scaling": len(SCALING_CASES)}
         tasks = {
             g: progress.add_task(
-                g,
-                total=len(MEMORY_CASES)
-                if g == "memory"
-                else r * sum(c.section == g for c in cases),
-                case="",
+                g, total=extra.get(g, 0) + r * sum(c.section == g for c in cases), case=""
             )
             for g in groups
         }
@@ -558,15 +559,19 @@ def bench(
         def measured(name: str) -> None:
             progress.update(tasks["memory"], advance=1, case=name)
 
+        def scaled(name: str) -> None:
+            progress.update(tasks["scaling"], advance=1, case=name)
+
         results = run_suite(cases, messages, r, ran, quick=quick)
         memory = run_memory(messages, quick=quick, on_run=measured) if "memory" in groups else []
-    for report in [*timing_tables(results), *memory_tables(memory)]:
+        scaling = run_scaling(messages, quick=quick, on_run=scaled) if "scaling" in groups else []
+    for report in [*timing_tables(results), *memory_tables(memory), *scaling_tables(scaling)]:
         console.print(_rich_table(report))
-    targets = evaluate_targets(results)
+    targets = evaluate_targets(results, memory, scaling)
     if targets:
         console.print(_rich_table(target_table(targets)))
     if json_path is not None:
-        data = to_json(results, memory, title, machine_info())
+        data = to_json(results, memory, title, machine_info(), scaling)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {json_path}")
