@@ -11,7 +11,6 @@ is lost. A woken waiter that finds its message taken by a faster consumer simply
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import threading
 import time
@@ -471,8 +470,11 @@ class Subscription:
         in an async generator, which would cost a second frame and object per message.
         """
         message: Message | None = None
-        with contextlib.suppress(IndexError):
+        # Not contextlib.suppress: a context manager per message costs 0.3 us.
+        try:  # noqa: SIM105
             message = self._take_metered() if self._metered else self._buf.popleft()
+        except IndexError:
+            pass
         if message is not None:
             self._countdown = left = self._countdown - 1
             if (

@@ -6,12 +6,13 @@ Counts, per topic: ``published`` (messages routed), ``delivered`` (handed to a c
 publish among them); ``last_error`` is the text of the latest error.
 
 The two per-message counts cost the message path no hook call: ``published`` is the broker's
-own per-topic count (``Broker.count_published``), and an exact subscription's ``delivered`` and
-``dropped`` are read from its counters (``Subscription.delivered``, derived from what entered
-and left its buffer). A pattern subscription (and a gateway's, keyed by its filter) receives
-many topics: its taps count each hand-out and drop under the message's topic, a call per
-message on that subscription only. A cancelled exact subscription's counts are kept as they
-were at the cancel; what its consumer drains afterwards is not counted.
+own per-topic count (``Broker.count_published``); a subscription's ``dropped`` and an exact
+subscription's ``delivered`` are read from its counters (``Subscription.delivered``, derived
+from what entered and left its buffer) under its key. A pattern subscription (and a gateway's,
+keyed by its filter) hands out many topics: a tap counts each hand-out under the message's
+topic (a call per message in its consumer's thread; its drops, on the publisher's side, stay
+under its key, at no cost). A cancelled subscription's counts are kept as they were at the
+cancel; what its consumer drains afterwards is not counted.
 
 Latency is the time from publish (the message's ``time``) to the hand-out, *sampled*: every
 hand-out of a subscription's first ``SAMPLE_EVERY`` (64), then one in 64, each sample weighted
@@ -117,7 +118,7 @@ class MetricsPlugin(MetricsFeature):
         self._last_error = ""
         self._broker: Broker | None = None
         self._taps = Taps(sample=self._sample)
-        self._pattern_taps = Taps(sample=self._sample, taken=self._taken, dropped=self._dropped)
+        self._pattern_taps = Taps(sample=self._sample, taken=self._taken)
         # Live subscriptions and the (delivered, dropped) each had when counting began; the
         # counts of cancelled ones, by key.
         self._subs: dict[Subscription, tuple[int, int]] = {}
@@ -168,19 +169,15 @@ class MetricsPlugin(MetricsFeature):
         """A pattern subscription handed ``message`` out: count it under its own topic."""
         self._count(message.topic, _DELIVERED)
 
-    def _dropped(self, subscription: Subscription, message: Message, reason: str) -> None:
-        """A pattern subscription's policy dropped ``message``: count it under its own topic."""
-        if reason in _POLICIES:
-            self._count(message.topic, _DROPPED)
-
     @hookimpl
     def mqkit_unsubscribe(self, subscription: Subscription) -> None:
         """Keep a cancelled subscription's count of hand-outs under its key."""
         with self._lock:
             start = self._subs.pop(subscription, None)
-            if start is not None and not subscription.is_pattern:
+            if start is not None:
                 row = self._retired.setdefault(subscription.topic, [0, 0])
-                row[0] += subscription.delivered - start[0]
+                if not subscription.is_pattern:
+                    row[0] += subscription.delivered - start[0]
                 row[1] += subscription.dropped - start[1]
 
     def _sample(self, subscription: Subscription, message: Message, weight: int) -> None:
@@ -277,10 +274,10 @@ class MetricsPlugin(MetricsFeature):
         with self._lock:
             counted = {key: list(row) for key, row in self._retired.items()}
             for sub, (delivered, dropped) in self._subs.items():
-                if not sub.is_pattern:  # a pattern's were counted per topic, by its taps
-                    row = counted.setdefault(sub.topic, [0, 0])
+                row = counted.setdefault(sub.topic, [0, 0])
+                if not sub.is_pattern:  # a pattern's hand-outs were counted per topic (taps)
                     row[0] += sub.delivered - delivered
-                    row[1] += sub.dropped - dropped
+                row[1] += sub.dropped - dropped
         for topic, (handed, lost) in counted.items():
             if handed or lost:
                 row = rows.setdefault(topic, [0] * len(_FIELDS))
