@@ -519,17 +519,9 @@ class Broker:
         return total
 
     def _admit(self, incoming: int) -> None:
-        # buffered_bytes(), inlined
-        shards = self._bytes
-        folds = shards.folds
-        total = 0
-        for shard in shards.all:
-            total += shard.bytes
-        if folds != shards.folds or folds & 1:  # a thread's share was folded meanwhile
-            with shards.lock:
-                total = sum(shard.bytes for shard in shards.all)
+        buffered = self.buffered_bytes()
         for admit in self._admissions:
-            admit(incoming, total if total > 0 else 0)
+            admit(incoming, buffered)
 
     def _add_bytes(self, n: int) -> None:
         """Add ``n`` to the calling thread's share of the buffered bytes (subscriptions call it)."""

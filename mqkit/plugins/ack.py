@@ -276,25 +276,7 @@ class AckPlugin(AckFeature):
 
     def ack_subscription(self, subscription: Subscription, ack_id: str) -> None:
         """Settle ``ack_id`` on ``subscription``."""
-        with self._lock:  # _take(subscription, ack_id, settle=True), inlined: every ack
-            held = self._pending.get(subscription)
-            pending = held.pop(ack_id, None) if held is not None else None
-            if pending is None:
-                raise AckNotFoundError.because(
-                    f"ack id {ack_id!r} not found (unknown, or already acked or settled)"
-                )
-            if not held:
-                del self._pending[subscription]
-            bucket = self._buckets.get(pending.timeout)  # _unlink
-            if bucket is not None:
-                bucket.pop((subscription, ack_id), None)
-            self._bytes -= pending.size
-            left = self._ids.get(ack_id)  # _release(ack_id)
-            if left is not None:
-                if left > 1 or ack_id in self._publishing:
-                    self._ids[ack_id] = left - 1
-                else:
-                    del self._ids[ack_id]
+        pending = self._take(subscription, ack_id, settle=True)
         broker = self._broker
         if broker is None:
             broker = self._live_broker()
