@@ -10,6 +10,7 @@ import pytest
 
 import mqkit
 from mqkit import Config, Message, PriorityMessage, SubOptions, Taps
+from mqkit.core.subscription import FifoBuffer
 from mqkit.testing import make_broker as build
 
 
@@ -180,3 +181,40 @@ def test_a_priority_batch_and_a_transaction_move_the_buffer_too(make_broker) -> 
         tx.publish("t", PriorityMessage("high", priority=30))
     broker.publish_batch("t", [PriorityMessage("low", priority=0), Message("plain-2")])
     assert [m.id for m in sub.get_many(10)] == ["high", "plain", "plain-2", "low"]
+
+
+# -- a consumer that looked while another took the last message ------------------------------
+
+
+class _Raced(FifoBuffer):
+    """A buffer that holds a message but whose next two pops find it gone: what a consumer
+    sees when a lock-free consumer takes the last message between its look and its pop."""
+
+    __slots__ = ("races",)
+
+    def popleft(self) -> Message:
+        if self.races:
+            self.races -= 1
+            raise IndexError("taken by another consumer")
+        return super().popleft()
+
+
+class _RacedPlugin:
+    def __init__(self) -> None:
+        self.buffer = _Raced()
+        self.buffer.races = 0
+
+    @mqkit.hookimpl
+    def mqkit_subscription_buffer(self) -> FifoBuffer:
+        return self.buffer
+
+
+def test_a_get_whose_pop_lost_the_race_waits_instead_of_raising(make_broker) -> None:
+    plugin = _RacedPlugin()
+    broker = make_broker(objects=[plugin])
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("m"))
+    plugin.buffer.races = 2  # the lock-free pop and the pop under the lock both lose
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0)
+    assert sub.get(timeout=0).id == "m"  # it was there all along: nothing lost
