@@ -19,6 +19,7 @@ import attrs
 import pytest
 
 from mqkit.core.broker import Broker
+from mqkit.core.codegen import generate
 from mqkit.core.config import Config
 from mqkit.core.hookspecs import HOOK_NAMES, hookimpl
 from mqkit.core.plugins import PluginInfo, builtin_plugins, info_of
@@ -47,9 +48,8 @@ def _recording(name: str, argnames: Sequence[str]) -> Callable[..., None]:
 
     # Give the method the hook's exact signature, so pluggy passes every argument.
     params = ", ".join(argnames)
-    namespace: dict[str, Any] = {"_record": record}
-    exec(f"def {name}(self, {params}): _record(self, {params})", namespace)
-    fn: Callable[..., None] = namespace[name]
+    source = f"def {name}(self, {params}):\n    _record(self, {params})\n"
+    fn: Callable[..., None] = generate(name, source, {"_record": record}, f"recorder of {name}")
     return hookimpl(tryfirst=True)(fn)
 
 

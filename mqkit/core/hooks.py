@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
+from mqkit.core.codegen import generate
 from mqkit.core.errors import MQError, PluginError
 from mqkit.core.hookspecs import HOOK_NAMES, MESSAGE_INTEREST, Interest
 from mqkit.core.message import Message
@@ -53,10 +54,8 @@ def _adapt(impl: pluggy.HookImpl, spec_args: Sequence[str]) -> Callable[..., Any
     # one extra call; a generic ``*args`` shuffle would cost ~10x more on the hot path.
     params = ", ".join(f"a{i}" for i in range(len(spec_args)))
     call = ", ".join(f"a{spec_args.index(name)}" for name in wanted)
-    namespace: dict[str, Any] = {"fn": fn}
-    exec(f"def adapted({params}):\n    return fn({call})", namespace)
-    adapted: Callable[..., Any] = namespace["adapted"]
-    return adapted
+    source = f"def adapted({params}):\n    return fn({call})\n"
+    return generate("adapted", source, {"fn": fn}, f"adapter of {impl.plugin_name}.{fn.__name__}")
 
 
 def compile_hook(pm: pluggy.PluginManager, name: str) -> list[Impl]:

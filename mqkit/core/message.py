@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from mqkit.core.checks import as_finite, describe
+from mqkit.core.codegen import generate
 from mqkit.core.errors import InvalidMessageError
 
 __all__ = [
@@ -526,8 +527,9 @@ def stamper(cls: type[M]) -> Stamper[M]:
             value = "m.ack_id or _ack(m)"
         lines.append(f"    n.{name} = {value}")
     lines += ["    n.__class__ = _cls", "    return n"]
-    exec("\n".join(lines), namespace)
-    fn: Stamper[M] = namespace["stamp"]
+    fn: Stamper[M] = generate(
+        "stamp", "\n".join(lines) + "\n", namespace, f"stamper of {cls.__qualname__}"
+    )
     _stampers[cls] = fn
     return fn
 
