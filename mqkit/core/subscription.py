@@ -578,17 +578,8 @@ class Subscription:
         lock.acquire()
         try:
             message = self._buf.popleft()
-            if self._metered:  # _meter(message, -1), inlined
-                size = message._size
-                if size < 0:
-                    size = estimate_size(message)
-                size += SLOT_BYTES
-                self._bytes -= size
-                broker = self._broker
-                try:
-                    broker._bytes_local.shard.bytes -= size
-                except AttributeError:
-                    broker._bytes.get().bytes -= size
+            if self._metered:
+                self._meter(message, -1)
         finally:
             lock.release()
         return message
@@ -682,17 +673,8 @@ class Subscription:
             if len(buf) < self._cap and not self._closed:
                 buf.append(message)
                 self._received += 1
-                if self._metered:  # _meter(message, 1), inlined
-                    size = message._size
-                    if size < 0:
-                        size = estimate_size(message)
-                    size += SLOT_BYTES
-                    self._bytes += size
-                    broker = self._broker
-                    try:
-                        broker._bytes_local.shard.bytes += size
-                    except AttributeError:
-                        broker._bytes.get().bytes += size
+                if self._metered:
+                    self._meter(message, 1)
                 if self._waiters:
                     self._wake_one()
                 return True

@@ -369,23 +369,11 @@ class LookedAt(datetime):
         return cls.fromtimestamp(instant.timestamp(), instant.tzinfo)
 
 
-def priority_buffer_takes_fronts() -> bool:
-    from mqkit.plugins.priority import PriorityBuffer
-
-    return hasattr(PriorityBuffer, "take_front")
-
-
 @pytest.mark.parametrize(
     "plugins",
     [
         ("ttl", "metrics"),
-        pytest.param(
-            ("ttl", "metrics", "priority"),
-            marks=pytest.mark.skipif(
-                not priority_buffer_takes_fronts(),
-                reason="the priority buffer has no take_front yet: the sweep walks it",
-            ),
-        ),
+        ("ttl", "metrics", "priority"),
     ],
     ids=["fifo", "priority"],
 )
