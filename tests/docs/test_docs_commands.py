@@ -246,7 +246,8 @@ def test_ci_runs_the_readme_commands_as_written() -> None:
         if line.strip() and not line.strip().startswith("#")
     ]
     assert commands[:2] == [
-        f"{SETUP} && .venv/bin/python -m mqkit demo",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[cli]'"
+        " && .venv/bin/python -m mqkit demo",
         f"{SETUP} && .venv/bin/python -m pytest",
     ]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")

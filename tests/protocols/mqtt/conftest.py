@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.system import require_programs
 
 from .helpers import Paho, Srv, make_server
 
@@ -39,3 +40,9 @@ def paho_factory() -> Iterator[Callable[..., Paho]]:
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def mosquitto_clients() -> None:
+    """The test drives ``mosquitto_pub``/``mosquitto_sub`` (a skip naming the package if absent)."""
+    require_programs("mosquitto-clients", "mosquitto_pub", "mosquitto_sub")

@@ -10,6 +10,8 @@ import mqkit
 
 from .helpers import TIMEOUT, Srv
 
+pytestmark = pytest.mark.usefixtures("mosquitto_clients")
+
 VERSIONS = pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
 
 

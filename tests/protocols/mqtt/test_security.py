@@ -58,6 +58,7 @@ def test_password_file(server_factory: ServerFactory, password_file: str, versio
         assert c.connect("y").reason_code == anonymous
 
 
+@pytest.mark.usefixtures("mosquitto_clients")
 def test_mosquitto_clients_authenticate(server_factory: ServerFactory, password_file: str) -> None:
     srv = server_factory(mqtt_password_file=password_file, mqtt_allow_anonymous=False)
     inproc = srv.broker.subscribe("auth/x")
@@ -184,6 +185,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     return str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem")
 
 
+@pytest.mark.usefixtures("mosquitto_clients")
 def test_tls(server_factory: ServerFactory, tls_files: tuple[str, str, str]) -> None:
     ca, cert, key = tls_files
     srv = server_factory(mqtt_tls_cert=cert, mqtt_tls_key=key)
@@ -303,6 +305,7 @@ def client_cert_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     return files
 
 
+@pytest.mark.usefixtures("mosquitto_clients")
 def test_tls_client_certificates(
     server_factory: ServerFactory,
     client_cert_files: dict[str, str],

@@ -163,6 +163,7 @@ def test_v5_connack_assigns_an_id_only_when_the_client_sent_none(srv: Srv) -> No
         assert c.connect("").properties.assigned_client_identifier
 
 
+@pytest.mark.usefixtures("mosquitto_clients")
 def test_mosquitto_sub_keeps_its_session(srv: Srv) -> None:
     """libmosquitto refuses control characters: before the fix it disconnected, for good."""
     args = ["mosquitto_sub", "-h", srv.host, "-p", str(srv.port), "-V", "5", "-i", "mosq"]
