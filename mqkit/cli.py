@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -200,7 +201,34 @@ def demo(
         with tempfile.TemporaryDirectory(prefix="mqkit-demo-") as temporary:
             _demo(Path(temporary), f"{temporary} (a temporary directory, removed at the end)")
     else:
+        _fresh_demo_store(store)
         _demo(store, str(store))
+
+
+def _fresh_demo_store(store: Path) -> None:
+    """Empty ``store`` of what an earlier demo left there, so that the demo starts afresh.
+
+    Only a directory that holds an mqkit store and nothing else is emptied; a directory with
+    other files, or one a running broker holds, is refused (exit 1) and left as it is.
+    """
+    from mqkit.inspection import LOCK_FILE, STORE_DIR, lock_holder
+
+    if not store.is_dir():
+        return
+    found = {p.name for p in store.iterdir()}
+    if not found:
+        return
+    if not found <= {LOCK_FILE, STORE_DIR}:
+        raise _fail(
+            f"{store} holds files that are not an mqkit store ({', '.join(sorted(found))}); "
+            "give the demo a new or empty directory, or one an earlier demo wrote"
+        )
+    holder = lock_holder(store)
+    if holder is not None:
+        raise _fail(f"{store} is in use by a running broker (pid {holder})")
+    shutil.rmtree(store / STORE_DIR, ignore_errors=True)
+    (store / LOCK_FILE).unlink(missing_ok=True)
+    console.print(f"{escape(str(store))}: removed the store an earlier run left there")
 
 
 def _demo(store: Path, where: str) -> None:

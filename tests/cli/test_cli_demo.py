@@ -49,6 +49,28 @@ def test_demo_exits_0_and_names_every_feature_it_exercised(tmp_path: Path) -> No
     assert "Real time, no simulated clock" in out
 
 
+def test_demo_runs_again_on_the_store_an_earlier_run_left(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert run_mqkit("demo", "--store", str(store)).returncode == 0
+    again = run_mqkit("demo", "--store", str(store))
+    out = flat(again.stdout)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removed the store an earlier run left there" in out
+    assert "recovered important-0, important-1, important-2 in order" in out
+    assert "FAILED" not in out
+
+
+def test_demo_refuses_a_directory_that_holds_other_files(tmp_path: Path) -> None:
+    store = tmp_path / "mine"
+    store.mkdir()
+    (store / "notes.txt").write_text("keep me", encoding="utf-8")
+    result = run_mqkit("demo", "--store", str(store))
+    assert result.returncode != 0
+    assert "not an mqkit store (notes.txt)" in flat(result.stderr)
+    assert (store / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in store.iterdir()) == ["notes.txt"]
+
+
 def test_plain_demo_uses_a_temporary_directory_and_removes_it(tmp_path: Path) -> None:
     # The README's command, as written: no --store. Its temporary directory goes in TMPDIR.
     tmp = tmp_path / "tmp"
