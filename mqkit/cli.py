@@ -51,7 +51,7 @@ app = typer.Typer(
     help="mqkit: a typed, in-process message broker for Python, built from pluggy plugins.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,  # click's plain help: flags without a <bool> column, <topic> kept
     pretty_exceptions_enable=False,
 )
 

@@ -148,4 +148,8 @@ def test_help_lists_every_command_and_each_command_describes_its_options() -> No
         usage = mqkit_cli(command, "--help")
         assert usage.returncode == 0, usage.stderr
         assert f"Usage: mqkit {command}" in flat(usage.stdout) and option in usage.stdout
+        # A flag takes no value: no "<bool>" beside it (typer's rich help printed one).
+        assert "<bool>" not in usage.stdout, usage.stdout
+    # Angle brackets in a command's text are kept (the markdown help swallowed "<topic>").
+    assert "POST /publish/<topic>" in flat(mqkit_cli("serve", "--help").stdout)
     assert run_mqkit().returncode == 2  # no command: usage, exit 2
