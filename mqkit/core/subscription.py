@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import threading
 import time
 from collections import deque
@@ -44,6 +45,8 @@ __all__ = [
     "Taps",
     "check_options",
 ]
+
+log = logging.getLogger("mqkit")
 
 SLOT_BYTES: Final = 64
 """Bytes counted for each buffer a message sits in, beyond the message's own estimate."""
@@ -335,6 +338,8 @@ class Subscription:
         self._dropped = 0
         self._requeued = 0
         self._left = 0
+        self._warn_at = 1  # the drop count at which _warn_drops looks again (rate limit)
+        self._warn_after = 0.0  # monotonic time before which no other drop warning is logged
         # The per-message path's strategies (see ``_configure``).
         self._bytes = 0
         self._metered = False
@@ -718,6 +723,8 @@ class Subscription:
         if self._policy is not _OLDEST:
             return self._overflow(message)
         if dropped is not None:
+            if self._dropped >= self._warn_at:
+                self._warn_drops()
             hooks = self._broker._hooks
             if self._drop_taps or (hooks.drop_on and dropped.__class__ not in hooks.drop_idle):
                 # A buffer that drops the new message under DROP_OLDEST (a priority buffer whose
@@ -757,11 +764,35 @@ class Subscription:
                     self._meter(message, 1)
                 if self._waiters:
                     self._wake_one()
+        if dropped is not None and self._dropped >= self._warn_at:
+            self._warn_drops()
         if dropped is not None and (self._drop_taps or self._broker._hooks.drop_on):
             self._broker._hooks.drop(self._broker, self, dropped, policy.value)
         if close:
             self.cancel()
         return entered
+
+    def _warn_drops(self) -> None:
+        """Log a WARNING that the policy dropped messages (the first drop, then once a minute).
+
+        Between two warnings the clock is read once per 1,024 drops.
+        """
+        now = time.monotonic()
+        if now < self._warn_after:
+            self._warn_at = self._dropped + 1024
+            return
+        self._warn_at = self._dropped + 1
+        self._warn_after = now + 60.0
+        log.warning(
+            "subscription %d to %r dropped %d message(s) so far: its buffer of %d is full "
+            "(backpressure %s); consume faster, or subscribe with a larger buffer_size or "
+            "another policy",
+            self.id,
+            self.topic,
+            self._dropped,
+            self._cap,
+            self._policy.value,
+        )
 
     def _wait_for_space(self) -> bool:
         """Under the lock: wait up to ``block_timeout`` for room. True when there is room."""

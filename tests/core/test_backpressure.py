@@ -227,3 +227,26 @@ def test_policies_buffer_two_five_publishes(
     publish_ids(broker, "t", *(str(i) for i in range(5)))
     assert sub.stats().dropped == dropped
     assert drain(sub) == kept
+
+
+@pytest.mark.parametrize("priority", [False, True], ids=["fifo", "priority buffer"])
+@pytest.mark.parametrize("policy", list(mqkit.Backpressure), ids=lambda p: p.value)
+def test_a_dropping_subscription_logs_one_warning(
+    policy: mqkit.Backpressure, priority: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first drop is logged once, naming the topic, policy and buffer size; more drops in
+    the same minute log nothing more."""
+    config = mqkit.Config(enable_priority_queue=priority)
+    opts = mqkit.SubOptions(policy=policy, block_timeout=0.0)
+    with mqkit.Broker(config) as broker, caplog.at_level("WARNING", logger="mqkit"):
+        sub = broker.subscribe("orders", opts)
+        for i in range(16):
+            broker.publish("orders", mqkit.Message(f"m{i}"))
+        assert caplog.records == []  # a full buffer is not a drop
+        for i in range(16, 100):
+            broker.publish("orders", mqkit.Message(f"m{i}"))
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        text = warnings[0].getMessage()
+        assert "'orders'" in text and "buffer of 16" in text and policy.value in text
+        assert sub.stats().dropped >= 1
