@@ -4,8 +4,24 @@ Turn it on with ``Config(enable_mqtt=True, mqtt_port=...)`` and call
 ``broker.start_mqtt_server()``; see :mod:`mqkit.protocols.mqtt.plugin` for the server,
 :mod:`.mapping` for how MQTT messages and :class:`~mqkit.Message` map onto each other, and
 :mod:`.auth` for the password and ACL files.
+
+Importing the package imports none of its modules: ``python -m mqkit.protocols.mqtt.auth``
+then runs ``auth`` once, as ``__main__`` (``MQTTPlugin`` is imported on first use).
 """
 
-from mqkit.protocols.mqtt.plugin import MQTTPlugin
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mqkit.protocols.mqtt.plugin import MQTTPlugin
 
 __all__ = ["MQTTPlugin"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "MQTTPlugin":
+        from mqkit.protocols.mqtt.plugin import MQTTPlugin
+
+        return MQTTPlugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

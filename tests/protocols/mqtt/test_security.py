@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,30 @@ def test_hashes_are_salted_and_verify() -> None:
     assert a != b
     assert verify_password(a, b"pw") and not verify_password(a, b"nope")
     assert not verify_password("garbage", b"pw")
+
+
+def test_the_passwd_command_writes_a_verifiable_entry_without_warnings(tmp_path: Path) -> None:
+    """docs/mqtt.md's command, with warnings as errors (runpy warned about a double import)."""
+    path = tmp_path / "passwd"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "mqkit.protocols.mqtt.auth",
+            "passwd",
+            str(path),
+            "carol",
+        ],
+        input="s3cret\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+    )
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    user, _, stored = path.read_text().strip().partition(":")
+    assert user == "carol" and verify_password(stored, b"s3cret")
 
 
 @pytest.mark.parametrize("version", [4, 5])
