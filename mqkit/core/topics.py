@@ -8,6 +8,12 @@ Patterns follow Go's ``path.Match`` as the seed's pubsub uses it: ``*`` matches 
 characters except ``/`` (so ``orders.*`` matches ``orders.created``), ``?`` one such character,
 ``[...]`` a class (``[^...]`` or ``[!...]`` negated, ``a-z`` ranges), ``\\`` escapes. A pattern
 without any of these is an exact topic.
+
+Filters follow MQTT's rules (3.1.1 and 5.0), for MQTT clients and in-process subscribers alike:
+levels are separated by ``/``; ``+`` matches exactly one level and must fill a whole level; ``#``
+matches any number of levels (the parent level included: ``a/#`` matches ``a``) and must be the
+last level. Topics beginning with ``$`` are not matched by a filter whose first level is a
+wildcard.
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ from collections.abc import Callable
 from mqkit.core.config import MAX_TOPIC_LENGTH
 from mqkit.core.errors import InvalidTopicError
 
-__all__ = ["compile_pattern", "is_pattern", "normalize_topic"]
+__all__ = [
+    "check_filter",
+    "compile_filter",
+    "compile_pattern",
+    "filter_is_valid",
+    "is_pattern",
+    "normalize_topic",
+]
 
 _GLOB_CHARS = frozenset("*?[\\")
 
@@ -113,3 +126,55 @@ def _class_char(pattern: str, i: int) -> tuple[str, int]:
             raise InvalidTopicError.because(f"invalid pattern {pattern!r}: trailing escape")
         return pattern[i + 1], i + 1
     return pattern[i], i
+
+
+def filter_is_valid(topic_filter: str) -> bool:
+    """Whether ``topic_filter`` is a valid MQTT topic filter (not a shared one)."""
+    if not topic_filter:
+        return False
+    if "+" not in topic_filter and "#" not in topic_filter:
+        return True
+    levels = topic_filter.split("/")
+    last = len(levels) - 1
+    for i, level in enumerate(levels):
+        if level == "#":
+            if i != last:
+                return False
+        elif level != "+" and ("+" in level or "#" in level):
+            return False
+    return True
+
+
+def check_filter(topic_filter: object) -> str:
+    """Return the normalized filter, or raise :class:`InvalidTopicError` naming what is wrong."""
+    text = normalize_topic(topic_filter)
+    if not filter_is_valid(text):
+        raise InvalidTopicError.because(
+            f"invalid filter {text!r}: '+' must fill a whole level and '#' must be the whole "
+            "last level (levels are separated by '/')"
+        )
+    return text
+
+
+def compile_filter(topic_filter: str) -> Callable[[str], bool]:
+    """A predicate telling whether a topic name matches ``topic_filter`` (a valid filter)."""
+    if "+" not in topic_filter and "#" not in topic_filter:
+        return topic_filter.__eq__
+    if topic_filter == "#":
+        return lambda topic: not topic.startswith("$")
+    if topic_filter.endswith("/#") and "+" not in topic_filter:
+        prefix = topic_filter[:-2]
+        with_slash = prefix + "/"
+        return lambda topic: topic == prefix or topic.startswith(with_slash)
+    levels = topic_filter.split("/")
+    if levels[-1] == "#":
+        head = levels[:-1]
+        tail = "(?:/.*)?" if head else ".*"  # "a/#" also matches "a"
+    else:
+        head, tail = levels, ""
+    pattern = "/".join("[^/]*" if lv == "+" else re.escape(lv) for lv in head) + tail
+    regex = re.compile(pattern, re.DOTALL)
+    match = regex.fullmatch
+    if levels[0] in ("+", "#"):
+        return lambda topic: not topic.startswith("$") and match(topic) is not None
+    return lambda topic: match(topic) is not None

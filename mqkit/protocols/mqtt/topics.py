@@ -1,5 +1,8 @@
 """MQTT topic names and topic filters: validation, matching, shared subscriptions, ACL cover.
 
+Filter validation and matching are the core's (:mod:`mqkit.core.topics`: in-process
+subscribers use the same filters); this module adds what only the gateway needs.
+
 The rules are MQTT's (both 3.1.1 and 5.0): levels are separated by ``/``; ``+`` matches exactly
 one level and must fill a whole level; ``#`` matches any number of levels (the parent level
 included: ``a/#`` matches ``a``) and must be the last level; a topic name contains neither.
@@ -9,10 +12,9 @@ A shared subscription is ``$share/<group>/<filter>``.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-
 import attrs
+
+from mqkit.core.topics import compile_filter, filter_is_valid
 
 __all__ = [
     "SharedFilter",
@@ -29,23 +31,6 @@ MAX_TOPIC_BYTES = 65535
 def topic_is_valid(topic: str) -> bool:
     """Whether ``topic`` is a valid topic name to publish to (no wildcards, not empty)."""
     return bool(topic) and "+" not in topic and "#" not in topic
-
-
-def filter_is_valid(topic_filter: str) -> bool:
-    """Whether ``topic_filter`` is a valid (non-shared) topic filter."""
-    if not topic_filter:
-        return False
-    if "+" not in topic_filter and "#" not in topic_filter:
-        return True
-    levels = topic_filter.split("/")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if level == "#":
-            if i != last:
-                return False
-        elif level != "+" and ("+" in level or "#" in level):
-            return False
-    return True
 
 
 @attrs.frozen(slots=True)
@@ -70,30 +55,6 @@ def parse_shared(topic_filter: str) -> SharedFilter | None:
     if not filter_is_valid(inner):
         raise ValueError(f"invalid topic filter in shared subscription {topic_filter!r}")
     return SharedFilter(group, inner)
-
-
-def compile_filter(topic_filter: str) -> Callable[[str], bool]:
-    """A predicate telling whether a topic name matches ``topic_filter`` (a valid filter)."""
-    if "+" not in topic_filter and "#" not in topic_filter:
-        return topic_filter.__eq__
-    if topic_filter == "#":
-        return lambda topic: not topic.startswith("$")
-    if topic_filter.endswith("/#") and "+" not in topic_filter:
-        prefix = topic_filter[:-2]
-        with_slash = prefix + "/"
-        return lambda topic: topic == prefix or topic.startswith(with_slash)
-    levels = topic_filter.split("/")
-    if levels[-1] == "#":
-        head = levels[:-1]
-        tail = "(?:/.*)?" if head else ".*"  # "a/#" also matches "a"
-    else:
-        head, tail = levels, ""
-    pattern = "/".join("[^/]*" if lv == "+" else re.escape(lv) for lv in head) + tail
-    regex = re.compile(pattern, re.DOTALL)
-    match = regex.fullmatch
-    if levels[0] in ("+", "#"):
-        return lambda topic: not topic.startswith("$") and match(topic) is not None
-    return lambda topic: match(topic) is not None
 
 
 def covers(rule: str, topic_filter: str) -> bool:
