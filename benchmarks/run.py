@@ -81,7 +81,7 @@ def profile(spec: str, quick: bool, messages: int | None, top: int) -> int:
     case.run(min(n, 500))  # warm up (imports, generated code)
     plain = min(case.run(n) for _ in range(3))
     stats = pstats.Stats(harness.profile_case(case, n))
-    entries = stats.stats
+    entries = stats.stats  # type: ignore[attr-defined]  # pstats keeps its table here
     total = sum(v[2] for v in entries.values())
     print(f"## profile: {case.group} / {case.name}, {n:,} messages")
     print(
