@@ -457,7 +457,7 @@ def _print_table(table: Table, note: str) -> None:
 def bench(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="A TOML file of Config fields (default: defaults)."),
+        typer.Option("--config", "-c", help="A TOML file of Config fields (else the defaults)."),
     ] = None,
     messages: Annotated[
         int | None, typer.Option(min=1, help="Messages per run (default 10,000; quick 2,000).")
