@@ -244,7 +244,10 @@ def main() -> int:
                     "max_queued_messages 1000\n"
                 )
             proc = subprocess.Popen(
-                ["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                ["mosquitto", "-c", conf],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
             )
             servers["mosquitto"] = (proc, port)
             wait_for_port(port)

@@ -4,9 +4,9 @@ Run from a clone of the repository (the peers come with the ``bench`` extra)::
 
     python benchmarks/run.py [--quick] [--group NAME ...] [--json FILE] [--chart FILE]
 
-Groups: core, cross-thread, asyncio, plugins, durable, ack, memory, scaling (the suite in
-``mqkit/bench.py``, which ``mqkit bench`` runs too) and mqtt (``benchmarks/bench_mqtt.py``: the
-MQTT gateway against mosquitto, in its own processes). Without ``--group`` every group runs;
+Groups: core, cross-thread, asyncio, plugins, durable, ack, memory, scaling (the cases in
+``cases.py``, timed by ``harness.py``, reported by ``report.py``) and mqtt (``bench_mqtt.py``:
+the MQTT gateway against mosquitto, in its own processes). Without ``--group`` every group runs;
 ``--quick`` leaves out mqtt (CI runs it on its own line). Each table is printed in Markdown
 with the median of interleaved rounds and the ratios; then the targets with their verdicts.
 
@@ -27,13 +27,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mqkit import bench
+import cases
+import harness
+import report
 
 HERE = Path(__file__).resolve().parent
 
 
 def header(args: argparse.Namespace, rounds: int, info: dict[str, str]) -> str:
-    peers = ", ".join(f"{d} {info[d]}" for d in (*bench.PEERS, "matplotlib"))
+    peers = ", ".join(f"{d} {info[d]}" for d in (*cases.PEERS, "matplotlib"))
     mode = "quick" if args.quick else "full"
     lines = [
         "# mqkit benchmark suite",
@@ -66,20 +68,20 @@ def run_mqtt(quick: bool) -> int:
 
 def profile(spec: str, quick: bool, messages: int | None, top: int) -> int:
     """Run one case under cProfile; print its top functions by own time, with their share."""
-    cases = bench.suite([g for g in bench.GROUPS if g != "memory"])
-    found = [c for c in cases if f"{c.group}/{c.name}" == spec] or [
-        c for c in cases if c.name == spec
+    timed = cases.suite([g for g in cases.GROUPS if g != "memory"])
+    found = [c for c in timed if f"{c.group}/{c.name}" == spec] or [
+        c for c in timed if c.name == spec
     ]
     if len(found) != 1:
-        names = "\n  ".join(f"{c.group}/{c.name}" for c in cases)
+        names = "\n  ".join(f"{c.group}/{c.name}" for c in timed)
         print(f"no single case {spec!r}; the cases are:\n  {names}", file=sys.stderr)
         return 2
     case = found[0]
     n = messages or (case.quick_messages if quick else case.messages)
     case.run(min(n, 500))  # warm up (imports, generated code)
     plain = min(case.run(n) for _ in range(3))
-    stats = pstats.Stats(bench.profile_case(case, n))
-    entries = stats.stats
+    stats = pstats.Stats(harness.profile_case(case, n))
+    entries = stats.stats  # type: ignore[attr-defined]  # pstats keeps its table here
     total = sum(v[2] for v in entries.values())
     print(f"## profile: {case.group} / {case.name}, {n:,} messages")
     print(
@@ -109,8 +111,8 @@ def main() -> int:
         nargs="+",
         action="extend",
         metavar="NAME",
-        choices=[*bench.GROUPS, "mqtt"],
-        help=f"run only these groups: {', '.join(bench.GROUPS)}, mqtt",
+        choices=[*cases.GROUPS, "mqtt"],
+        help=f"run only these groups: {', '.join(cases.GROUPS)}, mqtt",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--chart", type=Path, metavar="FILE", help="draw the PNG chart here")
@@ -122,22 +124,22 @@ def main() -> int:
     if args.profile:
         return profile(args.profile, args.quick, args.messages, args.top)
     rounds = args.rounds or (3 if args.quick else 7)
-    groups = list(dict.fromkeys(args.group or [*bench.GROUPS, *([] if args.quick else ["mqtt"])]))
-    machine = bench.machine_info()  # at the start: its load average is the one before the run
+    groups = list(dict.fromkeys(args.group or [*cases.GROUPS, *([] if args.quick else ["mqtt"])]))
+    machine = report.machine_info()  # at the start: its load average is the one before the run
     print(header(args, rounds, machine))
-    cases = bench.suite([g for g in groups if g in bench.GROUPS and g != "memory"])
+    timed = cases.suite([g for g in groups if g in cases.GROUPS and g != "memory"])
     done: Counter[str] = Counter()
     started = time.perf_counter()
 
-    def ran(case: bench.BenchCase) -> None:
+    def ran(case: harness.BenchCase) -> None:
         key = f"{case.group} / {case.name}"
         done[key] += 1
         if done[key] == rounds:
             print(f"  [{time.perf_counter() - started:6.1f}s] {key}", file=sys.stderr, flush=True)
 
-    results = bench.run_suite(cases, args.messages, rounds, ran, quick=args.quick)
-    memory = bench.run_memory(args.messages, quick=args.quick) if "memory" in groups else []
-    scaling: list[bench.ScalingResult] = []
+    results = harness.run_suite(timed, args.messages, rounds, ran, quick=args.quick)
+    memory = cases.run_memory(args.messages, quick=args.quick) if "memory" in groups else []
+    scaling: list[harness.ScalingResult] = []
     if "scaling" in groups:
 
         def measured(name: str) -> None:
@@ -147,27 +149,27 @@ def main() -> int:
                 flush=True,
             )
 
-        scaling = bench.run_scaling(args.messages, quick=args.quick, on_run=measured)
+        scaling = cases.run_scaling(args.messages, quick=args.quick, on_run=measured)
     tables = [
-        *bench.timing_tables(results),
-        *bench.memory_tables(memory),
-        *bench.scaling_tables(scaling),
+        *report.timing_tables(results),
+        *report.memory_tables(memory),
+        *report.scaling_tables(scaling),
     ]
-    targets = bench.evaluate_targets(results, memory, scaling)
+    targets = report.evaluate_targets(results, memory, scaling)
     if targets:
-        tables.append(bench.target_table(targets))
-    print(bench.markdown(tables))
+        tables.append(report.target_table(targets))
+    print(report.markdown(tables))
     code = 0
     if "mqtt" in groups:
         code = run_mqtt(args.quick)
     title = f"mqkit benchmark suite ({'quick' if args.quick else 'full'}), median of {rounds}"
     if args.json:
-        data = bench.to_json(results, memory, title, machine, scaling)
+        data = report.to_json(results, memory, title, machine, scaling)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.chart:
-        print(f"wrote {bench.write_chart(results, args.chart, title, memory)}", file=sys.stderr)
+        print(f"wrote {report.write_chart(results, args.chart, title, memory)}", file=sys.stderr)
     failed = [f"{r.group} / {r.name}: {r.status}" for r in results if r.status != "ok"]
     failed = [f for f in failed if "not installed" not in f]
     failed += [f"memory / {m.name}: {m.status}" for m in memory if m.status != "ok"]

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich import box
@@ -40,9 +40,6 @@ import mqkit
 from mqkit.core.config import Config
 from mqkit.core.errors import InvalidConfigError, MQError
 from mqkit.core.status import HealthStatus, MetricsSnapshot
-
-if TYPE_CHECKING:
-    from mqkit.bench import ReportTable
 
 __all__ = ["app", "main"]
 
@@ -464,148 +461,172 @@ def inspect_command(
 # -- bench -----------------------------------------------------------------------------------------
 
 
-def _rich_table(report: ReportTable) -> Table:
-    """A rich table of a benchmark report table: numbers right-aligned, notes as a caption."""
-    table = Table(title=report.title, title_justify="left", header_style="bold")
-    for column in report.columns:
-        if column == "note":
-            table.add_column(column, overflow="fold", ratio=1, style="dim")
-        elif column in ("case", "kind", "holder", "target", "against", "status"):
-            table.add_column(column, no_wrap=True)
-        else:
-            table.add_column(column, justify="right", no_wrap=True)
-    for row in report.rows:
-        cells = list(row)
-        if "status" in report.columns:
-            i = report.columns.index("status")
-            style = {"met": "bold green", "not met": "bold red"}.get(cells[i], "yellow")
-            cells[i] = f"[{style}]{cells[i]}[/]"
-        table.add_row(*cells)
-    if report.notes:
-        table.caption = "\n".join(report.notes)
-        table.caption_justify = "left"
+def _bench_table(title: str, columns: Sequence[str]) -> Table:
+    """A compact rich table for ``mqkit bench`` (fits 80 columns): first column left."""
+    console.print(f"[bold]{title}[/]")
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
     return table
+
+
+def _us(value: float, sign: str = "") -> str:
+    """Microseconds: two decimals below 100 (no "-0.00"), none above."""
+    value = round(value, 2) + 0.0
+    return f"{value:{sign},.2f}" if abs(value) < 100 else f"{value:{sign},.0f}"
+
+
+def _print_table(table: Table, note: str) -> None:
+    console.print(table)
+    console.print(f"[dim]{note}[/]\n")
 
 
 @app.command()
 def bench(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="A TOML file of Config fields (else the defaults)."),
+    ] = None,
+    messages: Annotated[
+        int | None, typer.Option(min=1, help="Messages per run (default 10,000; quick 2,000).")
+    ] = None,
+    subscribers: Annotated[
+        int, typer.Option(min=1, help="Subscribers of the 1 -> N throughput run.")
+    ] = 10,
+    payload: Annotated[int, typer.Option(min=0, help="Payload size in bytes.")] = 64,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Rounds per run; the median counts (5; quick 3).")
+    ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="A short run: fewer messages and rounds.")
     ] = False,
-    messages: Annotated[
-        int | None,
-        typer.Option(min=1, help="Messages per run for every case (default: each case's own)."),
-    ] = None,
-    rounds: Annotated[
-        int | None, typer.Option(min=1, help="Rounds per case; the median counts (7; quick 3).")
-    ] = None,
-    group: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--group",
-            "-g",
-            help="Run only this group (repeatable): core, cross-thread, asyncio, plugins, "
-            "durable, ack, memory, scaling.",
-        ),
-    ] = None,
-    chart: Annotated[
-        Path, typer.Option(help="Where to write the PNG chart.", dir_okay=False)
-    ] = Path("mqkit-bench.png"),
-    no_chart: Annotated[bool, typer.Option("--no-chart", help="Do not draw a chart.")] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the results as JSON here.")
     ] = None,
 ) -> None:
-    """Run the benchmark suite: mqkit against its peers, in one process, with ratios.
+    """Measure mqkit with your config: throughput, latency percentiles and what each plugin costs.
 
-    Groups: core (publish -> get against pyee, blinker, pypubsub, aiopubsub and stdlib
-    baselines), cross-thread, asyncio, plugins (what each plugin costs), durable (against
-    diskcache and sqlite3), ack (round trip against kombu and persist-queue), memory and
-    scaling (the cost per message with 10,000 and 1,000,000 messages buffered).
-    Prints a table per group, the targets with their verdicts, and writes a PNG chart
-    (matplotlib). Peers come with the 'bench' extra; a missing one shows as "not installed".
+    Builds brokers from the config file (or the defaults), with the store in a temporary
+    directory and gateways on free ports, and measures publish -> get throughput (1 -> 1 and
+    1 -> N subscribers), publish -> get latency across threads (p50, p90, p99, max) and, for
+    each plugin the config loads, the cost per message against the config without it.
     """
-    from mqkit.bench import (
-        GROUPS,
-        MEMORY_CASES,
-        SCALING_CASES,
-        BenchCase,
-        evaluate_targets,
-        machine_info,
-        memory_tables,
-        run_memory,
-        run_scaling,
-        run_suite,
-        scaling_tables,
-        suite,
-        target_table,
-        timing_tables,
-        to_json,
-        write_chart,
-    )
+    from mqkit.perf import PerfRun
 
-    groups = list(dict.fromkeys(group or GROUPS))
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown:
-        raise _fail(f"unknown group {unknown[0]!r}; choose from {', '.join(GROUPS)}", EXIT_USAGE)
-    if not no_chart:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise _fail(
-                "the chart needs matplotlib: pip install 'mqkit[bench]' (or pass --no-chart)"
-            ) from None
-    r = rounds or (3 if quick else 7)
-    cases = suite([g for g in groups if g != "memory"])
-    size = f"{messages:,} messages per run" if messages else "messages per run: see each table"
-    title = (
-        f"mqkit {mqkit.__version__}, Python {platform.python_version()} "
-        f"({platform.machine()}, {os.cpu_count()} cores), {size}, median of {r} rounds"
-        + (" (quick)" if quick else "")
-    )
-    console.print(f"[bold]mqkit bench[/]: {title}")
+    try:
+        cfg = load_config(config)
+    except InvalidConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    n = messages or (2_000 if quick else 10_000)
+    r = rounds or (3 if quick else 5)
     progress = Progress(
-        TextColumn("{task.description:<13}"),
-        BarColumn(),
+        SpinnerColumn(),
+        TextColumn("{task.description:<18}"),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[case]}"),
         TimeElapsedColumn(),
         console=console,
+        transient=True,
     )
+    try:
+        run = PerfRun(cfg, messages=n, payload=payload, rounds=r)
+    except MQError as exc:
+        raise _fail(f"cannot start the broker: {exc}") from None
+    plugins = ", ".join(run.plugins) or "none"
+    console.print(
+        f"[bold]mqkit bench[/]: mqkit {mqkit.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores; config {config or 'defaults'} (plugins: {plugins}); "
+        f"{n:,} messages of {payload:,} bytes per run, median of {r} round{'s' if r > 1 else ''}"
+    )
+    fanouts = list(dict.fromkeys((1, subscribers)))
     with progress:
-        extra = {"memory": len(MEMORY_CASES), "scaling": len(SCALING_CASES)}
-        tasks = {
-            g: progress.add_task(
-                g, total=extra.get(g, 0) + r * sum(c.section == g for c in cases), case=""
-            )
-            for g in groups
-        }
+        task = progress.add_task("starting", total=run.steps(subscribers))
 
-        def ran(case: BenchCase) -> None:
-            progress.update(tasks[case.section], advance=1, case=case.name)
+        def step(description: str) -> None:
+            progress.update(task, advance=1, description=description)
 
-        def measured(name: str) -> None:
-            progress.update(tasks["memory"], advance=1, case=name)
-
-        def scaled(name: str) -> None:
-            progress.update(tasks["scaling"], advance=1, case=name)
-
-        results = run_suite(cases, messages, r, ran, quick=quick)
-        memory = run_memory(messages, quick=quick, on_run=measured) if "memory" in groups else []
-        scaling = run_scaling(messages, quick=quick, on_run=scaled) if "scaling" in groups else []
-    for report in [*timing_tables(results), *memory_tables(memory), *scaling_tables(scaling)]:
-        console.print(_rich_table(report))
-    targets = evaluate_targets(results, memory, scaling)
-    if targets:
-        console.print(_rich_table(target_table(targets)))
+        run.on_step = step
+        try:
+            throughput = [run.throughput(f) for f in fanouts]
+            latency = run.latency()
+            costs = run.plugin_costs()
+        except (MQError, TimeoutError) as exc:
+            raise _fail(f"the benchmark failed: {exc}") from None
+    table = _bench_table(
+        "Throughput: publish -> get, one thread",
+        ("subscribers", "msgs/s", "deliveries/s", "µs / msg", "spread"),
+    )
+    for t in throughput:
+        table.add_row(
+            f"1 -> {t.subscribers}",
+            f"{t.rate:,.0f}",
+            f"{t.rate * t.subscribers:,.0f}",
+            _us(t.micros),
+            f"{t.spread:.0%}",
+        )
+    _print_table(
+        table, "deliveries/s: msgs/s x subscribers; spread: (slowest - fastest round) / median"
+    )
+    table = _bench_table(
+        "Latency: publish -> get across threads, in µs",
+        ("messages", "p50", "p90", "p99", "max"),
+    )
+    quantiles = (latency.p50, latency.p90, latency.p99, latency.max)
+    table.add_row(f"{latency.messages:,}", *(_us(v) for v in quantiles))
+    _print_table(table, "one message in flight; a consumer thread blocks in get()")
+    table = _bench_table(
+        "What each plugin costs: 1 -> 1, with and without it",
+        ("plugin", "µs / msg", "without it", "cost", "share"),
+    )
+    for c in costs:
+        if c.status != "ok":
+            table.add_row(c.plugin, _us(c.with_us), "-", "-", "-")
+            continue
+        table.add_row(
+            c.plugin,
+            _us(c.with_us),
+            _us(c.without_us),
+            _us(c.cost, "+"),
+            f"{c.cost / c.with_us:.0%}",
+        )
+    if not costs:
+        table.add_row("(none)", "-", "-", "-", "-")
+    _print_table(table, "cost: µs per message it adds (the median of the per-round differences)")
+    for c in costs:
+        if c.status != "ok":
+            console.print(f"[yellow]{c.plugin}[/]: not measured: {c.status}")
     if json_path is not None:
-        data = to_json(results, memory, title, machine_info(), scaling)
+        data = {
+            "mqkit": mqkit.__version__,
+            "python": platform.python_version(),
+            "config": str(config) if config is not None else None,
+            "plugins": list(run.plugins),
+            "messages": n,
+            "payload": payload,
+            "rounds": r,
+            "throughput": [
+                {"subscribers": t.subscribers, "msgs_per_s": t.rate, "samples": list(t.samples)}
+                for t in throughput
+            ],
+            "latency_us": {
+                "p50": latency.p50,
+                "p90": latency.p90,
+                "p99": latency.p99,
+                "max": latency.max,
+            },
+            "plugin_costs": [
+                {
+                    "plugin": c.plugin,
+                    "with_us": c.with_us,
+                    "without_us": None if c.status != "ok" else c.without_us,
+                    "status": c.status,
+                }
+                for c in costs
+            ],
+        }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {json_path}")
-    if not no_chart:
-        out = write_chart(results, chart, title, memory)
-        console.print(f"wrote the chart to {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

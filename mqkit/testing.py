@@ -1,6 +1,8 @@
-"""Test kit for mqkit users and plugin authors; also a pytest plugin (entry point ``pytest11``).
+"""Test kit for mqkit users and plugin authors; also a pytest plugin, loaded on request.
 
-Fixtures (available in any project that installs mqkit):
+A project opts in with ``pytest_plugins = ["mqkit.testing"]`` in its top-level ``conftest.py``
+(or ``-p mqkit.testing`` on the pytest command line or in ``addopts``); installing mqkit alone
+adds no fixture to anyone's test run. The fixtures:
 
 - ``make_broker``: ``make_broker("ack", "deadletter", config=..., plugins=[obj])`` builds a
   broker with *only* the named built-in plugins (plus any plugin objects), on the ``fake_clock``;

@@ -1,11 +1,12 @@
-"""The benchmark suite: mqkit against the libraries users know, in one process run.
+"""The cases of mqkit's benchmark suite: mqkit against the libraries users know, by group.
 
-``mqkit bench`` (rich tables and a chart) and ``python benchmarks/run.py`` (Markdown) both run
-it. The cases are organised in groups (:data:`GROUPS`); each group has one or more tables, and
-the cases of a table run interleaved: every round runs each case of the table once (the order
-rotates from round to round), and the table reports the median of the rounds. A ratio is the
-median of the per-round ratios of two cases of the same table (:func:`paired_ratio`): compare
-cases of one run, never numbers across runs - on a shared machine absolute numbers drift.
+``python benchmarks/run.py`` runs them (Markdown tables); ``harness.py`` times them and
+``report.py`` writes the tables, the targets with their verdicts and the chart. The cases are
+organised in groups (:data:`GROUPS`); each group has one or more tables, and the cases of a
+table run interleaved: every round runs each case of the table once (the order rotates from
+round to round), and the table reports the median of the rounds. A ratio is the median of the
+per-round ratios of two cases of the same table (:func:`harness.paired_ratio`): compare cases
+of one run, never numbers across runs - on a shared machine absolute numbers drift.
 
 - **core**: publish -> get in one thread, 1 -> 1 and 1 -> 10 subscribers: mqkit (core, no
   plugins) against pyee, blinker, pypubsub, aiopubsub (sync listeners), a plain list of
@@ -42,21 +43,14 @@ Peers are optional: a missing one shows as "not installed". Nothing here asserts
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import cProfile
 import functools
 import gc
 import importlib
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import queue
 import shutil
 import sqlite3
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,43 +63,36 @@ from typing import Any, Final
 
 import attrs
 
-from mqkit.core.broker import Broker
-from mqkit.core.config import Config
+from mqkit import (
+    AckMessage,
+    AckTTLMessage,
+    Backpressure,
+    Broker,
+    Config,
+    Message,
+    PriorityMessage,
+    SubOptions,
+    TTLMessage,
+)
 from mqkit.core.convert import message_to_dict
-from mqkit.core.message import AckMessage, AckTTLMessage, Message, PriorityMessage, TTLMessage
-from mqkit.core.plugins import builtin_plugins, info_of
-from mqkit.core.subscription import Backpressure, SubOptions
+from mqkit.testing import broker_config
 
-__all__ = [
-    "GROUPS",
-    "PEERS",
-    "TARGETS",
-    "BenchCase",
-    "BenchResult",
-    "MemoryResult",
-    "ReportTable",
-    "ScalingResult",
-    "Target",
-    "TargetResult",
-    "evaluate_targets",
-    "machine_info",
-    "markdown",
-    "memory_tables",
-    "paired_ratio",
-    "profile_case",
-    "run_memory",
-    "run_scaling",
-    "run_suite",
-    "scaling_tables",
-    "suite",
-    "target_table",
-    "timing_tables",
-    "to_json",
-    "write_chart",
-]
+from harness import (
+    BenchCase,
+    MemoryResult,
+    Run,
+    ScalingResult,
+    in_child,
+    in_temp_dir,
+    start_clock,
+    stop_clock,
+)
 
-Run = Callable[[int], float]
-"""Run a case over n messages; return the elapsed seconds (set-up and checks not counted)."""
+
+def _config(*plugins: str, **fields: Any) -> Config:
+    """A config that loads exactly the named built-in plugins (``mqkit.testing``'s)."""
+    return broker_config(*plugins, config=Config(**fields))
+
 
 GROUPS: Final = (
     "core",
@@ -119,6 +106,7 @@ GROUPS: Final = (
 )
 """The groups of cases, in the order they run."""
 
+
 PEERS: Final = (
     "pyee",
     "blinker",
@@ -131,132 +119,73 @@ PEERS: Final = (
 )
 """The peer distributions (the ``bench`` extra installs them)."""
 
+
 TOPIC: Final = "bench"
+
+
 CHUNK: Final = 512
 """In the asyncio cases the publisher yields to the event loop every CHUNK messages."""
+
+
 BOUND: Final = 1024
 """Buffer bound of the cross-thread and asyncio cases (mqkit, queue.Queue, asyncio.Queue)."""
+
+
 BATCH: Final = 100
 """Messages per ``publish_batch`` (and per transaction of the batched raw-store cases)."""
+
+
 RSS_SUBSCRIBERS: Final = 10
+
+
 RSS_MESSAGES: Final = 1_000_000
+
+
 RSS_QUICK_MESSAGES: Final = 50_000
+
+
 STAMPED: Final = "queue.SimpleQueue, stamped copies"
 """The memory baseline: a SimpleQueue holding the objects an mqkit subscription buffers."""
+
+
 RSS_SAMPLES: Final = 10
 """The RSS case samples the child's resident set this many times (every tenth of the run)."""
+
+
 LONG_TTL: Final = 600.0
 """``message_ttl`` of the ttl cases: every message gets an expiry, none expires in a run."""
+
+
 IN_MEMORY: Final = ("priority", "ttl", "metrics", "memory", "deadletter", "transactions")
 """The in-memory plugins of "all in-memory, plain messages" (ack has its own round trip)."""
+
+
 SCALING_SUBSCRIBERS: Final = 10
+
+
 SCALING_LEVELS: Final = (10_000, 1_000_000)
 """Messages buffered (in each of the 10 subscriptions) for the small and the large level."""
+
+
 SCALING_QUICK_LEVELS: Final = (1_000, 100_000)
+
+
 SCALING_BAR: Final = 1.5
 """Flat cost: the cost per message at the large level is at most this times the small's."""
+
+
 FULL_BUFFER: Final = 100_000
 """Size of the full DROP_OLDEST buffer of the "full buffer" table."""
+
+
 FULL_BUFFER_LIMIT: Final = 2.0
 """Seconds a "full buffer" run may publish for; a slower run reports the rate it reached."""
 
+
 _FAR: Final = datetime.now(UTC) + timedelta(days=1)
+
+
 _GENEROUS: Final = 60.0  # seconds: how long a blocked publisher or a consumer may wait
-
-
-# -- cases and results -----------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class BenchCase:
-    """One measured case: the table it belongs to, its name, and how to run it."""
-
-    group: str
-    """The table: the cases of a table run interleaved, round by round."""
-    name: str
-    run: Run = attrs.field(repr=False)
-    fanout: int = 1
-    section: str = "core"
-    """The group of :data:`GROUPS` (what ``--group`` selects)."""
-    kind: str = "mqkit"
-    """``mqkit``, ``peer`` (a third-party library) or ``stdlib`` (a baseline)."""
-    reference: bool = False
-    """The mqkit case the table's ratios are taken against."""
-    dist: str = ""
-    """The peer's distribution name."""
-    note: str = ""
-    messages: int = 20_000
-    """Messages per run in a full run."""
-    quick_messages: int = 3_000
-    """Messages per run with ``quick``."""
-    missing: str = ""
-    """Why the case cannot run (``"kombu not installed"``); empty when it can."""
-
-
-@attrs.frozen(kw_only=True)
-class BenchResult:
-    """The median of a case's rounds (or why there is none)."""
-
-    group: str
-    name: str
-    messages: int
-    fanout: int
-    seconds: float
-    """Median elapsed seconds for ``messages`` messages (NaN when the case did not run)."""
-    section: str = "core"
-    kind: str = "mqkit"
-    reference: bool = False
-    dist: str = ""
-    note: str = ""
-    samples: tuple[float, ...] = ()
-    """Every round's elapsed seconds."""
-    status: str = "ok"
-    """``ok``, ``not installed`` or ``failed: ...``."""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the case ran."""
-        return self.status == "ok"
-
-    @property
-    def rate(self) -> float:
-        """Messages published per second."""
-        if not self.ok:
-            return math.nan
-        return self.messages / self.seconds if self.seconds > 0 else math.inf
-
-    @property
-    def deliveries(self) -> float:
-        """Messages delivered per second (``rate`` x subscribers)."""
-        return self.rate * self.fanout
-
-    @property
-    def micros(self) -> float:
-        """Microseconds per message."""
-        return self.seconds / self.messages * 1e6 if self.ok else math.nan
-
-    @property
-    def spread(self) -> float:
-        """(slowest - fastest round) / median, as a fraction: how noisy the rounds were."""
-        if not self.ok or len(self.samples) < 2:
-            return 0.0
-        return (max(self.samples) - min(self.samples)) / self.seconds
-
-
-@attrs.frozen(kw_only=True)
-class MemoryResult:
-    """A memory measurement: bytes per buffered message, or a child process's peak RSS."""
-
-    table: str
-    """``buffered`` (bytes per buffered message) or ``rss`` (peak RSS)."""
-    name: str
-    kind: str
-    messages: int
-    value: float
-    """Bytes per buffered message, or the peak RSS growth in bytes."""
-    detail: dict[str, float] = attrs.field(factory=dict)
-    note: str = ""
-    status: str = "ok"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -268,26 +197,6 @@ def _peer(module: str) -> Any:
         return importlib.import_module(module)
     except Exception:
         return None
-
-
-def _config(*plugins: str, **fields: Any) -> Config:
-    """A config that loads exactly the named built-in plugins (as ``mqkit.testing``)."""
-    cfg = Config(**fields)
-    changes: dict[str, Any] = {}
-    disabled = set(cfg.disable_plugins)
-    for name, target in builtin_plugins().items():
-        info = info_of(target)
-        if info is None:
-            continue
-        if info.flag is not None:
-            changes[info.flag] = name in plugins
-        if name in plugins:
-            disabled.discard(name)
-        elif info.default or info.enabled is not None:
-            disabled.add(name)
-    return cfg.replace(
-        **changes, plugins=tuple(sorted(plugins)), disable_plugins=tuple(sorted(disabled))
-    )
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -325,69 +234,6 @@ def _check(sinks: Iterable[Sequence[Any]], n: int) -> None:
         raise RuntimeError(f"delivered {got}, expected {n} to each subscriber")
 
 
-def _in_temp_dir(run: Callable[[Path, int], float]) -> Run:
-    """A durable case: runs in a fresh directory, removed afterwards."""
-
-    def wrapped(n: int) -> float:
-        directory = Path(tempfile.mkdtemp(prefix="mqkit-bench-"))
-        try:
-            return run(directory, n)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-
-    return wrapped
-
-
-def _in_child(code: str, timeout: float) -> dict[str, Any]:
-    """Run ``code`` in a fresh Python started through ``/bin/sh``; parse its last line as JSON.
-
-    Linux keeps ``ru_maxrss`` across ``fork`` and ``exec``: a child started by this (large)
-    process would report our peak as its own. ``/bin/sh`` forks it from its own small image.
-    """
-    command = [sys.executable, "-c", code]
-    if os.path.exists("/bin/sh"):
-        command = ["/bin/sh", "-c", '"$0" -c "$1"; exit $?', sys.executable, code]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed")
-    data: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return data
-
-
-_profiler: cProfile.Profile | None = None
-"""While :func:`profile_case` runs: the profiler the timed part of a case switches on."""
-
-
-def _start() -> float:
-    """Start the clock of a case's timed part (and the profiler, when profiling)."""
-    if _profiler is not None:
-        _profiler.enable()
-    return time.perf_counter()
-
-
-def _stop(t0: float) -> float:
-    """Stop the clock started at ``t0``; return the elapsed seconds."""
-    elapsed = time.perf_counter() - t0
-    if _profiler is not None:
-        _profiler.disable()
-    return elapsed
-
-
-def profile_case(case: BenchCase, messages: int) -> cProfile.Profile:
-    """Run ``case`` once under cProfile, profiling only its timed part (in this thread).
-
-    Consumer threads of the cross-thread cases are not profiled: only the publisher is.
-    """
-    global _profiler
-    profiler = cProfile.Profile()
-    _profiler = profiler
-    try:
-        case.run(messages)
-    finally:
-        _profiler = None
-    return profiler
-
-
 def _chunks(items: list[Message], size: int) -> list[list[Message]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -403,12 +249,12 @@ def _mqkit_get(fanout: int, config: Callable[[], Config] = _config) -> Run:
             subs = [broker.subscribe(TOPIC) for _ in range(fanout)]
             pairs = [(s.get, h) for s, h in zip(subs, handlers, strict=True)]
             publish = broker.publish
-            t0 = _start()
+            t0 = start_clock()
             for m in msgs:
                 publish(TOPIC, m)
                 for get, handle in pairs:
                     handle(get())
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -419,11 +265,11 @@ def _callback_list(fanout: int) -> Run:
     def run(n: int) -> float:
         msgs = _messages(n)
         sinks, handlers = _handlers(fanout)
-        t0 = _start()
+        t0 = start_clock()
         for m in msgs:
             for handle in handlers:
                 handle(m)
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -437,13 +283,13 @@ def _simple_queue(fanout: int) -> Run:
         queues: list[queue.SimpleQueue[Message]] = [queue.SimpleQueue() for _ in range(fanout)]
         puts = [q.put for q in queues]
         pairs = [(q.get, h) for q, h in zip(queues, handlers, strict=True)]
-        t0 = _start()
+        t0 = start_clock()
         for m in msgs:
             for put in puts:
                 put(m)
             for get, handle in pairs:
                 handle(get())
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -458,10 +304,10 @@ def _pyee(fanout: int) -> Run:
         for handle in handlers:
             emitter.on(TOPIC, handle)
         emit = emitter.emit
-        t0 = _start()
+        t0 = start_clock()
         for m in msgs:
             emit(TOPIC, m)
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -482,10 +328,10 @@ def _blinker(fanout: int) -> Run:
             signal.connect(receive, weak=False)
             sinks.append(sink)
         send = signal.send
-        t0 = _start()
+        t0 = start_clock()
         for m in msgs:
             send(None, msg=m)
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -502,10 +348,10 @@ def _pypubsub(fanout: int) -> Run:
             pub.subscribe(handle, topic)
         send = pub.sendMessage
         try:
-            t0 = _start()
+            t0 = start_clock()
             for m in msgs:
                 send(topic, message=m)
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
         finally:
             pub.unsubAll(topic)
         _check(sinks, n)
@@ -531,10 +377,10 @@ def _aiopubsub_sync(fanout: int) -> Run:
         publisher = aps.Publisher(hub, prefix=aps.Key("bench"))
         key = aps.Key("t")
         publish = publisher.publish
-        t0 = _start()
+        t0 = start_clock()
         for m in msgs:
             publish(key, m)
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -592,11 +438,11 @@ def _mqkit_threads(fanout: int, bounded: bool) -> Run:
             )
             publish = broker.publish
             barrier.wait()
-            t0 = _start()
+            t0 = start_clock()
             for m in msgs:
                 publish(TOPIC, m)
             _join(threads)
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -615,12 +461,12 @@ def _stdlib_threads(fanout: int, bounded: bool) -> Run:
             [(q.get, h) for q, h in zip(queues, handlers, strict=True)], n
         )
         barrier.wait()
-        t0 = _start()
+        t0 = start_clock()
         for m in msgs:
             for put in puts:
                 put(m)
         _join(threads)
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -654,7 +500,7 @@ def _mqkit_async(fanout: int) -> Run:
                 ]
                 await asyncio.sleep(0)  # the consumers start and wait
                 publish = broker.publish
-                t0 = _start()
+                t0 = start_clock()
                 for chunk in chunks:
                     for m in chunk:
                         publish(TOPIC, m)
@@ -664,7 +510,7 @@ def _mqkit_async(fanout: int) -> Run:
                         task.cancel()
                     raise RuntimeError("mqkit dropped messages: the consumers fell behind")
                 await asyncio.wait_for(asyncio.gather(*tasks), _GENEROUS)
-                return _stop(t0)
+                return stop_clock(t0)
 
         elapsed = asyncio.run(main())
         _check(sinks, n)
@@ -691,14 +537,14 @@ def _asyncio_queues(fanout: int) -> Run:
                 asyncio.create_task(consume(q, h)) for q, h in zip(queues, handlers, strict=True)
             ]
             await asyncio.sleep(0)
-            t0 = _start()
+            t0 = start_clock()
             for chunk in chunks:
                 for m in chunk:
                     for q in queues:
                         await q.put(m)
                 await asyncio.sleep(0)
             await asyncio.wait_for(asyncio.gather(*tasks), _GENEROUS)
-            return _stop(t0)
+            return stop_clock(t0)
 
         elapsed = asyncio.run(main())
         _check(sinks, n)
@@ -734,13 +580,13 @@ def _aiopubsub_async(fanout: int) -> Run:
             ]
             await asyncio.sleep(0)
             publish = publisher.publish
-            t0 = _start()
+            t0 = start_clock()
             for chunk in chunks:
                 for m in chunk:
                     publish(key, m)
                 await asyncio.sleep(0)
             await asyncio.wait_for(asyncio.gather(*tasks), _GENEROUS)
-            return _stop(t0)
+            return stop_clock(t0)
 
         elapsed = asyncio.run(main())
         _check(sinks, n)
@@ -784,10 +630,10 @@ def _mqkit_thread_to_async(fanout: int) -> Run:
                 producer = threading.Thread(target=produce, daemon=True, name="bench-producer")
                 producer.start()
                 await asyncio.sleep(0)
-                t0 = _start()
+                t0 = start_clock()
                 go.set()
                 await asyncio.wait_for(asyncio.gather(*tasks), _GENEROUS)
-                elapsed = _stop(t0)
+                elapsed = stop_clock(t0)
                 producer.join(_GENEROUS)
                 return elapsed
 
@@ -826,10 +672,10 @@ def _janus(fanout: int) -> Run:
             producer = threading.Thread(target=produce, daemon=True, name="bench-producer")
             producer.start()
             await asyncio.sleep(0)
-            t0 = _start()
+            t0 = start_clock()
             go.set()
             await asyncio.wait_for(asyncio.gather(*tasks), _GENEROUS)
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
             producer.join(_GENEROUS)
             for q in queues:
                 q.close()
@@ -855,7 +701,7 @@ def _plugin_case(
         with Broker(config()) as broker:
             sub = broker.subscribe(TOPIC)
             publish, get, acknowledge = broker.publish, sub.get, sub.ack
-            t0 = _start()
+            t0 = start_clock()
             if ack:
                 for m in msgs:
                     publish(TOPIC, m)
@@ -866,7 +712,7 @@ def _plugin_case(
                 for m in msgs:
                     publish(TOPIC, m)
                     handle(get())
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
         _check(sinks, n)
         return elapsed
 
@@ -915,13 +761,13 @@ def _full_buffer(config: Callable[[], Config]) -> Run:
             del fill
             publish, clock, limit = broker.publish, time.perf_counter, FULL_BUFFER_LIMIT
             done = 0
-            t0 = _start()
+            t0 = start_clock()
             for m in msgs:
                 publish(TOPIC, m)
                 done += 1
                 if not done & 7 and clock() - t0 > limit:
                     break
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
             stats = sub.stats()
         if stats.queue_len != FULL_BUFFER or stats.dropped != done:  # one drop per publish
             raise RuntimeError(
@@ -968,12 +814,12 @@ def _mqkit_publish(*plugins: str) -> Run:
         msgs = _messages(n)
         with Broker(_persistence_config(directory, *plugins)) as broker:
             publish = broker.publish
-            t0 = _start()
+            t0 = start_clock()
             for m in msgs:
                 publish(TOPIC, m)
-            return _stop(t0)
+            return stop_clock(t0)
 
-    return _in_temp_dir(run)
+    return in_temp_dir(run)
 
 
 PUBLISHERS: Final = 8
@@ -1001,10 +847,10 @@ def _mqkit_publish_threads(directory: Path, n: int) -> float:
         threads = [threading.Thread(target=publisher, args=(part,)) for part in parts]
         for thread in threads:
             thread.start()
-        t0 = _start()
+        t0 = start_clock()
         ready.wait(_GENEROUS)
         _join(threads)
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
         if errors:
             raise errors[0]
         return elapsed
@@ -1014,10 +860,10 @@ def _mqkit_publish_batch(directory: Path, n: int) -> float:
     batches = _chunks(_messages(n), BATCH)
     with Broker(_persistence_config(directory)) as broker:
         publish_batch = broker.publish_batch
-        t0 = _start()
+        t0 = start_clock()
         for batch in batches:
             publish_batch(TOPIC, batch)
-        return _stop(t0)
+        return stop_clock(t0)
 
 
 def _diskcache_set(directory: Path, n: int) -> float:
@@ -1025,10 +871,10 @@ def _diskcache_set(directory: Path, n: int) -> float:
     cache = _open_cache(directory)
     try:
         cache_set = cache.set
-        t0 = _start()
+        t0 = start_clock()
         for i, text in enumerate(texts):
             cache_set(i, text)
-        return _stop(t0)
+        return stop_clock(t0)
     finally:
         cache.close()
 
@@ -1039,12 +885,12 @@ def _batched_set(directory: Path, n: int) -> float:
     cache = _open_cache(directory)
     try:
         cache_set, transact = cache.set, cache.transact
-        t0 = _start()
+        t0 = start_clock()
         for batch in batches:
             with transact():
                 for i, text in batch:
                     cache_set(i, text)
-        return _stop(t0)
+        return stop_clock(t0)
     finally:
         cache.close()
 
@@ -1058,12 +904,12 @@ def _sqlite_executemany(directory: Path, n: int) -> float:
         con.execute("PRAGMA synchronous = NORMAL")
         con.execute("CREATE TABLE messages (seq INTEGER PRIMARY KEY, value TEXT NOT NULL)")
         insert = "INSERT INTO messages (seq, value) VALUES (?, ?)"
-        t0 = _start()
+        t0 = start_clock()
         for batch in batches:
             con.execute("BEGIN")
             con.executemany(insert, batch)
             con.execute("COMMIT")
-        return _stop(t0)
+        return stop_clock(t0)
     finally:
         con.close()
 
@@ -1092,7 +938,7 @@ def _mqkit_ack(config: Callable[[Path], Config], durable: bool = False) -> Run:
         return _plugin_case(lambda: config(directory), _ack_message, ack=True)(n)
 
     if durable:
-        return _in_temp_dir(run)
+        return in_temp_dir(run)
     return lambda n: run(Path(), n)
 
 
@@ -1108,13 +954,13 @@ def _kombu(n: int) -> float:
         bound.declare()
         producer = kombu.Producer(channel, exchange=exchange, routing_key="k", serializer="json")
         publish, get = producer.publish, bound.get
-        t0 = _start()
+        t0 = start_clock()
         for p in payloads:
             publish(p)
             message = get(no_ack=False, accept=["json"])
             handle(message.payload)
             message.ack()
-        elapsed = _stop(t0)
+        elapsed = stop_clock(t0)
     _check(sinks, n)
     return elapsed
 
@@ -1137,7 +983,7 @@ def _persist_queue(where: str, synchronous: str = "") -> Run:
                 q._putter.execute(f"PRAGMA synchronous = {synchronous}")
                 q._getter.execute(f"PRAGMA synchronous = {synchronous}")
             put, get, ack, clear = q.put, q.get, q.ack, q.clear_acked_data
-            t0 = _start()
+            t0 = start_clock()
             for i, p in enumerate(payloads, 1):
                 put(p)
                 item = get(block=False)
@@ -1145,7 +991,7 @@ def _persist_queue(where: str, synchronous: str = "") -> Run:
                 ack(item)
                 if not i % 100:  # acked rows pile up otherwise, and every get() scans them
                     clear(keep_latest=0)
-            elapsed = _stop(t0)
+            elapsed = stop_clock(t0)
         finally:
             q.close()
         _check(sinks, n)
@@ -1153,11 +999,10 @@ def _persist_queue(where: str, synchronous: str = "") -> Run:
 
     if where == ":memory:":
         return lambda n: run(Path(), n)
-    return _in_temp_dir(run)
+    return in_temp_dir(run)
 
 
 # -- the suite -------------------------------------------------------------------------------------
-
 
 _MODULES: Final = {
     "pyee": "pyee.base",
@@ -1309,25 +1154,25 @@ def suite(groups: Sequence[str] | None = None) -> list[BenchCase]:
     t.mqkit("mqkit publish", _mqkit_publish(), "Broker() defaults + persistence", reference=True)
     t.mqkit(
         f"mqkit publish, {PUBLISHERS} threads",
-        _in_temp_dir(_mqkit_publish_threads),
+        in_temp_dir(_mqkit_publish_threads),
         f"the same defaults; {PUBLISHERS} publisher threads, wall time for all",
     )
     t.mqkit(
         f"mqkit publish_batch ({BATCH})",
-        _in_temp_dir(_mqkit_publish_batch),
+        in_temp_dir(_mqkit_publish_batch),
         "one store transaction per batch",
     )
     t.mqkit("mqkit publish, persistence alone", _mqkit_publish("persistence"), "context")
     t.peer(
         "diskcache",
         "diskcache Cache.set",
-        _in_temp_dir(_diskcache_set),
+        in_temp_dir(_diskcache_set),
         "the plugin's durability settings and JSON text",
     )
-    t.peer("diskcache", f"diskcache Cache.set, {BATCH} per transact()", _in_temp_dir(_batched_set))
+    t.peer("diskcache", f"diskcache Cache.set, {BATCH} per transact()", in_temp_dir(_batched_set))
     t.stdlib(
         f"sqlite3 executemany ({BATCH}/commit)",
-        _in_temp_dir(_sqlite_executemany),
+        in_temp_dir(_sqlite_executemany),
         "WAL, synchronous=NORMAL: the floor",
     )
 
@@ -1364,71 +1209,6 @@ def suite(groups: Sequence[str] | None = None) -> list[BenchCase]:
         "synchronous=NORMAL, as mqkit's store; clear_acked_data every 100",
     )
     return cases
-
-
-def _result(case: BenchCase, messages: int, samples: list[float], status: str) -> BenchResult:
-    return BenchResult(
-        group=case.group,
-        name=case.name,
-        messages=messages,
-        fanout=case.fanout,
-        seconds=statistics.median(samples) if samples and status == "ok" else math.nan,
-        section=case.section,
-        kind=case.kind,
-        reference=case.reference,
-        dist=case.dist,
-        note=case.note,
-        samples=tuple(samples),
-        status=status,
-    )
-
-
-def run_suite(
-    cases: Sequence[BenchCase],
-    messages: int | None = None,
-    rounds: int = 7,
-    on_run: Callable[[BenchCase], None] | None = None,
-    *,
-    quick: bool = False,
-    warmup: bool = True,
-) -> list[BenchResult]:
-    """Run every case ``rounds`` times, interleaved within its table; return the medians.
-
-    ``messages`` sets every case's message count (default: each case's own, its
-    ``quick_messages`` with ``quick``). Each round runs every case of a table once, starting
-    one case later than the round before. A case whose peer is not installed is reported as
-    such, one that raises as ``failed: ...``; neither stops the suite. ``on_run(case)`` is
-    called after each run (for progress displays).
-    """
-    tables: dict[str, list[BenchCase]] = {}
-    for case in cases:
-        tables.setdefault(case.group, []).append(case)
-    out: dict[int, BenchResult] = {}
-    for members in tables.values():
-        counts = {id(c): messages or (c.quick_messages if quick else c.messages) for c in members}
-        samples: dict[int, list[float]] = {id(c): [] for c in members}
-        status = {id(c): "not installed" if c.missing else "ok" for c in members}
-        if warmup:
-            for c in members:
-                if status[id(c)] == "ok":
-                    try:
-                        c.run(min(counts[id(c)], 50))
-                    except Exception as exc:
-                        status[id(c)] = f"failed: {type(exc).__name__}: {exc}"[:200]
-        for r in range(rounds):
-            k = r % len(members)
-            for c in members[k:] + members[:k]:
-                if status[id(c)] == "ok":
-                    gc.collect()
-                    try:
-                        samples[id(c)].append(c.run(counts[id(c)]))
-                    except Exception as exc:
-                        status[id(c)] = f"failed: {type(exc).__name__}: {exc}"[:200]
-                if on_run is not None:
-                    on_run(c)
-        for c in members:
-            out[id(c)] = _result(c, counts[id(c)], samples[id(c)], status[id(c)])
-    return [out[id(c)] for c in cases]
 
 
 # -- memory ----------------------------------------------------------------------------------------
@@ -1595,8 +1375,8 @@ def _peak_rss(kind: str, n: int) -> MemoryResult:
     process would report our peak as its own. So the child is started by ``/bin/sh``, which
     forks it from its own small image, and ``ru_maxrss`` is the child's (VmHWM cross-checks).
     """
-    code = f"from mqkit.bench import _rss_child; _rss_child({kind!r}, {n})"
-    data = _in_child(code, timeout=900)
+    code = f"from cases import _rss_child; _rss_child({kind!r}, {n})"
+    data = in_child(code, timeout=900)
     start, peak = data["start_kib"] * 1024, data["peak_kib"] * 1024
     samples = data["samples_kib"]
     return MemoryResult(
@@ -1660,53 +1440,6 @@ def run_memory(
         if on_run is not None:
             on_run(kind)
     return out
-
-
-# -- scaling: the cost per message with many messages buffered ------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class ScalingResult:
-    """One row of the scaling table: publish and get cost at a small and a large level."""
-
-    name: str
-    kind: str
-    note: str = ""
-    levels: tuple[int, int]
-    """The messages meant to be buffered in each subscription: (small, large)."""
-    reached: tuple[int, int] = (0, 0)
-    """The levels measured at (a fill that outlasts its budget stops early)."""
-    publish: tuple[float, float] = (math.nan, math.nan)
-    """µs per publish (one message into each of the subscriptions), at each level."""
-    get: tuple[float, float] = (math.nan, math.nan)
-    """µs per get (one message out of one subscription; with ack, get and ack)."""
-    peak_rss: float = math.nan
-    """The largest peak resident set of the child processes, in bytes."""
-    seconds: float = math.nan
-    """The child processes' wall time, added up."""
-    status: str = "ok"
-
-    @property
-    def ok(self) -> bool:
-        """Whether the configuration was measured."""
-        return self.status == "ok"
-
-    @property
-    def complete(self) -> bool:
-        """Whether the large level was reached (not cut short by the fill budget)."""
-        return self.ok and self.reached[1] >= self.levels[1]
-
-    @property
-    def ratios(self) -> tuple[float, float]:
-        """Large over small, for publish and for get."""
-        if not self.ok:
-            return math.nan, math.nan
-        return self.publish[1] / self.publish[0], self.get[1] / self.get[0]
-
-    @property
-    def ratio(self) -> float:
-        """The larger of the two large/small ratios: what the flat-cost bar applies to."""
-        return max(self.ratios)
 
 
 SCALING_CASES: Final = (
@@ -1900,8 +1633,8 @@ def run_scaling(
             runs = []
             for level in order:
                 args = f"{name!r}, {level}, {batch}, {seconds}, {budget}"
-                code = f"from mqkit.bench import _scaling_child; _scaling_child({args})"
-                runs.append(_in_child(code, timeout=budget + 10 * seconds + 300))
+                code = f"from cases import _scaling_child; _scaling_child({args})"
+                runs.append(in_child(code, timeout=budget + 10 * seconds + 300))
             small1, large, *again = runs
             small2 = again[0] if again else small1
             result = ScalingResult(
@@ -1926,801 +1659,4 @@ def run_scaling(
         out.append(result)
         if on_run is not None:
             on_run(name)
-    return out
-
-
-# -- targets ---------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class Target:
-    """A ratio measured in one run, and the bar it should reach.
-
-    ``source`` says what the ratio is of: ``rates`` (msgs/s of two timed cases of one table,
-    paired round by round), ``bytes`` (bytes per buffered message of two memory cases),
-    ``rss`` (a memory case's RSS at the end over its RSS after the first tenth; ``against``
-    is empty) or ``scaling`` (a scaling row's large/small cost; ``against`` is empty).
-    """
-
-    name: str
-    case: tuple[str, str]
-    """(table, case) of the numerator: an mqkit case (a scaling row: ``("scaling", name)``)."""
-    against: tuple[tuple[str, str], ...] = ()
-    """(table, case) candidates of the denominator: the fastest that ran counts."""
-    bar: float
-    most: bool = False
-    """The bar is a ceiling (the ratio must stay at or below it), not a floor."""
-    source: str = "rates"
-
-
-@attrs.frozen(kw_only=True)
-class TargetResult:
-    """A target's measured ratio and verdict."""
-
-    target: Target
-    ratio: float
-    against: str
-    """The denominator case the ratio was taken against."""
-    status: str
-    """``met``, ``not met``, ``not installed`` or ``not run``."""
-
-
-TARGETS: Final = (
-    Target(
-        name="Broker() defaults vs core alone, 1 -> 1",
-        case=("1 -> 1", "mqkit, Broker() defaults"),
-        against=(("1 -> 1", "mqkit"),),
-        bar=0.9,
-    ),
-    Target(
-        name="Broker() defaults vs core alone, 1 -> 10",
-        case=("1 -> 10", "mqkit, Broker() defaults"),
-        against=(("1 -> 10", "mqkit"),),
-        bar=0.9,
-    ),
-    Target(
-        name="Broker() defaults vs pyee emit, 1 -> 1",
-        case=("1 -> 1", "mqkit, Broker() defaults"),
-        against=(("1 -> 1", "pyee emit"),),
-        bar=0.65,
-    ),
-    Target(
-        name="Broker() defaults vs pyee emit, 1 -> 10",
-        case=("1 -> 10", "mqkit, Broker() defaults"),
-        against=(("1 -> 10", "pyee emit"),),
-        bar=0.45,
-    ),
-    Target(
-        name="cross-thread 1 -> 1 vs queue.Queue per subscriber",
-        case=("threads 1 -> 1", "mqkit"),
-        against=(("threads 1 -> 1", "queue.Queue per subscriber"),),
-        bar=1.0,
-    ),
-    Target(
-        name="asyncio consumer vs naive asyncio.Queue broker",
-        case=("asyncio 1 -> 1", "mqkit async for"),
-        against=(("asyncio 1 -> 1", "asyncio.Queue per subscriber"),),
-        bar=0.8,
-    ),
-    # The same work as "core alone" (publish -> get of plain messages) with the six in-memory
-    # plugins on (ttl with a default expiry); ack has the round trip below.
-    Target(
-        name="all in-memory plugins vs core alone (plain messages)",
-        case=("plugins", "all in-memory, plain messages"),
-        against=(("plugins", "core alone"),),
-        bar=0.5,
-    ),
-    Target(
-        name="ack round trip (Broker() defaults + ack) vs core publish -> get",
-        case=("plugins", "Broker() defaults + ack"),
-        against=(("plugins", "core alone"),),
-        bar=0.35,
-    ),
-    Target(
-        name=f"publish into a full priority buffer ({FULL_BUFFER // 1000}k) vs FIFO",
-        case=("full buffer", "priority buffer"),
-        against=(("full buffer", "FIFO buffer"),),
-        bar=0.5,
-    ),
-    *(
-        Target(
-            name=f"flat cost (large / small level): {name}",
-            case=("scaling", name),
-            bar=SCALING_BAR,
-            most=True,
-            source="scaling",
-        )
-        for name, kind, _ in SCALING_CASES
-        if kind == "mqkit"
-    ),
-    Target(
-        name="bytes per buffered message, Broker() defaults vs SimpleQueue",
-        case=("buffered", "mqkit, Broker() defaults"),
-        against=(("buffered", STAMPED),),
-        bar=1.1,
-        most=True,
-        source="bytes",
-    ),
-    Target(
-        name="bytes per buffered message, core vs SimpleQueue",
-        case=("buffered", "mqkit"),
-        against=(("buffered", STAMPED),),
-        bar=1.1,
-        most=True,
-        source="bytes",
-    ),
-    Target(
-        name=f"RSS flat through a {RSS_SUBSCRIBERS}-subscriber topic, Broker() defaults",
-        case=("rss", "mqkit, Broker() defaults"),
-        bar=1.1,
-        most=True,
-        source="rss",
-    ),
-    Target(
-        name="ack round trip vs kombu memory://",
-        case=("ack round trip, in memory", "mqkit ack"),
-        against=(("ack round trip, in memory", "kombu memory://"),),
-        bar=20.0,
-    ),
-    Target(
-        name="durable publish vs diskcache Cache.set",
-        case=("durable", "mqkit publish"),
-        against=(("durable", "diskcache Cache.set"),),
-        bar=1.0,
-    ),
-    Target(
-        name=f"durable publish, {PUBLISHERS} threads vs one thread (group commit)",
-        case=("durable", f"mqkit publish, {PUBLISHERS} threads"),
-        against=(("durable", "mqkit publish"),),
-        bar=4.0,
-    ),
-    Target(
-        name=f"publish_batch ({BATCH}) per message vs durable publish",
-        case=("durable", f"mqkit publish_batch ({BATCH})"),
-        against=(("durable", "mqkit publish"),),
-        bar=10.0,
-    ),
-    Target(
-        name="durable ack round trip vs persist-queue SQLiteAckQueue, synchronous=NORMAL",
-        case=("ack round trip, durable", "mqkit durable ack"),
-        against=(("ack round trip, durable", "persist-queue SQLiteAckQueue, synchronous=NORMAL"),),
-        bar=1.0,
-    ),
-)
-"""The issue's acceptance targets."""
-
-
-def paired_ratio(a: BenchResult, b: BenchResult) -> float:
-    """``a``'s msgs/s over ``b``'s: the median of the per-round ratios.
-
-    Both cases of a table run in every round, a few seconds apart at most, so each round's
-    ratio compares them under the same load; on a shared machine its median is steadier than
-    the ratio of the two medians. (NaN when either did not run.)
-    """
-    pairs = list(zip(a.samples, b.samples, strict=False))
-    if not a.ok or not b.ok or not pairs:
-        return math.nan
-    return statistics.median((tb / b.messages) / (ta / a.messages) for ta, tb in pairs)
-
-
-def _verdict(target: Target, ratio: float, against: str) -> TargetResult:
-    met = ratio <= target.bar if target.most else ratio >= target.bar
-    return TargetResult(
-        target=target, ratio=ratio, against=against, status="met" if met else "not met"
-    )
-
-
-def _unmeasured(target: Target, status: str = "not run") -> TargetResult:
-    against = " / ".join(k[1] for k in target.against)
-    return TargetResult(target=target, ratio=math.nan, against=against, status=status)
-
-
-def _rate_target(target: Target, by_key: dict[tuple[str, str], BenchResult]) -> TargetResult:
-    mine = by_key[target.case]
-    others = [by_key[k] for k in target.against if k in by_key]
-    ran = [r for r in others if r.ok]
-    if not mine.ok or not ran:
-        missing = not mine.ok and mine.status == "not installed"
-        missing = missing or (bool(others) and all(r.status == "not installed" for r in others))
-        return _unmeasured(target, "not installed" if missing else "not run")
-    best = max(ran, key=lambda r: r.rate)
-    return _verdict(target, paired_ratio(mine, best), best.name)
-
-
-def _memory_target(target: Target, by_key: dict[tuple[str, str], MemoryResult]) -> TargetResult:
-    mine = by_key[target.case]
-    if target.source == "rss":
-        if mine.status != "ok":
-            return _unmeasured(target)
-        first = mine.detail["first"]
-        after = f"its RSS after {max(1, mine.messages // RSS_SAMPLES):,} messages"
-        return _verdict(target, mine.detail["last"] / first, after)
-    base = next((by_key[k] for k in target.against if k in by_key), None)
-    if mine.status != "ok" or base is None or base.status != "ok":
-        return _unmeasured(target)
-    return _verdict(target, mine.value / base.value, base.name)
-
-
-def _scaling_target(target: Target, row: ScalingResult) -> TargetResult:
-    if not row.ok:
-        return _unmeasured(target)
-    small, large = row.reached
-    against = f"{small:,} buffered; {large:,} reached"
-    if not row.complete:  # the fill ran out of time: a ratio at a lower level, not a verdict
-        return TargetResult(
-            target=target,
-            ratio=row.ratio,
-            against=f"{against} of {row.levels[1]:,}",
-            status="not met" if row.ratio > target.bar else "not run",
-        )
-    return _verdict(target, row.ratio, f"{small:,} buffered")
-
-
-def evaluate_targets(
-    results: Sequence[BenchResult],
-    memory: Sequence[MemoryResult] = (),
-    scaling: Sequence[ScalingResult] = (),
-) -> list[TargetResult]:
-    """Each target whose numerator was measured: its ratio and verdict.
-
-    A target is left out when its numerator was not measured (its group did not run).
-    """
-    timed = {(r.group, r.name): r for r in results}
-    held = {(m.table, m.name): m for m in memory}
-    rows = {("scaling", r.name): r for r in scaling}
-    out: list[TargetResult] = []
-    for target in TARGETS:
-        if target.source == "rates" and target.case in timed:
-            out.append(_rate_target(target, timed))
-        elif target.source in ("bytes", "rss") and target.case in held:
-            out.append(_memory_target(target, held))
-        elif target.source == "scaling" and target.case in rows:
-            out.append(_scaling_target(target, rows[target.case]))
-    return out
-
-
-# -- reports ---------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class ReportTable:
-    """A table to print: rendered as Markdown by :func:`markdown`, with rich by the CLI."""
-
-    title: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    notes: tuple[str, ...] = ()
-
-
-def _rate(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:,.0f}"
-
-
-def _times(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    if value < 0.01:
-        return f"{value:.2g}x"
-    return f"{value:.3f}x" if value < 0.1 else f"{value:.2f}x"
-
-
-_RELATIVE: Final = ("plugins", "full buffer")
-"""Tables whose ratio column is each case against the reference (not the reference against it)."""
-
-_TITLES: Final = {
-    "1 -> 1": "core: publish -> get, 1 -> 1 subscriber(s), one thread",
-    "1 -> 10": "core: publish -> get, 1 -> 10 subscriber(s), one thread",
-    "threads 1 -> 1": "cross-thread: a publisher thread -> 1 consumer thread",
-    "threads 1 -> 10": "cross-thread: a publisher thread -> 10 consumer threads",
-    "asyncio 1 -> 1": "asyncio: 1 consumer task, publisher in the same loop",
-    "asyncio 1 -> 10": "asyncio: 10 consumer tasks, publisher in the same loop",
-    "plugins": "What each plugin costs: publish -> get, one thread",
-    "full buffer": f"scaling: publish into a full DROP_OLDEST buffer of {FULL_BUFFER:,}",
-    "durable": "durable: write messages to disk (no subscriber)",
-    "ack round trip, in memory": "ack round trip (publish, get, ack), in memory",
-    "ack round trip, durable": "ack round trip (publish, get, ack), durable",
-}
-
-
-def timing_tables(results: Sequence[BenchResult]) -> list[ReportTable]:
-    """One table per group of timed results, with the ratios to the table's mqkit reference."""
-    tables: dict[str, list[BenchResult]] = {}
-    for r in results:
-        tables.setdefault(r.group, []).append(r)
-    out: list[ReportTable] = []
-    for group, rows in tables.items():
-        ref = next((r for r in rows if r.reference and r.ok), None)
-        plugins = group in _RELATIVE
-        fanout = max(r.fanout for r in rows)
-        columns = ["case", "kind", "msgs/s"]
-        if fanout > 1:
-            columns.append("deliveries/s")
-        base = next((r.name for r in rows if r.reference), "the reference")
-        columns += ["µs / msg", f"x {base}" if plugins else "mqkit / case", "spread", "note"]
-        body: list[tuple[str, ...]] = []
-        for r in rows:
-            if not r.ok:
-                body.append(
-                    (r.name, r.kind, r.status, *(["-"] if fanout > 1 else []), "-", "-", "-", "")
-                )
-                continue
-            if ref is None:
-                ratio = math.nan
-            elif plugins:
-                ratio = paired_ratio(r, ref)
-            else:
-                ratio = paired_ratio(ref, r)
-            cells = [r.name, r.kind, _rate(r.rate)]
-            if fanout > 1:
-                cells.append(_rate(r.deliveries))
-            cells += [f"{r.micros:.2f}", _times(ratio), f"{r.spread * 100:.0f}%", r.note]
-            body.append(tuple(cells))
-        notes = [f"{rows[0].messages:,} messages per run; median of {len(rows[0].samples)} rounds"]
-        peers = [r for r in rows if r.kind == "peer" and r.ok]
-        if peers and ref is not None:
-            best = max(peers, key=lambda r: r.rate)
-            notes.append(
-                f"fastest peer: {best.name} ({_rate(best.rate)} msgs/s); "
-                f"{ref.name} / fastest peer = {_times(paired_ratio(ref, best))}"
-            )
-        if plugins:
-            notes.append(
-                f"x {base}: the case's msgs/s / {base}'s (the median of the per-round "
-                "ratios; 1.00x = as fast)"
-            )
-        else:
-            notes.append(
-                f"mqkit / case: {ref.name if ref else 'mqkit'}'s msgs/s / the case's (the median "
-                "of the per-round ratios)"
-            )
-        out.append(
-            ReportTable(
-                title=_TITLES.get(group, group),
-                columns=tuple(columns),
-                rows=tuple(body),
-                notes=tuple(notes),
-            )
-        )
-    return out
-
-
-def memory_tables(results: Sequence[MemoryResult]) -> list[ReportTable]:
-    """The memory tables: bytes per buffered message, and peak RSS."""
-    out: list[ReportTable] = []
-    buffered = [r for r in results if r.table == "buffered"]
-    if buffered:
-        base = next((r for r in buffered if r.name == STAMPED and r.status == "ok"), None)
-        rows: list[tuple[str, ...]] = []
-        for r in buffered:
-            if r.status != "ok":
-                rows.append((r.name, r.kind, f"{r.messages:,}", r.status, "-", "-", "-"))
-                continue
-            rows.append(
-                (
-                    r.name,
-                    r.kind,
-                    f"{r.messages:,}",
-                    f"{r.value:,.0f}",
-                    f"{r.detail['message']:,.0f}",
-                    f"{r.detail['overhead']:,.0f}",
-                    _times(r.value / base.value) if base else "-",
-                )
-            )
-        out.append(
-            ReportTable(
-                title="memory: bytes per buffered message (100-byte payload), tracemalloc",
-                columns=(
-                    "holder",
-                    "kind",
-                    "messages",
-                    "bytes / msg",
-                    "of which the message",
-                    "holding overhead",
-                    "x SimpleQueue",
-                ),
-                rows=tuple(rows),
-                notes=(
-                    "bytes / msg: what the buffered messages hold after the publisher dropped "
-                    "its own references (message objects, ids, payloads, buffer slots, and "
-                    "whatever the broker keeps per buffered message)",
-                    "of which the message: the publisher's Message with its id and payload; "
-                    "mqkit buffers a stamped copy (topic and time set) instead of the original",
-                    f"x SimpleQueue: against {STAMPED!r}: a SimpleQueue holding the very "
-                    "objects a subscription buffers (each message published through a core "
-                    "broker and taken at once), so the ratio is what holding them costs beyond "
-                    "the stamped message itself; 'queue.SimpleQueue' holds the publisher's "
-                    "unstamped messages (what the stamp costs)",
-                ),
-            )
-        )
-    rss = [r for r in results if r.table == "rss"]
-    if rss:
-        rows = []
-        for r in rss:
-            if r.status != "ok":
-                rows.append((r.name, r.kind, f"{r.messages:,}", r.status, *["-"] * 5))
-                continue
-            mib = 1024 * 1024
-            rows.append(
-                (
-                    r.name,
-                    r.kind,
-                    f"{r.messages:,}",
-                    f"{r.detail['start'] / mib:.1f}",
-                    f"{r.detail['first'] / mib:.1f}",
-                    f"{r.detail['last'] / mib:.1f}",
-                    _times(r.detail["last"] / r.detail["first"]),
-                    f"{r.detail['peak'] / mib:.1f}",
-                    f"{r.detail['seconds']:.1f}",
-                )
-            )
-        quick = rss[0].messages < RSS_MESSAGES
-        note = (
-            f"a quick run: {rss[0].messages:,} messages, not {RSS_MESSAGES:,}"
-            if quick
-            else f"{RSS_MESSAGES:,} messages"
-        )
-        out.append(
-            ReportTable(
-                title=f"memory: RSS, messages through a {RSS_SUBSCRIBERS}-subscriber topic",
-                columns=(
-                    "case",
-                    "kind",
-                    "messages",
-                    "RSS before (MiB)",
-                    "after 1/10 (MiB)",
-                    "at the end (MiB)",
-                    "end / after 1/10",
-                    "peak RSS (MiB)",
-                    "seconds",
-                ),
-                rows=tuple(rows),
-                notes=(
-                    f"{note}, in a child process started through /bin/sh; batches of 1,000 "
-                    "published, then drained by each subscriber (a counting function)",
-                    "RSS (VmRSS) sampled every tenth of the messages: after the first tenth "
-                    "(buffers, caches and allocator pools at their working size) and at the "
-                    "end; flat means end / after 1/10 <= 1.1x. RSS before and peak: "
-                    "resource.getrusage ru_maxrss",
-                ),
-            )
-        )
-    return out
-
-
-def scaling_tables(results: Sequence[ScalingResult]) -> list[ReportTable]:
-    """The scaling table: per configuration, the cost per message at two levels, and the ratio."""
-    if not results:
-        return []
-    small, large = results[0].levels
-    rows: list[tuple[str, ...]] = []
-    for r in results:
-        if not r.ok:
-            rows.append((r.name, r.kind, r.status, *["-"] * 8, r.note))
-            continue
-        reached = "" if r.complete else f"fill stopped at {r.reached[1]:,} (budget); "
-        publish, get = r.ratios
-        verdict = "-" if r.kind != "mqkit" else ("met" if r.ratio <= SCALING_BAR else "not met")
-        if r.kind == "mqkit" and not r.complete and r.ratio <= SCALING_BAR:
-            verdict = "not run"
-        rows.append(
-            (
-                r.name,
-                r.kind,
-                f"{r.publish[0]:.2f}",
-                f"{r.publish[1]:.2f}",
-                _times(publish),
-                f"{r.get[0]:.3f}",
-                f"{r.get[1]:.3f}",
-                _times(get),
-                verdict,
-                f"{r.peak_rss / (1024 * 1024):,.0f}",
-                reached + r.note,
-            )
-        )
-    return [
-        ReportTable(
-            title=(
-                f"scaling: cost per message with {small:,} and {large:,} messages buffered "
-                f"in each of {SCALING_SUBSCRIBERS} subscriptions"
-            ),
-            columns=(
-                "case",
-                "kind",
-                "publish µs (small)",
-                "publish µs (large)",
-                "publish large / small",
-                "get µs (small)",
-                "get µs (large)",
-                "get large / small",
-                f"flat (<= {SCALING_BAR:g}x)",
-                "peak RSS (MiB)",
-                "note",
-            ),
-            rows=tuple(rows),
-            notes=(
-                "each level of each configuration in a child process of its own: "
-                f"{SCALING_SUBSCRIBERS} subscriptions "
-                "to one topic (buffer_size = the level + 2 batches), filled to the level "
-                "outside the clock (publish_batch); then cycles of a batch of publishes "
-                "(timed; µs per publish, each to all subscriptions) and the same number of "
-                "gets from each subscription (timed; µs per get_nowait()), so the level holds",
-                "small, large, then small again (the mean of both small runs); at least "
-                "2.5 s of cycles per level (quick: 1.1 s, small measured once), so the ttl "
-                "plugin's sweep (every second, on the broker's timer thread) falls in the "
-                "clocks as often as in a real run; small messages, one shared payload",
-                "the cyclic garbage collector is off during the cycles (as in timeit): with "
-                "a million messages held a full collection walks them all, whatever holds "
-                "them; queue.SimpleQueue (one per subscription) is the floor: what memory "
-                "alone costs a million messages deep",
-            ),
-        )
-    ]
-
-
-def target_table(targets: Sequence[TargetResult]) -> ReportTable:
-    """The targets with their measured ratios and verdicts."""
-    rows = tuple(
-        (
-            t.target.name,
-            _times(t.ratio),
-            f"{'<=' if t.target.most else '>='} {t.target.bar:g}x",
-            t.against,
-            t.status,
-        )
-        for t in targets
-    )
-    notes = []
-    if any(t.target.source == "rates" for t in targets):
-        notes.append(
-            "msgs/s of the case / msgs/s of the case against (deliveries/s for 1 -> 10), the "
-            "median of the per-round ratios"
-        )
-    if any(t.target.source == "scaling" for t in targets):
-        notes.append(
-            "flat cost: the scaling table's larger ratio (publish or get) of the cost per "
-            "message at the large level over the small; 'not run' when the fill stopped short "
-            "and the ratio so far was within the bar"
-        )
-    if any(t.target.source == "bytes" for t in targets):
-        notes.append(
-            f"bytes per buffered message against a SimpleQueue holding the same stamped "
-            f"messages ({STAMPED!r} in the memory table)"
-        )
-    if any(t.target.source == "rss" for t in targets):
-        notes.append(
-            "RSS flat: the child's RSS at the end of the run / its RSS after the first tenth"
-        )
-    return ReportTable(
-        title="targets (ratios measured in this run)",
-        columns=("target", "measured", "bar", "against", "status"),
-        rows=rows,
-        notes=tuple(notes),
-    )
-
-
-def markdown(tables: Sequence[ReportTable]) -> str:
-    """The tables as Markdown (title in bold, then the table, then its notes)."""
-    parts: list[str] = []
-    for t in tables:
-        lines = [f"**{t.title}**", ""]
-        lines.append("| " + " | ".join(t.columns) + " |")
-        left = {"case", "kind", "note", "holder", "target", "against", "status", "bar"}  # text
-        lines.append("|" + "|".join("---" if c in left else "---:" for c in t.columns) + "|")
-        lines += [
-            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in t.rows
-        ]
-        if t.notes:
-            lines.append("")
-            lines += [f"- {n}" for n in t.notes]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
-
-
-def machine_info() -> dict[str, str]:
-    """CPU, cores, Python, and the versions of mqkit, orjson and every peer (or "not installed")."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": f"{platform.python_version()} ({platform.python_implementation()})",
-        "platform": f"{platform.system()} {platform.machine()}",
-        "sqlite": sqlite3.sqlite_version,
-    }
-    with contextlib.suppress(OSError):
-        info["load average"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    for dist in ("mqkit", "orjson", *PEERS, "matplotlib"):  # orjson: the fast extra
-        try:
-            info[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            info[dist] = "not installed"
-    return info
-
-
-def to_json(
-    results: Sequence[BenchResult],
-    memory: Sequence[MemoryResult] = (),
-    title: str = "",
-    machine: dict[str, str] | None = None,
-    scaling: Sequence[ScalingResult] = (),
-) -> dict[str, Any]:
-    """Everything measured, as JSON-ready data.
-
-    ``results`` lists the cases that ran; ``skipped`` those that did not (not installed,
-    failed); ``memory`` the memory measurements; ``scaling`` the scaling table's rows;
-    ``targets`` the verdicts.
-    """
-
-    def timed(r: BenchResult) -> dict[str, Any]:
-        return {
-            "section": r.section,
-            "group": r.group,
-            "case": r.name,
-            "kind": r.kind,
-            "fanout": r.fanout,
-            "messages": r.messages,
-            "seconds": r.seconds,
-            "samples": list(r.samples),
-            "msgs_per_s": r.rate,
-            "deliveries_per_s": r.deliveries,
-            "us_per_msg": r.micros,
-            "note": r.note,
-        }
-
-    return {
-        "title": title,
-        "machine": machine or {},
-        "results": [timed(r) for r in results if r.ok],
-        "skipped": [
-            {"group": r.group, "case": r.name, "status": r.status} for r in results if not r.ok
-        ],
-        "memory": [
-            {
-                "table": m.table,
-                "case": m.name,
-                "messages": m.messages,
-                "value": m.value,
-                "status": m.status,
-                **m.detail,
-            }
-            for m in memory
-        ],
-        "scaling": [
-            {
-                "case": r.name,
-                "kind": r.kind,
-                "levels": list(r.levels),
-                "reached": list(r.reached),
-                "publish_us": list(r.publish),
-                "get_us": list(r.get),
-                "peak_rss": r.peak_rss,
-                "seconds": r.seconds,
-                "status": r.status,
-            }
-            for r in scaling
-        ],
-        "targets": [
-            {
-                "target": t.target.name,
-                "ratio": t.ratio,
-                "bar": t.target.bar,
-                "at_most": t.target.most,
-                "against": t.against,
-                "status": t.status,
-            }
-            for t in evaluate_targets(results, memory, scaling)
-        ],
-    }
-
-
-# -- chart -----------------------------------------------------------------------------------------
-
-_COLORS: Final = {"mqkit": "tab:purple", "peer": "tab:blue", "stdlib": "tab:gray"}
-
-
-def _si(value: float) -> str:
-    """1234567 -> "1.23M"; 45600 -> "45.6k"."""
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
-def _micro_label(value: float) -> str:
-    return f"{value:.2f} µs" if value < 100 else f"{value:,.0f} µs"
-
-
-def write_chart(
-    results: Sequence[BenchResult],
-    path: str | Path,
-    title: str = "",
-    memory: Sequence[MemoryResult] = (),
-) -> Path:
-    """Draw the results as a PNG at ``path`` (needs matplotlib: the ``bench`` extra).
-
-    One panel per table: msgs/s (deliveries/s for fan-out tables; µs per message for the
-    plugin costs) on a log scale, mqkit in purple, peers in blue, stdlib baselines in grey;
-    and, when measured, the bytes per buffered message.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    tables: dict[str, list[BenchResult]] = {}
-    for r in results:
-        if r.ok:
-            tables.setdefault(r.group, []).append(r)
-    buffered = [m for m in memory if m.table == "buffered" and m.status == "ok"]
-    panels = len(tables) + (1 if buffered else 0)
-    cols = 2
-    rows = max(1, math.ceil(panels / cols))
-    heights = []
-    names = list(tables)
-    for i in range(rows):
-        sizes = [len(tables[g]) for g in names[i * cols : (i + 1) * cols]]
-        if i == rows - 1 and buffered and len(sizes) < cols:
-            sizes.append(len(buffered))
-        heights.append(max(sizes or [3]) + 1.5)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(15, 0.32 * sum(heights) + 1.2),
-        gridspec_kw={"height_ratios": heights},
-        squeeze=False,
-    )
-    flat = [ax for row in axes for ax in row]
-    for ax, group in zip(flat, names, strict=False):
-        rs = list(reversed(tables[group]))
-        plugins = group in _RELATIVE
-        if plugins:
-            values = [r.micros for r in rs]
-            label, fmt = "µs per message (lower is better)", _micro_label
-        elif rs[0].fanout > 1 or any(r.fanout > 1 for r in rs):
-            values = [r.deliveries for r in rs]
-            label, fmt = "deliveries / s (higher is better)", _si
-        else:
-            values = [r.rate for r in rs]
-            label, fmt = "msgs / s (higher is better)", _si
-        bars = ax.barh(
-            [r.name for r in rs], values, color=[_COLORS.get(r.kind, "tab:gray") for r in rs]
-        )
-        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=7, padding=2)
-        ax.set_xscale("log")
-        ax.set_xlim(min(values) / 3, max(values) * 6)
-        ax.set_xlabel(label, fontsize=8)
-        ax.set_title(_TITLES.get(group, group), fontsize=9)
-        ax.tick_params(labelsize=7)
-    used = len(names)
-    if buffered:
-        ax = flat[used]
-        mem = list(reversed(buffered))
-        bars = ax.barh(
-            [m.name for m in mem], [m.value for m in mem], color=[_COLORS[m.kind] for m in mem]
-        )
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-        ax.set_xlabel("bytes per buffered message, 100-byte payload (lower is better)", fontsize=8)
-        ax.set_title("memory: bytes per buffered message", fontsize=9)
-        ax.tick_params(labelsize=7)
-        used += 1
-    for ax in flat[used:]:
-        ax.set_visible(False)
-    handles = [Patch(color=color, label=kind) for kind, color in _COLORS.items()]
-    fig.legend(handles=handles, loc="upper right", fontsize=8, ncols=3)
-    if title:
-        fig.suptitle(title, fontsize=10, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
