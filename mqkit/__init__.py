@@ -61,6 +61,7 @@ from mqkit.core.message import (
     PriorityTTLMessage,
     TTLMessage,
 )
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo, Requirement
 from mqkit.core.status import (
     ClusterStatus,
@@ -116,6 +117,7 @@ __all__ = [
     "PersistenceDisabledError",
     "PersistenceError",
     "PersistenceFeature",
+    "Plugin",
     "PluginError",
     "PluginInfo",
     "Priority",

@@ -226,7 +226,7 @@ class Broker:
         registered: list[str] = []
         try:
             for name in added_names:
-                pm.register_checked(instantiate(plan[name]), name)
+                pm.register_checked(instantiate(plan[name], self), name)
                 registered.append(name)
             features = pm.features()
         except BaseException:

@@ -2,8 +2,10 @@
 
 A plugin is any object (usually a class instance, one per broker) with methods marked
 ``@mqkit.hookimpl`` whose names are hooks below. An implementation may declare any subset of a
-hook's arguments (pluggy's rule). The broker calls hooks only through its typed facade
-(:mod:`mqkit.core.hooks`), which costs a flag test, not a call, when no plugin implements a hook.
+hook's arguments (pluggy's rule); a plugin class that subclasses :class:`mqkit.Plugin` declares
+them all, as below, and mypy checks its implementations' argument and return types. The broker
+calls hooks only through its typed facade (:mod:`mqkit.core.hooks`), which costs a flag test,
+not a call, when no plugin implements a hook.
 
 **Call types.** *firstresult* hooks stop at the first implementation that returns something
 other than ``None``; *collecting* hooks call every implementation; *notifications* call every

@@ -1,8 +1,8 @@
 """Plugin loading: which plugins a broker gets, their dependencies, and their registration.
 
 Every plugin - built-in or third-party - is an entry point in the group ``mqkit.plugins``. An
-entry point names a class (instantiated once per broker, with no arguments), an instance, or a
-module. What a broker loads is decided by its :class:`~mqkit.Config`:
+entry point names a class (instantiated once per broker, with the broker: :func:`instantiate`),
+an instance, or a module. What a broker loads is decided by its :class:`~mqkit.Config`:
 
 1. mqkit's own plugins whose :class:`PluginInfo` says the config enables them (their flag);
 2. the plugins named in ``Config.plugins`` (resolved through the same entry-point group);
@@ -17,26 +17,32 @@ registered; a failure names the plugin and the flag to turn on.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
 
 from mqkit.core import hookspecs
 from mqkit.core.config import Config
-from mqkit.core.errors import InvalidConfigError, PluginError
+from mqkit.core.errors import InvalidConfigError, MQError, PluginError
 from mqkit.core.features import Feature
 from mqkit.core.hookspecs import PROJECT
+
+if TYPE_CHECKING:
+    from mqkit.core.broker import Broker
 
 __all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "PluginManager", "Requirement", "plan_plugins"]
 
 log = logging.getLogger("mqkit.plugins")
 
 ENTRY_POINT_GROUP = "mqkit.plugins"
+_POSITIONAL_ONLY = inspect.Parameter.POSITIONAL_ONLY
+_POSITIONAL_OR_KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -227,11 +233,37 @@ def check_requirements(config: Config, plan: Mapping[str, Any]) -> None:
                 raise PluginError.because(f"plugin {name!r} needs plugin {req.plugin!r}{hint}")
 
 
-def instantiate(target: Any) -> object:
-    """Turn a planned target into the object to register: classes are instantiated."""
-    if isinstance(target, type):
-        return target()
-    return target
+def instantiate(target: Any, broker: Broker) -> object:
+    """Turn a planned target into the object to register: a class is built for ``broker``.
+
+    A class whose constructor's first parameter is positional and required, or is named
+    ``broker``, is built as ``cls(broker)``; any other class as ``cls()`` (it may take the
+    broker from ``mqkit_broker_start``). Objects and modules are registered as they are. A
+    constructor's ``MQError`` passes unchanged; anything else becomes a ``PluginError`` naming
+    the plugin.
+    """
+    if not isinstance(target, type):
+        return target
+    try:
+        return target(broker) if _takes_broker(target) else target()
+    except MQError:
+        raise
+    except Exception as exc:
+        raise PluginError.because(
+            f"plugin {plugin_name(target)!r} could not be built: {exc!r}"
+        ) from exc
+
+
+def _takes_broker(cls: type) -> bool:
+    """Whether ``cls(...)``'s first parameter is positional and required, or named broker."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a C type): built with no argument
+        return False
+    if not params or params[0].kind not in (_POSITIONAL_ONLY, _POSITIONAL_OR_KEYWORD):
+        return False
+    first = params[0]
+    return first.default is inspect.Parameter.empty or first.name == "broker"
 
 
 class PluginManager(pluggy.PluginManager):

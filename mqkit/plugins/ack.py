@@ -44,6 +44,7 @@ from mqkit.core.message import (
     needs_ack,
     redelivery,
 )
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
@@ -84,7 +85,7 @@ def _ack_id(message: Message) -> str:
     return ack_id if ack_id and needs_ack(message) else ""
 
 
-class AckPlugin(AckFeature):
+class AckPlugin(AckFeature, Plugin):
     """Tracks delivered ack-required messages per subscription.
 
     Deadlines cost no timer per message: deliveries with the same timeout are kept in one
@@ -99,7 +100,7 @@ class AckPlugin(AckFeature):
         flag="enable_ack_support",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Subscription, dict[str, _Pending]] = {}
         self._buckets: dict[float, _Bucket] = {}  # timeout -> deliveries in deadline order
@@ -109,17 +110,12 @@ class AckPlugin(AckFeature):
         self._bytes = 0
         self._timer: TimerHandle | None = None
         self._armed_at: float | None = None
-        self._broker: Broker | None = None
+        self._broker: Broker | None = broker  # None once stopped
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Remember the broker."""
-        self._broker = broker
-
-    @hookimpl
-    def mqkit_broker_close(self) -> None:
+    def mqkit_broker_close(self, broker: Broker) -> None:
         """Stop the deadlines; what is unacked stays unacked (persistence keeps it)."""
         with self._lock:
             if self._timer is not None:
@@ -173,7 +169,7 @@ class AckPlugin(AckFeature):
                 self._publishing[ack_id] = message
 
     @hookimpl
-    def mqkit_refused(self, messages: Sequence[Message], error: MQError) -> None:
+    def mqkit_refused(self, broker: Broker, messages: Sequence[Message], error: MQError) -> None:
         """Give back the ack ids this refused call had taken."""
         with self._lock:
             for message in messages:
@@ -200,7 +196,9 @@ class AckPlugin(AckFeature):
                         self._release(ack_id, 1 - copies[i])
 
     @hookimpl
-    def mqkit_drop(self, subscription: Subscription | None, message: Message, reason: str) -> None:
+    def mqkit_drop(
+        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
+    ) -> None:
         """A buffered copy left without being handed out (evicted, expired, cancelled)."""
         if subscription is None or reason not in _COPY_ENDED:
             return

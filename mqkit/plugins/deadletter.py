@@ -25,13 +25,14 @@ from mqkit.core.errors import BrokerClosedError
 from mqkit.core.features import DeadLetterFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.status import DeadLetter, DeadLetterStats
 
 __all__ = ["DeadLetterPlugin"]
 
 
-class DeadLetterPlugin(DeadLetterFeature):
+class DeadLetterPlugin(DeadLetterFeature, Plugin):
     """Keeps dead letters and publishes them to the dead letter topic."""
 
     plugin_info = PluginInfo(
@@ -40,7 +41,7 @@ class DeadLetterPlugin(DeadLetterFeature):
         flag="enable_dead_letter_queue",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._lock = threading.Lock()
         self._records: deque[tuple[DeadLetter, int]] = deque()
         self._total = 0
@@ -48,12 +49,7 @@ class DeadLetterPlugin(DeadLetterFeature):
         self._bytes = 0
         self._last: datetime | None = None
         self._topic = ""  # the DLQ topic, kept for stats() after close
-        self._broker: Broker | None = None
-
-    @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Remember the broker."""
-        self._broker = broker
+        self._broker: Broker | None = broker  # None once stopped
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:

@@ -28,6 +28,7 @@ from mqkit.core.errors import MemoryLimitExceededError
 from mqkit.core.features import Feature, MemoryFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import SLOT_BYTES, Subscription, Taps
 
@@ -36,7 +37,7 @@ __all__ = ["SLOT_BYTES", "MemoryPlugin"]
 _METER = Taps(meter=True)
 
 
-class MemoryPlugin(MemoryFeature):
+class MemoryPlugin(MemoryFeature, Plugin):
     """Enforces ``max_memory_usage`` on the bytes metered subscription buffers and features hold.
 
     Each buffered copy counts the message's estimated size plus ``SLOT_BYTES``: a message
@@ -50,16 +51,17 @@ class MemoryPlugin(MemoryFeature):
         enabled=lambda config: config.max_memory_usage > 0,
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._features_seen: tuple[Feature, ...] = ()
         self._holders: tuple[Feature, ...] = ()
-        self._broker: Broker | None = None
+        self._broker = broker
+        self._running = False  # from mqkit_broker_start to mqkit_broker_close
 
     def usage(self) -> int:
         """Estimated bytes held now: metered buffers plus what features hold (never below 0)."""
-        broker = self._broker
-        if broker is None:  # not started, or stopped: nothing is counted
+        if not self._running:  # not started, or stopped: nothing is counted
             return 0
+        broker = self._broker
         total = broker.buffered_bytes()
         features = broker.features()
         if features is not self._features_seen:  # the plugin set changed: look again
@@ -78,8 +80,8 @@ class MemoryPlugin(MemoryFeature):
         Each counts a copy per subscription it reaches (at least one). Raises
         ``MemoryLimitExceededError``.
         """
-        broker = self._broker
-        if broker is not None:
+        if self._running:
+            broker = self._broker
             self._admit(broker.incoming_bytes(messages), broker.buffered_bytes())
 
     def _admit(self, incoming: int, buffered: int) -> None:
@@ -89,9 +91,9 @@ class MemoryPlugin(MemoryFeature):
         transaction's commit, a replay - before persistence stores them (a transaction's
         messages were checked when it took them too: :meth:`check`).
         """
-        broker = self._broker
-        if broker is None:
+        if not self._running:
             return
+        broker = self._broker
         limit = broker.config.max_memory_usage  # update_config may change it
         if limit > 0:
             used = buffered
@@ -110,17 +112,17 @@ class MemoryPlugin(MemoryFeature):
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Start reading the broker's metered bytes and checking its publishes."""
-        self._broker = broker
+        self._running = True
         broker.add_admission(self._admit)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
         """Stop: nothing is counted or checked any more."""
         broker.remove_admission(self._admit)
-        self._broker = None
+        self._running = False
 
     @hookimpl
-    def mqkit_subscription_taps(self, subscription: Subscription) -> Taps:
+    def mqkit_subscription_taps(self, broker: Broker, subscription: Subscription) -> Taps:
         """Meter every subscription's buffer."""
         return _METER
 

@@ -34,6 +34,7 @@ from mqkit.core.errors import MQError
 from mqkit.core.features import MetricsFeature
 from mqkit.core.hookspecs import for_messages, hookimpl
 from mqkit.core.message import Message, posix_time
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.shards import ThreadShards
 from mqkit.core.status import MetricsSnapshot, TopicMetrics
@@ -98,7 +99,7 @@ def _fold(total: _Shard, shard: _Shard) -> None:
     total.latency_max = max(total.latency_max, shard.latency_max)
 
 
-class MetricsPlugin(MetricsFeature):
+class MetricsPlugin(MetricsFeature, Plugin):
     """Counts what happens to messages; ``broker.metrics()`` reads it.
 
     Counting takes no lock: each thread counts into its own shard, and a snapshot adds the
@@ -111,12 +112,12 @@ class MetricsPlugin(MetricsFeature):
         name="metrics", description="counters and delivery latency", flag="enable_metrics"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._lock = threading.Lock()
         self._shards = ThreadShards(_Shard, _fold)
         self._local = self._shards.local
         self._last_error = ""
-        self._broker: Broker | None = None
+        self._broker = broker
         self._taps = Taps(sample=self._sample)
         self._pattern_taps = Taps(sample=self._sample, taken=self._taken)
         # Live subscriptions and the (delivered, dropped) each had when counting began; the
@@ -143,24 +144,23 @@ class MetricsPlugin(MetricsFeature):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Ask the broker to count publishes per topic; count the live subscriptions from now."""
         broker.count_published()
-        self._broker = broker
         with self._lock:
             for sub in broker.subscriptions():
                 self._subs.setdefault(sub, (sub.delivered, sub.dropped))
 
     @hookimpl
-    def mqkit_broker_close(self) -> None:
+    def mqkit_broker_close(self, broker: Broker) -> None:
         """Forget the subscriptions (the broker is closing or the plugin was switched off)."""
         with self._lock:
             self._subs.clear()
 
     @hookimpl
-    def mqkit_subscription_taps(self, subscription: Subscription) -> Taps:
+    def mqkit_subscription_taps(self, broker: Broker, subscription: Subscription) -> Taps:
         """Sample every subscription's hand-outs for latency; count a pattern's per topic."""
         return self._pattern_taps if subscription.is_pattern else self._taps
 
     @hookimpl
-    def mqkit_subscribe(self, subscription: Subscription) -> None:
+    def mqkit_subscribe(self, broker: Broker, subscription: Subscription) -> None:
         """Read a new subscription's counts (a pattern's hand-outs are counted per topic)."""
         with self._lock:
             self._subs.setdefault(subscription, (0, 0))
@@ -170,7 +170,7 @@ class MetricsPlugin(MetricsFeature):
         self._count(message.topic, _DELIVERED)
 
     @hookimpl
-    def mqkit_unsubscribe(self, subscription: Subscription) -> None:
+    def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
         """Keep a cancelled subscription's count of hand-outs under its key."""
         with self._lock:
             start = self._subs.pop(subscription, None)
@@ -184,7 +184,7 @@ class MetricsPlugin(MetricsFeature):
         """A latency sample (``Taps.sample``) standing for ``weight`` hand-outs."""
         broker = self._broker
         published_at = posix_time(message)  # the stamped float: no datetime made or read
-        if broker is None or published_at is None:
+        if published_at is None:
             return
         latency = broker.clock.time() - published_at
         if latency < 0.0:  # a clock stepped back
@@ -235,7 +235,14 @@ class MetricsPlugin(MetricsFeature):
         self._count(message.topic, _REDELIVERED)
 
     @hookimpl
-    def mqkit_dead_letter(self, broker: Broker, topic: str, message: Message, reason: str) -> None:
+    def mqkit_dead_letter(
+        self,
+        broker: Broker,
+        topic: str,
+        message: Message,
+        reason: str,
+        subscription: Subscription | None,
+    ) -> None:
         """Count a dead letter under its original topic."""
         self._count(topic, _DEAD_LETTERED)
 
@@ -266,11 +273,10 @@ class MetricsPlugin(MetricsFeature):
         ordered = sorted(latencies)
         broker = self._broker
         subscribers: dict[str, int] = {}
-        if broker is not None:
-            for sub in broker.subscriptions():
-                subscribers[sub.topic] = subscribers.get(sub.topic, 0) + 1
-            for topic, routed in broker.published_counts().items():
-                rows.setdefault(topic, [0] * len(_FIELDS))[_PUBLISHED] += routed
+        for sub in broker.subscriptions():
+            subscribers[sub.topic] = subscribers.get(sub.topic, 0) + 1
+        for topic, routed in broker.published_counts().items():
+            rows.setdefault(topic, [0] * len(_FIELDS))[_PUBLISHED] += routed
         with self._lock:
             counted = {key: list(row) for key, row in self._retired.items()}
             for sub, (delivered, dropped) in self._subs.items():

@@ -21,6 +21,7 @@ from mqkit.core.broker import Broker
 from mqkit.core.config import Config
 from mqkit.core.hookspecs import for_messages, hookimpl
 from mqkit.core.message import Message, Priority, has_field, message_priority
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription
 
@@ -196,7 +197,7 @@ def _ranked(cls: type[Message], config: Config) -> bool:
     return has_field(cls, "priority")
 
 
-class PriorityPlugin:
+class PriorityPlugin(Plugin):
     """Supplies priority-ordered buffers while ``enable_priority_queue`` is on."""
 
     plugin_info = PluginInfo(

@@ -41,6 +41,7 @@ from mqkit.core.errors import (
 from mqkit.core.features import TransactionFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.timers import TimerHandle
 
@@ -62,7 +63,7 @@ class _Tx:
     ended: _Ended | None = None  # how it ended (the error a later use of it raises)
 
 
-class TransactionsPlugin(TransactionFeature):
+class TransactionsPlugin(TransactionFeature, Plugin):
     """Holds transactional messages until commit, rollback or timeout."""
 
     plugin_info = PluginInfo(
@@ -71,22 +72,17 @@ class TransactionsPlugin(TransactionFeature):
         flag="enable_transactions",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, _Tx] = {}
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         # Timed-out ids a publish must not re-open: id -> (transaction, forget at: monotonic).
         self._timed_out: OrderedDict[str, tuple[_Tx, float]] = OrderedDict()
         self._bytes = 0
-        self._broker: Broker | None = None
+        self._broker: Broker | None = broker  # None once stopped
 
     @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Remember the broker."""
-        self._broker = broker
-
-    @hookimpl
-    def mqkit_broker_close(self) -> None:
+    def mqkit_broker_close(self, broker: Broker) -> None:
         """Roll back every open transaction."""
         with self._lock:
             for tx in self._open.values():

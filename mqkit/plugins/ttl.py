@@ -30,6 +30,7 @@ from mqkit.core.config import Config
 from mqkit.core.errors import InvalidMessageError, MessageExpiredError
 from mqkit.core.hookspecs import for_messages, hookimpl
 from mqkit.core.message import Message, has_field
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
 from mqkit.core.timers import TimerHandle
@@ -60,7 +61,7 @@ def _own_expiry(cls: type[Message], config: Config) -> bool:
     return has_field(cls, "expires_at")
 
 
-class TTLPlugin:
+class TTLPlugin(Plugin):
     """Refuses expired messages at publish, withholds them at delivery, sweeps buffers."""
 
     plugin_info = PluginInfo(
@@ -70,15 +71,14 @@ class TTLPlugin:
         default=True,
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._lock = threading.Lock()
         self._sweep: TimerHandle | None = None
-        self._broker: Broker | None = None
+        self._broker: Broker | None = broker  # None once stopped
 
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Start sweeping when a default TTL is configured."""
-        self._broker = broker
         if broker.config.message_ttl > 0:
             self._schedule_sweep(broker)
 
@@ -120,7 +120,7 @@ class TTLPlugin:
         return False
 
     @hookimpl
-    def mqkit_subscription_taps(self, broker: Broker) -> Taps | None:
+    def mqkit_subscription_taps(self, broker: Broker, subscription: Subscription) -> Taps | None:
         """Under ``message_ttl``, have every subscription check the default expiry itself.
 
         The subscription asks ``withhold`` only about a message older than ``message_ttl``

@@ -30,6 +30,7 @@ from mqkit.core.errors import InvalidConfigError, PersistenceError
 from mqkit.core.features import ProtocolFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
+from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
 from mqkit.protocols.mqtt.auth import Authenticator
@@ -43,7 +44,7 @@ log = logging.getLogger("mqkit.mqtt")
 _START_TIMEOUT = 30.0
 
 
-class MQTTPlugin(ProtocolFeature):
+class MQTTPlugin(ProtocolFeature, Plugin):
     """The MQTT gateway plugin (see the module docstring)."""
 
     feature = "mqtt"
@@ -54,9 +55,9 @@ class MQTTPlugin(ProtocolFeature):
         runtime_toggle=False,
     )
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Broker) -> None:
         self._lock = threading.Lock()
-        self._broker: Broker | None = None
+        self._broker = broker
         self._auth: Authenticator | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -73,7 +74,6 @@ class MQTTPlugin(ProtocolFeature):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Check the security files now: a bad one fails ``Broker(...)``."""
         cfg = broker.config
-        self._broker = broker
         self._auth = Authenticator(
             cfg.mqtt_password_file, cfg.mqtt_acl_file, cfg.mqtt_allow_anonymous
         )
@@ -81,7 +81,6 @@ class MQTTPlugin(ProtocolFeature):
             self._tls_context()  # raises InvalidConfigError for unreadable files
 
     def _tls_context(self) -> ssl.SSLContext:
-        assert self._broker is not None
         cfg = self._broker.config
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -103,7 +102,6 @@ class MQTTPlugin(ProtocolFeature):
             if self.address is not None:
                 return self.address
             broker = self._broker
-            assert broker is not None, "the plugin was not started by a broker"
             cfg = broker.config
             tls = self._tls_context() if cfg.mqtt_tls_cert else None
             store = self._open_store(broker)
@@ -170,12 +168,12 @@ class MQTTPlugin(ProtocolFeature):
             ) from exc
 
     @hookimpl
-    def mqkit_broker_closing(self) -> None:
+    def mqkit_broker_closing(self, broker: Broker) -> None:
         """Disconnect the clients and publish their wills while the broker still publishes."""
         self.stop(publish_wills=True)
 
     @hookimpl
-    def mqkit_broker_close(self) -> None:
+    def mqkit_broker_close(self, broker: Broker) -> None:
         """Make sure the server is stopped and the thread joined."""
         self.stop(publish_wills=False)
 
@@ -211,7 +209,7 @@ class MQTTPlugin(ProtocolFeature):
         thread.join(_START_TIMEOUT)
 
     @hookimpl
-    def mqkit_unsubscribe(self, subscription: Subscription) -> None:
+    def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
         """A gateway subscription closed by the broker (``CLOSE_SUBSCRIBER``): tell the server."""
         if not subscription.topic.startswith(KEY_PREFIX):
             return
@@ -245,7 +243,7 @@ class MQTTPlugin(ProtocolFeature):
             asyncio.run_coroutine_threadsafe(forget(), loop).result(_START_TIMEOUT)
 
     @hookimpl
-    def mqkit_subscription_taps(self, subscription: Subscription) -> Taps | None:
+    def mqkit_subscription_taps(self, broker: Broker, subscription: Subscription) -> Taps | None:
         """A feed's (or group's) journalled subscription: what its buffer drops leaves the queues.
 
         A tap on that subscription only: no ``mqkit_drop`` call for everybody's drops.
@@ -260,7 +258,7 @@ class MQTTPlugin(ProtocolFeature):
         return Taps(dropped=dropped)
 
     @hookimpl
-    def mqkit_health(self) -> list[str]:
+    def mqkit_health(self, broker: Broker) -> list[str]:
         """Report failed writes of the session store."""
         server = self._server
         store = server.session_store if server is not None else None
@@ -277,7 +275,15 @@ class MQTTPlugin(ProtocolFeature):
 
     @hookimpl(trylast=True)
     def mqkit_authenticate(
-        self, protocol: str, username: str | None, password: bytes | None, method: str
+        self,
+        broker: Broker,
+        protocol: str,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        method: str,
+        data: bytes | None,
+        state: dict[str, Any],
     ) -> bool | None:
         """The password file (and ``mqtt_allow_anonymous``) for plain MQTT logins."""
         if protocol != "mqtt" or method or self._auth is None:
@@ -286,7 +292,13 @@ class MQTTPlugin(ProtocolFeature):
 
     @hookimpl(trylast=True)
     def mqkit_authorize(
-        self, protocol: str, client_id: str, username: str | None, action: str, topic: str
+        self,
+        broker: Broker,
+        protocol: str,
+        client_id: str,
+        username: str | None,
+        action: str,
+        topic: str,
     ) -> bool | None:
         """The ACL file for MQTT clients."""
         if protocol != "mqtt" or self._auth is None:

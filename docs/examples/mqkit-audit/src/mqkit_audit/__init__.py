@@ -42,11 +42,12 @@ class AuditRecord:
     detail: str = ""
 
 
-class AuditPlugin:
+class AuditPlugin(mqkit.Plugin):
     """Records every message's lifecycle; refuses topics that match a deny pattern.
 
     ``deny`` holds glob patterns (``"internal.*"``); ``max_records`` bounds the trail (the
-    oldest records go first). The entry point builds it with the defaults.
+    oldest records go first). The entry point builds it with the defaults. Its hooks are
+    checked by mypy (a ``mqkit.Plugin`` declares every hook with its full signature).
     """
 
     plugin_info = mqkit.PluginInfo(
@@ -89,12 +90,12 @@ class AuditPlugin:
         self._broker = broker
 
     @mqkit.hookimpl
-    def mqkit_broker_close(self) -> None:
+    def mqkit_broker_close(self, broker: mqkit.Broker) -> None:
         """Forget the broker; the trail stays readable."""
         self._broker = None
 
     @mqkit.hookimpl
-    def mqkit_publish(self, topic: str, message: mqkit.Message) -> None:
+    def mqkit_publish(self, broker: mqkit.Broker, topic: str, message: mqkit.Message) -> None:
         """Refuse a denied topic (nothing is delivered or stored), else record the publish."""
         for pattern in self.deny:
             if fnmatch.fnmatchcase(topic, pattern):
@@ -103,26 +104,43 @@ class AuditPlugin:
         self._record("published", topic, message)
 
     @mqkit.hookimpl
-    def mqkit_delivered(self, message: mqkit.Message) -> None:
+    def mqkit_delivered(
+        self, broker: mqkit.Broker, subscription: mqkit.Subscription, message: mqkit.Message
+    ) -> None:
         """Record a hand-out to a consumer."""
         self._record("delivered", message.topic, message, f"attempt {message.attempt}")
 
     @mqkit.hookimpl
-    def mqkit_ack(self, message: mqkit.Message) -> None:
+    def mqkit_ack(
+        self, broker: mqkit.Broker, subscription: mqkit.Subscription, message: mqkit.Message
+    ) -> None:
         """Record an acknowledgement."""
         self._record("acked", message.topic, message)
 
     @mqkit.hookimpl
-    def mqkit_nack(self, message: mqkit.Message, requeue: bool) -> None:
+    def mqkit_nack(
+        self,
+        broker: mqkit.Broker,
+        subscription: mqkit.Subscription,
+        message: mqkit.Message,
+        requeue: bool,
+    ) -> None:
         """Record a rejection."""
         self._record("nacked", message.topic, message, "requeue" if requeue else "no requeue")
 
     @mqkit.hookimpl
-    def mqkit_expire(self, topic: str, message: mqkit.Message) -> None:
+    def mqkit_expire(self, broker: mqkit.Broker, topic: str, message: mqkit.Message) -> None:
         """Record an expiry."""
         self._record("expired", topic, message)
 
     @mqkit.hookimpl
-    def mqkit_dead_letter(self, topic: str, message: mqkit.Message, reason: str) -> None:
+    def mqkit_dead_letter(
+        self,
+        broker: mqkit.Broker,
+        topic: str,
+        message: mqkit.Message,
+        reason: str,
+        subscription: mqkit.Subscription | None,
+    ) -> None:
         """Record a dead letter and why."""
         self._record("dead-lettered", topic, message, reason)
