@@ -33,6 +33,7 @@ from mqkit.core.errors import (
     PersistenceError,
     PluginError,
     ProtocolDisabledError,
+    ProtocolError,
     SerializationError,
     SubscriptionClosedError,
     TransactionNotFoundError,
@@ -62,6 +63,7 @@ from mqkit.core.message import (
     TTLMessage,
 )
 from mqkit.core.plugins import PluginInfo, Requirement
+from mqkit.core.settings import Settings
 from mqkit.core.status import (
     ClusterStatus,
     DeadLetter,
@@ -122,9 +124,11 @@ __all__ = [
     "PriorityMessage",
     "PriorityTTLMessage",
     "ProtocolDisabledError",
+    "ProtocolError",
     "ProtocolFeature",
     "Requirement",
     "SerializationError",
+    "Settings",
     "SubOptions",
     "Subscription",
     "SubscriptionClosedError",

@@ -55,6 +55,7 @@ from mqkit.protocols.mqtt.codec import (
 )
 from mqkit.protocols.mqtt.mapping import Outgoing, message_from_publish
 from mqkit.protocols.mqtt.session import NEVER, Feed, InFlight, Session, SessionSub, SharedGroup
+from mqkit.protocols.mqtt.settings import MQTTSettings
 from mqkit.protocols.mqtt.store import FeedJournals, GroupJournal, Journal, SessionStore
 from mqkit.protocols.mqtt.topics import compile_filter, filter_is_valid, parse_shared
 
@@ -82,22 +83,20 @@ class Server:
     """The MQTT server of one broker (loop-thread only, except where noted)."""
 
     def __init__(self, broker: Broker, store: Any = None) -> None:
-        cfg = broker.config
+        cfg = broker.settings(MQTTSettings)
         self.broker = broker
         self.hooks = broker.hooks
         self.store = store
         """The persistence store (a ``diskcache.Cache``) or None."""
         self.session_store = SessionStore(store) if store is not None else None
         """Persistent sessions, written as they change (see :mod:`.store`), or None."""
-        self.max_packet_size = cfg.mqtt_max_packet_size
-        self.receive_maximum = cfg.mqtt_max_inflight
-        self.topic_alias_maximum = cfg.mqtt_topic_alias_maximum
-        self.max_keep_alive = cfg.mqtt_max_keep_alive
-        self.max_connections = cfg.mqtt_max_connections
-        self.connect_timeout = cfg.mqtt_connect_timeout
-        self.sub_options = SubOptions(
-            buffer_size=cfg.mqtt_max_queued_messages, policy=Backpressure(cfg.mqtt_backpressure)
-        )
+        self.max_packet_size = cfg.max_packet_size
+        self.receive_maximum = cfg.max_inflight
+        self.topic_alias_maximum = cfg.topic_alias_maximum
+        self.max_keep_alive = cfg.max_keep_alive
+        self.max_connections = cfg.max_connections
+        self.connect_timeout = cfg.connect_timeout
+        self.sub_options = SubOptions(buffer_size=cfg.max_queued_messages, policy=cfg.backpressure)
         self.acks = broker.has_feature("ack")
         self.sessions: dict[str, Session] = {}
         self.connections: set[Connection] = set()
