@@ -212,14 +212,18 @@ class Config:
         known = {f.name for f in attrs.fields(cls)}
         fields = {k: v for k, v in mapping.items() if k in known and k != "settings"}
         sections = dict(mapping.get("settings") or {})
+        unknown = []
         for key, value in mapping.items():
             if key in known:
                 continue
             if isinstance(key, str) and isinstance(value, Mapping):
                 sections[key] = value
-                continue
+            else:
+                unknown.append(key)
+        if unknown:
+            key = str(sorted(unknown, key=str)[0])
             raise InvalidConfigError(
-                f"{InvalidConfigError.default}: unknown key {str(key)!r}{where}", field=str(key)
+                f"{InvalidConfigError.default}: unknown key {key!r}{where}", field=key
             )
         try:
             config = converter.structure(fields, cls)
