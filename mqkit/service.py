@@ -88,7 +88,7 @@ class HTTPEndpoint:
 
     plugin_info = PluginInfo(
         name="http",
-        description="the settings of mqkit serve's HTTP endpoint ([http])",
+        description="the HTTP endpoint of mqkit serve",
         settings=HTTPSettings,
         section="http",
     )

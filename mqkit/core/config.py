@@ -106,7 +106,7 @@ class Config:
     )
     """Plugins' settings sections by name (``{"mqtt": MQTTSettings(...)}``, or a mapping of
     a section's fields, as a TOML table gives it); checked by ``Broker(...)``, which knows
-    which plugin owns which section (see :class:`~mqkit.Settings`)."""
+    which plugin owns which section."""
 
     def validate(self) -> None:
         """Raise :class:`~mqkit.InvalidConfigError` for the first invalid field, in seed order.

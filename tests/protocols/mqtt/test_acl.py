@@ -127,9 +127,7 @@ topic readwrite bob/#
 
 @pytest.fixture
 def owned(server_factory: ServerFactory, password_file: str, tmp_path: Path) -> Srv:
-    return server_factory(
-        password_file=password_file, acl_file=write_acl(tmp_path, OWNER_ACL)
-    )
+    return server_factory(password_file=password_file, acl_file=write_acl(tmp_path, OWNER_ACL))
 
 
 INTRUDERS = ["bob", None]
@@ -586,9 +584,7 @@ def test_deny_parse_errors() -> None:
 def test_deny_over_the_wire(
     server_factory: ServerFactory, password_file: str, tmp_path: Path, version: int
 ) -> None:
-    srv = server_factory(
-        password_file=password_file, acl_file=write_acl(tmp_path, DENY_ACL)
-    )
+    srv = server_factory(password_file=password_file, acl_file=write_acl(tmp_path, DENY_ACL))
     inproc = srv.broker.subscribe_matching("every-topic", lambda _topic: True)
     c, _ = connect(srv, version, "alice-1", "alice", clean=True)
     with c:
