@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Final
 
 import attrs
 
 __all__ = [
+    "KEY_PREFIX",
     "SharedFilter",
     "compile_filter",
     "covers",
@@ -24,6 +26,9 @@ __all__ = [
 ]
 
 MAX_TOPIC_BYTES = 65535
+
+KEY_PREFIX: Final = "mqtt:"
+"""Broker subscription keys of MQTT filters: ``mqtt:<filter>``."""
 
 
 def topic_is_valid(topic: str) -> bool:
