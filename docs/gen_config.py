@@ -22,9 +22,10 @@ from typing import Any
 
 import attrs
 
+import mqkit
 from mqkit.core import config as config_module
 from mqkit.core.config import Config
-from mqkit.core.plugins import PluginInfo, info_of
+from mqkit.core.plugins import PluginInfo, entry_points, info_of
 
 HEADER = """# Configuration reference
 
@@ -166,19 +167,23 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
                  "a table per section."),
 }  # fmt: skip
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def builtin_infos() -> list[PluginInfo]:
-    """The ``PluginInfo`` of each built-in plugin, from pyproject.toml's entry points.
+    """The ``PluginInfo`` of each built-in plugin, from the entry points of mqkit's project file.
 
-    Read from the project file, not from the installed metadata, so that the page is the same
-    wherever it is generated.
+    Read from the pyproject.toml beside the imported ``mqkit`` package (the source tree), not
+    from the installed metadata, so that the page is the same wherever it is generated; an
+    installed wheel (no project file) falls back to its entry points.
     """
-    with open(ROOT / "pyproject.toml", "rb") as file:
-        project = tomllib.load(file)["project"]
+    project_file = Path(mqkit.__file__).resolve().parent.parent / "pyproject.toml"
+    if project_file.is_file():
+        with open(project_file, "rb") as file:
+            declared = tomllib.load(file)["project"]["entry-points"]["mqkit.plugins"]
+        values = list(declared.values())
+    else:
+        values = [ep.value for name, ep in entry_points().items() if ep.builtin]
     found = []
-    for value in project["entry-points"]["mqkit.plugins"].values():
+    for value in values:
         module, _, attr = value.partition(":")
         info = info_of(getattr(importlib.import_module(module), attr))
         if info is not None:
