@@ -232,6 +232,7 @@ def undocumented() -> list[str]:
 def _type(field: attrs.Attribute[Any]) -> str:
     kind = field.type  # a string, or a class once cattrs resolved the annotations
     text = kind.__name__ if isinstance(kind, type) else str(kind)
+    text = text.removeprefix("collections.abc.")  # resolved: collections.abc.Mapping[...]
     # every float of Config (and of a built-in section) is a duration in seconds
     return {
         "tuple[str, ...]": "list",

@@ -283,7 +283,8 @@ class Config:
         """Build a config from a TOML file of field names to values (``mqkit.toml``).
 
         Keys are the field names (``max_topics = 1000``); durations are seconds, lists are
-        arrays. Every error - a missing file, bad TOML, an unknown key, a bad value - is an
+        arrays; a table (``[mqtt]``) is a plugin's settings section, checked by ``Broker(...)``.
+        Every other error - a missing file, bad TOML, an unknown key, a bad value - is an
         :class:`~mqkit.InvalidConfigError` naming the key (when there is one) and the file.
         """
         import tomllib

@@ -122,7 +122,7 @@ def structure_section(section: str, cls: type[Settings], value: object) -> Setti
             if key not in known:
                 name = f"{section}.{key}"
                 raise InvalidConfigError(
-                    f"{InvalidConfigError.default}: unknown key {name} "
+                    f"{InvalidConfigError.default}: unknown key {name} = {value[key]!r} "
                     f"(the fields of [{section}]: {', '.join(sorted(known))})",
                     field=name,
                 )

@@ -111,7 +111,7 @@ def test_an_unknown_section_fails_the_broker_naming_it() -> None:
 @pytest.mark.parametrize(
     ("section", "field", "value", "text"),
     [
-        ({"max_inflite": 3}, "mqtt.max_inflite", "max_inflite", "unknown key mqtt.max_inflite"),
+        ({"max_inflite": 3}, "mqtt.max_inflite", "= 3", "unknown key mqtt.max_inflite"),
         ({"max_inflight": "many"}, "mqtt.max_inflight", "'many'", "mqtt.max_inflight"),
         ({"max_inflight": 0}, "mqtt.max_inflight", "(got 0)", "must be 1..65535"),
         ({"allow_anonymous": "yes"}, "mqtt.allow_anonymous", "'yes'", "boolean"),
