@@ -13,9 +13,9 @@ A second table measures what idle MQTT clients cost an in-process publisher: a `
 with its defaults and the gateway on 127.0.0.1 port 0, N raw MQTT 3.1.1 clients that CONNECT,
 SUBSCRIBE ``#`` at QoS 1 and then never read their socket (nor acknowledge anything), and
 ``broker.publish`` in this process once every client's queue is full (after a warm-up of
-three times ``mqtt_max_queued_messages`` messages, paced so that the gateway keeps up). It
+three times ``[mqtt] max_queued_messages`` messages, paced so that the gateway keeps up). It
 prints msgs/s for N = 0, 1 and 20, and for a reference run without MQTT clients but with one
-in-process subscription whose buffer (``mqtt_max_queued_messages``) is full - what one
+in-process subscription whose buffer (``[mqtt] max_queued_messages``) is full - what one
 subscriber costs (median of interleaved rounds; each timed run stops after 20,000 messages or
 5 seconds) - and the ratios N=20 / N=0 and N=20 / reference. ``--idle-only`` runs this table alone
 (``--no-priority``: with ``enable_priority_queue=False``, the core's FIFO buffers). Nothing
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 
 import mqkit
-from mqkit.protocols.mqtt import codec
+from mqkit.protocols.mqtt import MQTTSettings, codec
 from mqkit.protocols.mqtt.client import AsyncClient
 from mqkit.protocols.mqtt.codec import SubscriptionRequest
 
@@ -137,10 +137,13 @@ def idle_round(clients: int, messages: int, priority: bool) -> tuple[float, floa
     and the publishing thread's CPU time per message (µs).
 
     ``clients`` -1 is the reference: no MQTT client, one in-process subscription to the topic
-    with a full buffer of ``mqtt_max_queued_messages`` (what one subscriber costs).
+    with a full buffer of ``[mqtt] max_queued_messages`` (what one subscriber costs).
     """
     config = mqkit.Config(
-        enable_mqtt=True, mqtt_host="127.0.0.1", mqtt_port=0, enable_priority_queue=priority
+        enable_mqtt=True,
+        mqtt_port=0,
+        enable_priority_queue=priority,
+        settings={"mqtt": MQTTSettings(host="127.0.0.1")},
     )
     broker = mqkit.Broker(config)
     socks: list[socket.socket] = []
@@ -148,10 +151,10 @@ def idle_round(clients: int, messages: int, priority: bool) -> tuple[float, floa
         _, port = broker.start_mqtt_server()
         socks = [idle_client(port, i) for i in range(clients)]
         if clients < 0:
-            cap = broker.config.mqtt_max_queued_messages
+            cap = broker.settings(MQTTSettings).max_queued_messages
             broker.subscribe("bench/idle", mqkit.SubOptions(buffer_size=cap))
         payload = b"x" * 64
-        warm = 3 * broker.config.mqtt_max_queued_messages
+        warm = 3 * broker.settings(MQTTSettings).max_queued_messages
         for i in range(warm):  # fills the window, then every client's queue
             broker.publish("bench/idle", mqkit.Message(f"w{i}", payload))
             if i % 100 == 99:

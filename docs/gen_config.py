@@ -1,24 +1,31 @@
-"""Generate docs/configuration.md from ``mqkit.Config``: every field, its type and default.
+"""Generate docs/configuration.md from ``mqkit.Config`` and the built-in plugins' sections.
 
-Run ``python docs/gen_config.py`` after changing ``Config``; a test checks the page is current
-and that every field is described. A field's description is its attribute docstring in
-``mqkit/core/config.py`` (a string literal right below the field) when it has one, else the
-entry in ``DESCRIPTIONS`` below.
+Run ``python docs/gen_config.py`` after changing ``Config`` or a plugin's settings class; a test
+checks the page is current and that every field is described. A ``Config`` field's description
+is its attribute docstring in ``mqkit/core/config.py`` (a string literal right below the field)
+when it has one, else the entry in ``DESCRIPTIONS`` below. Each built-in plugin (an entry point
+of pyproject.toml) that declares a settings section gets a table of it, described by the
+attribute docstrings of its settings class.
 """
 
 from __future__ import annotations
 
 import ast
+import enum
+import importlib
 import inspect
 import itertools
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+import mqkit
 from mqkit.core import config as config_module
 from mqkit.core.config import Config
+from mqkit.core.plugins import PluginInfo, entry_points, info_of
 
 HEADER = """# Configuration reference
 
@@ -61,6 +68,32 @@ unknown key or a bad value, and the message names the key and the file
 `true/false/1/0`, durations in seconds, lists comma-separated. A variable with the prefix that
 names no field is an error.
 
+**Plugin sections.** A plugin's own settings are a section: a table in the TOML file
+(`[mqtt]`, `[http]`, a third-party plugin's), `MQKIT_<SECTION>_<FIELD>` variables
+(`MQKIT_MQTT_MAX_INFLIGHT=64`; a seed field wins a clash: `MQKIT_MQTT_PORT` is `mqtt_port`), or,
+in code, `Config(settings={"mqtt": MQTTSettings(max_inflight=64)})` (a mapping of the fields is
+accepted too). `Broker(...)` builds and checks every section before any plugin starts: an
+unknown section or field, or a bad value, is an `InvalidConfigError` naming `section.field` and
+the value (`mq: invalid configuration: mqtt.max_inflight must be 1..65535 (got 0)`). A plugin
+reads its section with `broker.settings(MQTTSettings)`; see [plugins](plugins.md).
+
+```toml title="mqkit.toml"
+enable_mqtt = true
+mqtt_port = 1883
+
+[mqtt]
+max_inflight = 64
+backpressure = "drop_newest"
+
+[http]
+port = 9100
+```
+
+**Flags of features this version lacks.** `enable_amqp = true` and `enable_cluster = true` fail
+`Broker(...)` with a `FeatureNotEnabledError` saying this version of mqkit does not include
+them; a flag whose plugin cannot be imported names the extra to install
+(`pip install 'mqkit[mqtt]'`).
+
 **Types.** *bool*: `true`, `false`, `1` or `0` (as text in any case, or a TOML boolean); `yes`,
 `on`, `2` or `1.0` is an `InvalidConfigError` naming the field and the value.
 *duration*: seconds as a finite number (a `datetime.timedelta` is accepted in code); `nan` and
@@ -71,8 +104,6 @@ the environment).
 SECTIONS: dict[str, str] = {
     "seed": "The seed's fields",
     "mqkit": "What mqkit adds",
-    "mqtt": "The MQTT gateway",
-    "serve": "`mqkit serve`",
     "plugins": "Plugins",
 }
 
@@ -126,45 +157,47 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "persistence_max_messages": ("mqkit", "Messages stored per topic; the oldest go first."),
     "persistence_max_age": ("mqkit", "Seconds a stored message is kept (7 days, the seed's KV "
                             "TTL)."),
-    "mqtt_host": ("mqkit", "Address the MQTT gateway listens on."),
     "amqp_host": ("mqkit", "Address the AMQP gateway listens on."),
-    "mqtt_tls_port": ("mqtt", "Port of the MQTT gateway's TLS listener; `0`: any free port."),
-    "mqtt_tls_cert": ("mqtt", "Certificate file (PEM) of the TLS listener; with "
-                      "`mqtt_tls_key`."),
-    "mqtt_tls_key": ("mqtt", "Private key file (PEM) of the TLS listener; with "
-                     "`mqtt_tls_cert`."),
-    "mqtt_tls_ca": ("mqtt", "CA file (PEM) for verifying client certificates."),
-    "mqtt_password_file": ("mqtt", "File of MQTT users and password hashes."),
-    "mqtt_acl_file": ("mqtt", "File of MQTT topic access rules."),
-    "mqtt_allow_anonymous": ("mqtt", "Accept MQTT clients that send no user name."),
-    "mqtt_max_connections": ("mqtt", "Most MQTT client connections at once."),
-    "mqtt_max_packet_size": ("mqtt", "Largest MQTT packet accepted, in bytes."),
-    "mqtt_max_inflight": ("mqtt", "Unacknowledged QoS 1/2 messages in flight per client."),
-    "mqtt_max_queued_messages": ("mqtt", "Messages queued per MQTT client session."),
-    "mqtt_backpressure": ("mqtt", "What a full client queue does: `drop_oldest`, "
-                          "`drop_newest`, `block_with_timeout` or `close_subscriber`."),
-    "mqtt_topic_alias_maximum": ("mqtt", "Topic aliases a MQTT 5 client may use; `0`: none."),
-    "mqtt_max_keep_alive": ("mqtt", "Largest keep-alive (seconds) granted to clients; `0`: "
-                            "the client's."),
-    "mqtt_connect_timeout": ("mqtt", "Seconds a new connection has to send CONNECT."),
-    "http_host": ("serve", "Address of `mqkit serve`'s HTTP endpoint (`/healthz`, `/metrics`); "
-                  "loopback by default."),
-    "http_port": ("serve", "Port of `mqkit serve`'s HTTP endpoint; `0`: any free port. See "
-                  "[the command line](cli.md)."),
     "plugins": ("plugins", "Third-party plugins to load, by entry-point name. See "
                 "[plugins](plugins.md)."),
     "disable_plugins": ("plugins", "Plugins not to load (built-in or third-party)."),
     "autoload_plugins": ("plugins", "Load every installed plugin (`MQKIT_AUTOLOAD_PLUGINS=1` "
                          "too)."),
+    "settings": ("plugins", "Plugins' settings sections by name (the tables below); in TOML, "
+                 "a table per section."),
 }  # fmt: skip
 
 
-def attribute_docs() -> dict[str, str]:
-    """Attribute docstrings of ``Config``'s fields in mqkit/core/config.py."""
-    tree = ast.parse(inspect.getsource(config_module))
+def builtin_infos() -> list[PluginInfo]:
+    """The ``PluginInfo`` of each built-in plugin, from the entry points of mqkit's project file.
+
+    Read from the pyproject.toml beside the imported ``mqkit`` package (the source tree), not
+    from the installed metadata, so that the page is the same wherever it is generated; an
+    installed wheel (no project file) falls back to its entry points.
+    """
+    project_file = Path(mqkit.__file__).resolve().parent.parent / "pyproject.toml"
+    if project_file.is_file():
+        with open(project_file, "rb") as file:
+            declared = tomllib.load(file)["project"]["entry-points"]["mqkit.plugins"]
+        values = list(declared.values())
+    else:
+        values = [ep.value for name, ep in entry_points().items() if ep.builtin]
+    found = []
+    for value in values:
+        module, _, attr = value.partition(":")
+        info = info_of(getattr(importlib.import_module(module), attr))
+        if info is not None:
+            found.append(info)
+    return found
+
+
+def attribute_docs(cls: type = Config) -> dict[str, str]:
+    """Attribute docstrings of ``cls``'s fields (``Config``'s in mqkit/core/config.py)."""
+    module = config_module if cls is Config else sys.modules[cls.__module__]
+    tree = ast.parse(inspect.getsource(module))
     found: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == "Config":
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
             body = node.body
             for first, second in itertools.pairwise(body):
                 if (
@@ -186,19 +219,36 @@ def describe(name: str) -> tuple[str, str]:
 
 
 def undocumented() -> list[str]:
-    """Fields of ``Config`` that have no description."""
-    return [f.name for f in attrs.fields(Config) if not describe(f.name)[1]]
+    """Fields of ``Config`` and of the built-in sections that have no description."""
+    missing = [f.name for f in attrs.fields(Config) if not describe(f.name)[1]]
+    for info in builtin_infos():
+        if info.settings is not None:
+            docs = attribute_docs(info.settings)
+            fields = attrs.fields(info.settings)
+            missing += [f"{info.section}.{f.name}" for f in fields if f.name not in docs]
+    return missing
 
 
 def _type(field: attrs.Attribute[Any]) -> str:
     kind = field.type  # a string, or a class once cattrs resolved the annotations
     text = kind.__name__ if isinstance(kind, type) else str(kind)
-    # every float of Config is a duration in seconds
-    return {"tuple[str, ...]": "list", "float": "duration"}.get(text, text)
+    text = text.removeprefix("collections.abc.")  # resolved: collections.abc.Mapping[...]
+    # every float of Config (and of a built-in section) is a duration in seconds
+    return {
+        "tuple[str, ...]": "list",
+        "float": "duration",
+        "Mapping[str, object]": "tables",
+        "Backpressure": "`Backpressure` value",
+    }.get(text, text)
 
 
 def _default(field: attrs.Attribute[Any]) -> str:
     value = field.default
+    if isinstance(value, attrs.Factory):  # type: ignore[arg-type]
+        return "`{}`"
+    if isinstance(value, enum.Enum):
+        return f'`"{value.value}"`'
+
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, tuple):
@@ -215,24 +265,43 @@ def render() -> str:
     rows: dict[str, list[str]] = {key: [] for key in SECTIONS}
     for field in attrs.fields(Config):
         section, text = describe(field.name)
+        env = "<SECTION>_<FIELD>" if field.name == "settings" else field.name.upper()
         rows.setdefault(section, []).append(
-            f"| `{field.name}` | {_type(field)} | {_default(field)} | "
-            f"`MQKIT_{field.name.upper()}` | {text} |"
+            f"| `{field.name}` | {_type(field)} | {_default(field)} | `MQKIT_{env}` | {text} |"
         )
     parts = [HEADER]
+    table = "| field | type | default | environment | meaning |\n|---|---|---|---|---|\n"
     for key, lines in rows.items():
         if not lines:
             continue
         parts.append(f"\n## {SECTIONS.get(key, key)}\n\n")
-        parts.append("| field | type | default | environment | meaning |\n|---|---|---|---|---|\n")
+        parts.append(table)
         parts.append("\n".join(lines) + "\n")
+    for info in sorted(builtin_infos(), key=lambda i: i.section):
+        if info.settings is None:
+            continue
+        docs = attribute_docs(info.settings)
+        attrs.resolve_types(info.settings)
+        extra = f", `pip install 'mqkit[{info.extra}]'`" if info.extra else ""
+        parts.append(f"\n## `[{info.section}]`: {info.description}\n\n")
+        parts.append(
+            f"The `{info.name}` plugin's section (`{info.settings.__module__}."
+            f"{info.settings.__name__}`{extra}).\n\n"
+        )
+        parts.append(table)
+        for field in attrs.fields(info.settings):
+            text = docs.get(field.name, "").replace("``", "`")
+            env = f"MQKIT_{info.section.upper()}_{field.name.upper()}"
+            parts.append(
+                f"| `{field.name}` | {_type(field)} | {_default(field)} | `{env}` | {text} |\n"
+            )
     return "".join(parts)
 
 
 if __name__ == "__main__":
     missing = undocumented()
     if missing:
-        print(f"undocumented Config fields: {', '.join(missing)}", file=sys.stderr)
+        print(f"undocumented fields: {', '.join(missing)}", file=sys.stderr)
     out = Path(__file__).with_name("configuration.md")
     out.write_text(render(), encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)

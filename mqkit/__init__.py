@@ -33,6 +33,7 @@ from mqkit.core.errors import (
     PersistenceError,
     PluginError,
     ProtocolDisabledError,
+    ProtocolError,
     SerializationError,
     SubscriptionClosedError,
     TransactionNotFoundError,
@@ -63,6 +64,7 @@ from mqkit.core.message import (
 )
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo, Requirement
+from mqkit.core.settings import Settings
 from mqkit.core.status import (
     ClusterStatus,
     DeadLetter,
@@ -124,9 +126,11 @@ __all__ = [
     "PriorityMessage",
     "PriorityTTLMessage",
     "ProtocolDisabledError",
+    "ProtocolError",
     "ProtocolFeature",
     "Requirement",
     "SerializationError",
+    "Settings",
     "SubOptions",
     "Subscription",
     "SubscriptionClosedError",

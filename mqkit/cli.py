@@ -13,11 +13,12 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import attrs
 import typer
 from rich import box
 from rich.console import Console, Group
@@ -284,6 +285,19 @@ def load_config(path: Path | None) -> Config:
     return Config() if path is None else Config.from_toml(path)
 
 
+def _http_overrides(cfg: Config, changes: dict[str, object]) -> Config:
+    """``cfg`` with ``--host``/``--port`` put into its ``[http]`` section."""
+    section = cfg.settings.get("http")
+    if isinstance(section, Mapping):
+        new: object = {**section, **changes}
+    elif section is None:
+        new = changes
+    else:
+        current: Any = section  # an HTTPSettings
+        new = attrs.evolve(current, **changes)
+    return cfg.replace(settings={**cfg.settings, "http": new})
+
+
 @app.command()
 def serve(
     config: Annotated[
@@ -291,9 +305,11 @@ def serve(
         typer.Option("--config", "-c", help="A TOML file of Config fields (mqkit.toml)."),
     ] = None,
     host: Annotated[
-        str | None, typer.Option(help="Override http_host (default 127.0.0.1).")
+        str | None, typer.Option(help="Override [http] host (default 127.0.0.1).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Override http_port (0: any free port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Override [http] port (0: any free port).")
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="Logging level: debug, info, warning, error.")
     ] = "info",
@@ -314,18 +330,16 @@ def serve(
     )
     try:
         cfg = load_config(config)
-        changes: dict[str, object] = {}
-        if host is not None:
-            changes["http_host"] = host
-        if port is not None:
-            changes["http_port"] = port
-        if changes:
-            cfg = cfg.replace(**changes)
-            cfg.validate()
+        changes = {"host": host, "port": port}
+        if any(value is not None for value in changes.values()):
+            cfg = _http_overrides(cfg, {k: v for k, v in changes.items() if v is not None})
     except InvalidConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     try:
         service = Service(cfg)
+    except InvalidConfigError as exc:  # a plugin's section ([http], [mqtt]) is checked here
+        where = f" (in {config})" if config is not None else ""
+        raise _fail(f"{exc}{where}", EXIT_USAGE) from None
     except MQError as exc:
         raise _fail(f"cannot start the broker: {exc}") from None
     try:
@@ -333,9 +347,8 @@ def serve(
     except MQError as exc:
         raise _fail(f"cannot start a gateway: {exc}") from None
     except OSError as exc:
-        raise _fail(
-            f"cannot listen on {cfg.http_host}:{cfg.http_port}: {exc.strerror or exc}"
-        ) from None
+        http = service.http
+        raise _fail(f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}") from None
     try:
         import prometheus_client  # noqa: F401
     except ImportError:

@@ -2,8 +2,8 @@
 
 :class:`Service` builds a :class:`~mqkit.Broker` from a :class:`~mqkit.Config`, starts the
 protocol gateways the config enables (``enable_mqtt``, ``enable_amqp``, through
-``Broker.start_mqtt_server()``/``start_amqp_server()``), and serves HTTP on ``http_host``:
-``http_port`` (loopback by default) from a thread:
+``Broker.start_mqtt_server()``/``start_amqp_server()``), and serves HTTP on the ``[http]``
+section's ``host``:``port`` (:class:`HTTPSettings`; loopback by default) from a thread:
 
 - ``GET /healthz``: the :class:`~mqkit.HealthStatus` as JSON; HTTP 200 when ``healthy``,
   503 otherwise (``degraded``, ``closed``).
@@ -35,14 +35,20 @@ from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import attrs
+
 from mqkit.core.broker import Broker
 from mqkit.core.config import Config
 from mqkit.core.convert import unstructure
 from mqkit.core.errors import BrokerClosedError, MQError
 from mqkit.core.message import Message, PriorityMessage, PriorityTTLMessage, TTLMessage
+from mqkit.core.plugins import PluginInfo
+from mqkit.core.settings import Settings
 
 __all__ = [
     "METRICS_EXTRA_HINT",
+    "HTTPEndpoint",
+    "HTTPSettings",
     "Service",
     "json_ready",
     "message_from_json",
@@ -53,6 +59,40 @@ log = logging.getLogger("mqkit.serve")
 
 METRICS_EXTRA_HINT = "/metrics needs prometheus_client: pip install 'mqkit[metrics]'"
 """What ``/metrics`` answers (HTTP 501) when ``prometheus_client`` is not installed."""
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class HTTPSettings(Settings):
+    """The ``[http]`` section: where ``mqkit serve`` serves its HTTP endpoint."""
+
+    host: str = "127.0.0.1"
+    """Address of the HTTP endpoint (``/healthz``, ``/metrics``); loopback by default."""
+    port: int = 8080
+    """Port of the HTTP endpoint; ``0``: any free port."""
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """The endpoint's checks (see :meth:`mqkit.Settings.rules`)."""
+        return [
+            ("host", not self.host.strip(), "cannot be empty"),
+            ("port", not 0 <= self.port <= 65535, "must be between 0 (any free port) and 65535"),
+        ]
+
+
+class HTTPEndpoint:
+    """The plugin that owns the ``[http]`` section; it has no hooks.
+
+    :class:`Service` registers it, so that its broker builds and checks the section; the
+    ``http`` entry point makes the section known to every broker (a config file read by
+    ``mqkit serve`` may be used by ``Broker(...)`` too).
+    """
+
+    plugin_info = PluginInfo(
+        name="http",
+        description="the HTTP endpoint of mqkit serve",
+        settings=HTTPSettings,
+        section="http",
+    )
+
 
 _COUNTERS = (
     ("published", "Messages routed to subscriptions"),
@@ -276,8 +316,10 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         """The configuration the service runs with."""
-        self.broker = Broker(config)
+        self.broker = Broker(config, plugins=[HTTPEndpoint()])
         """The broker the service runs."""
+        self.http = self.broker.settings(HTTPSettings)
+        """The ``[http]`` section the endpoint is served with."""
         self.gateways: dict[str, tuple[str, int]] = {}
         """Started gateways: protocol name -> bound ``(host, port)``."""
         self._server: _Server | None = None
@@ -294,7 +336,7 @@ class Service:
                 self.gateways["mqtt"] = self.broker.start_mqtt_server()
             if self.config.enable_amqp:
                 self.gateways["amqp"] = self.broker.start_amqp_server()
-            server = _Server((self.config.http_host, self.config.http_port), _Handler)
+            server = _Server((self.http.host, self.http.port), _Handler)
             server.service = self
             thread = threading.Thread(
                 target=server.serve_forever, name="mqkit-http", kwargs={"poll_interval": 0.1}

@@ -35,6 +35,7 @@ from mqkit.core.errors import (
     MessageExpiredError,
     MQError,
     PersistenceDisabledError,
+    PluginError,
     ProtocolDisabledError,
     TransactionNotFoundError,
     TransactionNotSupportedError,
@@ -64,7 +65,15 @@ from mqkit.core.message import (
     estimate_size,
     stamper,
 )
-from mqkit.core.plugins import PluginManager, info_of, instantiate, plan_plugins
+from mqkit.core.plugins import (
+    PluginManager,
+    enable_hint,
+    info_of,
+    instantiate,
+    plan_plugins,
+    settings_owners,
+)
+from mqkit.core.settings import Settings, build_sections
 from mqkit.core.shards import ThreadShards
 from mqkit.core.status import (
     ClusterStatus,
@@ -82,6 +91,7 @@ __all__ = ["Broker", "Transaction"]
 log = logging.getLogger("mqkit")
 
 F = TypeVar("F", bound=Feature)
+S = TypeVar("S", bound=Settings)
 _ROUTE_CACHE_MAX: Final = 4096
 _DEFAULT_OPTIONS: Final = SubOptions()
 _REPORTED: Final = "_mqkit_reported"  # set on an MQError once mqkit_error has seen it
@@ -209,6 +219,7 @@ class Broker:
         on or off at run time.
         """
         plan = plan_plugins(config, self._extra_plugins)
+        sections = build_sections(config.settings, settings_owners(plan))
         current = dict(self._pm.list_name_plugin())
         removed = [n for n in current if n not in plan]
         added_names = [n for n in plan if n not in current]
@@ -222,6 +233,7 @@ class Broker:
                     "runs (close it and build a new one)",
                     field=info.flag,
                 )
+        self._sections: dict[type[Settings], Settings] = {type(s): s for s in sections.values()}
         pm = self._pm
         registered: list[str] = []
         try:
@@ -248,6 +260,19 @@ class Broker:
         with self._lock:
             self._plugin_errors[plugin] = self._plugin_errors.get(plugin, 0) + 1
         log.error("plugin %r failed in %s: %r", plugin, hook, exc, exc_info=exc)
+
+    def settings(self, kind: type[S]) -> S:
+        """The settings section of class ``kind`` this broker runs with (plugin API).
+
+        ``broker.settings(MQTTSettings)`` is the ``[mqtt]`` section: what the config gives,
+        the class's defaults otherwise. ``PluginError`` when no plugin declares ``kind``.
+        """
+        found = self._sections.get(kind)
+        if not isinstance(found, kind):
+            raise PluginError.because(
+                f"no plugin of this broker declares the settings class {kind.__name__}"
+            )
+        return found
 
     def plugin_names(self) -> list[str]:
         """Names of the plugins this broker runs, in registration order."""
@@ -281,11 +306,11 @@ class Broker:
     def _ack_feature(self) -> AckFeature | None:
         return self._ack
 
-    def _require(self, kind: type[F], error: type[FeatureNotEnabledError], why: str) -> F:
+    def _require(self, kind: type[F], error: type[FeatureNotEnabledError]) -> F:
         self._check_open()
         found = self._feature(kind)
         if found is None:
-            raise error.because(why)
+            raise error.because(enable_hint(kind.feature))
         return found
 
     # -- topics and routing ------------------------------------------------------------------------
@@ -588,10 +613,9 @@ class Broker:
     def _need(self, feature: str) -> None:
         if feature == "ack":
             if self._ack_feature() is None:
-                raise AckNotSupportedError.because("acknowledgment support is disabled")
+                raise AckNotSupportedError.because(enable_hint(feature))
         elif not self._pm.has_plugin(feature):
-            flag = {"priority": "enable_priority_queue", "ttl": "the ttl plugin"}[feature]
-            raise FeatureNotEnabledError.because(f"{feature} is disabled ({flag})")
+            raise FeatureNotEnabledError.because(f"{feature}: {enable_hint(feature)}")
 
     def publish_priority(self, topic: str, message: PriorityMessage) -> None:
         """Publish a :class:`PriorityMessage` (needs the ``priority`` plugin)."""
@@ -762,16 +786,12 @@ class Broker:
 
     def ack(self, topic: str, ack_id: str) -> None:
         """Acknowledge ``ack_id`` on the subscriptions of ``topic`` that hold it."""
-        feature = self._op(
-            "ack", topic, AckFeature, AckNotSupportedError, "acknowledgment support is disabled"
-        )
+        feature = self._op("ack", topic, AckFeature, AckNotSupportedError)
         self._guard("ack", topic, lambda: feature.ack(topic, ack_id))
 
     def nack(self, topic: str, ack_id: str, requeue: bool = True) -> None:
         """Reject ``ack_id``: redeliver it (``requeue``) or dead-letter it at once."""
-        feature = self._op(
-            "nack", topic, AckFeature, AckNotSupportedError, "acknowledgment support is disabled"
-        )
+        feature = self._op("nack", topic, AckFeature, AckNotSupportedError)
         self._guard("nack", topic, lambda: feature.nack(topic, ack_id, requeue))
 
     def _op(
@@ -780,10 +800,9 @@ class Broker:
         topic: str,
         kind: type[F],
         error: type[FeatureNotEnabledError],
-        why: str,
     ) -> F:
         try:
-            return self._require(kind, error, why)
+            return self._require(kind, error)
         except MQError as exc:
             self._failed(operation, topic, exc)
             raise
@@ -816,7 +835,6 @@ class Broker:
             topic,
             TransactionFeature,
             TransactionNotSupportedError,
-            "transaction support is disabled",
         )
 
         def hold() -> object:
@@ -838,7 +856,6 @@ class Broker:
             "",
             TransactionFeature,
             TransactionNotSupportedError,
-            "transaction support is disabled",
         )
         self._guard("commit_transaction", "", lambda: feature.commit(tx_id))
 
@@ -849,7 +866,6 @@ class Broker:
             "",
             TransactionFeature,
             TransactionNotSupportedError,
-            "transaction support is disabled",
         )
         self._guard("rollback_transaction", "", lambda: feature.rollback(tx_id))
 
@@ -867,7 +883,6 @@ class Broker:
             "",
             TransactionFeature,
             TransactionNotSupportedError,
-            "transaction support is disabled",
         )
         tx = Transaction(self, tx_id if tx_id is not None else uuid.uuid4().hex)
         try:
@@ -897,7 +912,6 @@ class Broker:
             original_topic,
             DeadLetterFeature,
             DeadLetterNotSupportedError,
-            "dead letter queue is disabled",
         )
 
         def add() -> None:
@@ -961,7 +975,6 @@ class Broker:
             "",
             DeadLetterFeature,
             DeadLetterNotSupportedError,
-            "dead letter queue is disabled",
         )
         limit = self._limit("dead_letters", "", limit)
         return list(feature.dead_letters(limit))
@@ -978,7 +991,6 @@ class Broker:
             "",
             DeadLetterFeature,
             DeadLetterNotSupportedError,
-            "dead letter queue is disabled",
         )
         limit = self._limit("replay_dead_letters", "", limit)
         done = republished = 0
@@ -1005,7 +1017,6 @@ class Broker:
             topic,
             PersistenceFeature,
             PersistenceDisabledError,
-            "persistence is not enabled",
         )
         limit = self._limit("recover_messages", topic, limit)
         return list(self._guard("recover_messages", topic, lambda: feature.recover(topic, limit)))
@@ -1023,7 +1034,7 @@ class Broker:
             self._check_open()
             feature = self._feature(ProtocolFeature, name)
             if feature is None:
-                raise ProtocolDisabledError.because(f"{name.upper()} support is disabled")
+                raise ProtocolDisabledError.because(f"{name.upper()}: {enable_hint(name)}")
             return feature.start()
         except MQError as exc:
             self._failed(f"start_{name}_server", "", exc)
@@ -1044,7 +1055,6 @@ class Broker:
             topic,
             ClusterFeature,
             ClusterDisabledError,
-            "cluster mode is disabled",
         )
         self._guard("publish_to_cluster", topic, lambda: feature.publish(topic, message))
 
@@ -1055,7 +1065,6 @@ class Broker:
             topic,
             ClusterFeature,
             ClusterDisabledError,
-            "cluster mode is disabled",
         )
         sub: Subscription = self._guard(
             "subscribe_from_cluster", topic, lambda: feature.subscribe(topic, opts)

@@ -7,16 +7,17 @@ is accepted); lists are tuples. ``validate()`` checks in the seed's order and ra
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any
 
 import attrs
 
 from mqkit.core.convert import converter, describe_structure_error, parse_seconds, parse_str_tuple
 from mqkit.core.errors import InvalidConfigError
+from mqkit.core.settings import check_field_types
 
 __all__ = ["Config"]
 
@@ -43,27 +44,15 @@ def _names(default: tuple[str, ...] = ()) -> Any:
     return attrs.field(default=default, converter=_strs)
 
 
-def _type_name(kind: object) -> str:
-    """A field's annotation as written: a string until cattrs resolves it to the class."""
-    if isinstance(kind, type):
-        return kind.__name__
-    return str(kind)
+def _switch(plugin: str) -> Any:
+    """A seed flag that switches on the built-in plugin ``plugin`` (for "not available")."""
+    return attrs.field(default=False, metadata={"plugin": plugin})
 
 
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond a float's range
-        return False
-
-
-_FIELD_TYPES: dict[str, Callable[[object], bool]] = {
-    "bool": lambda v: isinstance(v, bool),
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "tuple[str, ...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
-}
+def _sections(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType(dict(value))
+    return value  # not a mapping: validate() says so
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -71,8 +60,9 @@ class Config:
     """Everything a broker is configured with. Build one, then ``Broker(config)``.
 
     The seed's fields keep the seed's defaults; mqkit adds ``max_ack_retries``,
-    ``max_dead_letters``, the persistence retention bounds, the protocol hosts and the plugin
-    selection (``plugins``, ``disable_plugins``, ``autoload_plugins``).
+    ``max_dead_letters``, the persistence retention bounds, ``amqp_host``, the plugin
+    selection (``plugins``, ``disable_plugins``, ``autoload_plugins``) and the plugins' own
+    settings sections (``settings``: ``[mqtt]``, ``[http]``, a third-party plugin's table).
     """
 
     # --- the seed's fields ---------------------------------------------------------------
@@ -87,7 +77,7 @@ class Config:
     enable_ack_support: bool = False
     default_ack_timeout: float = _duration(30.0)
     max_memory_usage: int = 0
-    enable_cluster: bool = False
+    enable_cluster: bool = _switch("cluster")
     cluster_node_id: str = ""
     cluster_nodes: tuple[str, ...] = _names()
     cluster_replication_factor: int = 1
@@ -98,53 +88,25 @@ class Config:
     dead_letter_topic: str = ""
     enable_transactions: bool = False
     transaction_timeout: float = _duration(30.0)
-    enable_mqtt: bool = False
+    enable_mqtt: bool = _switch("mqtt")
     mqtt_port: int = 1883
-    enable_amqp: bool = False
+    enable_amqp: bool = _switch("amqp")
     amqp_port: int = 5672
     # --- what mqkit adds -----------------------------------------------------------------
     max_ack_retries: int = 3
     max_dead_letters: int = 10_000
     persistence_max_messages: int = 100_000
     persistence_max_age: float = _duration(7 * 24 * 3600.0)
-    mqtt_host: str = "127.0.0.1"
     amqp_host: str = "127.0.0.1"
-    # --- the MQTT gateway (the ``mqtt`` plugin; see mqkit/protocols/mqtt) ----------------
-    mqtt_tls_port: int = 8883
-    """The MQTT gateway's TLS listener port (0: any free port); used with a certificate."""
-    mqtt_tls_cert: str = ""
-    """PEM certificate (chain) of the MQTT TLS listener; with ``mqtt_tls_key`` it turns TLS on."""
-    mqtt_tls_key: str = ""
-    """PEM private key of ``mqtt_tls_cert``."""
-    mqtt_tls_ca: str = ""
-    """CA bundle to verify MQTT client certificates with; when set, clients must present one."""
-    mqtt_password_file: str = ""
-    """MQTT users: ``user:hash`` lines (salted scrypt/pbkdf2); see ``mqkit.protocols.mqtt.auth``."""
-    mqtt_acl_file: str = ""
-    """Per-user MQTT ACLs for publish and subscribe topic filters; without one all is allowed."""
-    mqtt_allow_anonymous: bool = True
-    """Whether MQTT clients without a user name may connect."""
-    mqtt_max_connections: int = 10_000
-    """Most MQTT connections at once (0: no limit); the next one is refused."""
-    mqtt_max_packet_size: int = 1_048_576
-    """Largest MQTT packet accepted, in bytes; a larger one closes that connection (0x95)."""
-    mqtt_max_inflight: int = 32
-    """MQTT Receive Maximum: QoS 1/2 messages in flight per client, each way (3.1.1: to it)."""
-    mqtt_max_queued_messages: int = 1000
-    """Buffer size of each MQTT subscription: what a slow or offline client may fall behind."""
-    mqtt_backpressure: str = "drop_oldest"
-    """What a full MQTT subscription buffer does: a ``Backpressure`` value."""
-    mqtt_topic_alias_maximum: int = 10
-    """Topic aliases an MQTT 5 client may use towards the gateway (0: none)."""
-    mqtt_max_keep_alive: int = 0
-    """Cap on MQTT keep-alive seconds (0: the client's value; MQTT 5 is told the cap)."""
-    mqtt_connect_timeout: float = _duration(10.0)
-    """Seconds a new MQTT connection has to complete CONNECT."""
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
     plugins: tuple[str, ...] = _names()
     disable_plugins: tuple[str, ...] = _names()
     autoload_plugins: bool = False
+    settings: Mapping[str, object] = attrs.field(
+        factory=lambda: MappingProxyType({}), converter=_sections, hash=False
+    )
+    """Plugins' settings sections by name (``{"mqtt": MQTTSettings(...)}``, or a mapping of
+    a section's fields, as a TOML table gives it); checked by ``Broker(...)``, which knows
+    which plugin owns which section."""
 
     def validate(self) -> None:
         """Raise :class:`~mqkit.InvalidConfigError` for the first invalid field, in seed order.
@@ -152,22 +114,15 @@ class Config:
         Field types are checked first (``Config(max_topics="3")`` names ``max_topics``; a
         duration must be a finite number: NaN and infinity are refused), then the seed's rules.
         """
-        for field in attrs.fields(type(self)):
-            value = getattr(self, field.name)
-            kind = _type_name(field.type)
-            expected = _FIELD_TYPES.get(kind)
-            if expected is not None and not expected(value):
-                raise InvalidConfigError(
-                    f"{InvalidConfigError.default}: {field.name} must be {kind}, "
-                    f"not {type(value).__name__} {value!r}",
-                    field=field.name,
-                )
-            if kind == "float" and not _finite(value):
-                raise InvalidConfigError(
-                    f"{InvalidConfigError.default}: {field.name} must be a finite number of "
-                    f"seconds, not {value!r}",
-                    field=field.name,
-                )
+        check_field_types(self)
+        if not isinstance(self.settings, Mapping) or not all(
+            isinstance(key, str) for key in self.settings
+        ):
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: settings must be a mapping of section names "
+                f"to sections, not {self.settings!r}",
+                field="settings",
+            )
         for field, bad, why in self._rules():
             if bad:
                 raise InvalidConfigError(
@@ -230,56 +185,12 @@ class Config:
                 self.enable_amqp and not 0 <= self.amqp_port <= 65535,
                 "must be between 0 (any free port) and 65535",
             ),
-            (
-                "http_port",
-                not 0 <= self.http_port <= 65535,
-                "must be between 0 (any free port) and 65535",
-            ),
-            ("http_host", not self.http_host.strip(), "cannot be empty"),
             ("message_ttl", self.message_ttl < 0, "cannot be negative"),
             ("max_memory_usage", self.max_memory_usage < 0, "cannot be negative"),
             ("max_ack_retries", self.max_ack_retries < 0, "cannot be negative"),
             ("max_dead_letters", self.max_dead_letters < 1, "must be at least 1"),
             ("persistence_max_messages", self.persistence_max_messages < 1, "must be at least 1"),
             ("persistence_max_age", self.persistence_max_age <= 0, "must be positive"),
-            *self._mqtt_rules(),
-        ]
-
-    def _mqtt_rules(self) -> list[tuple[str, bool, str]]:
-        """The MQTT gateway's fields (checked when ``enable_mqtt`` is on)."""
-        on = self.enable_mqtt
-        return [
-            (
-                "mqtt_tls_port",
-                on and not 0 <= self.mqtt_tls_port <= 65535,
-                "must be between 0 (any free port) and 65535",
-            ),
-            (
-                "mqtt_tls_key",
-                on and bool(self.mqtt_tls_cert) != bool(self.mqtt_tls_key),
-                "and mqtt_tls_cert must be given together",
-            ),
-            ("mqtt_max_connections", self.mqtt_max_connections < 0, "cannot be negative"),
-            (
-                "mqtt_max_packet_size",
-                not 32 <= self.mqtt_max_packet_size <= 268_435_460,
-                "must be between 32 and 268435460 bytes",
-            ),
-            ("mqtt_max_inflight", not 1 <= self.mqtt_max_inflight <= 65535, "must be 1..65535"),
-            ("mqtt_max_queued_messages", self.mqtt_max_queued_messages < 1, "must be at least 1"),
-            (
-                "mqtt_backpressure",
-                self.mqtt_backpressure
-                not in ("drop_oldest", "drop_newest", "block_with_timeout", "close_subscriber"),
-                "must be drop_oldest, drop_newest, block_with_timeout or close_subscriber",
-            ),
-            (
-                "mqtt_topic_alias_maximum",
-                not 0 <= self.mqtt_topic_alias_maximum <= 65535,
-                "must be 0..65535",
-            ),
-            ("mqtt_max_keep_alive", not 0 <= self.mqtt_max_keep_alive <= 65535, "must be 0..65535"),
-            ("mqtt_connect_timeout", self.mqtt_connect_timeout <= 0, "must be positive"),
         ]
 
     def replace(self, **changes: Any) -> Config:
@@ -293,23 +204,36 @@ class Config:
     def from_dict(cls, mapping: Mapping[str, Any], *, source: str = "") -> Config:
         """Build a config from a mapping of field names to values; unknown keys are errors.
 
-        ``source`` (a file name, say) is named in error messages. The result is validated.
+        A key that names no field but holds a mapping is a plugin's settings section (a TOML
+        table, ``[mqtt]``); the broker checks it. ``source`` (a file name, say) is named in
+        error messages. The result is validated.
         """
         where = f" (in {source})" if source else ""
         known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted((k for k in mapping if k not in known), key=str)
+        fields = {k: v for k, v in mapping.items() if k in known and k != "settings"}
+        sections = dict(mapping.get("settings") or {})
+        unknown = []
+        for key, value in mapping.items():
+            if key in known:
+                continue
+            if isinstance(key, str) and isinstance(value, Mapping):
+                sections[key] = value
+            else:
+                unknown.append(key)
         if unknown:
-            key = str(unknown[0])
+            key = str(sorted(unknown, key=str)[0])
             raise InvalidConfigError(
                 f"{InvalidConfigError.default}: unknown key {key!r}{where}", field=key
             )
         try:
-            config = converter.structure(dict(mapping), cls)
+            config = converter.structure(fields, cls)
         except Exception as exc:
             text, field = describe_structure_error(exc)
             raise InvalidConfigError(
                 f"{InvalidConfigError.default}: {text}{where}", field=field
             ) from None
+        if sections:
+            config = attrs.evolve(config, settings=sections)
         try:
             config.validate()
         except InvalidConfigError as exc:
@@ -323,22 +247,35 @@ class Config:
         """Build a config from ``<prefix><FIELD NAME IN UPPER CASE>`` environment variables.
 
         Booleans are ``true/false/1/0`` (in any case; ``yes`` or ``on`` is an error), durations
-        seconds (finite: ``nan`` and ``inf`` are errors), lists comma-separated. Variables with
-        the prefix that name no field are errors (a typo should not pass silently).
+        seconds (finite: ``nan`` and ``inf`` are errors), lists comma-separated. A plugin's
+        settings section is filled from ``<prefix><SECTION>_<FIELD>`` (``MQKIT_MQTT_TLS_PORT``)
+        when an installed plugin declares that section; a seed field wins a clash
+        (``MQKIT_MQTT_PORT`` is ``mqtt_port``). Variables with the prefix that name no field
+        are errors (a typo should not pass silently).
         """
+        from mqkit.core.plugins import installed_sections  # plugins imports this module
+
         env = os.environ if environ is None else environ
-        known = {f.name.upper(): f.name for f in attrs.fields(cls)}
-        values: dict[str, str] = {}
+        known = {f.name.upper(): f.name for f in attrs.fields(cls) if f.name != "settings"}
+        values: dict[str, Any] = {}
+        sections: list[str] | None = None
         for key, value in env.items():
             if not key.startswith(prefix):
                 continue
             name = key[len(prefix) :]
-            if name not in known:
+            if name in known:
+                values[known[name]] = value
+                continue
+            if sections is None:
+                sections = sorted(installed_sections(), key=len, reverse=True)
+            section = next((s for s in sections if name.startswith(f"{s.upper()}_")), None)
+            if section is None:
                 raise InvalidConfigError(
                     f"{InvalidConfigError.default}: unknown environment variable {key}",
                     field=key,
                 )
-            values[known[name]] = value
+            field = name[len(section) + 1 :].lower()
+            values.setdefault(section, {})[field] = value
         return cls.from_dict(values, source="environment")
 
     @classmethod
@@ -346,7 +283,8 @@ class Config:
         """Build a config from a TOML file of field names to values (``mqkit.toml``).
 
         Keys are the field names (``max_topics = 1000``); durations are seconds, lists are
-        arrays. Every error - a missing file, bad TOML, an unknown key, a bad value - is an
+        arrays; a table (``[mqtt]``) is a plugin's settings section, checked by ``Broker(...)``.
+        Every other error - a missing file, bad TOML, an unknown key, a bad value - is an
         :class:`~mqkit.InvalidConfigError` naming the key (when there is one) and the file.
         """
         import tomllib
@@ -371,6 +309,12 @@ class Config:
             raise InvalidConfigError(f"{exc.message} (in {where})", field=exc.field) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the config as plain data (the inverse of :meth:`from_dict`)."""
-        data: dict[str, Any] = converter.unstructure(self)
+        """Return the config as plain data (the inverse of :meth:`from_dict`).
+
+        Each settings section is a nested mapping under its name, as in a TOML file.
+        """
+        data: dict[str, Any] = converter.unstructure(attrs.evolve(self, settings={}))
+        del data["settings"]
+        for section, value in self.settings.items():
+            data[section] = converter.unstructure(value)
         return data

@@ -3,6 +3,9 @@
 Each class carries the seed's sentinel text as its default message (``mq: broker is closed``).
 ``SomeError.because(detail)`` builds the seed's wrapped form, ``"<default>: <detail>"``, so
 ``InvalidTopicError.because("cannot be empty")`` reads ``mq: invalid topic: cannot be empty``.
+A detail never repeats the default: a "not enabled" error's detail names the setting that
+enables the feature (``mq: acknowledgment not supported: set enable_ack_support=True``), or says
+that this version of mqkit cannot enable it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "PersistenceError",
     "PluginError",
     "ProtocolDisabledError",
+    "ProtocolError",
     "SerializationError",
     "SubscriptionClosedError",
     "TransactionNotFoundError",
@@ -120,7 +124,12 @@ class MemoryLimitExceededError(LimitExceededError):
 
 
 class FeatureNotEnabledError(MQError):
-    """The operation needs a feature whose plugin is not enabled."""
+    """The operation needs a feature whose plugin is not enabled.
+
+    ``Broker(...)`` raises it too when a flag asks for a feature this installation cannot
+    provide: its plugin's extra is not installed, or this version of mqkit has no such plugin
+    (``enable_amqp``, ``enable_cluster``).
+    """
 
     default = "mq: feature not enabled"
 
@@ -144,7 +153,7 @@ class DeadLetterNotSupportedError(FeatureNotEnabledError):
 
 
 class ClusterDisabledError(FeatureNotEnabledError):
-    """Cluster mode (``enable_cluster``) is off."""
+    """Cluster mode (``enable_cluster``) is off (this version of mqkit has no cluster plugin)."""
 
     default = "mq: cluster mode is disabled"
 
@@ -153,6 +162,15 @@ class ProtocolDisabledError(FeatureNotEnabledError):
     """A protocol gateway (``enable_mqtt``, ``enable_amqp``) is off."""
 
     default = "mq: protocol not enabled"
+
+
+class ProtocolError(MQError, OSError):
+    """A protocol gateway cannot do its network work: its port is in use, say.
+
+    It is an :class:`OSError` too (``errno`` is the socket error's), as the failed ``bind`` is.
+    """
+
+    default = "mq: protocol error"
 
 
 class PersistenceDisabledError(FeatureNotEnabledError):

@@ -11,7 +11,14 @@ an instance, or a module. What a broker loads is decided by its :class:`~mqkit.C
 
 minus those named in ``Config.disable_plugins``. Installing a package never changes a broker by
 itself. Each plugin's requirements (data in its ``plugin_info``) are checked before anything is
-registered; a failure names the plugin and the flag to turn on.
+registered; a failure names the plugin and the flag to turn on. A seed flag that switches on a
+built-in plugin this installation cannot load (its extra is not installed) or this version does
+not have (``enable_amqp``, ``enable_cluster``) fails the broker with a
+``FeatureNotEnabledError`` saying so.
+
+A plugin may declare a settings section (``PluginInfo(settings=..., section=...)``); the
+sections of every built-in plugin and of every planned plugin are known to the broker, which
+builds them (:mod:`mqkit.core.settings`).
 """
 
 from __future__ import annotations
@@ -29,14 +36,23 @@ import pluggy
 
 from mqkit.core import hookspecs
 from mqkit.core.config import Config
-from mqkit.core.errors import InvalidConfigError, MQError, PluginError
+from mqkit.core.errors import FeatureNotEnabledError, InvalidConfigError, MQError, PluginError
 from mqkit.core.features import Feature
 from mqkit.core.hookspecs import PROJECT
+from mqkit.core.settings import Settings
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginInfo", "PluginManager", "Requirement", "plan_plugins"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginInfo",
+    "PluginManager",
+    "Requirement",
+    "enable_hint",
+    "plan_plugins",
+    "settings_owners",
+]
 
 log = logging.getLogger("mqkit.plugins")
 
@@ -62,7 +78,10 @@ class PluginInfo:
     ``enabled`` says whether a config switches the plugin on (mqkit's own plugins: their flag);
     ``default`` plugins load unless ``disable_plugins`` names them. ``flag`` names the config
     field that switches it (for messages and the test kit). ``runtime_toggle=False`` means
-    ``update_config`` may not switch it on or off while the broker runs.
+    ``update_config`` may not switch it on or off while the broker runs. ``settings`` is the
+    plugin's settings class (a :class:`~mqkit.Settings` subclass) filled from the config's
+    ``section`` table (``[mqtt]``, ``MQKIT_MQTT_*``); ``extra`` names the pip extra that
+    installs the libraries the plugin needs (``pip install 'mqkit[mqtt]'``).
     """
 
     name: str
@@ -72,6 +91,22 @@ class PluginInfo:
     default: bool = False
     requires: tuple[Requirement, ...] = ()
     runtime_toggle: bool = True
+    settings: type[Settings] | None = None
+    section: str = ""
+    extra: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.settings is None) != (not self.section):
+            raise PluginError.because(
+                f"plugin {self.name!r}: PluginInfo needs settings and section together"
+            )
+        if self.settings is not None and not (
+            isinstance(self.settings, type) and issubclass(self.settings, Settings)
+        ):
+            raise PluginError.because(
+                f"plugin {self.name!r}: settings must be a subclass of mqkit.Settings, "
+                f"not {self.settings!r}"
+            )
 
     def enabled_by(self, config: Config) -> bool:
         """Whether ``config`` itself switches this plugin on."""
@@ -158,6 +193,112 @@ def builtin_plugins() -> dict[str, Any]:
     return {name: load_entry_point(name) for name, ep in entry_points().items() if ep.builtin}
 
 
+def _load_builtins() -> tuple[dict[str, Any], dict[str, Exception]]:
+    """Mqkit's own plugins that load, and why each of the others does not."""
+    loaded: dict[str, Any] = {}
+    broken: dict[str, Exception] = {}
+    for name, ep in entry_points().items():
+        if not ep.builtin:
+            continue
+        try:
+            loaded[name] = ep.ep.load()
+        except Exception as exc:  # its extra's libraries are missing, most likely
+            broken[name] = exc
+    return loaded, broken
+
+
+def _extra_hint(name: str, extra: str = "") -> str:
+    return f"pip install 'mqkit[{extra or name}]'"
+
+
+def _switches() -> dict[str, str]:
+    """Seed flags that switch on a built-in plugin: flag -> plugin name (Config's metadata)."""
+    return {
+        field.name: str(field.metadata["plugin"])
+        for field in attrs.fields(Config)
+        if "plugin" in field.metadata
+    }
+
+
+def _check_switches(
+    config: Config, loaded: Mapping[str, Any], broken: Mapping[str, Exception]
+) -> None:
+    """A seed flag on whose plugin cannot load here, or is not in this version: fail now."""
+    claimed = {info.flag for info in map(info_of, loaded.values()) if info is not None}
+    for flag, plugin in _switches().items():
+        if not getattr(config, flag) or flag in claimed:
+            continue
+        if plugin in broken:
+            exc = broken[plugin]
+            raise FeatureNotEnabledError.because(
+                f"{flag}=True needs the {plugin!r} plugin, which cannot be imported "
+                f"({type(exc).__name__}: {exc}): {_extra_hint(plugin)}"
+            )
+        raise FeatureNotEnabledError.because(
+            f"{flag}=True asks for the {plugin!r} plugin, which this version of mqkit "
+            "does not include"
+        )
+
+
+def enable_hint(name: str) -> str:
+    """How to switch on the built-in feature ``name``, for a "not enabled" error's text.
+
+    ``"set enable_ack_support=True"``; with the plugin's extra when it cannot be imported; and
+    for a flag this version has no plugin for, that it cannot be enabled.
+    """
+    found = entry_points().get(name)
+    flag = next((f for f, p in _switches().items() if p == name), "")
+    if found is None:
+        what = f"{flag}=True" if flag else f"the {name!r} plugin"
+        return f"{what} is not available in this version of mqkit"
+    try:
+        info = info_of(found.ep.load())
+    except Exception:
+        what = f"{flag}=True and " if flag else ""
+        return f"it needs {what}{_extra_hint(name)}"
+    if info is not None and info.flag:
+        return f"set {info.flag}=True"
+    if info is not None and info.default:
+        return f"the {name!r} plugin is off: remove it from disable_plugins"
+    return f"add {name!r} to plugins"
+
+
+def installed_sections() -> set[str]:
+    """The settings sections the installed plugins (that can be imported) declare."""
+    found: set[str] = set()
+    for ep in entry_points().values():
+        try:
+            info = info_of(ep.ep.load())
+        except Exception:
+            continue
+        if info is not None and info.section:
+            found.add(info.section)
+    return found
+
+
+def settings_owners(plan: Mapping[str, Any]) -> dict[str, type[Settings]]:
+    """Section name -> settings class, of every built-in plugin and every planned plugin.
+
+    Two plugins declaring one section with different classes is a ``PluginError``.
+    """
+    owners: dict[str, type[Settings]] = {}
+    by: dict[str, str] = {}
+    loaded, _ = _load_builtins()
+    for name, target in [*loaded.items(), *plan.items()]:
+        info = info_of(target)
+        if info is None or info.settings is None:
+            continue
+        cls = owners.get(info.section)
+        if cls is not None and cls is not info.settings:
+            raise PluginError.because(
+                f"plugins {by[info.section]!r} and {name!r} both declare the settings "
+                f"section [{info.section}]"
+            )
+        owners[info.section] = info.settings
+        by[info.section] = name
+    return owners
+
+
 def plan_plugins(config: Config, objects: Sequence[object] = ()) -> dict[str, Any]:
     """Decide which plugins a broker with ``config`` gets: name -> class, instance or module.
 
@@ -166,7 +307,9 @@ def plan_plugins(config: Config, objects: Sequence[object] = ()) -> dict[str, An
     """
     disabled = set(config.disable_plugins)
     plan: dict[str, Any] = {}
-    for name, target in builtin_plugins().items():
+    loaded, broken = _load_builtins()
+    _check_switches(config, loaded, broken)
+    for name, target in loaded.items():
         info = info_of(target)
         if info is None:
             raise PluginError.because(f"built-in plugin {name!r} declares no plugin_info")
@@ -240,7 +383,8 @@ def instantiate(target: Any, broker: Broker) -> object:
     ``broker``, is built as ``cls(broker)``; any other class as ``cls()`` (it may take the
     broker from ``mqkit_broker_start``). Objects and modules are registered as they are. A
     constructor's ``MQError`` passes unchanged; anything else becomes a ``PluginError`` naming
-    the plugin.
+    the plugin, and an ``ImportError`` (a library the plugin imports when it starts is
+    missing) a ``PluginError`` naming the plugin's extra.
     """
     if not isinstance(target, type):
         return target
@@ -248,6 +392,14 @@ def instantiate(target: Any, broker: Broker) -> object:
         return target(broker) if _takes_broker(target) else target()
     except MQError:
         raise
+    except ImportError as exc:
+        info = info_of(target)
+        if info is None or not info.extra:
+            raise
+        raise PluginError.because(
+            f"plugin {info.name!r} needs a library that is not installed ({exc}): "
+            f"{_extra_hint(info.name, info.extra)}"
+        ) from exc
     except Exception as exc:
         raise PluginError.because(
             f"plugin {plugin_name(target)!r} could not be built: {exc!r}"

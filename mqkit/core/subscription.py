@@ -55,6 +55,12 @@ SAMPLE_EVERY: Final = 64
 """A subscription calls its ``sample`` taps for one message in this many handed out."""
 
 
+def _ack_not_enabled() -> AckNotSupportedError:
+    from mqkit.core.plugins import enable_hint  # plugins imports this module (via hookspecs)
+
+    return AckNotSupportedError.because(enable_hint("ack"))
+
+
 class Backpressure(enum.Enum):
     """What a full subscription buffer does with a new message (the seed's four policies)."""
 
@@ -984,7 +990,7 @@ class Subscription:
         feature = broker._ack
         if feature is None or broker._closed:
             broker._check_open()
-            raise AckNotSupportedError.because("acknowledgment support is disabled")
+            raise _ack_not_enabled()
         feature.ack_subscription(self, ack_id)
 
     def nack(self, ack_id: str, requeue: bool = True) -> None:
@@ -992,7 +998,7 @@ class Subscription:
         self._broker._check_open()
         feature = self._broker._ack_feature()
         if feature is None:
-            raise AckNotSupportedError.because("acknowledgment support is disabled")
+            raise _ack_not_enabled()
         feature.nack_subscription(self, ack_id, requeue)
 
     # -- lifecycle ---------------------------------------------------------------------------------

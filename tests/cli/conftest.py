@@ -102,17 +102,22 @@ def http(
             return exc.code, exc.read().decode(), dict(exc.headers)
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | list):
+        return json.dumps(value)
+    return repr(value)
+
+
 def write_toml(path: Path, **values: Any) -> Path:
-    """Write a flat TOML file of ``values`` (str, bool, int, float, list of str)."""
-    lines = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str | list):
-            text = json.dumps(value)
-        else:
-            text = repr(value)
-        lines.append(f"{key} = {text}")
+    """Write a TOML file of ``values`` (str, bool, int, float, list of str); a dict value is a
+    table (a plugin's settings section: ``http={"port": 0}`` writes ``[http]``)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

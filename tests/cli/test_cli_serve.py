@@ -34,7 +34,7 @@ def counts(text: str, counter: str = "published") -> dict[str, float]:
 def serve_config(tmp_path: Path, **extra: Any) -> tuple[Path, Path]:
     store = tmp_path / "store"
     values: dict[str, Any] = {
-        "http_port": 0,
+        "http": {"port": 0},
         "enable_persistence": True,
         "persistence_path": str(store),
         "enable_ack_support": True,
@@ -128,7 +128,7 @@ def test_healthz_answers_503_when_the_broker_is_degraded(tmp_path: Path, start_s
     # The sample plugin of tests/fixtures, enabled by name through its entry point, raises in a
     # notification hook when asked to: the broker counts it and reports "degraded".
     fixture = ROOT / "tests" / "fixtures" / "sample_plugin"
-    config = write_toml(tmp_path / "mqkit.toml", http_port=0, plugins=["sample"])
+    config = write_toml(tmp_path / "mqkit.toml", http={"port": 0}, plugins=["sample"])
     server = start_server(["-c", str(config)], env=cli_env(PYTHONPATH=str(fixture)))
     url = server.wait_for_url()
     assert http("GET", f"{url}/healthz")[0] == 200
@@ -184,11 +184,11 @@ def test_metrics_without_prometheus_client_names_the_extra(
 
 
 def test_invalid_config_names_the_key_and_the_file(tmp_path: Path) -> None:
-    config = write_toml(tmp_path / "bad.toml", http_port=70000)
+    config = write_toml(tmp_path / "bad.toml", http={"port": 70000})
     result = run_mqkit("serve", "--config", str(config))
     assert result.returncode == 2
     err = flat(result.stderr)
-    assert "http_port" in err and str(config) in err
+    assert "http.port" in err and "70000" in err and str(config) in err
 
     config.write_text("max_topics = 'many'\n")
     result = run_mqkit("serve", "--config", str(config))
@@ -213,7 +213,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path, start_server: Any) -> No
 def test_serve_starts_the_gateways_the_config_enables(
     tmp_path: Path, start_server: Any, mqtt_client: Any
 ) -> None:
-    config = write_toml(tmp_path / "mqkit.toml", http_port=0, enable_mqtt=True, mqtt_port=0)
+    config = write_toml(tmp_path / "mqkit.toml", http={"port": 0}, enable_mqtt=True, mqtt_port=0)
     server = start_server(["--config", str(config)])
     url = server.wait_for_url()
     host, port = mqtt_gateway(server.output())

@@ -21,7 +21,9 @@ dead_letter_topic = "dlq"
 default_buffer_size = 64
 health_check_interval = 2.5
 cluster_nodes = ["a:1", "b:2"]
-http_port = 9100
+
+[http]
+port = 9100
 """,
         encoding="utf-8",
     )
@@ -32,7 +34,7 @@ http_port = 9100
         default_buffer_size=64,
         health_check_interval=2.5,
         cluster_nodes=("a:1", "b:2"),
-        http_port=9100,
+        settings={"http": {"port": 9100}},
     )
     assert mqkit.Config.from_toml(str(path)) == cfg
 
@@ -44,8 +46,6 @@ http_port = 9100
         ("max_topics = 'many'\n", "max_topics"),
         ("max_topics = -1\n", "max_topics"),
         ("enable_persistence = true\n", "persistence_path"),
-        ("http_port = 65536\n", "http_port"),
-        ("http_host = ' '\n", "http_host"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
@@ -67,8 +67,19 @@ def test_malformed_or_missing_files(tmp_path: Path) -> None:
         mqkit.Config.from_toml(tmp_path / "absent.toml")
 
 
-def test_http_fields_have_defaults_and_env(tmp_path: Path) -> None:
-    assert (mqkit.Config().http_host, mqkit.Config().http_port) == ("127.0.0.1", 8080)
+def test_the_http_section_has_defaults_and_env(tmp_path: Path) -> None:
+    from mqkit.service import HTTPSettings, Service
+
+    def http(cfg: mqkit.Config) -> HTTPSettings:
+        service = Service(cfg)
+        try:
+            return service.http
+        finally:
+            service.close()
+
+    assert (http(mqkit.Config()).host, http(mqkit.Config()).port) == ("127.0.0.1", 8080)
     cfg = mqkit.Config.from_env(environ={"MQKIT_HTTP_PORT": "0"})
-    assert cfg.http_port == 0
-    assert mqkit.Config.from_toml(write_toml(tmp_path / "c.toml", http_port=0)).http_port == 0
+    assert http(cfg).port == 0
+    assert http(mqkit.Config.from_toml(write_toml(tmp_path / "c.toml", http={"port": 0}))).port == 0
+    with pytest.raises(mqkit.InvalidConfigError, match=r"http\.port must be .* \(got 65536\)"):
+        Service(mqkit.Config(settings={"http": HTTPSettings(port=65536)}))

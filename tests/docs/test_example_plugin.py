@@ -28,7 +28,7 @@ def test_installed_with_pip_and_enabled_by_name_through_its_entry_point(tmp_path
         check=False,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "5 passed" in tests.stdout
+    assert "6 passed" in tests.stdout
 
     by_name = subprocess.run(
         [
@@ -48,3 +48,20 @@ def test_installed_with_pip_and_enabled_by_name_through_its_entry_point(tmp_path
     )
     assert by_name.returncode == 0, by_name.stderr
     assert by_name.stdout.strip() == "mqkit_audit ['published']"
+
+
+def test_the_example_plugin_and_its_settings_section_type_check() -> None:
+    # docs/plugins.md shows this package; its [audit] section is read with
+    # broker.settings(AuditSettings), which mypy --strict checks as an AuditSettings.
+    root = AUDIT_PACKAGE.parents[2]
+    env = dict(os.environ, MYPYPATH=str(root))
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(AUDIT_PACKAGE / "src")],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

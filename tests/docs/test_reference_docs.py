@@ -101,6 +101,13 @@ def test_configuration_reference_is_current_and_complete() -> None:
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
     for field in attrs.fields(mqkit.Config):
         assert f"| `{field.name}` |" in text
+    # each built-in plugin's settings section, field by field (issue 15)
+    sections = [i for i in gen.builtin_infos() if i.settings is not None]
+    assert {i.section for i in sections} >= {"mqtt", "http"}
+    for info in sections:
+        assert f"## `[{info.section}]`" in text
+        for field in attrs.fields(info.settings):
+            assert f"`MQKIT_{info.section.upper()}_{field.name.upper()}`" in text
 
 
 def test_the_lifecycle_diagram_names_every_hook() -> None:

@@ -58,7 +58,7 @@ def test_dead_letter_multiple_messages(dlq_broker: mqkit.Broker, drain) -> None:
 
 def test_dead_letter_disabled(make_broker) -> None:
     broker = make_broker()
-    with pytest.raises(mqkit.DeadLetterNotSupportedError, match="dead letter queue is disabled"):
+    with pytest.raises(mqkit.DeadLetterNotSupportedError, match="enable_dead_letter_queue=True"):
         broker.publish_to_dead_letter("original-topic", mqkit.Message("dead-1"), "failure")
     assert broker.dead_letter_stats().enabled is False
 

@@ -378,17 +378,13 @@ _MEMORY_PATHS = {
 
 @pytest.mark.parametrize("path", list(_MEMORY_PATHS))
 def test_in_proc_broker_memory_limit_enforced(make_broker, path: str) -> None:
-    cfg = mqkit.Config(
-        max_memory_usage=1,
-        enable_cluster=True,
-        cluster_node_id="node-1",
-        dead_letter_topic="dlq",
-    )
+    # enable_cluster=True fails Broker(...) until the cluster plugin exists (issue 15).
+    cfg = mqkit.Config(max_memory_usage=1, cluster_node_id="node-1", dead_letter_topic="dlq")
     broker = make_broker("memory", "priority", "ack", "transactions", "deadletter", config=cfg)
     sub = broker.subscribe("topic")
     dlq = broker.subscribe("dlq")
     # Cluster mode is a later issue: no cluster plugin exists yet, so PublishToCluster is
-    # refused as disabled before any memory check (never a silent local publish, §5.12).
+    # refused as not enabled before any memory check (never a silent local publish, §5.12).
     expected = (
         mqkit.ClusterDisabledError if path == "PublishToCluster" else mqkit.MemoryLimitExceededError
     )
@@ -426,13 +422,16 @@ def test_in_proc_broker_cluster(make_broker) -> None:
         cluster_nodes=("node-2@localhost:9000", "node-3@localhost:9001"),
         cluster_replication_factor=2,
     )
-    broker = make_broker(config=cfg)
-    assert broker.config.enable_cluster is True
-    assert broker.config.cluster_node_id == "node-1"
-    assert broker.config.cluster_nodes == ("node-2@localhost:9000", "node-3@localhost:9001")
-    assert broker.config.cluster_replication_factor == 2
+    assert cfg.enable_cluster is True
+    assert cfg.cluster_node_id == "node-1"
+    assert cfg.cluster_nodes == ("node-2@localhost:9000", "node-3@localhost:9001")
+    assert cfg.cluster_replication_factor == 2
     # Go's stubs said "active" and published locally (§5.12). Cluster mode is a later issue in
-    # mqkit; until its plugin exists the broker says so honestly instead of pretending.
+    # mqkit; until its plugin exists, enabling it fails the broker honestly (issue 15) instead
+    # of a broker that starts and then says "disabled".
+    with pytest.raises(mqkit.FeatureNotEnabledError, match="not include"):
+        make_broker(config=cfg)
+    broker = make_broker(config=cfg.replace(enable_cluster=False))
     assert broker.cluster_status().status == "disabled"
     with pytest.raises(mqkit.ClusterDisabledError):
         broker.publish_to_cluster("cluster-topic", mqkit.Message("cluster-1"))
@@ -463,16 +462,17 @@ def test_in_proc_broker_dead_letter(make_broker) -> None:
 
 def test_in_proc_broker_protocol_support(make_broker) -> None:
     mqtt = make_broker(config=mqkit.Config(enable_mqtt=True, mqtt_port=1883))
-    amqp = make_broker(config=mqkit.Config(enable_amqp=True, amqp_port=5672))
     assert mqtt.config.mqtt_port == 1883
-    assert amqp.config.amqp_port == 5672
     # Go's StartMQTTServer/StartAMQPServer returned nil without listening (§5.12). The
-    # gateways are a later issue in mqkit: until their plugins exist, starting one is refused
-    # with ProtocolDisabledError rather than reported as a success.
+    # make_broker fixture loads no plugin it is not told to: without the mqtt plugin, starting
+    # the gateway is refused with ProtocolDisabledError rather than reported as a success.
     with pytest.raises(mqkit.ProtocolDisabledError, match="MQTT"):
         mqtt.start_mqtt_server()
-    with pytest.raises(mqkit.ProtocolDisabledError, match="AMQP"):
-        amqp.start_amqp_server()
+    # The AMQP gateway is a later issue: enabling it fails the broker (issue 15).
+    amqp = mqkit.Config(enable_amqp=True, amqp_port=5672)
+    assert amqp.amqp_port == 5672
+    with pytest.raises(mqkit.FeatureNotEnabledError, match="enable_amqp=True"):
+        make_broker(config=amqp)
 
 
 # -- 26-29: disabled features ----------------------------------------------------------------------
@@ -480,7 +480,7 @@ def test_in_proc_broker_protocol_support(make_broker) -> None:
 
 def test_in_proc_broker_cluster_disabled(make_broker) -> None:
     broker = make_broker()
-    with pytest.raises(mqkit.ClusterDisabledError, match="cluster mode is disabled"):
+    with pytest.raises(mqkit.ClusterDisabledError, match="enable_cluster=True"):
         broker.publish_to_cluster("topic", mqkit.Message("1"))
     with pytest.raises(mqkit.ClusterDisabledError):
         broker.subscribe_from_cluster("topic")
@@ -489,7 +489,7 @@ def test_in_proc_broker_cluster_disabled(make_broker) -> None:
 
 def test_in_proc_broker_transaction_disabled(make_broker) -> None:
     broker = make_broker()
-    text = r"^mq: transaction not supported: transaction support is disabled$"
+    text = r"^mq: transaction not supported: set enable_transactions=True$"
     with pytest.raises(mqkit.TransactionNotSupportedError, match=text):
         broker.publish_with_transaction("topic", mqkit.Message("1"), "tx-1")
     with pytest.raises(mqkit.TransactionNotSupportedError, match=text):
@@ -502,7 +502,7 @@ def test_in_proc_broker_dead_letter_disabled(make_broker) -> None:
     broker = make_broker()
     with pytest.raises(
         mqkit.DeadLetterNotSupportedError,
-        match=r"^mq: dead letter queue not supported: dead letter queue is disabled$",
+        match=r"^mq: dead letter queue not supported: set enable_dead_letter_queue=True$",
     ):
         broker.publish_to_dead_letter("topic", mqkit.Message("1"), "reason")
     assert broker.dead_letter_stats().enabled is False
@@ -511,8 +511,8 @@ def test_in_proc_broker_dead_letter_disabled(make_broker) -> None:
 def test_in_proc_broker_protocol_disabled(make_broker) -> None:
     # Go: ErrInvalidConfig. mqkit: ProtocolDisabledError, a FeatureNotEnabledError (DESIGN).
     broker = make_broker()
-    with pytest.raises(mqkit.ProtocolDisabledError, match="MQTT support is disabled"):
+    with pytest.raises(mqkit.ProtocolDisabledError, match="MQTT: set enable_mqtt=True"):
         broker.start_mqtt_server()
-    with pytest.raises(mqkit.ProtocolDisabledError, match="AMQP support is disabled"):
+    with pytest.raises(mqkit.ProtocolDisabledError, match="AMQP: enable_amqp=True is not avail"):
         broker.start_amqp_server()
     assert issubclass(mqkit.ProtocolDisabledError, mqkit.FeatureNotEnabledError)

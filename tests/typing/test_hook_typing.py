@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).parent / "cases"
 PLUGINS_MD = ROOT / "docs" / "plugins.md"
 SECTION = "## A plugin checked by mypy"
+SETTINGS_SECTION = "## A plugin's own settings"
 AUDIT_MODULE = ROOT / "docs" / "examples" / "mqkit-audit" / "src" / "mqkit_audit" / "__init__.py"
 EXPECTED = re.compile(r"# E: (.+?)(?=\s+# E: |$)")
 REPORTED = re.compile(r"^(?P<path>[^:\n]+):(?P<line>\d+): error: (?P<message>.*)$", re.MULTILINE)
@@ -37,10 +38,10 @@ RETURNS = ") -> bool | None:"
 Errors = dict[tuple[Path, int], list[str]]
 
 
-def section_blocks(lang: str) -> list[str]:
-    """The ``lang`` fenced blocks of docs/plugins.md's section on checked plugins."""
+def section_blocks(lang: str, heading: str = SECTION) -> list[str]:
+    """The ``lang`` fenced blocks of a section of docs/plugins.md (that on checked plugins)."""
     text = PLUGINS_MD.read_text(encoding="utf-8")
-    start = text.index(f"\n{SECTION}\n")
+    start = text.index(f"\n{heading}\n")
     end = text.find("\n## ", start + 1)
     section = text[start : end if end != -1 else len(text)]
     return re.findall(rf"^```{lang}\n(.*?)^```$", section, flags=re.MULTILINE | re.DOTALL)
@@ -65,7 +66,11 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Errors, Path, Pat
     good.write_text(example, encoding="utf-8")
     bad = scratch / "plugins_md_example_int.py"
     bad.write_text(example.replace(RETURNS, ") -> int:"), encoding="utf-8")
-    files = [*sorted(CASES.glob("*.py")), good, bad, AUDIT_MODULE]
+    (settings_example,) = section_blocks("python", SETTINGS_SECTION)
+    assert "(mqkit.Plugin)" in settings_example and "(mqkit.Settings)" in settings_example
+    settings = scratch / "plugins_md_settings.py"
+    settings.write_text(settings_example, encoding="utf-8")
+    files = [*sorted(CASES.glob("*.py")), good, bad, settings, AUDIT_MODULE]
     env = {k: v for k, v in os.environ.items() if k not in ("MYPYPATH", "PYTHONPATH")}
     run = subprocess.run(
         [
@@ -126,6 +131,13 @@ def test_the_failing_cases_cover_return_and_parameter_types() -> None:
 def test_the_docs_example_type_checks(checked: tuple[Errors, Path, Path]) -> None:
     errors, good, _ = checked
     assert [msgs for (path, _), msgs in errors.items() if path == good] == []
+
+
+def test_the_docs_settings_example_type_checks(checked: tuple[Errors, Path, Path]) -> None:
+    """docs/plugins.md's third-party plugin with its own settings section passes mypy --strict."""
+    errors, good, _ = checked
+    settings = good.with_name("plugins_md_settings.py")
+    assert [msgs for (path, _), msgs in errors.items() if path == settings] == []
 
 
 def test_the_docs_quote_the_error_mypy_reports(checked: tuple[Errors, Path, Path]) -> None:

@@ -1,6 +1,6 @@
 """Authentication and authorisation of MQTT clients: password file, ACL file, default hooks.
 
-**Password file** (``Config.mqtt_password_file``): one ``user:hash`` per line; ``#`` starts a
+**Password file** (``[mqtt] password_file``): one ``user:hash`` per line; ``#`` starts a
 comment. A hash is ``$scrypt$<n>$<r>$<p>$<salt>$<key>`` or
 ``$pbkdf2-sha256$<iterations>$<salt>$<key>`` (salt and key in unpadded base64), as
 :func:`hash_password` writes them. Manage it with
@@ -8,7 +8,7 @@ comment. A hash is ``$scrypt$<n>$<r>$<p>$<salt>$<key>`` or
 file is re-read when it changes. A verified password is remembered (as a SHA-256 of the user
 and password) so that reconnecting clients do not pay the key derivation again.
 
-**ACL file** (``Config.mqtt_acl_file``)::
+**ACL file** (``[mqtt] acl_file``)::
 
     # rules before any "user" line apply to every client, anonymous ones included
     topic read public/#
@@ -128,8 +128,8 @@ class PasswordFile:
                 text = f.read()
         except OSError as exc:
             raise InvalidConfigError(
-                f"{InvalidConfigError.default}: mqtt_password_file cannot be read: {exc}",
-                field="mqtt_password_file",
+                f"{InvalidConfigError.default}: mqtt.password_file cannot be read: {exc}",
+                field="mqtt.password_file",
             ) from None
         users: dict[str, str] = {}
         for line in text.splitlines():
@@ -226,14 +226,14 @@ class AccessControl:
 
     @classmethod
     def load(cls, path: str) -> AccessControl:
-        """Read an ACL file; ``InvalidConfigError`` (naming ``mqtt_acl_file``) if it is bad."""
+        """Read an ACL file; ``InvalidConfigError`` (naming ``mqtt.acl_file``) if it is bad."""
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except OSError as exc:
             raise InvalidConfigError(
-                f"{InvalidConfigError.default}: mqtt_acl_file cannot be read: {exc}",
-                field="mqtt_acl_file",
+                f"{InvalidConfigError.default}: mqtt.acl_file cannot be read: {exc}",
+                field="mqtt.acl_file",
             ) from None
         return cls.parse(text)
 
@@ -295,7 +295,7 @@ class AccessControl:
 
 def _acl_error(line: int, why: str) -> InvalidConfigError:
     return InvalidConfigError(
-        f"{InvalidConfigError.default}: mqtt_acl_file line {line}: {why}", field="mqtt_acl_file"
+        f"{InvalidConfigError.default}: mqtt.acl_file line {line}: {why}", field="mqtt.acl_file"
     )
 
 

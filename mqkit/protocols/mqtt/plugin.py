@@ -2,11 +2,15 @@
 
 The server runs on its own asyncio event loop in a background thread owned by the plugin.
 ``broker.start_mqtt_server()`` starts it (idempotent) and returns the bound ``(host, port)``
-of the plain listener (``mqtt_host``/``mqtt_port``; port 0 picks a free one); when
-``mqtt_tls_cert`` and ``mqtt_tls_key`` are set, a TLS listener also binds ``mqtt_tls_port``
-(:attr:`MQTTPlugin.tls_address`). ``broker.close()`` disconnects every client - MQTT 5 clients
-get DISCONNECT 0x8B "server shutting down" - and publishes their wills while the broker still
-accepts publishes (the ``mqkit_broker_closing`` hook), then stops the loop and joins the thread.
+of the plain listener (``[mqtt] host`` and the seed's ``mqtt_port``; port 0 picks a free one);
+when ``[mqtt] tls_cert`` and ``tls_key`` are set, a TLS listener also binds ``tls_port``
+(:attr:`MQTTPlugin.tls_address`). Its settings are the ``[mqtt]`` section,
+:class:`~mqkit.protocols.mqtt.settings.MQTTSettings`. A port in use is a
+:class:`~mqkit.ProtocolError` (an ``OSError``) saying so.
+
+``broker.close()`` disconnects every client - MQTT 5 clients get DISCONNECT 0x8B "server
+shutting down" - and publishes their wills while the broker still accepts publishes (the
+``mqkit_broker_closing`` hook), then stops the loop and joins the thread.
 
 With ``enable_persistence``, persistent sessions (their subscriptions, expiry, every QoS 1/2
 message queued or in flight for them) and retained messages are kept in
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 import threading
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mqkit.core.broker import Broker
-from mqkit.core.errors import InvalidConfigError, PersistenceError
+from mqkit.core.errors import InvalidConfigError, PersistenceError, ProtocolError
 from mqkit.core.features import ProtocolFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
@@ -35,6 +40,7 @@ from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
 from mqkit.protocols.mqtt.auth import Authenticator
 from mqkit.protocols.mqtt.server import KEY_PREFIX, Server
+from mqkit.protocols.mqtt.settings import MQTTSettings
 from mqkit.protocols.mqtt.store import FeedJournals, Journal
 
 __all__ = ["MQTTPlugin"]
@@ -42,6 +48,17 @@ __all__ = ["MQTTPlugin"]
 log = logging.getLogger("mqkit.mqtt")
 
 _START_TIMEOUT = 30.0
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ProtocolError:
+    """The error of a listener that cannot bind: "in use" when that is why."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "the port is already in use"
+    else:
+        why = exc.strerror or str(exc)
+    error = ProtocolError.because(f"MQTT cannot listen on {host}:{port}: {why}")
+    error.errno = exc.errno
+    return error
 
 
 class MQTTPlugin(ProtocolFeature, Plugin):
@@ -53,6 +70,9 @@ class MQTTPlugin(ProtocolFeature, Plugin):
         description="MQTT 3.1.1 and 5.0 gateway (mqkit/protocols/mqtt)",
         flag="enable_mqtt",
         runtime_toggle=False,
+        settings=MQTTSettings,
+        section="mqtt",
+        extra="mqtt",
     )
 
     def __init__(self, broker: Broker) -> None:
@@ -73,26 +93,24 @@ class MQTTPlugin(ProtocolFeature, Plugin):
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Check the security files now: a bad one fails ``Broker(...)``."""
-        cfg = broker.config
-        self._auth = Authenticator(
-            cfg.mqtt_password_file, cfg.mqtt_acl_file, cfg.mqtt_allow_anonymous
-        )
-        if cfg.mqtt_tls_cert:
+        cfg = broker.settings(MQTTSettings)
+        self._auth = Authenticator(cfg.password_file, cfg.acl_file, cfg.allow_anonymous)
+        if cfg.tls_cert:
             self._tls_context()  # raises InvalidConfigError for unreadable files
 
     def _tls_context(self) -> ssl.SSLContext:
-        cfg = self._broker.config
+        cfg = self._broker.settings(MQTTSettings)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            context.load_cert_chain(cfg.mqtt_tls_cert, cfg.mqtt_tls_key)
-            if cfg.mqtt_tls_ca:
-                context.load_verify_locations(cfg.mqtt_tls_ca)
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            if cfg.tls_ca:
+                context.load_verify_locations(cfg.tls_ca)
                 context.verify_mode = ssl.CERT_REQUIRED
         except (OSError, ssl.SSLError) as exc:
             raise InvalidConfigError(
-                f"{InvalidConfigError.default}: mqtt_tls_cert/mqtt_tls_key cannot be loaded: {exc}",
-                field="mqtt_tls_cert",
+                f"{InvalidConfigError.default}: mqtt.tls_cert/mqtt.tls_key cannot be loaded: {exc}",
+                field="mqtt.tls_cert",
             ) from None
         return context
 
@@ -102,8 +120,8 @@ class MQTTPlugin(ProtocolFeature, Plugin):
             if self.address is not None:
                 return self.address
             broker = self._broker
-            cfg = broker.config
-            tls = self._tls_context() if cfg.mqtt_tls_cert else None
+            cfg = broker.settings(MQTTSettings)
+            tls = self._tls_context() if cfg.tls_cert else None
             store = self._open_store(broker)
             loop = asyncio.new_event_loop()
             ready = threading.Event()
@@ -115,7 +133,7 @@ class MQTTPlugin(ProtocolFeature, Plugin):
             server = Server(broker, store)
             try:
                 fut = asyncio.run_coroutine_threadsafe(
-                    self._listen(server, cfg.mqtt_host, cfg.mqtt_port, tls, cfg.mqtt_tls_port),
+                    self._listen(server, cfg.host, broker.config.mqtt_port, tls, cfg.tls_port),
                     loop,
                 )
                 self.address, self.tls_address = fut.result(_START_TIMEOUT)
@@ -135,12 +153,14 @@ class MQTTPlugin(ProtocolFeature, Plugin):
             server.load()
         try:
             plain = await server.listen(host, port)
+        except OSError as exc:
+            await server.shutdown(publish_wills=False)
+            raise _cannot_listen(host, port, exc) from exc
+        try:
             secure = await server.listen(host, tls_port, tls) if tls is not None else None
         except OSError as exc:
             await server.shutdown(publish_wills=False)
-            from mqkit.core.errors import ProtocolDisabledError
-
-            raise ProtocolDisabledError.because(f"MQTT server cannot listen: {exc}") from exc
+            raise _cannot_listen(host, tls_port, exc) from exc
         return plain, secure
 
     @staticmethod
@@ -219,7 +239,7 @@ class MQTTPlugin(ProtocolFeature, Plugin):
                 loop.call_soon_threadsafe(server.broker_closed_sub, subscription.id)
 
     def reload_acl(self) -> None:
-        """Re-read ``mqtt_acl_file`` and forget every cached authorization decision.
+        """Re-read ``[mqtt] acl_file`` and forget every cached authorization decision.
 
         Takes effect for connected clients too: what a new rule no longer allows is refused
         at the next SUBSCRIBE or PUBLISH, and is no longer delivered through subscriptions
@@ -285,7 +305,7 @@ class MQTTPlugin(ProtocolFeature, Plugin):
         data: bytes | None,
         state: dict[str, Any],
     ) -> bool | None:
-        """The password file (and ``mqtt_allow_anonymous``) for plain MQTT logins."""
+        """The password file (and ``[mqtt] allow_anonymous``) for plain MQTT logins."""
         if protocol != "mqtt" or method or self._auth is None:
             return None
         return self._auth.authenticate(username, password)

@@ -20,6 +20,7 @@ from mqkit.core.broker import Broker
 from mqkit.core.config import Config
 from mqkit.core.errors import MQError
 from mqkit.protocols.mqtt.plugin import MQTTPlugin
+from mqkit.protocols.mqtt.settings import MQTTSettings
 
 __all__ = ["main"]
 
@@ -38,17 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--persistence", default="")
     parser.add_argument("--max-inflight", type=int, default=32)
     args = parser.parse_args(argv)
+    mqtt = MQTTSettings(
+        host=args.host,
+        tls_port=args.tls_port,
+        tls_cert=args.cert,
+        tls_key=args.key,
+        password_file=args.password_file,
+        acl_file=args.acl_file,
+        allow_anonymous=not args.no_anonymous,
+        max_inflight=args.max_inflight,
+    )
     config = Config(
         enable_mqtt=True,
-        mqtt_host=args.host,
         mqtt_port=args.port,
-        mqtt_tls_port=args.tls_port,
-        mqtt_tls_cert=args.cert,
-        mqtt_tls_key=args.key,
-        mqtt_password_file=args.password_file,
-        mqtt_acl_file=args.acl_file,
-        mqtt_allow_anonymous=not args.no_anonymous,
-        mqtt_max_inflight=args.max_inflight,
+        settings={"mqtt": mqtt},
         enable_persistence=bool(args.persistence),
         persistence_path=args.persistence,
     )

@@ -9,7 +9,7 @@ broker :class:`~mqkit.Subscription` (key ``mqtt:<filter>``), so an in-process pu
 filter enters one buffer however many clients subscribed to it. The feed's pump (on the
 gateway's loop) takes a message only while at least one member can take one now, and hands it
 to every member: to a ready member's session at once, into the private queue of a member that
-is not (``mqtt_max_queued_messages`` each, under ``mqtt_backpressure``: dropped copies are
+is not (``[mqtt] max_queued_messages`` each, under ``backpressure``: dropped copies are
 counted through ``mqkit_drop``, ``close_subscriber`` ends that member's subscription). While
 no member is ready - every client idle, slow or offline - the pump rests and the broker
 subscription's own buffer (the same bound and policy) holds what comes, the tail common to
@@ -161,9 +161,9 @@ class Feed:
         self.sub = sub
         """The broker subscription the publishes to the filter enter (once each)."""
         self.cap = cap
-        """The bound of each member's private queue (``mqtt_max_queued_messages``)."""
+        """The bound of each member's private queue (``[mqtt] max_queued_messages``)."""
         self.policy = sub.options.policy
-        """What a member's full queue does with one more message (``mqtt_backpressure``)."""
+        """What a member's full queue does with one more message (``[mqtt] backpressure``)."""
         self.acks = acks
         """Whether the broker tracks acknowledgements (``enable_ack_support``)."""
         self.members: dict[SessionSub, None] = {}

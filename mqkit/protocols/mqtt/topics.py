@@ -12,11 +12,14 @@ A shared subscription is ``$share/<group>/<filter>``.
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
 from mqkit.core.topics import compile_filter, filter_is_valid
 
 __all__ = [
+    "KEY_PREFIX",
     "SharedFilter",
     "compile_filter",
     "covers",
@@ -26,6 +29,9 @@ __all__ = [
 ]
 
 MAX_TOPIC_BYTES = 65535
+
+KEY_PREFIX: Final = "mqtt:"
+"""Broker subscription keys of MQTT filters: ``mqtt:<filter>``."""
 
 
 def topic_is_valid(topic: str) -> bool:

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties as PahoProperties
 
 import mqkit
-from mqkit.protocols.mqtt import codec
+from mqkit.protocols.mqtt import MQTTSettings, codec
 
 TIMEOUT = 10.0
 """Seconds any single wait in these tests may take before it fails."""
@@ -33,8 +33,15 @@ class Srv:
         return self.broker.get_plugin("mqtt")
 
 
+MQTT_FIELDS = frozenset(f.name for f in attrs.fields(MQTTSettings))
+
+
 def make_server(*, clock: mqkit.Clock | None = None, **config: Any) -> Srv:
-    cfg = mqkit.Config(enable_mqtt=True, mqtt_port=0, mqtt_tls_port=0, **config)
+    """A broker with its gateway started on free ports; ``config`` keys naming an ``[mqtt]``
+    field (``max_inflight=2``) go to that section, the others to ``Config``."""
+    mqtt = {"tls_port": 0, **{k: v for k, v in config.items() if k in MQTT_FIELDS}}
+    rest = {k: v for k, v in config.items() if k not in MQTT_FIELDS}
+    cfg = mqkit.Config(enable_mqtt=True, mqtt_port=0, settings={"mqtt": mqtt}, **rest)
     broker = mqkit.Broker(cfg, clock=clock)
     try:
         host, port = broker.start_mqtt_server()

@@ -127,9 +127,7 @@ topic readwrite bob/#
 
 @pytest.fixture
 def owned(server_factory: ServerFactory, password_file: str, tmp_path: Path) -> Srv:
-    return server_factory(
-        mqtt_password_file=password_file, mqtt_acl_file=write_acl(tmp_path, OWNER_ACL)
-    )
+    return server_factory(password_file=password_file, acl_file=write_acl(tmp_path, OWNER_ACL))
 
 
 INTRUDERS = ["bob", None]
@@ -186,7 +184,7 @@ def test_another_user_cannot_kick_a_connected_session(
 def test_a_session_of_an_anonymous_client_is_not_taken_by_a_user(
     server_factory: ServerFactory, password_file: str, version: int
 ) -> None:
-    srv = server_factory(mqtt_password_file=password_file)
+    srv = server_factory(password_file=password_file)
     anon, ack = connect(srv, version, "kiosk", None)
     with anon:
         assert ack.reason_code == 0
@@ -217,8 +215,8 @@ def test_a_restored_session_keeps_its_owner(
     config = {
         "enable_persistence": True,
         "persistence_path": str(tmp_path / "data"),
-        "mqtt_password_file": password_file,
-        "mqtt_acl_file": write_acl(tmp_path, OWNER_ACL),
+        "password_file": password_file,
+        "acl_file": write_acl(tmp_path, OWNER_ACL),
     }
     srv = make_server(**config)
     try:
@@ -278,7 +276,7 @@ def test_acl_reload_stops_deliveries_it_no_longer_allows(
     server_factory: ServerFactory, password_file: str, tmp_path: Path, version: int
 ) -> None:
     acl = write_acl(tmp_path, RELOAD_BEFORE)
-    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=acl)
+    srv = server_factory(password_file=password_file, acl_file=acl)
     c, _ = connect(srv, version, "reader", "alice", clean=True)
     with c:
         assert subscribe(c, "data/#") == (1,)
@@ -301,9 +299,9 @@ def test_a_bad_acl_file_is_refused_at_reload_and_the_old_rules_stay(
     server_factory: ServerFactory, password_file: str, tmp_path: Path
 ) -> None:
     acl = write_acl(tmp_path, RELOAD_BEFORE)
-    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=acl)
+    srv = server_factory(password_file=password_file, acl_file=acl)
     Path(acl).write_text("user alice\ntopic read data/#\ntopic read bad/#/filter\n")
-    with pytest.raises(mqkit.InvalidConfigError, match="mqtt_acl_file line 3"):
+    with pytest.raises(mqkit.InvalidConfigError, match=r"mqtt\.acl_file line 3"):
         srv.plugin.reload_acl()
     c, _ = connect(srv, 5, "reader", "alice", clean=True)
     with c:
@@ -314,7 +312,7 @@ def test_a_queued_message_is_not_delivered_after_the_acl_took_it_away(
     server_factory: ServerFactory, password_file: str, tmp_path: Path
 ) -> None:
     acl = write_acl(tmp_path, RELOAD_BEFORE)
-    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=acl)
+    srv = server_factory(password_file=password_file, acl_file=acl)
     c, _ = connect(srv, 5, "offline-reader", "alice")
     with c:
         assert subscribe(c, "data/#") == (1,)
@@ -335,7 +333,7 @@ def test_an_unacknowledged_message_is_not_resent_after_the_acl_took_it_away(
     server_factory: ServerFactory, password_file: str, tmp_path: Path
 ) -> None:
     acl = write_acl(tmp_path, RELOAD_BEFORE)
-    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=acl)
+    srv = server_factory(password_file=password_file, acl_file=acl)
     c, _ = connect(srv, 5, "slow-reader", "alice")
     with c:
         assert subscribe(c, "data/#") == (1,)
@@ -507,7 +505,7 @@ def test_patterns_never_widen_over_the_wire(
     probe: str,
     version: int,
 ) -> None:
-    srv = server_factory(mqtt_acl_file=write_acl(tmp_path, PATTERN_ACL))
+    srv = server_factory(acl_file=write_acl(tmp_path, PATTERN_ACL))
     inproc = srv.broker.subscribe_matching("every-topic", lambda _topic: True)
     prefix = placeholder[1]
     topic = probe.format(p=prefix)
@@ -578,7 +576,7 @@ def test_a_deny_pattern_that_cannot_be_substituted_denies_everything(name: str) 
 
 
 def test_deny_parse_errors() -> None:
-    with pytest.raises(mqkit.InvalidConfigError, match="mqtt_acl_file line 2"):
+    with pytest.raises(mqkit.InvalidConfigError, match=r"mqtt\.acl_file line 2"):
         AccessControl.parse("topic deny a/#\ntopic deny a/#/b\n")
 
 
@@ -586,9 +584,7 @@ def test_deny_parse_errors() -> None:
 def test_deny_over_the_wire(
     server_factory: ServerFactory, password_file: str, tmp_path: Path, version: int
 ) -> None:
-    srv = server_factory(
-        mqtt_password_file=password_file, mqtt_acl_file=write_acl(tmp_path, DENY_ACL)
-    )
+    srv = server_factory(password_file=password_file, acl_file=write_acl(tmp_path, DENY_ACL))
     inproc = srv.broker.subscribe_matching("every-topic", lambda _topic: True)
     c, _ = connect(srv, version, "alice-1", "alice", clean=True)
     with c:

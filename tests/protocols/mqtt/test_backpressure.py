@@ -23,7 +23,7 @@ def subscribe_raw(c: Raw, topic_filter: str, qos: int = 1) -> None:
 def test_slow_client_drops_oldest_and_blocks_nobody(
     server_factory: ServerFactory, paho_factory: Callable[..., Paho]
 ) -> None:
-    srv = server_factory(mqtt_max_queued_messages=100)
+    srv = server_factory(max_queued_messages=100)
     slow = Raw(srv)
     try:
         slow.connect("slow", properties=codec.Properties(receive_maximum=5))
@@ -49,7 +49,7 @@ def test_slow_client_drops_oldest_and_blocks_nobody(
 def test_close_subscriber_policy_disconnects_the_slow_client(
     server_factory: ServerFactory,
 ) -> None:
-    srv = server_factory(mqtt_max_queued_messages=5, mqtt_backpressure="close_subscriber")
+    srv = server_factory(max_queued_messages=5, backpressure="close_subscriber")
     slow = Raw(srv)
     try:
         slow.connect("slow", properties=codec.Properties(receive_maximum=1))
@@ -115,7 +115,7 @@ def test_idle_clients_add_no_work_per_client_to_an_in_process_publish(
     number of clients of a filter) and drops at most one message, while every client's queue
     stays full under its own bound.
     """
-    srv = server_factory(mqtt_max_queued_messages=10, mqtt_max_inflight=1)
+    srv = server_factory(max_queued_messages=10, max_inflight=1)
     broker = srv.broker
     idle = [Raw(srv, 4) for _ in range(20)]
     try:
@@ -158,7 +158,7 @@ def test_idle_clients_add_no_work_per_client_to_an_in_process_publish(
 def test_close_subscriber_ends_only_the_slow_client_while_another_reads(
     server_factory: ServerFactory, paho_factory: Callable[..., Paho]
 ) -> None:
-    srv = server_factory(mqtt_max_queued_messages=5, mqtt_backpressure="close_subscriber")
+    srv = server_factory(max_queued_messages=5, backpressure="close_subscriber")
     slow = Raw(srv)
     try:
         slow.connect("slow", properties=codec.Properties(receive_maximum=1))

@@ -124,7 +124,7 @@ def test_paho_receive_maximum_bounds_unacked(srv: Srv, paho_factory: Factory) ->
 def test_server_receive_maximum_seen_and_honoured_by_paho(
     server_factory: ServerFactory, paho_factory: Factory
 ) -> None:
-    srv = server_factory(mqtt_max_inflight=2)
+    srv = server_factory(max_inflight=2)
     inproc = srv.broker.subscribe("in/x")
     pub = paho_factory(srv, "pub", version=5, connect=False)
     pub.client.max_inflight_messages_set(2)
@@ -143,7 +143,7 @@ def test_server_receive_maximum_seen_and_honoured_by_paho(
 def test_server_maximum_packet_size_with_paho(
     server_factory: ServerFactory, paho_factory: Factory
 ) -> None:
-    srv = server_factory(mqtt_max_packet_size=128)
+    srv = server_factory(max_packet_size=128)
     inproc = srv.broker.subscribe("size/x")
     c = paho_factory(srv, "big", version=5, reconnect=False)
     assert c.connack is not None and c.connack[2].MaximumPacketSize == 128

@@ -69,7 +69,7 @@ def read_to_end(c: Raw) -> list[codec.Packet]:
 AFTER_CONNECT: list[tuple[str, dict[str, object], int, bytes, list[codec.Packet]]] = [
     (
         "receive-maximum-0x93",
-        {"mqtt_max_inflight": 2},
+        {"max_inflight": 2},
         5,
         qos2(1) + qos2(2) + qos2(3),
         [
@@ -101,7 +101,7 @@ AFTER_CONNECT: list[tuple[str, dict[str, object], int, bytes, list[codec.Packet]
     ),
     (
         "packet-too-large-0x95",
-        {"mqtt_max_packet_size": 1024},
+        {"max_packet_size": 1024},
         5,
         codec.Publish(topic="t", payload=b"x" * 4096).encode(),
         [codec.Disconnect(reason_code=Reason.PACKET_TOO_LARGE)],
@@ -109,7 +109,7 @@ AFTER_CONNECT: list[tuple[str, dict[str, object], int, bytes, list[codec.Packet]
     ("v311-malformed", {}, 4, b"\xc0\x01\x00", []),
     (
         "v311-qos2-flood",
-        {"mqtt_max_inflight": 1},
+        {"max_inflight": 1},
         4,
         qos2(1, 4) + qos2(2, 4),
         [codec.PubRec(packet_id=1)],
@@ -169,7 +169,7 @@ def test_client_reads_the_disconnect_then_a_clean_end(
 def test_refused_connect_reads_the_connack_then_a_clean_end(
     server_factory: Callable[..., Srv], version: int, connect: bytes, answer: bytes
 ) -> None:
-    srv = server_factory(mqtt_max_packet_size=1024)
+    srv = server_factory(max_packet_size=1024)
     with Raw(srv, version) as c:
         sender = pipeline(c.sock, connect + PADDING)
         got = read_to_end(c)
@@ -226,7 +226,7 @@ def test_drain_is_bounded_for_a_client_that_never_stops(
     server_factory: Callable[..., Srv],
 ) -> None:
     """A client that keeps sending after the DISCONNECT is cut off (a reset is then fair)."""
-    srv = server_factory(mqtt_max_inflight=1)
+    srv = server_factory(max_inflight=1)
     with Raw(srv) as c:
         assert c.connect("endless").reason_code == 0
         stop = threading.Event()

@@ -208,7 +208,7 @@ def test_no_local_on_shared_subscription_is_a_protocol_error(srv: Srv) -> None:
 
 @pytest.mark.parametrize("alias", [0, 11])
 def test_topic_alias_out_of_range(server_factory: Callable[..., Srv], alias: int) -> None:
-    srv = server_factory(mqtt_topic_alias_maximum=10)
+    srv = server_factory(topic_alias_maximum=10)
     with Raw(srv) as c:
         assert c.connect("alias").properties.topic_alias_maximum == 10
         props = codec.Properties(topic_alias=alias)
@@ -251,7 +251,7 @@ def test_topic_alias_round_trip(srv: Srv) -> None:
 
 
 def test_packet_over_maximum_size(server_factory: Callable[..., Srv]) -> None:
-    srv = server_factory(mqtt_max_packet_size=128)
+    srv = server_factory(max_packet_size=128)
     with Raw(srv) as c:
         ack = c.connect("big")
         assert ack.properties.maximum_packet_size == 128
@@ -269,7 +269,7 @@ def test_packet_over_maximum_size(server_factory: Callable[..., Srv]) -> None:
 
 
 def test_receive_maximum_exceeded(server_factory: Callable[..., Srv]) -> None:
-    srv = server_factory(mqtt_max_inflight=2)
+    srv = server_factory(max_inflight=2)
     with Raw(srv) as c:
         ack = c.connect("rm")
         assert ack.properties.receive_maximum == 2

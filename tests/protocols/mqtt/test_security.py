@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 import mqkit
-from mqkit.protocols.mqtt import codec
+from mqkit.protocols.mqtt import MQTTSettings, codec
 from mqkit.protocols.mqtt.auth import AccessControl, hash_password, verify_password
 from mqkit.protocols.mqtt.codec import Reason
 
@@ -69,7 +69,7 @@ def test_the_passwd_command_writes_a_verifiable_entry_without_warnings(tmp_path:
 
 @pytest.mark.parametrize("version", [4, 5])
 def test_password_file(server_factory: ServerFactory, password_file: str, version: int) -> None:
-    srv = server_factory(mqtt_password_file=password_file, mqtt_allow_anonymous=False)
+    srv = server_factory(password_file=password_file, allow_anonymous=False)
     with Raw(srv, version) as c:
         assert c.connect("a", username="alice", password=b"wonderland").reason_code == 0
     with Raw(srv, version) as c:
@@ -85,7 +85,7 @@ def test_password_file(server_factory: ServerFactory, password_file: str, versio
 
 @pytest.mark.usefixtures("mosquitto_clients")
 def test_mosquitto_clients_authenticate(server_factory: ServerFactory, password_file: str) -> None:
-    srv = server_factory(mqtt_password_file=password_file, mqtt_allow_anonymous=False)
+    srv = server_factory(password_file=password_file, allow_anonymous=False)
     inproc = srv.broker.subscribe("auth/x")
     base = ["mosquitto_pub", "-h", srv.host, "-p", str(srv.port), "-t", "auth/x", "-q", "1"]
     ok = subprocess.run([*base, "-m", "in", "-u", "alice", "-P", "wonderland"], timeout=TIMEOUT)
@@ -115,7 +115,7 @@ def test_acl_parsing_and_rules() -> None:
     assert not acl.allowed(None, "c1", "publish", "public/news")
     assert acl.allowed(None, "c1", "publish", "clients/c1/state")
     assert not acl.allowed(None, "c2", "publish", "clients/c1/state")
-    with pytest.raises(mqkit.InvalidConfigError, match="mqtt_acl_file line 1"):
+    with pytest.raises(mqkit.InvalidConfigError, match=r"mqtt\.acl_file line 1"):
         AccessControl.parse("bogus line")
 
 
@@ -124,7 +124,7 @@ def test_acls_over_the_wire(
 ) -> None:
     acl = tmp_path / "acl"
     acl.write_text(ACL)
-    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=str(acl))
+    srv = server_factory(password_file=password_file, acl_file=str(acl))
     inproc = srv.broker.subscribe("sensors/x")
     with Raw(srv) as c:
         c.connect("a1", username="alice", password=b"wonderland")
@@ -213,7 +213,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
 @pytest.mark.usefixtures("mosquitto_clients")
 def test_tls(server_factory: ServerFactory, tls_files: tuple[str, str, str]) -> None:
     ca, cert, key = tls_files
-    srv = server_factory(mqtt_tls_cert=cert, mqtt_tls_key=key)
+    srv = server_factory(tls_cert=cert, tls_key=key)
     tls_host, tls_port = srv.plugin.tls_address
     inproc = srv.broker.subscribe("secure/x")
     client = Paho(Srv(srv.broker, tls_host, tls_port), "tls", version=5, connect=False)
@@ -243,18 +243,21 @@ def test_tls(server_factory: ServerFactory, tls_files: tuple[str, str, str]) -> 
 
 
 def test_bad_tls_files_fail_construction(tmp_path: Path) -> None:
-    with pytest.raises(mqkit.InvalidConfigError, match="mqtt_tls_cert"):
+    with pytest.raises(mqkit.InvalidConfigError, match=r"mqtt\.tls_cert"):
         mqkit.Broker(
             mqkit.Config(
                 enable_mqtt=True,
-                mqtt_tls_cert=str(tmp_path / "none.pem"),
-                mqtt_tls_key=str(tmp_path / "none.key"),
+                settings={
+                    "mqtt": MQTTSettings(
+                        tls_cert=str(tmp_path / "none.pem"), tls_key=str(tmp_path / "none.key")
+                    )
+                },
             )
         )
 
 
 def test_connection_limit(server_factory: ServerFactory) -> None:
-    srv = server_factory(mqtt_max_connections=2)
+    srv = server_factory(max_connections=2)
     with Raw(srv) as a, Raw(srv, 4) as b:
         assert a.connect("a").reason_code == 0
         assert b.connect("b").reason_code == 0
@@ -272,7 +275,7 @@ def test_acls_with_paho(
 ) -> None:
     acl = tmp_path / "acl"
     acl.write_text(ACL)
-    srv = server_factory(mqtt_password_file=password_file, mqtt_acl_file=str(acl))
+    srv = server_factory(password_file=password_file, acl_file=str(acl))
     inproc = srv.broker.subscribe("sensors/x")
     alice = paho_factory(srv, "a1", version=5, connect=False)
     alice.client.username_pw_set("alice", "wonderland")
@@ -303,7 +306,7 @@ def test_acls_with_paho(
 def test_connection_limit_with_paho(
     server_factory: ServerFactory, paho_factory: Callable[..., Paho]
 ) -> None:
-    srv = server_factory(mqtt_max_connections=1)
+    srv = server_factory(max_connections=1)
     first = paho_factory(srv, "first", version=5)
     assert first.connack is not None and first.connack[1] == 0
     over5 = paho_factory(srv, "over5", version=5, reconnect=False)
@@ -337,7 +340,7 @@ def test_tls_client_certificates(
     paho_factory: Callable[..., Paho],
 ) -> None:
     f = client_cert_files
-    srv = server_factory(mqtt_tls_cert=f["server"], mqtt_tls_key=f["server"], mqtt_tls_ca=f["ca"])
+    srv = server_factory(tls_cert=f["server"], tls_key=f["server"], tls_ca=f["ca"])
     host, port = srv.plugin.tls_address
     inproc = srv.broker.subscribe("mtls/x")
     client = paho_factory(Srv(srv.broker, host, port), "mtls", version=5, connect=False)

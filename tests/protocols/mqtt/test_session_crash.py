@@ -58,8 +58,7 @@ config = mqkit.Config(
     persistence_path=path,
     enable_mqtt=True,
     mqtt_port=0,
-    mqtt_tls_port=0,
-    **extra,
+    settings={"mqtt": {"tls_port": 0, **extra}},
 )
 broker = mqkit.Broker(config, clock=Shifted())
 host, port = broker.start_mqtt_server()
@@ -399,7 +398,7 @@ def test_subscriptions_made_and_removed_are_written_at_once(brokers: Any, client
 def test_messages_the_subscription_dropped_do_not_come_back(
     brokers: Any, clients: Any, policy: str, kept: list[int]
 ) -> None:
-    config = {"mqtt_max_queued_messages": 5, "mqtt_backpressure": policy}
+    config = {"max_queued_messages": 5, "backpressure": policy}
     child = brokers(**config)
     with Raw(child.address.pair, 4) as raw:
         raw_connect(raw, "bounded", 4)
@@ -430,7 +429,7 @@ def test_an_offline_sessions_queue_keeps_its_bound_while_another_client_reads(
 ) -> None:
     """The filter's broker subscription is drained for a reader; the offline session's own
     queue drops under its policy, and what it dropped does not come back after a SIGKILL."""
-    config = {"mqtt_max_queued_messages": 5, "mqtt_backpressure": policy}
+    config = {"max_queued_messages": 5, "backpressure": policy}
     child = brokers(**config)
     with Raw(child.address.pair, 4) as raw:
         raw_connect(raw, "bounded", 4)

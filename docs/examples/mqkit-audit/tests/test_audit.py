@@ -6,7 +6,7 @@ import importlib.metadata
 from collections.abc import Callable
 
 import pytest
-from mqkit_audit import AuditPlugin, TopicDeniedError
+from mqkit_audit import AuditPlugin, AuditSettings, TopicDeniedError
 
 import mqkit
 
@@ -42,6 +42,19 @@ def test_denied_topics_are_refused_and_nothing_is_delivered() -> None:
         with pytest.raises(TimeoutError):
             sub.get(timeout=0)
         assert broker.metrics().total_errors == 1
+
+
+def test_its_settings_section_comes_from_the_config() -> None:
+    config = mqkit.Config(plugins=["audit"], settings={"audit": {"deny": ["secret.*"]}})
+    with mqkit.Broker(config) as broker:
+        with pytest.raises(TopicDeniedError, match=r"matches 'secret\.\*'"):
+            broker.publish("secret.keys", mqkit.Message("k-1"))
+        broker.publish("internal.keys", mqkit.Message("k-2"))  # no longer denied
+    with pytest.raises(mqkit.InvalidConfigError, match=r"audit\.max_records must be at least 1"):
+        mqkit.Broker(mqkit.Config(plugins=["audit"], settings={"audit": {"max_records": 0}}))
+    env = {"MQKIT_PLUGINS": "audit", "MQKIT_AUDIT_DENY": "a.*,b.*"}
+    with mqkit.Broker(mqkit.Config.from_env(environ=env)) as broker:
+        assert broker.settings(AuditSettings).deny == ("a.*", "b.*")
 
 
 def test_the_whole_life_of_an_ack_message(

@@ -6,7 +6,10 @@ Enable it by name - the package declares the entry point ``audit`` in the group
     broker = mqkit.Broker(mqkit.Config(plugins=["audit"]))
     audit = broker.get_plugin("audit")
 
-or pass an instance with your own settings: ``mqkit.Broker(plugins=[AuditPlugin(deny=...)])``.
+Its settings are its own section, ``[audit]`` (:class:`AuditSettings`): a table in the config
+file, ``MQKIT_AUDIT_DENY=internal.*,secret.*`` in the environment, or in code
+``mqkit.Config(plugins=["audit"], settings={"audit": AuditSettings(max_records=100)})``. An
+instance passed as ``mqkit.Broker(plugins=[AuditPlugin(deny=...)])`` may override them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import attrs
 
 import mqkit
 
-__all__ = ["AuditPlugin", "AuditRecord", "TopicDeniedError"]
+__all__ = ["AuditPlugin", "AuditRecord", "AuditSettings", "TopicDeniedError"]
 
 
 class TopicDeniedError(mqkit.MQError):
@@ -42,21 +45,39 @@ class AuditRecord:
     detail: str = ""
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class AuditSettings(mqkit.Settings):
+    """The ``[audit]`` section: what the plugin refuses and how much it remembers."""
+
+    deny: tuple[str, ...] = ("internal.*",)
+    """Glob patterns of topics a publish is refused on."""
+    max_records: int = 10_000
+    """Records kept; the oldest go first."""
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """Checked by ``Broker(...)``: an error names ``audit.max_records`` and the value."""
+        return [("max_records", self.max_records < 1, "must be at least 1")]
+
+
 class AuditPlugin(mqkit.Plugin):
     """Records every message's lifecycle; refuses topics that match a deny pattern.
 
     ``deny`` holds glob patterns (``"internal.*"``); ``max_records`` bounds the trail (the
-    oldest records go first). The entry point builds it with the defaults. Its hooks are
-    checked by mypy (a ``mqkit.Plugin`` declares every hook with its full signature).
+    oldest records go first). Either left out (as the entry point does) comes from the
+    ``[audit]`` section when the broker starts. Its hooks are checked by mypy (a
+    ``mqkit.Plugin`` declares every hook with its full signature).
     """
 
     plugin_info = mqkit.PluginInfo(
         name="audit",
         description="an audit trail of every message, and a topic deny-list",
+        settings=AuditSettings,
+        section="audit",
     )
 
-    def __init__(self, deny: Sequence[str] = ("internal.*",), max_records: int = 10_000) -> None:
-        self.deny = tuple(deny)
+    def __init__(self, deny: Sequence[str] | None = None, max_records: int | None = None) -> None:
+        self._given = (None if deny is None else tuple(deny), max_records)
+        self.deny = AuditSettings().deny if deny is None else tuple(deny)
         self._lock = threading.Lock()
         self._records: deque[AuditRecord] = deque(maxlen=max_records)
         self._broker: mqkit.Broker | None = None
@@ -86,8 +107,14 @@ class AuditPlugin(mqkit.Plugin):
 
     @mqkit.hookimpl
     def mqkit_broker_start(self, broker: mqkit.Broker) -> None:
-        """Remember the broker (for its clock)."""
+        """Remember the broker (for its clock); read the ``[audit]`` section."""
         self._broker = broker
+        settings = broker.settings(AuditSettings)  # typed: an AuditSettings
+        deny, max_records = self._given
+        self.deny = settings.deny if deny is None else deny
+        with self._lock:
+            size = settings.max_records if max_records is None else max_records
+            self._records = deque(self._records, maxlen=size)
 
     @mqkit.hookimpl
     def mqkit_broker_close(self, broker: mqkit.Broker) -> None:
