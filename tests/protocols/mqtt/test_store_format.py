@@ -1,0 +1,145 @@
+"""The store format: a directory written by an earlier mqkit still opens, and what it holds.
+
+``tests/fixtures/store_v1`` was written by mqkit before the store format had a home of its own
+(``tests/fixtures/make_store_v1.py``, run with that code): the persistence store (a message
+alone, a batch, an ack-required message waiting for its ack, the messages the MQTT gateway
+published) and the MQTT session store as it was then (pickled tuple keys): a persistent session
+``durable`` with an in-flight and a queued QoS 1 message, a QoS 2 packet id received, a
+retained message, a shared subscription's queued message. Nothing in it ever expires (a
+``persistence_max_age`` of a century, a session that never expires).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mqkit
+from mqkit.protocols.mqtt import codec
+
+from .helpers import Raw, Srv, make_server
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "store_v1"
+AGE = 100 * 365 * 24 * 3600.0
+FOREVER = codec.Properties(session_expiry_interval=0xFFFFFFFF)
+
+
+@pytest.fixture
+def old_store(tmp_path: Path) -> Path:
+    """A copy of the fixture (opening a store may write to it)."""
+    copy = tmp_path / "store"
+    shutil.copytree(FIXTURE, copy)
+    return copy
+
+
+def start(path: Path) -> Srv:
+    return make_server(
+        enable_persistence=True,
+        persistence_path=str(path),
+        persistence_max_age=AGE,
+        enable_ack_support=True,
+    )
+
+
+@pytest.fixture
+def server(old_store: Path) -> Iterator[Srv]:
+    srv = start(old_store)
+    yield srv
+    srv.broker.close()
+
+
+def ids(messages: list[mqkit.Message]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def test_an_old_persistence_store_recovers_every_message(server: Srv) -> None:
+    broker = server.broker
+    assert ids(broker.recover_messages("orders")) == ["alone", "b0", "b1", "b2"]
+    (alone,) = broker.recover_messages("orders", 1)
+    assert alone.data == {"n": 1, "b": b"\x00\x01"}
+    (job,) = broker.recover_messages("jobs")
+    assert isinstance(job, mqkit.AckMessage) and job.data == "work"
+    assert ids(broker.recover_messages("t")) == ["m-flight", "m-queued"]
+    assert ids(broker.recover_messages("s")) == ["m-shared"]
+    assert broker.health_check().status == "healthy"
+
+
+def test_an_old_store_is_inspected_as_before(old_store: Path) -> None:
+    from mqkit.inspection import inspect_store
+
+    report = inspect_store(old_store)
+    assert report.locked_by is None and report.unreadable == 0 and report.expired == 0
+    assert report.total_messages == 10
+    assert {t.topic: t.messages for t in report.topics} == {
+        "in/q2": 1,
+        "jobs": 1,
+        "orders": 4,
+        "r/1": 1,
+        "s": 1,
+        "t": 2,
+    }
+    assert [(p.topic, p.id) for p in report.pending_acks] == [("jobs", "job-1")]
+
+
+def test_an_old_mqtt_session_store_restores_the_session(old_store: Path) -> None:
+    srv = start(old_store)
+    try:
+        with Raw(srv) as raw:
+            assert raw.connect("durable", clean_start=False, properties=FOREVER).session_present
+            flight = raw.packet()  # in flight when the store was written: resent with DUP
+            assert isinstance(flight, codec.Publish)
+            assert (flight.topic, flight.payload, flight.dup, flight.packet_id) == (
+                "t",
+                b"in flight",
+                True,
+                1,
+            )
+            got = {flight.payload}
+            for _ in range(2):  # the queued one and the shared subscription's
+                p = raw.packet()
+                assert isinstance(p, codec.Publish) and p.qos == 1 and not p.dup
+                got.add(p.payload)
+                raw.send(codec.PubAck(packet_id=p.packet_id).encode())
+            raw.send(codec.PubAck(packet_id=1).encode())
+            assert got == {b"in flight", b"queued", b"shared"}
+            # QoS 2 packet id 9 was received (PUBREC sent, no PUBREL yet): a resend is known.
+            raw.send(
+                codec.Publish(topic="in/q2", payload=b"held", qos=2, packet_id=9, dup=True).encode()
+            )
+            rec = raw.packet()
+            assert isinstance(rec, codec.PubRec) and rec.packet_id == 9
+            raw.send(codec.PubRel(packet_id=9).encode())
+            comp = raw.packet()
+            assert isinstance(comp, codec.PubComp) and comp.packet_id == 9
+            req = codec.SubscriptionRequest(topic_filter="r/#")
+            raw.send(codec.Subscribe(packet_id=2, subscriptions=(req,)).encode())
+            assert isinstance(raw.packet(), codec.SubAck)
+            kept = raw.packet()
+            assert isinstance(kept, codec.Publish)
+            assert (kept.topic, kept.payload, kept.retain) == ("r/1", b"retained", True)
+            raw.send(codec.Disconnect().encode())
+            assert raw.closed()
+    finally:
+        srv.broker.close()
+    # What was acknowledged stays gone; the session, its subscriptions and the retained
+    # message stay (the store now written in this version's format).
+    srv = start(old_store)
+    try:
+        with Raw(srv) as raw:
+            assert raw.connect("durable", clean_start=False, properties=FOREVER).session_present
+            srv.broker.publish("t", mqkit.Message("after", b"after"))
+            p = raw.packet()
+            assert isinstance(p, codec.Publish) and p.payload == b"after"
+            raw.send(codec.PubAck(packet_id=p.packet_id).encode())
+        with Raw(srv) as raw:
+            raw.connect("reader")
+            req = codec.SubscriptionRequest(topic_filter="r/#")
+            raw.send(codec.Subscribe(packet_id=1, subscriptions=(req,)).encode())
+            assert isinstance(raw.packet(), codec.SubAck)
+            kept = raw.packet()
+            assert isinstance(kept, codec.Publish) and kept.payload == b"retained"
+    finally:
+        srv.broker.close()
