@@ -71,10 +71,10 @@ import attrs
 
 from mqkit.core.broker import Broker
 from mqkit.core.config import Config
-from mqkit.core.convert import message_to_dict
 from mqkit.core.message import AckMessage, AckTTLMessage, Message, PriorityMessage, TTLMessage
 from mqkit.core.plugins import builtin_plugins, info_of
 from mqkit.core.subscription import Backpressure, SubOptions
+from mqkit.plugins.persistence.serializer import message_to_dict
 
 __all__ = [
     "GROUPS",

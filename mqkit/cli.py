@@ -364,7 +364,7 @@ def inspect_command(
     waiting for an ack, and the dead letters with their reasons. Safe on the directory of a
     running broker: the lock is left alone, and the report says which process holds it.
     """
-    from mqkit.inspection import inspect_store
+    from mqkit.plugins.persistence.inspector import inspect_store
     from mqkit.service import json_ready
 
     try:

@@ -12,12 +12,21 @@ retained message, a shared subscription's queued message. Nothing in it ever exp
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import mqkit
+from mqkit.plugins.persistence.format import (
+    DATABASE,
+    FORMAT_VERSION,
+    META_TABLE,
+    MQTT_DIR,
+    STORE_DIR,
+    parse_record_key,
+)
 from mqkit.protocols.mqtt import codec
 
 from .helpers import Raw, Srv, make_server
@@ -68,7 +77,7 @@ def test_an_old_persistence_store_recovers_every_message(server: Srv) -> None:
 
 
 def test_an_old_store_is_inspected_as_before(old_store: Path) -> None:
-    from mqkit.inspection import inspect_store
+    from mqkit.plugins.persistence.inspector import inspect_store
 
     report = inspect_store(old_store)
     assert report.locked_by is None and report.unreadable == 0 and report.expired == 0
@@ -143,3 +152,51 @@ def test_an_old_mqtt_session_store_restores_the_session(old_store: Path) -> None
             assert isinstance(kept, codec.Publish) and kept.payload == b"retained"
     finally:
         srv.broker.close()
+
+
+def rows(database: Path) -> list[tuple[object, int]]:
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT key, raw FROM Cache ORDER BY rowid").fetchall()
+
+
+def format_of(database: Path) -> int | None:
+    """The version a store records (None: none, as stores written before versions)."""
+    with sqlite3.connect(database) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if META_TABLE not in tables:
+            return None
+        found = db.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'format'").fetchall()
+    return found[0][0] if found else None
+
+
+def test_an_old_mqtt_store_is_upgraded_to_the_one_format(old_store: Path) -> None:
+    mqtt_db = old_store / MQTT_DIR / DATABASE
+    assert {raw for _, raw in rows(mqtt_db)} == {0}  # pickled tuple keys
+    assert format_of(mqtt_db) is None and format_of(old_store / STORE_DIR / DATABASE) is None
+    srv = start(old_store)
+    srv.broker.publish("orders", mqkit.Message("new", 1))
+    srv.broker.close()
+    # Every record is keyed by its JSON text now, as the message store's entries are, and
+    # both stores record the format's version.
+    keys = rows(mqtt_db)
+    assert len(keys) == 7 and {raw for _, raw in keys} == {1}
+    assert sorted(parse_record_key(key) for key, _ in keys) == [  # type: ignore[type-var]
+        ("gq", "mqtt:$share/g/s", 1),
+        ("i", "durable", 1),
+        ("p", "durable", 9),
+        ("q", "durable", 1),
+        ("q", "durable", 2),
+        ("r", "r/1"),
+        ("s", "durable"),
+    ]
+    assert format_of(mqtt_db) == FORMAT_VERSION
+    assert format_of(old_store / STORE_DIR / DATABASE) == FORMAT_VERSION
+
+
+def test_an_mqtt_store_of_a_later_format_is_refused(old_store: Path) -> None:
+    start(old_store).broker.close()  # upgraded: it records its version
+    with sqlite3.connect(old_store / MQTT_DIR / DATABASE) as db:
+        later = (FORMAT_VERSION + 1,)
+        db.execute(f"UPDATE {META_TABLE} SET value = ? WHERE key = 'format'", later)
+    with pytest.raises(mqkit.PersistenceError, match="was written by a later mqkit"):
+        start(old_store)
