@@ -188,12 +188,12 @@ class MessageStore:
 
     ``open(directory)`` locks the directory (:class:`StoreLock`), opens ``<directory>/store``
     and indexes what it holds; :meth:`append` stores messages (returning once committed);
-    :meth:`published`, :meth:`settle` and :meth:`retire` say what became of them; :meth:`recover`
-    reads them back; :meth:`close` writes the deferred deletes and releases the directory.
-    Retention keeps at most ``max_messages`` per topic and none older than ``max_age`` seconds
-    (the ack-required ones apart: they stay until settled). ``acks`` says whether copies are
-    settled per subscription now (ack support on): without it no message waits for acks.
-    ``clock`` and ``timers`` are the broker's.
+    :meth:`published`, :meth:`settle` and :meth:`dead_lettered` say what became of them;
+    :meth:`recover` reads them back; :meth:`close` writes the deferred deletes and releases
+    the directory. Retention keeps at most ``max_messages`` per topic and none older than
+    ``max_age`` seconds (the ack-required ones apart: they stay until settled). ``acks`` says
+    whether copies are settled per subscription now (ack support on): without it no message
+    waits for acks. ``clock`` and ``timers`` are the broker's.
     """
 
     def __init__(
