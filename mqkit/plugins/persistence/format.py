@@ -413,18 +413,27 @@ class StoreLock:
 def upgrade_records(cache: diskcache.Cache) -> None:
     """Rewrite a version 1 store's record keys (pickled tuples) as text; record the version.
 
-    One transaction: a crash leaves the store as it was, and the next open upgrades it.
+    One transaction: a crash leaves the store as it was, and the next open upgrades it. A value
+    kept in a file moves into the database; its file is removed once the transaction committed.
     """
+    files: list[str] = []
     with cache.transact():
-        for old in list(cache.iterkeys()):
+        sql = cache._sql
+        rows = sql("SELECT rowid, key, raw, filename FROM Cache WHERE raw = 0").fetchall()
+        for rowid, db_key, raw, filename in rows:
+            old = cache._disk.get(db_key, raw)
             key = parse_record_key(old) if isinstance(old, tuple) else None
             if key is None:
                 continue
             value = cache.get(old, default=None)
-            cache.delete(old)
+            sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+            if filename is not None:
+                files.append(filename)
             if value is not None:
                 cache.set(record_key(key), value)
         write_meta(cache, FORMAT, FORMAT_VERSION)
+    for name in files:
+        cache._disk.remove(name)
 
 
 def write_entries(

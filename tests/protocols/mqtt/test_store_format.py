@@ -11,6 +11,7 @@ retained message, a shared subscription's queued message. Nothing in it ever exp
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from mqkit.plugins.persistence.format import (
     STORE_DIR,
     parse_record_key,
 )
+from mqkit.plugins.persistence.serializer import message_to_dict, to_json
 from mqkit.protocols.mqtt import codec
 
 from .helpers import Raw, Srv, make_server
@@ -200,3 +202,35 @@ def test_an_mqtt_store_of_a_later_format_is_refused(old_store: Path) -> None:
         db.execute(f"UPDATE {META_TABLE} SET value = ? WHERE key = 'format'", later)
     with pytest.raises(mqkit.PersistenceError, match="was written by a later mqkit"):
         start(old_store)
+
+
+def test_an_old_mqtt_store_written_directly_keeps_a_large_message(tmp_path: Path) -> None:
+    """The layout of the session store before the one format, written as that code wrote it:
+    diskcache's default settings (a value of 32 KiB or more in a file of its own), pickled
+    tuple keys, a session record and a queued message whose value is such a file."""
+    import diskcache
+
+    big = bytes(range(256)) * 400  # 100 KiB: its stored value is far beyond 32 KiB
+    message = mqkit.Message("big", big, topic="t")
+    old = diskcache.Cache(str(tmp_path / MQTT_DIR), eviction_policy="none", statistics=False)
+    session = {
+        "client_id": "durable",
+        "owner": None,
+        "expiry": 0xFFFFFFFF,
+        "disconnected_at": 1.0,
+        "subs": [["t", 1, False, False, None]],
+    }
+    old.set(("s", "durable"), json.dumps(session))
+    old.set(("q", "durable", 1), to_json({"f": "t", "m": message_to_dict(message)}))
+    old.close()
+    assert list((tmp_path / MQTT_DIR).rglob("*.val"))  # the message is in a file
+    srv = start(tmp_path)
+    try:
+        assert not list((tmp_path / MQTT_DIR).rglob("*.val"))  # now in the database
+        with Raw(srv) as raw:
+            assert raw.connect("durable", clean_start=False, properties=FOREVER).session_present
+            p = raw.packet()
+            assert isinstance(p, codec.Publish) and p.payload == big
+            raw.send(codec.PubAck(packet_id=p.packet_id).encode())
+    finally:
+        srv.broker.close()
