@@ -111,7 +111,10 @@ class PersistencePlugin(PersistenceFeature):
     @hookimpl(trylast=True)
     def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
         """Store the messages (one entry) before they are delivered: return once committed."""
-        self._live().append(messages)
+        store = self._store
+        if store is None:
+            raise PersistenceError.because("the store is closed")
+        store.append(messages)
 
     @hookimpl
     def mqkit_published(
