@@ -126,9 +126,14 @@ NEXT_SEQ: Final = "next_seq"
 """The key of the message store's high-water mark of sequence numbers in :data:`META_TABLE`."""
 SEQ_BLOCK: Final = 1 << 16
 """The high-water mark moves this far ahead: one small write per ``SEQ_BLOCK`` messages."""
-CREATE_META = f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value INTEGER)"
-SET_META = f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?)"
-GET_META = f"SELECT value FROM {META_TABLE} WHERE key = ?"
+CREATE_META: Final = (
+    f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value INTEGER)"
+)
+"""Make the meta table (with a store's first value in it)."""
+SET_META: Final = f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?)"
+"""Set a value of the meta table: ``(key, value)``."""
+GET_META: Final = f"SELECT value FROM {META_TABLE} WHERE key = ?"
+"""Read a value of the meta table: ``(key,)``."""
 
 # -- the Cache table -------------------------------------------------------------------------------
 
@@ -138,20 +143,27 @@ INSERT: Final = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
     " mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
 )
+"""A new entry's row: ``(key, store_time, expire_time, access_time, value)``."""
 INSERT_TOMBSTONE: Final = (
     "INSERT OR IGNORE INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
     " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
 )
+"""A tombstone's row, once: ``(key, store_time, access_time, value)``."""
 DELETE: Final = "DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename IS NULL"
+"""Delete an entry whose value is in the database: ``(key,)``."""
 DELETE_ANY: Final = "DELETE FROM Cache WHERE key = ? AND raw = 1"
+"""Delete an entry wherever its value is (its file is the caller's to remove): ``(key,)``."""
 SELECT_FILE: Final = "SELECT filename FROM Cache WHERE key = ? AND raw = 1"
-# A deleted row made the row of a new entry, in the same transaction (no file behind it).
+"""The file of an entry's value (NULL: in the database): ``(key,)``."""
 RECYCLE: Final = (
     "UPDATE Cache SET key = ?, store_time = ?, expire_time = ?, access_time = ?,"
     " access_count = 0, tag = NULL, size = 0, mode = 1, filename = NULL, value = ?"
     " WHERE key = ? AND raw = 1 AND filename IS NULL"
 )
+"""A deleted row made a new entry's, in the same transaction (no file behind it):
+``(key, store_time, expire_time, access_time, value, deleted key)``."""
 SELECT_ROWS: Final = "SELECT key, raw, expire_time, mode, filename, value FROM Cache ORDER BY rowid"
+"""Every row, in the order written (what an inspection reads)."""
 MODE_RAW, MODE_BINARY, MODE_TEXT, MODE_PICKLE = 1, 2, 3, 4
 """diskcache's value modes (a row's ``mode``)."""
 
