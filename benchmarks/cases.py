@@ -74,7 +74,7 @@ from mqkit import (
     SubOptions,
     TTLMessage,
 )
-from mqkit.core.convert import message_to_dict
+from mqkit.plugins.persistence.serializer import message_to_dict
 from mqkit.testing import broker_config
 
 from harness import (

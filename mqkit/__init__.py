@@ -12,7 +12,6 @@ Everything public is importable from here::
 
 from mqkit.core.broker import Broker, Transaction
 from mqkit.core.config import Config
-from mqkit.core.convert import register_payload_type
 from mqkit.core.errors import (
     AckNotFoundError,
     AckNotSupportedError,
@@ -76,6 +75,7 @@ from mqkit.core.status import (
 )
 from mqkit.core.subscription import Backpressure, Buffer, SubOptions, Subscription, Taps
 from mqkit.core.timers import Clock, FakeClock, TimerHandle, TimerService
+from mqkit.plugins.persistence.serializer import register_payload_type
 
 __version__ = "0.1.0"
 

@@ -209,14 +209,15 @@ def _fresh_demo_store(store: Path) -> None:
     Only a directory that holds an mqkit store and nothing else is emptied; a directory with
     other files, or one a running broker holds, is refused (exit 1) and left as it is.
     """
-    from mqkit.inspection import LOCK_FILE, STORE_DIR, lock_holder
+    from mqkit.plugins.persistence.format import LOCK_FILE, MQTT_DIR, STORE_DIR
+    from mqkit.plugins.persistence.inspector import lock_holder
 
     if not store.is_dir():
         return
     found = {p.name for p in store.iterdir()}
     if not found:
         return
-    if not found <= {LOCK_FILE, STORE_DIR}:
+    if not found <= {LOCK_FILE, STORE_DIR, MQTT_DIR}:
         raise _fail(
             f"{store} holds files that are not an mqkit store ({', '.join(sorted(found))}); "
             "give the demo a new or empty directory, or one an earlier demo wrote"
@@ -225,6 +226,7 @@ def _fresh_demo_store(store: Path) -> None:
     if holder is not None:
         raise _fail(f"{store} is in use by a running broker (pid {holder})")
     shutil.rmtree(store / STORE_DIR, ignore_errors=True)
+    shutil.rmtree(store / MQTT_DIR, ignore_errors=True)
     (store / LOCK_FILE).unlink(missing_ok=True)
     console.print(f"{escape(str(store))}: removed the store an earlier run left there")
 
@@ -402,7 +404,7 @@ def inspect_command(
     waiting for an ack, and the dead letters with their reasons. Safe on the directory of a
     running broker: the lock is left alone, and the report says which process holds it.
     """
-    from mqkit.inspection import inspect_store
+    from mqkit.plugins.persistence.inspector import inspect_store
     from mqkit.service import json_ready
 
     try:

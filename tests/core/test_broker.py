@@ -9,8 +9,8 @@ import attrs
 import pytest
 
 import mqkit
-from mqkit.core.convert import message_to_dict
 from mqkit.core.message import posix_time
+from mqkit.plugins.persistence.serializer import message_to_dict
 from mqkit.testing import FakeClock
 
 

@@ -102,8 +102,6 @@ def test_a_gateway_imports_no_plugin(path: Path) -> None:
 def test_the_shared_persistence_libraries_import_only_the_core() -> None:
     for name in SHARED_LIBRARIES:
         path = PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py")
-        if not path.exists():  # the persistence package is not split yet
-            continue
         wrong = sorted(
             n
             for n in imported(path)

@@ -18,7 +18,7 @@ from mqkit.core import hookspecs
 from mqkit.core.hookspecs import HOOK_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_CONVERTED = {"persistence"}  # becomes a package (issue 15, point 3); converted there
+NOT_CONVERTED: set[str] = set()  # every built-in plugin subclasses mqkit.Plugin
 
 
 def all_builtins_config() -> mqkit.Config:

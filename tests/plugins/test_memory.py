@@ -24,9 +24,9 @@ from mqkit import (
     SubOptions,
     TTLMessage,
 )
-from mqkit.core.convert import message_to_dict
 from mqkit.core.message import estimate_size
 from mqkit.plugins.memory import SLOT_BYTES
+from mqkit.plugins.persistence.serializer import message_to_dict
 from mqkit.testing import FakeClock, broker_config
 
 from .helpers import DLQ, drain, drain_ids, in_

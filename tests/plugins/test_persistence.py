@@ -22,8 +22,8 @@ import diskcache
 import pytest
 
 import mqkit
-from mqkit.core.convert import message_to_dict
-from mqkit.inspection import inspect_store
+from mqkit.plugins.persistence.inspector import inspect_store
+from mqkit.plugins.persistence.serializer import message_to_dict
 
 Factory = Callable[..., mqkit.Broker]
 BIG = mqkit.SubOptions(buffer_size=10_000)

@@ -22,7 +22,7 @@ import pytest
 from support.process import Child
 
 import mqkit
-from mqkit.inspection import inspect_store
+from mqkit.plugins.persistence.inspector import inspect_store
 
 from .helpers import drain_ids
 

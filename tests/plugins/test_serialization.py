@@ -1,4 +1,4 @@
-"""Payload and message serialisation (``mqkit.core.convert``), by property.
+"""Payload and message serialisation (``mqkit.plugins.persistence.serializer``), by property.
 
 Round trips go through ``message_to_dict -> json.dumps -> json.loads -> message_from_dict``
 and through a real persistent broker (stored, then recovered from disk, also after a reopen).
@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import mqkit
-from mqkit.core import convert
-from mqkit.core.convert import (
+from mqkit.plugins.persistence import serializer
+from mqkit.plugins.persistence.serializer import (
     check_fields,
     decode_payload,
     encode_payload,
@@ -391,9 +391,9 @@ topics = (f"topic-{i}" for i in itertools.count())
 def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The store's JSON writer: orjson (the ``fast`` extra; ``dev`` installs it) or the stdlib."""
     if request.param == "stdlib":
-        monkeypatch.setattr(convert, "fast_json", None)
+        monkeypatch.setattr(serializer, "fast_json", None)
     else:
-        assert convert.fast_json is not None, "the dev extra installs orjson (the fast extra)"
+        assert serializer.fast_json is not None, "the dev extra installs orjson (the fast extra)"
     return str(request.param)
 
 

@@ -22,9 +22,9 @@ any other key               a user property (v5): name -> value
 **mqkit to MQTT.** A message published in-process reaches MQTT subscribers with:
 
 - the payload as bytes: ``bytes``/``bytearray``/``memoryview`` as is, ``str`` UTF-8 encoded
-  (Payload Format Indicator 1), anything else serialised by the persistence serialiser
-  (:func:`mqkit.core.convert.encode_payload`, then compact JSON; Content Type
-  ``application/json`` unless ``mqtt.content_type`` says otherwise);
+  (Payload Format Indicator 1), anything else serialised by the store's serializer
+  (:func:`mqkit.plugins.persistence.serializer.encode_payload`, then compact JSON; Content
+  Type ``application/json`` unless ``mqtt.content_type`` says otherwise);
 - the QoS of ``mqtt.qos`` (default 1), capped by each subscription's QoS;
 - properties (v5 subscribers) from the ``mqtt.*`` keys above, user properties from the
   other keys (``meta`` keys are user properties unless they begin with ``mqtt.``), and a
@@ -48,8 +48,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from mqkit.core.convert import encode_payload, to_json
 from mqkit.core.message import Message, TTLMessage
+from mqkit.plugins.persistence.serializer import encode_payload, to_json
 from mqkit.protocols.mqtt.codec import NO_PROPERTIES, Properties, encode_varint
 
 __all__ = [

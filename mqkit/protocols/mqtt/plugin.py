@@ -38,10 +38,11 @@ from mqkit.core.message import Message
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
+from mqkit.plugins.persistence.format import MQTT_DIR
 from mqkit.protocols.mqtt.auth import Authenticator
 from mqkit.protocols.mqtt.server import KEY_PREFIX, Server
 from mqkit.protocols.mqtt.settings import MQTTSettings
-from mqkit.protocols.mqtt.store import FeedJournals, Journal
+from mqkit.protocols.mqtt.store import FeedJournals, Journal, SessionStore
 
 __all__ = ["MQTTPlugin"]
 
@@ -82,7 +83,7 @@ class MQTTPlugin(ProtocolFeature, Plugin):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
-        self._store: Any = None
+        self._store: SessionStore | None = None
         self.address: tuple[str, int] | None = None
         """The plain listener's bound address, once started."""
         self.tls_address: tuple[str, int] | None = None
@@ -173,15 +174,15 @@ class MQTTPlugin(ProtocolFeature, Plugin):
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
-    def _open_store(self, broker: Broker) -> Any:
+    def _open_store(self, broker: Broker) -> SessionStore | None:
         cfg = broker.config
         if not cfg.enable_persistence:
             return None
-        import diskcache
-
-        directory = Path(cfg.persistence_path).expanduser() / "mqtt"
+        directory = Path(cfg.persistence_path).expanduser() / MQTT_DIR
         try:
-            return diskcache.Cache(str(directory), eviction_policy="none", statistics=False)
+            return SessionStore.open(directory)
+        except PersistenceError:
+            raise
         except Exception as exc:
             raise PersistenceError.because(
                 f"cannot open the MQTT store in {str(directory)!r}: {exc}"

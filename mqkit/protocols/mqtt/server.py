@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from mqkit.core.convert import message_from_dict, message_to_dict
 from mqkit.core.errors import InvalidTopicError, LimitExceededError, MQError
 from mqkit.core.message import Message
 from mqkit.core.subscription import Backpressure, SubOptions
+from mqkit.plugins.persistence.serializer import message_from_dict, message_to_dict, to_json
 from mqkit.protocols.mqtt.codec import Reason
 from mqkit.protocols.mqtt.connection import DRAIN_SECONDS, Connection
 from mqkit.protocols.mqtt.mapping import Outgoing
@@ -59,10 +59,10 @@ class Server:
         cfg = broker.settings(MQTTSettings)
         self.broker = broker
         self.hooks = broker.hooks
-        self.store = store
-        """The persistence store (a ``diskcache.Cache``) or None."""
-        self.session_store = SessionStore(store) if store is not None else None
+        self.session_store: SessionStore | None = store
         """Persistent sessions, written as they change (see :mod:`.store`), or None."""
+        self.store = store.cache if store is not None else None
+        """The session store's ``diskcache.Cache`` (for tools and tests), or None."""
         self.max_packet_size = cfg.max_packet_size
         self.receive_maximum = cfg.max_inflight
         self.topic_alias_maximum = cfg.topic_alias_maximum
@@ -212,13 +212,13 @@ class Server:
             self.retained[topic] = message
         else:
             self.retained.pop(topic, None)
-        if self.store is not None:
+        if self.session_store is not None:
             key = ("r", topic)
             try:
                 if message.data:
-                    self.store.set(key, json.dumps(message_to_dict(message)), retry=True)
+                    self.session_store.set(key, to_json(message_to_dict(message)))
                 else:
-                    self.store.delete(key, retry=True)
+                    self.session_store.remove(key)
             except Exception as exc:  # the gateway goes on; the loss is logged
                 log.error("mqtt: cannot store retained message of %r: %s", topic, exc)
 
@@ -427,7 +427,7 @@ class Server:
                 for s in session.subs.values()
             ],
         }
-        store.put(key, json.dumps(record))
+        store.put(key, to_json(record))
         session.stored = True
 
     def write_incoming(self, session: Session, packet_id: int, held: bool) -> None:
@@ -458,7 +458,8 @@ class Server:
 
     def load(self) -> None:
         """Restore retained messages and persistent sessions saved by a previous run."""
-        store = self.store
+        store = self.session_store
+        assert store is not None
         now = self.now().timestamp()
         groups: dict[str, list[Message]] = {}
         records: list[dict[str, Any]] = []
@@ -466,23 +467,22 @@ class Server:
         # client id -> packet id -> "", of QoS 2 publications received from the client ("p");
         # shared subscription key -> seq -> stored text, of its messages ("gq")
         stored: dict[str, dict[str, dict[int, Any]]] = {"q": {}, "i": {}, "p": {}, "gq": {}}
-        for key in list(store.iterkeys()):
-            if not isinstance(key, tuple):
-                continue
+        keys: list[Any] = list(store.keys())
+        for key in keys:
             try:
                 if len(key) == 3 and key[0] in stored:
                     kind, client_id, seq = key
-                    stored[kind].setdefault(client_id, {})[seq] = store.get(key, retry=True)
+                    stored[kind].setdefault(client_id, {})[seq] = store.get(key)
                     continue
                 if len(key) != 2:
                     continue
                 kind, name = key
-                raw = store.get(key, retry=True)
+                raw = store.get(key)
                 if kind == "r":
                     self.retained[name] = message_from_dict(json.loads(raw))
                 elif kind == "g":
                     groups[name] = [message_from_dict(d) for d in json.loads(raw)]
-                    store.delete(key, retry=True)
+                    store.remove(key)
                 elif kind == "s":
                     records.append(json.loads(raw))
             except Exception as exc:

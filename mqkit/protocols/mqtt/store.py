@@ -1,7 +1,12 @@
 """Persistent MQTT sessions on disk, written as they change (``enable_persistence``).
 
-The gateway keeps its state in a diskcache directory, ``<persistence_path>/mqtt`` (SQLite in
-WAL mode: a write that returned survives a SIGKILL of the process). Every key is a tuple:
+The gateway keeps its state in ``<persistence_path>/mqtt``, a record store of the persistence
+package (:class:`~mqkit.plugins.persistence.store.RecordStore`: the store format of
+:mod:`mqkit.plugins.persistence.format`, its files, version and key rules; SQLite in WAL mode:
+a write that returned survives a SIGKILL of the process). Messages are written by the store's
+serializer (:mod:`mqkit.plugins.persistence.serializer`). Every key is a tuple (stored as its
+JSON text, ``["q","client",3]``; stores of earlier versions pickled it, and are upgraded when
+they open):
 
 ==============================  ==============================================================
 ``("s", client_id)``            a persistent session: expiry, subscriptions, disconnect time
@@ -33,13 +38,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sqlite3
-import threading
-from collections.abc import Hashable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from mqkit.core.convert import message_to_dict, to_json
 from mqkit.core.message import Message
+from mqkit.plugins.persistence.format import RecordKey
+from mqkit.plugins.persistence.serializer import message_to_dict, to_json
+from mqkit.plugins.persistence.store import RecordStore
 from mqkit.protocols.mqtt.mapping import K_QOS
 
 if TYPE_CHECKING:
@@ -51,54 +56,15 @@ __all__ = ["FeedJournals", "GroupJournal", "Journal", "SessionStore"]
 log = logging.getLogger("mqkit.mqtt")
 
 
-class SessionStore:
-    """The gateway's diskcache, with every failed write counted and logged (thread-safe)."""
+class SessionStore(RecordStore):
+    """The gateway's record store, with every failed write counted and logged (thread-safe)."""
 
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
-        """The ``diskcache.Cache``."""
-        self.failures = 0
-        """Writes that failed since the server started."""
-        self.last_failure = ""
-        """The text of the last failed write."""
-        self._lock = threading.Lock()
-
-    def put(self, key: Hashable, value: str) -> None:
-        """Write ``key`` (a failure is counted and logged, never raised)."""
-        try:
-            self.cache.set(key, value)
-        except Exception as exc:
-            self.failed(f"cannot store {key!r}: {_why(exc)}")
-
-    def delete(self, *keys: Hashable) -> None:
-        """Delete ``keys``, in one store transaction (a failure is counted and logged)."""
-        cache = self.cache
-        try:
-            if len(keys) == 1:
-                cache.delete(keys[0])
-            else:
-                with cache.transact():
-                    for key in keys:
-                        cache.delete(key)
-        except Exception as exc:
-            self.failed(f"cannot delete {keys[0]!r}: {_why(exc)}")
-
-    def failed(self, text: str) -> None:
-        """Count and log a failed write."""
-        with self._lock:
-            self.failures += 1
-            new = text != self.last_failure
-            self.last_failure = text
-        if new:  # once per distinct failure, not once per message
+    def failed(self, text: str) -> bool:
+        """Count and log a failed write (once per distinct failure, not once per message)."""
+        new = super().failed(text)
+        if new:
             log.error("mqtt: %s", text)
-
-
-def _why(exc: BaseException) -> str:
-    """The text of a failed store call: the SQLite error behind a ``diskcache.Timeout``."""
-    cause = exc.__context__
-    if not str(exc) and isinstance(cause, sqlite3.Error):
-        return str(cause)
-    return str(exc) or repr(exc)
+        return new
 
 
 class Journal:
@@ -213,7 +179,7 @@ class Journal:
 
     def _delete(self, seqs: Iterable[int]) -> None:
         owner = self.owner
-        keys: list[Hashable] = []
+        keys: list[RecordKey] = []
         for seq in seqs:
             keys.append((self.kind, owner, seq))
             if seq in self.flights:

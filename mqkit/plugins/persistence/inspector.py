@@ -6,13 +6,14 @@ reports the broker's pid in :attr:`StoreReport.locked_by` and reads what that br
 committed so far. It reports, per topic, how many messages are stored and the oldest and newest
 publish times; the stored ack-required messages (acknowledged ones are removed by the broker, so
 every one left is still pending); and the dead letters (the copies the dead letter queue
-published, with their original topic and reason). Entries are read with the persistence
-plugin's own parsers (:func:`~mqkit.plugins.persistence.parse_entry_key`,
-:func:`~mqkit.plugins.persistence.batch_members`): messages stored alone, batches (whose
-members marked by a tombstone were settled and are not counted) and tombstones.
+published, with their original topic and reason). Entries are read with the store format's own
+parsers (:func:`~.format.parse_entry_key`, :func:`~.format.batch_members`) and the store's
+serializer: messages stored alone, batches (whose members marked by a tombstone were settled
+and are not counted) and tombstones.
 
 The records are frozen attrs classes; ``mqkit.core.convert.unstructure(report)`` gives JSON-ready
-data (``mqkit inspect --json``).
+data (``mqkit inspect --json``). Imports only :mod:`mqkit.core` and the package's library
+modules.
 """
 
 from __future__ import annotations
@@ -24,17 +25,27 @@ import pickle
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from mqkit.core.convert import message_from_dict
-from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError
 from mqkit.core.message import Message, needs_ack
-from mqkit.plugins.persistence import batch_members, parse_entry_key
+from mqkit.plugins.persistence.format import (
+    DATABASE,
+    LOCK_FILE,
+    MODE_PICKLE,
+    MODE_RAW,
+    MODE_TEXT,
+    SELECT_ROWS,
+    STORE_DIR,
+    batch_members,
+    from_micros,
+    parse_entry_key,
+)
+from mqkit.plugins.persistence.serializer import message_from_dict, to_json
 
 __all__ = [
     "DeadLetterRecord",
@@ -44,14 +55,6 @@ __all__ = [
     "inspect_store",
     "lock_holder",
 ]
-
-LOCK_FILE = "mqkit.lock"
-"""The lock file a broker holds in its persistence directory (see the persistence plugin)."""
-STORE_DIR = "store"
-"""The sub-directory holding the diskcache database."""
-DATABASE = "cache.db"
-
-_MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4  # diskcache's value modes
 
 
 @attrs.frozen(kw_only=True)
@@ -181,9 +184,7 @@ def _rows(directory: Path) -> Iterator[tuple[Any, ...]]:
     except sqlite3.Error as exc:
         raise PersistenceError.because(f"cannot open {str(database)!r}: {exc}") from exc
     try:
-        cursor = connection.execute(
-            "SELECT key, raw, expire_time, mode, filename, value FROM Cache ORDER BY rowid"
-        )
+        cursor = connection.execute(SELECT_ROWS)
         yield from cursor
     except sqlite3.Error as exc:
         raise PersistenceError.because(f"cannot read {str(database)!r}: {exc}") from exc
@@ -192,27 +193,23 @@ def _rows(directory: Path) -> Iterator[tuple[Any, ...]]:
 
 
 def _value(directory: Path, mode: int, filename: str | None, value: Any) -> Any:
-    if mode == _MODE_RAW:
+    if mode == MODE_RAW:
         return value
-    if filename is None and mode == _MODE_PICKLE:
+    if filename is None and mode == MODE_PICKLE:
         return _unpickle(bytes(value))
     if filename is None:
         raise ValueError("value without a file")
     full = directory / STORE_DIR / filename
-    if mode == _MODE_TEXT:
+    if mode == MODE_TEXT:
         return full.read_text(encoding="utf-8")
     data = full.read_bytes()
-    return _unpickle(data) if mode == _MODE_PICKLE else data
+    return _unpickle(data) if mode == MODE_PICKLE else data
 
 
 def _key_parts(key: Any, raw: int) -> Any:
     """A stored key's parts: compact JSON text (older stores pickled the tuple)."""
     parts = (json.loads(key) if isinstance(key, str) else key) if raw else _unpickle(bytes(key))
-    return _to_json(list(parts)) if isinstance(parts, list | tuple) else None
-
-
-def _from_micros(micros: int) -> datetime | None:
-    return datetime.fromtimestamp(micros / 1_000_000, UTC) if micros else None
+    return to_json(list(parts)) if isinstance(parts, list | tuple) else None
 
 
 def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
@@ -267,7 +264,7 @@ def inspect_store(path: str | os.PathLike[str]) -> StoreReport:
         except (MQError, ValueError, TypeError, KeyError):
             unreadable += 1
             continue
-        stamp = message.time or _from_micros(micros)
+        stamp = message.time or from_micros(micros)
         row = counts.setdefault(topic, [0, None, None, 0, 0])
         row[0] += 1
         if stamp is not None:

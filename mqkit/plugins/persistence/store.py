@@ -1,10 +1,10 @@
-"""The ``persistence`` plugin: a durable message store on diskcache (``enable_persistence``).
+"""The message store on diskcache: group commit, deferred deletes, index, retention, recovery.
 
-Every accepted message - through every publish path; transactional ones when they commit - is
-written to ``persistence_path`` before it is delivered, and ``publish`` returns only after the
-store's transaction committed (SQLite in WAL mode: a process killed at any instant loses no
-message whose publish returned). A batch (``publish_batch``, a committed transaction) is one
-store entry, written in one store transaction: storing it costs one write, not one per message.
+:class:`MessageStore` is what the ``persistence`` plugin (:mod:`.plugin`) drives from its hooks,
+and what any other part of mqkit that must keep messages on disk uses directly (the cluster's
+local spool); :class:`RecordStore` keeps records of several kinds (the MQTT session store).
+Both follow :mod:`.format` and write through :mod:`.serializer`; this module imports only
+:mod:`mqkit.core` and those two (never a hook or another plugin).
 
 - **Group commit.** Concurrent calls share a store transaction: the first to arrive leads and
   writes everything queued by then (several calls' messages as one batch entry), the others
@@ -14,231 +14,71 @@ store entry, written in one store transaction: storing it costs one write, not o
   the next store write, else a timer writes it ``_FLUSH_DELAY`` later, or ``_FLUSH_AT`` waiting
   deletes are written at once, or ``close()`` writes them. A crash can bring back a message
   whose delete was not written yet (at least once); none leaves the disk before it settled.
-
-- **Order and recovery.** Each stored message gets its own sequence number, its identity in the
-  store: two publishes are two stored messages, whatever their ids and however close in time.
-  The numbers only grow, across restarts too (the store keeps a high-water mark, written once
-  per ``_SEQ_BLOCK`` numbers). ``recover_messages(topic, limit)`` returns the oldest ``limit``
-  stored messages of a topic in publish order, and ``replay_messages`` re-delivers them without
-  storing them twice: a recovered message carries its number
-  (:func:`~mqkit.core.message.store_seq`), and so does every copy the broker delivers
-  (redeliveries included), while a publish is always a new message.
-- **What stays.** An ack-required message (with ack support on) stays stored until every
-  subscription that buffered a copy of it has settled that copy: acknowledged it, or given it up
-  (dead-lettered after ``nack(requeue=False)`` or its retries, expired, dropped from its buffer,
-  or removed or held unacknowledged when the subscription was cancelled). A copy a full buffer
-  refused never counts. After a restart nothing was delivered yet: the copies of a replay count.
-  Such a message is exempt from retention; when a topic holds more of them than
-  ``persistence_max_messages``, or one older than ``persistence_max_age``, ``health_check()``
-  says so. Other messages stay until retention removes them: at most
-  ``persistence_max_messages`` per topic (the unsettled ones count) and none older than
-  ``persistence_max_age`` - enforced from an in-memory index, without scanning the store, on
-  every store and before every recovery.
-- **Payloads** go through mqkit's one converter (:mod:`mqkit.core.convert`): plain data,
-  bytes, datetimes and registered attrs classes/dataclasses come back as their own types; any
-  other payload is refused at publish with ``SerializationError`` (nothing stored or delivered).
-- **Exclusive use.** The directory is locked (``flock`` on ``mqkit.lock``, which names the
-  holder's pid); a second broker on it fails with ``PersistenceError``. The lock of a killed
-  process is released by the OS, so the next broker simply takes it over.
-- **Entries.** A message published alone is one entry, keyed ``[seq, topic, id, micros, ack]``
-  (``ack`` 1 for a message settled per subscription, else 0; the index is rebuilt from the keys
-  alone). A batch is one entry keyed ``[first seq, count]`` holding
-  ``[[topic, id, micros, message, ack], ...]``; a member settled while others are still stored
-  is marked by a tombstone entry ``[seq]``, and the entry and its tombstones go when the last
-  member is settled. A restart reads batch entries to index their members. Stores written
-  before the ``ack`` flag (keys ``[seq, topic, id, micros]``, members of four) are read as they
-  are: such an entry's message is read at start to tell whether it waits for acks.
-- **Faults.** A corrupted entry (a value that does not decode, or a damaged database page) is
-  skipped, counted once and named by ``health_check()``; a store that cannot be opened or
-  indexed raises ``PersistenceError`` at ``Broker(...)``; a store that cannot be written (disk
-  full, read-only) makes publish raise ``PersistenceError`` at once - nothing is delivered -
-  and the broker keeps working for what does not need the disk.
+- **Sequence numbers.** Each stored message gets its own number, its identity in the store;
+  they only grow, across restarts too (the high-water mark in the store's meta table, written
+  once per ``SEQ_BLOCK`` numbers, in the transaction of the entry that first passes it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import heapq
 import json
-import os
 import sqlite3
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
+from typing import Any, Self
 
 import diskcache
 
-from mqkit.core.broker import Broker
-from mqkit.core.convert import check_fields, message_from_dict, message_to_dict, stored_json
-from mqkit.core.convert import to_json as _to_json
 from mqkit.core.errors import MQError, PersistenceError, SerializationError
-from mqkit.core.features import PersistenceFeature
-from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, has_field, set_store_seq, store_seq
-from mqkit.core.plugins import PluginInfo
-from mqkit.core.subscription import Subscription
-from mqkit.core.timers import TimerHandle
+from mqkit.core.timers import Clock, TimerHandle, TimerService
 from mqkit.core.topics import normalize_topic
+from mqkit.plugins.persistence.format import (
+    FORMAT_VERSION,
+    NEXT_SEQ,
+    OLD,
+    PINNED,
+    SEQ_BLOCK,
+    STORE_DIR,
+    EntryKey,
+    RecordKey,
+    StoreLock,
+    batch_members,
+    batch_text,
+    describe_key,
+    identity_of,
+    key_text,
+    open_cache,
+    parse_entry_key,
+    parse_record_key,
+    pinned_data,
+    read_meta,
+    read_version,
+    record_key,
+    to_micros,
+    tombstone_text,
+    upgrade_records,
+    write_entries,
+)
+from mqkit.plugins.persistence.serializer import (
+    check_fields,
+    encode_message,
+    message_from_dict,
+    message_to_dict,
+    stored_json,
+    to_json,
+)
 
-__all__ = ["LOCK_FILE", "PersistencePlugin", "StoreLock", "batch_members", "parse_entry_key"]
+__all__ = ["MessageStore", "RecordStore"]
 
-LOCK_FILE = "mqkit.lock"
-_STORE_DIR = "store"
-# (sequence, topic, message id, publish time in microseconds, flags): the sequence number is the
-# stored message's identity; the rest lets the index be rebuilt, and a stored value be checked,
-# without reading values. In the store the key is its compact JSON text (a str key: diskcache
-# would pickle a tuple), ``[seq, topic, id, micros, ack]``.
-_Key = tuple[int, str, str, int, int]
-_Identity = tuple[str, str, int]  # (topic, message id, publish time in microseconds)
-_PINNED = 1  # flag: an ack-required message, settled per subscription, exempt from retention
-_OLD = 2  # flag: keyed in the previous format, [seq, topic, id, micros] (no ack flag)
-_TOMBSTONE = ""  # the value of a tombstone entry
-# The high-water mark of sequence numbers: a table of its own in the store's database (the
-# Cache table holds messages only). Written in the transaction of the entry that first uses a
-# number at or past it, moved _SEQ_BLOCK numbers ahead: one small write per _SEQ_BLOCK messages.
-_META_TABLE = "mqkit_meta"
-_NEXT_SEQ = "next_seq"
-_SEQ_BLOCK = 1 << 16
 # What a diskcache call raises when the store fails. ``diskcache.Timeout`` is raised when a
 # write transaction cannot begin (locked, read-only): its ``__context__`` holds the cause.
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_IN_DATABASE = 1 << 30  # diskcache keeps values smaller than this in SQLite, not in files
-# The rows diskcache writes for a text key (raw = 1) with a text value kept in the database
-# (size 0, mode 1: MODE_RAW, no file), no tag, never read yet.
-_INSERT = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size,"
-    " mode, filename, value) VALUES (?, 1, ?, ?, ?, 0, NULL, 0, 1, NULL, ?)"
-)
-_INSERT_TOMBSTONE = (
-    "INSERT OR IGNORE INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
-    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
-)
-_DELETE = "DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename IS NULL"
-_DELETE_ANY = "DELETE FROM Cache WHERE key = ? AND raw = 1"
-_SELECT_FILE = "SELECT filename FROM Cache WHERE key = ? AND raw = 1"
-# A deleted row made the row of a new entry, in the same transaction (no file behind it).
-_RECYCLE = (
-    "UPDATE Cache SET key = ?, store_time = ?, expire_time = ?, access_time = ?,"
-    " access_count = 0, tag = NULL, size = 0, mode = 1, filename = NULL, value = ?"
-    " WHERE key = ? AND raw = 1 AND filename IS NULL"
-)
 _NAMED_CORRUPTIONS = 3  # how many corrupted entries health_check() names
-
-
-class StoreLock:
-    """An exclusive ``flock`` on ``<directory>/mqkit.lock`` holding the owner's pid."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise ``PersistenceError`` naming the directory and the holder."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise PersistenceError.because(f"cannot open {str(self.path)!r}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise PersistenceError.because(
-                    f"persistence directory {str(self.path.parent)!r} is in use by another "
-                    f"broker (pid {holder})"
-                ) from None
-            raise PersistenceError.because(f"cannot lock {str(self.path)!r}: {exc}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Release the lock (idempotent)."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def _micros(instant: datetime | None) -> int:
-    """Microseconds since the epoch, exactly (naive instants are taken as UTC)."""
-    if instant is None:
-        return 0
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
-    return (instant - _EPOCH) // _MICROSECOND
-
-
-def _identity(message: Message) -> _Identity:
-    return (message.topic, message.id, _micros(message.time))
-
-
-def _key_text(key: _Key) -> str:
-    """``_to_json`` of the stored key, written out: the key of every message stored alone."""
-    topic, message_id = encode_basestring_ascii(key[1]), encode_basestring_ascii(key[2])
-    flags = key[4]
-    if flags & _OLD:
-        return f"[{key[0]},{topic},{message_id},{key[3]}]"
-    return f"[{key[0]},{topic},{message_id},{key[3]},{flags & _PINNED}]"
-
-
-def _pinned_data(data: object) -> bool:
-    """Whether stored message data is of an ack-required message (``needs_ack``, as data)."""
-    policy = data.get("ack_policy") if isinstance(data, dict) else None
-    return type(policy) is int and policy != 0
-
-
-def parse_entry_key(text: object) -> tuple[int] | tuple[int, int] | _Key | None:
-    """What a stored key text stands for; None when it is not one of ours.
-
-    A message ``(seq, topic, id, micros, flags)`` from ``[seq, topic, id, micros, ack]`` (flags
-    1 when ``ack`` is 1: settled per subscription) or from the previous format
-    ``[seq, topic, id, micros]`` (flags 2: whether it waits for acks is in its value); a batch
-    ``(first, count)`` from ``[first, count]``; a tombstone ``(seq,)`` from ``[seq]``.
-    """
-    if not isinstance(text, str):
-        return None
-    try:
-        parts = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(parts, list):
-        return None
-    parsed: tuple[int] | tuple[int, int] | _Key
-    if (
-        len(parts) in (4, 5)
-        and type(parts[0]) is int
-        and type(parts[1]) is str
-        and type(parts[2]) is str
-        and type(parts[3]) is int
-    ):
-        if len(parts) == 4:
-            parsed = (parts[0], parts[1], parts[2], parts[3], _OLD)
-        elif parts[4] in (0, 1) and type(parts[4]) is int:
-            parsed = (parts[0], parts[1], parts[2], parts[3], parts[4])
-        else:
-            return None
-        return parsed if _key_text(parsed) == text else None
-    if len(parts) == 2 and type(parts[0]) is int and type(parts[1]) is int and parts[1] > 1:
-        parsed = (parts[0], parts[1])
-    elif len(parts) == 1 and type(parts[0]) is int:
-        parsed = (parts[0],)
-    else:
-        return None
-    return parsed if _to_json(parsed) == text else None
-
-
-def _describe(key: _Key) -> str:
-    return f"topic {key[1]!r} message {key[2]!r} (#{key[0]})"
 
 
 def _store_error(exc: BaseException) -> str:
@@ -271,7 +111,7 @@ class _Batch:
 
     @property
     def text(self) -> str:
-        return _to_json((self.first, self.count))
+        return batch_text(self.first, self.count)
 
 
 class _Pin:
@@ -285,7 +125,7 @@ class _Pin:
 
     __slots__ = ("copies", "key", "routing", "settled", "stored_at")
 
-    def __init__(self, key: _Key, stored_at: float, routing: int) -> None:
+    def __init__(self, key: EntryKey, stored_at: float, routing: int) -> None:
         self.key = key
         self.stored_at = stored_at
         self.routing = routing  # publishes or replays of it between accept and published
@@ -297,40 +137,6 @@ class _Pin:
         return self.routing <= 0 and 0 < self.copies <= self.settled
 
 
-def batch_members(raw: object, first: int, count: int) -> list[tuple[_Key, dict[str, object]]]:
-    """The members of the batch entry ``[first, count]`` whose stored value is ``raw``.
-
-    Each member comes with its key ``(seq, topic, id, micros, flags)`` and its message data (for
-    ``message_from_dict``). Members are ``[topic, id, micros, message, ack]``, or
-    ``[topic, id, micros, message]`` in stores of the previous format (then the message's own
-    ack policy says whether it is settled per subscription). Raises ``ValueError`` when ``raw``
-    is not such a batch.
-    """
-    if not isinstance(raw, str):
-        raise ValueError("stored value is not text")
-    items = json.loads(raw)
-    if not isinstance(items, list) or len(items) != count:
-        raise ValueError("not a batch of the size its key says")
-    members: list[tuple[_Key, dict[str, object]]] = []
-    for i, item in enumerate(items):
-        if not (
-            isinstance(item, list)
-            and len(item) in (4, 5)
-            and type(item[0]) is str
-            and type(item[1]) is str
-            and type(item[2]) is int
-            and isinstance(item[3], dict)
-            and (len(item) == 4 or item[4] in (0, 1))
-        ):
-            raise ValueError(f"member {i} is malformed")
-        data = item[3]
-        pinned = int(item[4]) if len(item) == 5 else int(_pinned_data(data))
-        members.append(((first + i, item[0], item[1], item[2], pinned), data))
-    return members
-
-
-_COPY_ENDS = frozenset({"drop_oldest", "withheld", "unsubscribed"})
-"""``mqkit_drop`` reasons that end a buffered copy (the others: the copy never entered)."""
 _FLUSH_DELAY = 0.01
 """Seconds a deferred delete (of a settled message) waits at most for a store write to join."""
 _GROUP_WAIT = 0.001
@@ -377,17 +183,35 @@ class _Job:
         )
 
 
-class PersistencePlugin(PersistenceFeature):
-    """Stores accepted messages in a diskcache directory and recovers them in publish order."""
+class MessageStore:
+    """Messages on disk in a persistence directory, recovered per topic in publish order.
 
-    plugin_info = PluginInfo(
-        name="persistence",
-        description="durable message store with recovery (diskcache)",
-        flag="enable_persistence",
-        runtime_toggle=False,
-    )
+    ``open(directory)`` locks the directory (:class:`StoreLock`), opens ``<directory>/store``
+    and indexes what it holds; :meth:`append` stores messages (returning once committed);
+    :meth:`published`, :meth:`settle` and :meth:`dead_lettered` say what became of them;
+    :meth:`recover` reads them back; :meth:`close` writes the deferred deletes and releases
+    the directory. Retention keeps at most ``max_messages`` per topic and none older than
+    ``max_age`` seconds (the ack-required ones apart: they stay until settled). ``acks`` says
+    whether copies are settled per subscription now (ack support on): without it no message
+    waits for acks. ``clock`` and ``timers`` are the broker's.
+    """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        timers: TimerService,
+        max_messages: int,
+        max_age: float,
+        acks: Callable[[], bool],
+    ) -> None:
+        self._clock = clock
+        self._timers = timers
+        self._max_messages = max_messages
+        self._max_age = max_age
+        self._acks = acks
+        self._open = False  # between open() and close()
+        self._versioned = False  # the store holds this version's FORMAT_VERSION
         self._lock = threading.Lock()
         # Group commit: the calls waiting for a store write, the thread committing one
         # (``_leading``), and the settled entries' deletes waiting to join a write.
@@ -405,28 +229,28 @@ class PersistencePlugin(PersistenceFeature):
         self._store_lock: StoreLock | None = None
         self._seq = 0  # the next sequence number
         self._reserved = 0  # the high-water mark the store holds: numbers below it may be used
-        self._keys: dict[int, _Key] = {}  # sequence number -> key, of every stored message
+        self._keys: dict[int, EntryKey] = {}  # sequence number -> key, of every stored message
         # topic -> (key, stored at) of the messages retention may remove, in publish order;
         # entries no longer in _keys were settled (deleted) and are skipped and trimmed lazily.
-        self._index: dict[str, deque[tuple[_Key, float]]] = {}
+        self._index: dict[str, deque[tuple[EntryKey, float]]] = {}
         # The ack-required ones, settled per subscription: by topic (in publish order) and all.
         self._pinned: dict[str, dict[int, _Pin]] = {}
         self._pins: dict[int, _Pin] = {}
         self._live_count: dict[str, int] = {}  # topic -> stored messages (pinned included)
         self._batches: dict[int, _Batch] = {}  # sequence number of a live member -> its entry
-        self._ack_classes: dict[type, int] = {}  # message class -> _PINNED if it has ack_policy
+        self._ack_classes: dict[type, int] = {}  # message class -> PINNED if it has ack_policy
         self._corrupted: dict[str, None] = {}  # descriptions, in the order they were found
         self._write_errors = 0
         self._last_write_error = ""
-        self._broker: Broker | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Lock the directory, open the store, and index what it holds."""
-        config = broker.config
-        directory = Path(config.persistence_path).expanduser()
+    def open(self, directory: Path) -> None:
+        """Lock ``directory``, open the store in it, and index what it holds.
+
+        Raises ``PersistenceError`` when the directory cannot be made or is in use, or the
+        store cannot be opened or indexed (or was written by a later mqkit).
+        """
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -437,18 +261,14 @@ class PersistencePlugin(PersistenceFeature):
         store_lock.acquire()
         cache: diskcache.Cache | None = None
         try:
-            cache = diskcache.Cache(
-                str(directory / _STORE_DIR),
-                eviction_policy="none",
-                statistics=False,
-                tag_index=False,
-                sqlite_synchronous=1,
-                # Age retention runs from the index (_expired): no culling query on every write.
-                cull_limit=0,
-                # Batches stay in the database, written in the same transaction as their row.
-                disk_min_file_size=_IN_DATABASE,
-            )
-            self._load_index(broker, cache)
+            cache = open_cache(directory / STORE_DIR)
+            self._versioned = read_version(cache, directory / STORE_DIR) == FORMAT_VERSION
+            self._load_index(cache)
+        except PersistenceError:
+            if cache is not None:
+                cache.close()
+            store_lock.release()
+            raise
         except Exception as exc:  # diskcache fails in many ways on a damaged database
             if cache is not None:
                 cache.close()
@@ -456,11 +276,11 @@ class PersistencePlugin(PersistenceFeature):
             raise PersistenceError.because(
                 f"cannot open the store in {str(directory)!r}: {_store_error(exc)}"
             ) from exc
-        self._store_lock, self._cache, self._broker = store_lock, cache, broker
+        self._store_lock, self._cache = store_lock, cache
+        self._open = True
         self._closing = False
 
-    @hookimpl
-    def mqkit_broker_close(self) -> None:
+    def close(self) -> None:
         """Write the deferred deletes, close the store and release the directory."""
         if self._cache is not None:
             self._flush()
@@ -468,7 +288,7 @@ class PersistencePlugin(PersistenceFeature):
             self._closing = True
             self._idle.wait_for(lambda: not self._leading)
             cache, self._cache = self._cache, None
-            self._broker = None
+            self._open = False
             if self._flush_timer is not None:
                 self._flush_timer.cancel()
                 self._flush_timer = None
@@ -479,10 +299,10 @@ class PersistencePlugin(PersistenceFeature):
             self._store_lock.release()
             self._store_lock = None
 
-    def _load_index(self, broker: Broker, cache: diskcache.Cache) -> None:
+    def _load_index(self, cache: diskcache.Cache) -> None:
         cache.expire()  # drop what outlived persistence_max_age while we were down
-        keys: list[_Key] = []
-        old: list[_Key] = []  # keyed in the previous format: the value says if it waits for acks
+        keys: list[EntryKey] = []
+        old: list[EntryKey] = []  # keyed in version 1's layout: the value says if it waits for acks
         batches: list[_Batch] = []
         tombstones: set[int] = set()
         listed = 0
@@ -492,7 +312,7 @@ class PersistencePlugin(PersistenceFeature):
             if parsed is None:
                 self._corrupted[f"key {text!r:.60}"] = None
             elif len(parsed) == 5:
-                (old if parsed[4] & _OLD else keys).append(parsed)
+                (old if parsed[4] & OLD else keys).append(parsed)
             elif len(parsed) == 2:
                 batches.append(_Batch(parsed[0], parsed[1], 0))
             else:
@@ -504,15 +324,15 @@ class PersistencePlugin(PersistenceFeature):
             )
         for key in old:
             try:
-                raw = cache.get(_key_text(key), default=None)
-                pinned = isinstance(raw, str) and _pinned_data(json.loads(raw))
+                raw = cache.get(key_text(key), default=None)
+                pinned = isinstance(raw, str) and pinned_data(json.loads(raw))
             except sqlite3.DatabaseError as exc:
                 if not _is_corruption(exc):
                     raise
                 pinned = False  # recover() finds the damage and reports it
             except Exception:  # a damaged row or value: as above
                 pinned = False
-            keys.append((*key[:4], _OLD | (_PINNED if pinned else 0)))
+            keys.append((*key[:4], OLD | (PINNED if pinned else 0)))
         doomed_texts: list[str] = []
         used_tombstones: set[int] = set()
         for batch in batches:
@@ -539,50 +359,29 @@ class PersistencePlugin(PersistenceFeature):
                     batch.live += 1
             if batch.live == 0:  # every member settled; the entry outlived them
                 doomed_texts.append(batch.text)
-                doomed_texts += [_to_json((seq,)) for seq in batch.tombstoned]
-        doomed_texts += [_to_json((seq,)) for seq in tombstones - used_tombstones]
+                doomed_texts += [tombstone_text(seq) for seq in batch.tombstoned]
+        doomed_texts += [tombstone_text(seq) for seq in tombstones - used_tombstones]
         keys.sort()
         # Ages count from each message's publish time (a restart does not make them younger).
-        mono, wall = broker.clock.monotonic(), broker.clock.time()
+        mono, wall = self._clock.monotonic(), self._clock.time()
         for key in keys:
             self._remember((key,), mono - max(0.0, wall - key[3] / 1_000_000), 0)
         used = [key[0] for key in keys[-1:]] + [b.first + b.count - 1 for b in batches]
-        self._reserved = self._read_reserved(cache)
+        self._reserved = read_meta(cache, NEXT_SEQ)  # the high-water mark (0: none yet)
         # New entries never reuse a number the store holds or a broker before this one used.
         self._seq = max([self._reserved, *(seq + 1 for seq in used + list(tombstones))])
         with self._lock:
-            doomed: list[_Key] = []
+            doomed: list[EntryKey] = []
             for topic in list(self._index):
-                doomed += self._expired(broker, topic)
+                doomed += self._expired(topic)
             ops = self._delete_ops(doomed, doomed_texts)
         if ops:
             try:
-                self._write(cache, ops)
+                write_entries(cache, ops)
             except _STORE_ERRORS as exc:
                 self._write_failed(exc)
 
-    @staticmethod
-    def _read_reserved(cache: diskcache.Cache) -> int:
-        """The high-water mark of sequence numbers the store holds (0: none yet)."""
-        try:
-            rows = cache._sql(
-                f"SELECT value FROM {_META_TABLE} WHERE key = ?", (_NEXT_SEQ,)
-            ).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
-                raise
-            return 0  # a store that never had a mark (written before it, or never written)
-        value = rows[0][0] if rows else 0
-        return value if type(value) is int and value > 0 else 0
-
-    @staticmethod
-    def _write_reserved(cache: diskcache.Cache, value: int) -> None:
-        """In a store transaction: move the high-water mark to ``value``."""
-        sql = cache._sql
-        sql(f"CREATE TABLE IF NOT EXISTS {_META_TABLE} (key TEXT PRIMARY KEY, value INTEGER)")
-        sql(f"INSERT OR REPLACE INTO {_META_TABLE} VALUES (?, ?)", (_NEXT_SEQ, value))
-
-    def _remember(self, keys: Iterable[_Key], stored_at: float, routing: int) -> None:
+    def _remember(self, keys: Iterable[EntryKey], stored_at: float, routing: int) -> None:
         """Under the lock (or before start): index stored keys (one loop: a batch's hot path).
 
         A pinned (ack-required) message starts with ``routing`` publishes under way.
@@ -591,7 +390,7 @@ class PersistencePlugin(PersistenceFeature):
         for key in keys:
             seq, topic = key[0], key[1]
             all_keys[seq] = key
-            if key[4] & _PINNED:
+            if key[4] & PINNED:
                 pin = self._pins[seq] = _Pin(key, stored_at, routing)
                 pinned = self._pinned.get(topic)
                 if pinned is None:
@@ -604,12 +403,12 @@ class PersistencePlugin(PersistenceFeature):
                 entries.append((key, stored_at))
             counts[topic] = counts.get(topic, 0) + 1
 
-    def _forget(self, key: _Key) -> bool:
+    def _forget(self, key: EntryKey) -> bool:
         """Under the lock: mark ``key`` settled; False if it already was."""
         seq, topic = key[0], key[1]
         if self._keys.pop(seq, None) is None:
             return False
-        if key[4] & _PINNED:
+        if key[4] & PINNED:
             del self._pins[seq]
             pinned = self._pinned[topic]
             del pinned[seq]
@@ -624,8 +423,7 @@ class PersistencePlugin(PersistenceFeature):
 
     # -- storing ---------------------------------------------------------------------------------
 
-    @hookimpl(trylast=True)
-    def mqkit_accept(self, broker: Broker, messages: Sequence[Message]) -> None:
+    def append(self, messages: Sequence[Message]) -> None:
         """Store the messages (one entry) before they are delivered: return once committed.
 
         Concurrent calls share a store transaction (group commit, :meth:`_commit`). A message
@@ -650,17 +448,17 @@ class PersistencePlugin(PersistenceFeature):
             cls = message.__class__
             pinned = classes.get(cls)
             if pinned is None:
-                pinned = classes[cls] = _PINNED if has_field(cls, "ack_policy") else 0
+                pinned = classes[cls] = PINNED if has_field(cls, "ack_policy") else 0
             if pinned:
                 policy: int = message.ack_policy  # type: ignore[attr-defined]
-                if policy == 0 or not broker.has_feature("ack"):
+                if policy == 0 or not self._acks():
                     pinned = 0
             pinned_any |= pinned
-            identities.append((message.topic, message.id, _micros(message.time), pinned))
+            identities.append((message.topic, message.id, to_micros(message.time), pinned))
         # Age retention does not apply to a message that waits for acks: no expiry on disk.
-        expire = None if pinned_any else broker.config.persistence_max_age
+        expire = None if pinned_any else self._max_age
         one = len(fresh) == 1
-        text = self._encode(fresh[0]) if one else self._encode_batch(fresh, identities)
+        text = encode_message(fresh[0]) if one else self._encode_batch(fresh, identities)
         self._commit(_Job(fresh, identities, text, expire, replayed))
 
     # -- group commit ----------------------------------------------------------------------------
@@ -683,7 +481,7 @@ class PersistencePlugin(PersistenceFeature):
                 self._leading = True
                 self._group = 1
                 ops, self._deferred = self._deferred, []
-                alone = (cache, self._broker, ops, self._seq)
+                alone = (cache, ops, self._seq)
             else:
                 alone = None
                 self._queue.append(job)
@@ -710,7 +508,6 @@ class PersistencePlugin(PersistenceFeature):
         self,
         taken: list[_Job] | None = None,
         cache: diskcache.Cache | None = None,
-        broker: Broker | None = None,
         ops: list[tuple[str, bool]] | None = None,
         first: int = 0,
     ) -> None:
@@ -736,11 +533,11 @@ class PersistencePlugin(PersistenceFeature):
                     jobs, self._queue = self._queue, []
                     self._group = sum(1 for job in jobs if job.identities)
                     ops, self._deferred = self._deferred, []
-                    cache, broker = self._cache, self._broker
+                    cache = self._cache
                     first = self._seq
-            error = self._store(cache, broker, jobs, ops, first)
+            error = self._store(cache, jobs, ops, first)
             with self._lock:
-                self._committed(broker, jobs, first, error)
+                self._committed(jobs, first, error)
                 if self._queue:
                     successor = self._queue[0]
                 else:
@@ -768,19 +565,18 @@ class PersistencePlugin(PersistenceFeature):
         self._leading = False
         if self._closing:
             self._idle.notify_all()
-        if self._deferred and self._flush_timer is None and self._broker is not None:
-            self._flush_timer = self._broker.timers.call_later(_FLUSH_DELAY, self._flush_due)
+        if self._deferred and self._flush_timer is None and self._open:
+            self._flush_timer = self._timers.call_later(_FLUSH_DELAY, self._flush_due)
 
     def _store(
         self,
         cache: diskcache.Cache | None,
-        broker: Broker | None,
         jobs: list[_Job],
         ops: list[tuple[str, bool]],
         first: int,
     ) -> BaseException | None:
         """Write a group: its entry and ``ops`` in one store transaction; the error, if any."""
-        if cache is None or broker is None:
+        if cache is None or not self._open:
             return PersistenceError.because("the store is closed")
         entry: str | None = None
         text = ""
@@ -793,92 +589,30 @@ class PersistencePlugin(PersistenceFeature):
         count = sum(len(job.identities) for job in stored)
         if count:
             if count == 1:
-                entry = _key_text((first, *stored[0].identities[0]))
+                entry = key_text((first, *stored[0].identities[0]))
             else:
-                entry = _to_json((first, count))
+                entry = to_json((first, count))
             if len(stored) == 1:
                 text, expire = stored[0].text, stored[0].expire
             else:  # one batch entry: the members of every call, in the order they came
                 text = "[" + ",".join([job.members() for job in stored]) + "]"
                 expire = None if any(job.expire is None for job in stored) else stored[0].expire
             if first + count > self._reserved:  # past the high-water mark: move it ahead
-                reserved = first + count + _SEQ_BLOCK
+                reserved = first + count + SEQ_BLOCK
+            elif not self._versioned:  # the store's first write by this version: record it
+                reserved = self._reserved
         elif not ops:
             return None  # a flush with nothing to write
         try:
-            self._write(cache, ops, entry, text, expire, reserved)
+            write_entries(cache, ops, entry, text, expire, reserved)
         except _STORE_ERRORS as exc:
             return exc
         if reserved:
             self._reserved = reserved
+            self._versioned = True
         return None
 
-    def _write(
-        self,
-        cache: diskcache.Cache,
-        ops: list[tuple[str, bool]],
-        entry: str | None = None,
-        text: str = "",
-        expire: float | None = None,
-        reserved: int = 0,
-    ) -> None:
-        """Write ``ops`` (deletes and tombstones), the high-water mark and an entry: one commit.
-
-        On this thread's connection to diskcache's database, in a transaction of its own
-        (``BEGIN IMMEDIATE``, as ``Cache.transact``), the rows ``Cache.set`` and
-        ``Cache.delete`` write for a text key and a text value kept in the database
-        (``MODE_RAW``), without their lookup of an existing row: an entry's key is new (its
-        sequence number was never used), and a tombstone is written once (``OR IGNORE``: the
-        same row again is no harm). When an entry is written with a delete, the deleted row
-        becomes the entry's (one ``UPDATE`` instead of a ``DELETE`` and an ``INSERT``: the same
-        rows in the end, half the work). A row whose value is in a file (stores of earlier
-        versions) is deleted and its file removed after the commit, as ``Cache.delete`` does.
-        Any failure rolls the whole transaction back.
-        """
-        sql = cache._sql
-        files: list[str] = []
-        recycled = ""
-        if entry is not None:
-            for op, tombstone in ops:
-                if not tombstone:
-                    recycled = op
-                    break
-        sql("BEGIN IMMEDIATE")
-        try:
-            now = time.time()
-            for op, tombstone in ops:
-                if tombstone:
-                    sql(_INSERT_TOMBSTONE, (op, now, now, _TOMBSTONE))
-                elif op is not recycled and not sql(_DELETE, (op,)).rowcount:
-                    self._delete_with_file(sql, op, files)
-            if reserved:
-                self._write_reserved(cache, reserved)
-            if entry is not None:
-                expire_time = None if expire is None else now + expire
-                row = (entry, now, expire_time, now, text)
-                if not recycled or not sql(_RECYCLE, (*row, recycled)).rowcount:
-                    if recycled:
-                        self._delete_with_file(sql, recycled, files)
-                    sql(_INSERT, row)
-            sql("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                sql("ROLLBACK")
-            raise
-        for name in files:
-            cache._disk.remove(name)
-
-    @staticmethod
-    def _delete_with_file(sql: Callable[..., sqlite3.Cursor], key: str, files: list[str]) -> None:
-        """In a store transaction: delete the row ``key`` whose value is in a file (if any)."""
-        for (name,) in sql(_SELECT_FILE, (key,)).fetchall():
-            sql(_DELETE_ANY, (key,))
-            if name is not None:
-                files.append(name)
-
-    def _committed(
-        self, broker: Broker | None, jobs: list[_Job], first: int, error: BaseException | None
-    ) -> None:
+    def _committed(self, jobs: list[_Job], first: int, error: BaseException | None) -> None:
         """Under the lock: index a committed group (or fail its jobs); mark its jobs done."""
         if error is not None:
             if isinstance(error, PersistenceError):
@@ -893,8 +627,7 @@ class PersistencePlugin(PersistenceFeature):
                     job.error = PersistenceError(text)
                     job.error.__cause__ = error
             return
-        assert broker is not None
-        now = broker.clock.monotonic()
+        now = self._clock.monotonic()
         if len(jobs) == 1 and len(jobs[0].identities) == 1:  # a message alone (no group)
             job = jobs[0]
             job.done = True
@@ -904,7 +637,7 @@ class PersistencePlugin(PersistenceFeature):
                 pin.routing += 1
             self._remember((key,), now, 1)
             set_store_seq(job.messages[0], first)
-            expired = self._expired(broker, key[1])
+            expired = self._expired(key[1])
             if expired:
                 self._defer(self._delete_ops(expired))
             return
@@ -928,9 +661,9 @@ class PersistencePlugin(PersistenceFeature):
                     self._batches[key[0]] = batch
             topics.update(identity[0] for identity in job.identities)
             seq += len(keys)
-        doomed: list[_Key] = []
+        doomed: list[EntryKey] = []
         for topic in topics:
-            doomed += self._expired(broker, topic)
+            doomed += self._expired(topic)
         if doomed:
             self._defer(self._delete_ops(doomed))
 
@@ -947,12 +680,11 @@ class PersistencePlugin(PersistenceFeature):
         """
         with self._lock:
             self._flush_timer = None
-            broker = self._broker
-            if self._leading or not self._deferred or broker is None:
+            if self._leading or not self._deferred or not self._open:
                 return  # a group commit under way takes them, or re-arms the timer
-            wait = self._deferred_at + _FLUSH_DELAY - broker.clock.monotonic()
+            wait = self._deferred_at + _FLUSH_DELAY - self._clock.monotonic()
             if wait > 1e-9:  # (float rounding: a deadline met to the nanosecond is met)
-                self._flush_timer = broker.timers.call_later(wait, self._flush_due)
+                self._flush_timer = self._timers.call_later(wait, self._flush_due)
                 return
             self._leading = True
         self._lead()
@@ -962,11 +694,11 @@ class PersistencePlugin(PersistenceFeature):
         if not ops or self._cache is None:
             return False
         deferred = self._deferred
-        if not deferred and self._broker is not None:
-            self._deferred_at = self._broker.clock.monotonic()
+        if not deferred and self._open:
+            self._deferred_at = self._clock.monotonic()
         deferred += ops
-        if not self._leading and self._flush_timer is None and self._broker is not None:
-            self._flush_timer = self._broker.timers.call_later(_FLUSH_DELAY, self._flush_due)
+        if not self._leading and self._flush_timer is None and self._open:
+            self._flush_timer = self._timers.call_later(_FLUSH_DELAY, self._flush_due)
         return len(deferred) >= _FLUSH_AT
 
     def _replays(self, messages: Sequence[Message]) -> tuple[Sequence[Message], list[_Pin]]:
@@ -979,7 +711,7 @@ class PersistencePlugin(PersistenceFeature):
         with self._lock:
             for message in messages:
                 key = self._keys.get(store_seq(message))
-                if key is None or key[1:4] != _identity(message):
+                if key is None or key[1:4] != identity_of(message):
                     fresh.append(message)
                 else:
                     pin = self._pins.get(key[0])
@@ -1006,26 +738,14 @@ class PersistencePlugin(PersistenceFeature):
             return stored_json(value, fast=fast)
         except (TypeError, ValueError, AttributeError, RecursionError, SerializationError):
             for message in members:
-                self._encode(message)  # raises SerializationError naming the message
+                encode_message(message)  # raises SerializationError naming the message
             raise
 
-    @staticmethod
-    def _encode(message: Message) -> str:
-        try:
-            fast = check_fields((message,))
-            return stored_json(message_to_dict(message), fast=fast)
-        except SerializationError:
-            raise
-        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
-            raise SerializationError.because(
-                f"message {message.id!r} cannot be stored: {exc}"
-            ) from exc
+    def published(self, messages: Sequence[Message], copies: Sequence[int]) -> None:
+        """``messages`` were routed: count how many copies of each ack-required one were buffered.
 
-    @hookimpl
-    def mqkit_published(
-        self, broker: Broker, messages: Sequence[Message], copies: Sequence[int]
-    ) -> None:
-        """Count how many copies of each ack-required message were buffered."""
+        ``copies[i]`` is how many subscriptions buffered a copy of ``messages[i]``.
+        """
         pins = self._pins
         if not pins:
             return
@@ -1043,47 +763,33 @@ class PersistencePlugin(PersistenceFeature):
 
     # -- settling --------------------------------------------------------------------------------
 
-    @hookimpl
-    def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
-        """A subscription acknowledged its copy (its delete is written with the next write)."""
-        self._settle(message)
+    def dead_lettered(self, message: Message, copy: bool) -> None:
+        """``message`` was dead-lettered: settle it (a copy given up) or remove it.
 
-    @hookimpl
-    def mqkit_drop(
-        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
-    ) -> None:
-        """A buffered copy that will never be handed out is settled (a refused one never was)."""
-        if subscription is not None and reason in _COPY_ENDS:
-            self._settle(message)
-
-    @hookimpl
-    def mqkit_dead_letter(
-        self,
-        broker: Broker,
-        topic: str,
-        message: Message,
-        reason: str,
-        subscription: Subscription | None,
-    ) -> None:
-        """A delivered copy given up is settled; any other dead-lettered message leaves."""
+        A subscription's copy (``copy``) of an ack-required message given up is settled; any
+        other dead-lettered message that is not ack-required leaves the store.
+        """
         seq = store_seq(message)
         if seq in self._pins:
-            if subscription is not None:
-                self._settle(message)
+            if copy:
+                self.settle(message)
             return  # a buffered copy (its drop settled it), or not a copy of a subscription
         with self._lock:
             key = self._keys.get(seq)
             flush = (
                 key is not None
-                and not key[4] & _PINNED
+                and not key[4] & PINNED
                 and key[1:3] == (message.topic, message.id)
                 and self._remove((key,))
             )
         if flush:
             self._flush()
 
-    def _settle(self, message: Message) -> None:
+    def settle(self, message: Message) -> None:
         """One copy of a pinned message ended; remove the message with its last copy.
+
+        A copy ends when it is acknowledged, given up, or dropped from its buffer; for a
+        message that is not pinned (ack-required) this does nothing.
 
         While a publish of the message is still being routed, the number of copies is not
         known yet: then the router removes the message once routing ends, if this was its last
@@ -1101,14 +807,16 @@ class PersistencePlugin(PersistenceFeature):
         if flush:
             self._flush()
 
-    def _remove(self, keys: Iterable[_Key]) -> bool:
+    def _remove(self, keys: Iterable[EntryKey]) -> bool:
         """Under the lock: settle ``keys``; their deletes are deferred (True: flush them now)."""
         doomed = [key for key in keys if self._forget(key)]
-        for topic in {key[1] for key in doomed if not key[4] & _PINNED}:
+        for topic in {key[1] for key in doomed if not key[4] & PINNED}:
             self._trim(topic)  # (a pinned key is not in the index: nothing to trim)
         return self._defer(self._delete_ops(doomed))
 
-    def _delete_ops(self, keys: list[_Key], texts: Sequence[str] = ()) -> list[tuple[str, bool]]:
+    def _delete_ops(
+        self, keys: list[EntryKey], texts: Sequence[str] = ()
+    ) -> list[tuple[str, bool]]:
         """Under the lock: the store writes that take settled keys (and entries ``texts``) out.
 
         Each is ``(entry text, tombstone)``: a message stored alone is deleted; a batch member
@@ -1116,23 +824,23 @@ class PersistencePlugin(PersistenceFeature):
         """
         batches = self._batches
         if len(keys) == 1 and not texts and keys[0][0] not in batches:  # one stored alone
-            return [(_key_text(keys[0]), False)]
+            return [(key_text(keys[0]), False)]
         ops = [(text, False) for text in texts]
         touched: dict[int, tuple[_Batch, list[int]]] = {}
         for key in keys:
             batch = batches.pop(key[0], None)
             if batch is None:
-                ops.append((_key_text(key), False))
+                ops.append((key_text(key), False))
             else:
                 batch.live -= 1
                 touched.setdefault(batch.first, (batch, []))[1].append(key[0])
         for batch, settled in touched.values():
             if batch.live == 0:
                 ops.append((batch.text, False))
-                ops += [(_to_json((seq,)), False) for seq in batch.tombstoned]
+                ops += [(tombstone_text(seq), False) for seq in batch.tombstoned]
                 batch.tombstoned = []
             else:
-                ops += [(_to_json((seq,)), True) for seq in settled]
+                ops += [(tombstone_text(seq), True) for seq in settled]
                 batch.tombstoned += settled
         return ops
 
@@ -1154,18 +862,17 @@ class PersistencePlugin(PersistenceFeature):
         if entries is not None and not entries:
             del self._index[topic]
 
-    def _expired(self, broker: Broker, topic: str) -> list[_Key]:
+    def _expired(self, topic: str) -> list[EntryKey]:
         """Under the lock: settle a topic's oldest entries past the count and age bounds.
 
         Returns the keys to delete from the store. Costs O(entries removed): the index is in
         publish order, so the oldest are in front. Pinned (ack-required) messages are not in
         it: they count towards ``persistence_max_messages`` but are never removed here.
         """
-        config = broker.config
-        cutoff = broker.clock.monotonic() - config.persistence_max_age
-        limit = config.persistence_max_messages
+        cutoff = self._clock.monotonic() - self._max_age
+        limit = self._max_messages
         counts = self._live_count
-        doomed: list[_Key] = []
+        doomed: list[EntryKey] = []
         self._trim(topic)
         entries = self._index.get(topic)
         while entries and (counts.get(topic, 0) > limit or entries[0][1] < cutoff):
@@ -1187,8 +894,8 @@ class PersistencePlugin(PersistenceFeature):
         flush = False
         with self._lock:
             cache = self._live_cache()
-            if self._broker is not None:
-                flush = self._defer(self._delete_ops(self._expired(self._broker, topic)))
+            if self._open:
+                flush = self._defer(self._delete_ops(self._expired(topic)))
             batches, live = self._batches, self._keys
             plain = [key for key, _ in self._index.get(topic, ()) if key[0] in live]
             pinned = [pin.key for pin in self._pinned.get(topic, {}).values()]
@@ -1196,12 +903,12 @@ class PersistencePlugin(PersistenceFeature):
         if flush:
             self._flush()
         messages: list[Message] = []
-        read: dict[int, dict[_Key, object] | None] = {}  # batches read by this call
+        read: dict[int, dict[EntryKey, object] | None] = {}  # batches read by this call
         for key, batch in keys:
             if 0 < limit <= len(messages):
                 break
             if batch is None:
-                raw = self._read(cache, _key_text(key), key)
+                raw = self._read(cache, key_text(key), key)
                 if raw is None:
                     continue  # damaged, or expired by age meanwhile
                 try:
@@ -1232,7 +939,7 @@ class PersistencePlugin(PersistenceFeature):
                     continue
             try:
                 message = message_from_dict(data)  # type: ignore[arg-type]
-                if _identity(message) != (key[1], key[2], key[3]):
+                if identity_of(message) != (key[1], key[2], key[3]):
                     raise SerializationError.because("the stored message does not match its key")
             except (MQError, ValueError, TypeError, KeyError, RecursionError):
                 self._note_corrupted(key)
@@ -1241,7 +948,7 @@ class PersistencePlugin(PersistenceFeature):
             messages.append(message)
         return messages
 
-    def _read(self, cache: diskcache.Cache, text: str, key: _Key) -> object:
+    def _read(self, cache: diskcache.Cache, text: str, key: EntryKey) -> object:
         """The stored value of entry ``text``; None when it is gone or damaged (noted)."""
         try:
             return cache.get(text, default=None)
@@ -1255,9 +962,9 @@ class PersistencePlugin(PersistenceFeature):
         self._note_corrupted(key)
         return None
 
-    def _note_corrupted(self, key: _Key) -> None:
+    def _note_corrupted(self, key: EntryKey) -> None:
         with self._lock:
-            self._corrupted[_describe(key)] = None
+            self._corrupted[describe_key(key)] = None
 
     def stored_count(self, topic: str | None = None) -> int:
         """How many messages the index holds (of ``topic``, or in all)."""
@@ -1271,17 +978,15 @@ class PersistencePlugin(PersistenceFeature):
         """The open diskcache (for tools and tests)."""
         return self._live_cache()
 
-    @hookimpl
-    def mqkit_health(self, broker: Broker) -> list[str]:
-        """Report corrupted entries (the first few named), failed writes, and unsettled excess.
+    def problems(self) -> list[str]:
+        """Corrupted entries (the first few named), failed writes, and unsettled excess.
 
         The excess: a topic whose unsettled ack-required messages alone are more than
         ``persistence_max_messages``, or one of them older than ``persistence_max_age``.
         """
         problems = []
-        config = broker.config
-        limit, max_age = config.persistence_max_messages, config.persistence_max_age
-        cutoff = broker.clock.monotonic() - max_age
+        limit, max_age = self._max_messages, self._max_age
+        cutoff = self._clock.monotonic() - max_age
         with self._lock:
             corrupted = list(self._corrupted)
             write_errors, last = self._write_errors, self._last_write_error
@@ -1318,3 +1023,100 @@ class PersistencePlugin(PersistenceFeature):
         if cache is None:
             raise PersistenceError.because("the store is closed")
         return cache
+
+
+class RecordStore:
+    """Records of several kinds in one store directory, each written as it changes (thread-safe).
+
+    A key is a tuple whose first element names the record's kind (:data:`~.format.RecordKey`:
+    ``("s", client_id)``, ``("q", client_id, seq)``), stored as its :func:`~.format.record_key`
+    text; a value is JSON text (:mod:`.serializer`) or ``""``. Every call is one store
+    transaction, durable once it returns. :meth:`put` and :meth:`delete` never raise: a failure
+    is counted in :attr:`failures` and handed to :meth:`failed` (the caller keeps what it could
+    not write in memory); :meth:`set` and :meth:`remove` raise for callers that handle it.
+    """
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self.cache = cache
+        """The open ``diskcache.Cache``."""
+        self.failures = 0
+        """Writes that failed since the store was opened."""
+        self.last_failure = ""
+        """The text of the last failed write."""
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, directory: Path) -> Self:
+        """Open (or make) the store in ``directory``, in this version's format.
+
+        A store written before versions were recorded has its records' keys (pickled tuples
+        then) rewritten as text, in one transaction. Raises ``PersistenceError`` for a store of
+        a later version; diskcache's and SQLite's errors otherwise (the caller names the store).
+        """
+        cache = open_cache(directory)
+        try:
+            if read_version(cache, directory) < FORMAT_VERSION:
+                upgrade_records(cache)
+        except BaseException:
+            cache.close()
+            raise
+        return cls(cache)
+
+    def close(self) -> None:
+        """Close the store."""
+        self.cache.close()
+
+    def keys(self) -> Iterator[RecordKey]:
+        """The keys of the records stored (what is not a record key is skipped)."""
+        for text in self.cache.iterkeys():
+            key = parse_record_key(text)
+            if key is not None:
+                yield key
+
+    def get(self, key: RecordKey) -> Any:
+        """The stored value of ``key`` (None when there is none)."""
+        return self.cache.get(record_key(key), default=None, retry=True)
+
+    def set(self, key: RecordKey, value: str) -> None:
+        """Write ``key``; the store's error is raised."""
+        self.cache.set(record_key(key), value, retry=True)
+
+    def remove(self, key: RecordKey) -> None:
+        """Delete ``key``; the store's error is raised."""
+        self.cache.delete(record_key(key), retry=True)
+
+    def put(self, key: RecordKey, value: str) -> None:
+        """Write ``key`` (a failure is counted, never raised)."""
+        try:
+            self.cache.set(record_key(key), value)
+        except Exception as exc:
+            self.failed(f"cannot store {key!r}: {_why(exc)}")
+
+    def delete(self, *keys: RecordKey) -> None:
+        """Delete ``keys``, in one store transaction (a failure is counted, never raised)."""
+        cache = self.cache
+        try:
+            if len(keys) == 1:
+                cache.delete(record_key(keys[0]))
+            else:
+                with cache.transact():
+                    for key in keys:
+                        cache.delete(record_key(key))
+        except Exception as exc:
+            self.failed(f"cannot delete {keys[0]!r}: {_why(exc)}")
+
+    def failed(self, text: str) -> bool:
+        """Count a failed write; True when its text differs from the last one's."""
+        with self._lock:
+            self.failures += 1
+            new = text != self.last_failure
+            self.last_failure = text
+        return new
+
+
+def _why(exc: BaseException) -> str:
+    """The text of a failed store call: the SQLite error behind a ``diskcache.Timeout``."""
+    cause = exc.__context__
+    if not str(exc) and isinstance(cause, sqlite3.Error):
+        return str(cause)
+    return str(exc) or repr(exc)
