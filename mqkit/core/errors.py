@@ -29,6 +29,7 @@ __all__ = [
     "PersistenceError",
     "PluginError",
     "ProtocolDisabledError",
+    "RequestTimeoutError",
     "SerializationError",
     "SubscriptionClosedError",
     "TransactionNotFoundError",
@@ -209,3 +210,12 @@ class PluginError(MQError):
     """A plugin could not be loaded or validated, or raised an unexpected exception."""
 
     default = "mq: plugin error"
+
+
+class RequestTimeoutError(MQError, TimeoutError):
+    """``Broker.request``/``arequest`` got no reply in time.
+
+    It is a :class:`TimeoutError` too, as ``Subscription.get`` raises one when its time runs out.
+    """
+
+    default = "mq: request timed out"
