@@ -269,14 +269,15 @@ class _Handler(BaseHTTPRequestHandler):
 class Service:
     """A broker, its enabled gateways and its HTTP endpoint; see the module docstring.
 
-    ``Service(config)`` builds the broker (it raises what ``Broker(config)`` raises);
+    ``Service(config)`` builds the broker (it raises what ``Broker(config)`` raises), or
+    serves the given ``broker`` (``mqkit run``: an application's own);
     :meth:`start` starts the gateways and the HTTP server; :meth:`close` stops everything.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, broker: Broker | None = None) -> None:
         self.config = config
         """The configuration the service runs with."""
-        self.broker = Broker(config)
+        self.broker = Broker(config) if broker is None else broker
         """The broker the service runs."""
         self.gateways: dict[str, tuple[str, int]] = {}
         """Started gateways: protocol name -> bound ``(host, port)``."""

@@ -467,6 +467,11 @@ class Handlers:
 
         return mark
 
+    def names(self) -> list[str]:
+        """The registered handlers' names (qualified function names), in registration order."""
+        with self._lock:
+            return [handler.name for handler in self._handlers]
+
     # -- running ---------------------------------------------------------------------------------
 
     async def serve(
