@@ -166,9 +166,14 @@ class _Handler:
         self.waiting: set[asyncio.Task[None]] = set()
         self._sig = signature
         kind = signature.payload
-        self._plain = isinstance(kind, type) and not typing.is_typeddict(kind)
         self._kind = kind
         self._structure = None if kind is None else converter.get_structure_hook(kind)
+        plain = isinstance(kind, type) and not typing.is_typeddict(kind)
+        self._as_is: type = kind if plain else _Never  # its instances need no structuring
+        self._strict = signature.message is not Message  # the message's class is checked
+        self._checks = kind is not None or self._strict
+        self._single = signature.order == (_PAYLOAD,) and not signature.keywords
+        self._invoke = _invoker(fn, signature)
 
     # -- workers ---------------------------------------------------------------------------------
 
@@ -200,84 +205,100 @@ class _Handler:
 
     def _thread_main(self) -> None:
         get = self.sub.get
+        handle = self._handle
         broker = self.broker
-        while not self.stopping and not broker.closed:
+        while not self.stopping and not broker._closed:
             try:
                 message = get(_POLL)
             except TimeoutError:
                 continue
             except MQError:  # closed (subscription or broker)
                 return
-            self._handle(message)
+            handle(message)
 
     async def _task_main(self) -> None:
+        # The loop of _handle, inlined: one coroutine per message (the handler's), not two.
         task = asyncio.current_task()
         assert task is not None
-        aget = self.sub.aget
-        broker = self.broker
-        waiting = self.waiting
-        while not self.stopping and not broker.closed:
-            waiting.add(task)
+        sub = self.sub
+        take, aget = sub.get_nowait, sub.aget
+        broker, waiting = self.broker, self.waiting
+        fn, invoke, single = self.fn, self._invoke, self._single
+        checks, as_is, strict = self._checks, self._as_is, self._strict
+        done = 0
+        while not self.stopping and not broker._closed:
             try:
-                message = await aget()
-            except MQError:  # closed (subscription or broker)
+                message = take()
+            except TimeoutError:  # none buffered: wait, cancellable by stop()
+                waiting.add(task)
+                try:
+                    message = await aget()
+                except MQError:  # closed (subscription or broker)
+                    return
+                finally:
+                    waiting.discard(task)
+            except MQError:
                 return
-            finally:
-                waiting.discard(task)
-            await self._ahandle(message)
+            payload = message.data
+            if checks and (payload.__class__ is not as_is or strict):
+                try:
+                    payload = self._payload(message)
+                except _Unstructurable as exc:
+                    self._reject(message, exc.reason)
+                    continue
+            try:
+                result = await (fn(payload) if single else invoke(payload, message))
+                if result is not None or message.meta:
+                    self._outputs(message, result)
+            except Exception as exc:
+                self._failed(message, exc)
+                continue
+            if message.__class__ is not Message:
+                self._settle(message)
+            done += 1
+            if not done & 63:  # a busy handler still lets the loop run now and then
+                await asyncio.sleep(0)
 
     # -- one message -----------------------------------------------------------------------------
 
-    def _arguments(self, message: Message) -> tuple[list[Any], dict[str, Any]]:
-        sig = self._sig
-        payload: Any = None
-        if _PAYLOAD in sig.order or sig.keywords:
-            payload = message.data
-            kind = self._kind
-            if kind is not None and not (self._plain and payload.__class__ is kind):
-                try:
-                    payload = self._structure(payload, kind)  # type: ignore[misc]
-                except Exception as exc:
-                    text, _ = describe_structure_error(exc)
-                    if not isinstance(exc, cattrs.BaseValidationError | ValueError):
-                        text = f"got {describe(payload)[:200]}: {text}"
-                    raise _Unstructurable(
-                        f"payload does not structure as {_type_name(kind)}: {text}"
-                    ) from None
-        if not isinstance(message, sig.message):
+    def _payload(self, message: Message) -> Any:
+        """The payload as the handler's type (``_Unstructurable`` when it cannot be)."""
+        payload = message.data
+        kind = self._kind
+        if kind is not None and payload.__class__ is not self._as_is:
+            try:
+                payload = self._structure(payload, kind)  # type: ignore[misc]
+            except Exception as exc:
+                text, _ = describe_structure_error(exc)
+                if not isinstance(exc, cattrs.BaseValidationError | ValueError):
+                    text = f"got {describe(payload)[:200]}: {text}"
+                raise _Unstructurable(
+                    f"payload does not structure as {_type_name(kind)}: {text}"
+                ) from None
+        if not isinstance(message, self._sig.message):
             raise _Unstructurable(
-                f"handler {self.name} takes a {sig.message.__name__}, got a "
+                f"handler {self.name} takes a {self._sig.message.__name__}, got a "
                 f"{type(message).__name__}"
             )
-        values = (payload, message)
-        args = [values[role] for role in sig.order]
-        return args, {key: values[role] for key, role in sig.keywords}
+        return payload
 
     def _handle(self, message: Message) -> None:
+        payload = message.data
+        if self._checks and (payload.__class__ is not self._as_is or self._strict):
+            try:
+                payload = self._payload(message)
+            except _Unstructurable as exc:
+                self._reject(message, exc.reason)
+                return
         try:
-            args, kwargs = self._arguments(message)
-        except _Unstructurable as exc:
-            self._reject(message, exc.reason)
-            return
-        try:
-            self._outputs(message, self.fn(*args, **kwargs))
+            result = self.fn(payload) if self._single else self._invoke(payload, message)
+            if result is not None or message.meta:
+                self._outputs(message, result)
         except Exception as exc:
             self._failed(message, exc)
             return
-        self._settle(message)
-
-    async def _ahandle(self, message: Message) -> None:
-        try:
-            args, kwargs = self._arguments(message)
-        except _Unstructurable as exc:
-            self._reject(message, exc.reason)
-            return
-        try:
-            self._outputs(message, await self.fn(*args, **kwargs))
-        except Exception as exc:
-            self._failed(message, exc)
-            return
-        self._settle(message)
+        if message.__class__ is not Message:
+            self._settle(message)
 
     def _outputs(self, message: Message, result: Any) -> None:
         """Publish the result: the reply of a request, and to each ``@publisher`` topic."""
@@ -367,6 +388,31 @@ class _Handler:
                 message.id,
                 message.topic,
             )
+
+
+class _Never:
+    """No payload is of this class."""
+
+
+def _invoker(fn: Callable[..., Any], sig: _Signature) -> Callable[[Any, Message], Any]:
+    """``call(payload, message)``: ``fn`` called with what its parameters take."""
+    order, keywords = sig.order, sig.keywords
+    if not keywords:
+        if order == (_PAYLOAD, _MESSAGE):
+            return fn
+        if order == (_MESSAGE,):
+            return lambda payload, message: fn(message)
+        if order == (_MESSAGE, _PAYLOAD):
+            return lambda payload, message: fn(message, payload)
+        if not order:
+            return lambda payload, message: fn()
+
+    def call(payload: Any, message: Message) -> Any:
+        values = (payload, message)
+        args = [values[role] for role in order]
+        return fn(*args, **{key: values[role] for key, role in keywords})
+
+    return call
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
