@@ -214,7 +214,10 @@ class _Handler:
                 continue
             except MQError:  # closed (subscription or broker)
                 return
-            handle(message)
+            try:
+                handle(message)
+            except Exception:  # a failure of ours or a plugin's: logged, the worker goes on
+                self._unsettled(message)
 
     async def _task_main(self) -> None:
         # The loop of _handle, inlined: one coroutine per message (the handler's), not two.
@@ -227,6 +230,11 @@ class _Handler:
         checks, as_is, strict = self._checks, self._as_is, self._strict
         done = 0
         while not self.stopping and not broker._closed:
+            done += 1
+            if not done & 63:  # a busy handler still lets the loop run now and then
+                await asyncio.sleep(0)
+                if self.stopping:
+                    return
             try:
                 message = take()
             except TimeoutError:  # none buffered: wait, cancellable by stop()
@@ -239,25 +247,33 @@ class _Handler:
                     waiting.discard(task)
             except MQError:
                 return
-            payload = message.data
-            if checks and (payload.__class__ is not as_is or strict):
-                try:
-                    payload = self._payload(message)
-                except _Unstructurable as exc:
-                    self._reject(message, exc.reason)
-                    continue
             try:
-                result = await (fn(payload) if single else invoke(payload, message))
-                if result is not None or message.meta:
-                    self._outputs(message, result)
-            except Exception as exc:
-                self._failed(message, exc)
-                continue
-            if message.__class__ is not Message:
-                self._settle(message)
-            done += 1
-            if not done & 63:  # a busy handler still lets the loop run now and then
-                await asyncio.sleep(0)
+                payload = message.data
+                if checks and (payload.__class__ is not as_is or strict):
+                    try:
+                        payload = self._payload(message)
+                    except _Unstructurable as exc:
+                        self._reject(message, exc.reason)
+                        continue
+                try:
+                    result = await (fn(payload) if single else invoke(payload, message))
+                    if result is not None or message.meta:
+                        self._outputs(message, result)
+                except Exception as exc:
+                    self._failed(message, exc)
+                    continue
+                if message.__class__ is not Message:
+                    self._settle(message)
+            except Exception:  # a failure of ours or a plugin's: logged, the worker goes on
+                self._unsettled(message)
+
+    def _unsettled(self, message: Message) -> None:
+        log.exception(
+            "handler %s: message %r from %r may be left unsettled",
+            self.name,
+            message.id,
+            message.topic,
+        )
 
     # -- one message -----------------------------------------------------------------------------
 
