@@ -591,16 +591,6 @@ class Handlers:
         main = threading.current_thread() is threading.main_thread()
         return asyncio.run(self.serve(close=close, signals=main, ready=ready))
 
-    def stop(self, reason: str = "stop requested") -> None:
-        """Ask a running ``serve()``/``run()`` to stop cleanly (thread-safe; idempotent)."""
-        with self._lock:
-            loop, event = self._loop, self._stop
-        if loop is None or event is None:
-            return
-        self._reason = self._reason or reason
-        with contextlib.suppress(RuntimeError):  # the loop already closed
-            loop.call_soon_threadsafe(event.set)
-
     def _signalled(self, sig: signal.Signals) -> None:
         log.info("received %s: stopping the handlers", sig.name)
         self._reason = self._reason or sig.name
@@ -632,7 +622,7 @@ class Handlers:
             raise InvalidArgumentError.because(f"timeout must be positive, not {seconds!r}")
         correlation = uuid.uuid4().hex
         reply_to = f"mqkit.reply.{correlation}"
-        sub = self.broker.subscribe(reply_to, SubOptions(buffer_size=1))
+        sub = self.broker.subscribe(reply_to)
         try:
             meta = {REPLY_TO: reply_to, CORRELATION_ID: correlation}
             if isinstance(payload, Message):
