@@ -110,7 +110,8 @@ def serving() -> Iterator[Callable[[mqkit.Broker], None]]:
 
     yield start
     for loop, task, thread in started:
-        loop.call_soon_threadsafe(task.cancel)
+        with contextlib.suppress(RuntimeError):  # the loop closed: serve() saw the broker close
+            loop.call_soon_threadsafe(task.cancel)
         thread.join(WAIT)
         assert not thread.is_alive()
 
