@@ -293,8 +293,8 @@ class _Handler:
                 ) from None
         if not isinstance(message, self._sig.message):
             raise _Unstructurable(
-                f"handler {self.name} takes a {self._sig.message.__name__}, got a "
-                f"{type(message).__name__}"
+                f"handler {self.name} takes {self._sig.message.__name__} messages, got "
+                f"{type(message).__name__} {message.id!r}"
             )
         return payload
 

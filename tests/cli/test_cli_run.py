@@ -55,7 +55,10 @@ def app_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_run_serves_the_handlers_answers_healthz_and_stops_on_sigterm(app_dir: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_run_serves_the_handlers_answers_healthz_and_stops_on_a_signal(
+    app_dir: Path, stop_signal: signal.Signals
+) -> None:
     child = Child([*MQKIT, "run", "orderapp:broker"], env=cli_env(), cwd=app_dir)
     try:
         line = child.wait_for(
@@ -74,7 +77,7 @@ def test_run_serves_the_handlers_answers_healthz_and_stops_on_sigterm(app_dir: P
         status, _, _ = http("POST", f"{url}/publish/slow", {"data": "s-1"})
         assert status == 201
         child.wait_for(lambda text: text.startswith("slow started"), STARTUP_DEADLINE, "no start")
-        child.proc.send_signal(signal.SIGTERM)  # with a message in flight
+        child.proc.send_signal(stop_signal)  # with a message in flight
         with open(app_dir / "gate", "w") as gate:  # let it finish
             gate.write("go\n")
         assert child.wait(STOP_DEADLINE) == 0, child.stderr
@@ -82,7 +85,7 @@ def test_run_serves_the_handlers_answers_healthz_and_stops_on_sigterm(app_dir: P
         child.stop_now()
     output = child.output()
     assert "slow finished s-1" in output
-    assert "SIGTERM: handlers stopped, in-flight messages finished" in output
+    assert f"{stop_signal.name}: handlers stopped, in-flight messages finished" in output
     assert output.index("slow finished s-1") < output.index("stopped cleanly")
     assert "stopped cleanly: HTTP closed, broker closed" in " ".join(output.split())
 

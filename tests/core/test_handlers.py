@@ -149,6 +149,10 @@ def test_sync_handlers_get_their_payloads_structured(serving) -> None:
     def on_number(*, message: mqkit.Message, number: int) -> None:
         seen.add((number, message.id))
 
+    @broker.subscriber("first.message")
+    def on_first(message: mqkit.Message, order: Order) -> None:  # the message first
+        seen.add((message.id, order))
+
     @broker.subscriber("raw")
     def on_raw(data) -> None:  # type: ignore[no-untyped-def]  # unannotated: the raw payload
         seen.add(data)
@@ -160,7 +164,9 @@ def test_sync_handlers_get_their_payloads_structured(serving) -> None:
     broker.publish("notes", mqkit.Message("4", {"text": "hi"}))
     broker.publish("numbers", mqkit.Message("5", 7))
     broker.publish("raw", mqkit.Message("6", b"\x00bytes"))
-    got = seen.wait_for(6)
+    broker.publish("first.message", mqkit.Message("7", {"id": "c", "qty": 1}))
+    got = seen.wait_for(7)
+    assert ("7", Order("c", 1)) in got
     assert Order("a", 2) in got
     assert Order("b", 3) in got
     assert (Parcel("a", 1.5), "3", "parcels") in got
@@ -238,6 +244,22 @@ def test_a_payload_that_does_not_structure_is_dead_lettered_at_once(serving, kin
     assert letter.message.data == {"id": "a", "qty": "many"}
     assert calls == []
     assert broker.metrics().total_redelivered == 0
+    broker.close()
+
+
+def test_a_message_of_another_class_than_the_annotation_is_dead_lettered(serving) -> None:
+    dead = DeadLetters()
+    broker = mqkit.Broker(acking(), plugins=[dead])
+
+    @broker.subscriber("jobs")
+    def on_job(job: str, message: mqkit.AckMessage) -> None:
+        raise AssertionError("not called")
+
+    serving(broker)
+    broker.publish("jobs", mqkit.Message("plain-1", "x"))
+    ((msg_id, reason),) = dead.wait_for(1)
+    assert msg_id == "plain-1"
+    assert reason.endswith("on_job takes AckMessage messages, got Message 'plain-1'")
     broker.close()
 
 
@@ -517,6 +539,25 @@ def test_serve_returns_when_the_broker_is_closed() -> None:
 
     run(main())
     assert broker.closed
+
+
+def test_serve_refuses_a_second_run_and_a_closed_broker() -> None:
+    broker = mqkit.Broker()
+
+    @broker.subscriber("ping")
+    async def ping(n: int) -> int:
+        return n
+
+    async def main() -> None:
+        task = asyncio.create_task(broker.serve())
+        assert (await broker.arequest("ping", 1, timeout=WAIT)).data == 1  # it runs
+        with pytest.raises(RuntimeError, match="already run"):
+            await broker.serve()
+        await stop(task)
+        with pytest.raises(mqkit.BrokerClosedError):
+            await broker.serve()
+
+    run(main())
 
 
 def test_run_refuses_to_run_inside_an_event_loop() -> None:
