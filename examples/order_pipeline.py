@@ -56,7 +56,6 @@ broker = mqkit.Broker(
         enable_dead_letter_queue=True,
         dead_letter_topic="dlq",
         max_ack_retries=2,
-        http_port=0,
     )
 )
 finished = threading.Condition()

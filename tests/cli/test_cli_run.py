@@ -28,7 +28,7 @@ class Order:
     qty: int
 
 
-broker = mqkit.Broker(mqkit.Config(http_port=0))
+broker = mqkit.Broker()
 
 
 @broker.subscriber("orders")
@@ -59,7 +59,7 @@ def app_dir(tmp_path: Path) -> Path:
 def test_run_serves_the_handlers_answers_healthz_and_stops_on_a_signal(
     app_dir: Path, stop_signal: signal.Signals
 ) -> None:
-    child = Child([*MQKIT, "run", "orderapp:broker"], env=cli_env(), cwd=app_dir)
+    child = Child([*MQKIT, "run", "orderapp:broker", "--port", "0"], env=cli_env(), cwd=app_dir)
     try:
         line = child.wait_for(
             lambda text: text.startswith("listening on "), STARTUP_DEADLINE, "no URL"
