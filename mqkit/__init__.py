@@ -8,6 +8,16 @@ Everything public is importable from here::
         sub = broker.subscribe("events")
         broker.publish("events", mqkit.Message("m-1", "hello"))
         print(sub.get(timeout=1).data)
+
+Or let the broker call a function for each message (typed handlers, ``docs/handlers.md``)::
+
+    broker = mqkit.Broker()
+
+    @broker.subscriber("events")
+    def on_event(text: str) -> None:
+        print(text)
+
+    broker.run()  # until SIGINT/SIGTERM
 """
 
 from mqkit.core.broker import Broker, Transaction
@@ -33,6 +43,7 @@ from mqkit.core.errors import (
     PluginError,
     ProtocolDisabledError,
     ProtocolError,
+    RequestTimeoutError,
     SerializationError,
     SubscriptionClosedError,
     TransactionNotFoundError,
@@ -128,6 +139,7 @@ __all__ = [
     "ProtocolDisabledError",
     "ProtocolError",
     "ProtocolFeature",
+    "RequestTimeoutError",
     "Requirement",
     "SerializationError",
     "Settings",

@@ -1,4 +1,4 @@
-"""The ``mqkit`` command line: ``demo``, ``serve``, ``inspect`` and ``bench``.
+"""The ``mqkit`` command line: ``demo``, ``serve``, ``run``, ``inspect`` and ``bench``.
 
 Built with typer (commands, options, help) and rich (tables, live progress). Needs the ``cli``
 extra: ``pip install 'mqkit[cli]'``; ``python -m mqkit`` says so when it is missing.
@@ -382,6 +382,129 @@ def serve(
         closed.append("gateways closed")
     if cfg.enable_persistence:
         closed.append(f"store flushed in {cfg.persistence_path}")
+    console.print(f"[bold]stopped cleanly[/]: {', '.join(closed)}")
+
+
+# -- run -------------------------------------------------------------------------------------------
+
+
+def load_broker(target: str) -> mqkit.Broker:
+    """Import ``module:attribute`` (``attribute`` defaults to ``broker``) and return the broker.
+
+    The current directory comes first on ``sys.path``, as with ``python -m``. Raises
+    ``ValueError`` with what went wrong (the module does not import, no such attribute, not a
+    broker); the module's own errors (``MQError`` from its ``Broker(...)``) propagate.
+    """
+    import importlib
+
+    module_name, _, attribute = target.partition(":")
+    attribute = attribute or "broker"
+    if not module_name or not attribute.isidentifier():
+        raise ValueError(f"expected MODULE:BROKER (myapp:broker), got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+        raise
+    found = getattr(module, attribute, None)
+    if not isinstance(found, mqkit.Broker):
+        what = "no such attribute" if found is None else f"got {type(found).__name__}"
+        raise ValueError(f"{module_name}:{attribute} is not a mqkit.Broker ({what})")
+    return found
+
+
+@app.command("run")
+def run_command(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:BROKER",
+            help="The application's broker, as module:attribute (myapp:broker).",
+        ),
+    ],
+    host: Annotated[
+        str | None, typer.Option(help="Override [http] host (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Override [http] port (0: any free port).")
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="Logging level: debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Run an application's handlers as a service until SIGINT or SIGTERM.
+
+    Imports MODULE (from the current directory first), takes its broker (built with its own
+    Config) and runs every handler registered on it (@broker.subscriber), with the gateways
+    its config enables and the HTTP endpoint of mqkit serve (/healthz, /metrics, POST
+    /publish/<topic>). On SIGINT/SIGTERM it stops taking messages, finishes those in flight,
+    stops the endpoint, closes the broker and exits 0.
+    """
+    from mqkit.service import METRICS_EXTRA_HINT, Service
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=errors, show_path=False)],
+    )
+    try:
+        broker = load_broker(target)
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except MQError as exc:
+        raise _fail(f"cannot start the broker: {exc}") from None
+    from mqkit.core.settings import check_section
+    from mqkit.service import HTTPSettings
+
+    try:
+        http = broker.settings(HTTPSettings)
+        if host is not None or port is not None:
+            http = attrs.evolve(
+                http,
+                host=http.host if host is None else host,
+                port=http.port if port is None else port,
+            )
+            check_section("http", http)
+    except MQError as exc:
+        broker.close()
+        raise _fail(str(exc), EXIT_USAGE) from None
+    service = Service(broker.config, broker=broker, http=http)
+    try:
+        service.start()
+    except MQError as exc:
+        raise _fail(f"cannot start a gateway: {exc}") from None
+    except OSError as exc:
+        raise _fail(f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}") from None
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        logging.getLogger("mqkit.serve").warning(METRICS_EXTRA_HINT)
+    info = Table.grid(padding=(0, 2))
+    info.add_row("app", target)
+    info.add_row("handlers", str(len(broker._handlers().names())))
+    info.add_row("plugins", ", ".join(broker.plugin_names()) or "(none)")
+    for name, (ghost, gport) in service.gateways.items():
+        info.add_row(name, f"{ghost}:{gport}")
+    info.add_row("health", f"{service.url}/healthz")
+    info.add_row("metrics", f"{service.url}/metrics")
+
+    def announce() -> None:
+        # Called with the signal handlers installed: whoever reads "listening" may SIGTERM us.
+        console.print(Panel.fit(info, title=f"[bold]mqkit run[/] (pid {os.getpid()})"))
+        console.print(f"listening on {service.url} - Ctrl-C or SIGTERM to stop")
+        sys.stdout.flush()
+
+    try:
+        received = broker._handlers().run(close=False, ready=announce)
+        console.print(f"{received}: handlers stopped, in-flight messages finished")
+    finally:
+        service.close()
+    closed = ["HTTP closed", "broker closed"]
+    if service.gateways:
+        closed.append("gateways closed")
     console.print(f"[bold]stopped cleanly[/]: {', '.join(closed)}")
 
 

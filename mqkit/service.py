@@ -309,16 +309,19 @@ class _Handler(BaseHTTPRequestHandler):
 class Service:
     """A broker, its enabled gateways and its HTTP endpoint; see the module docstring.
 
-    ``Service(config)`` builds the broker (it raises what ``Broker(config)`` raises);
+    ``Service(config)`` builds the broker (it raises what ``Broker(config)`` raises), or
+    serves the given ``broker`` (``mqkit run``: an application's own);
     :meth:`start` starts the gateways and the HTTP server; :meth:`close` stops everything.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, broker: Broker | None = None, http: HTTPSettings | None = None
+    ) -> None:
         self.config = config
         """The configuration the service runs with."""
-        self.broker = Broker(config, plugins=[HTTPEndpoint()])
+        self.broker = Broker(config, plugins=[HTTPEndpoint()]) if broker is None else broker
         """The broker the service runs."""
-        self.http = self.broker.settings(HTTPSettings)
+        self.http = self.broker.settings(HTTPSettings) if http is None else http
         """The ``[http]`` section the endpoint is served with."""
         self.gateways: dict[str, tuple[str, int]] = {}
         """Started gateways: protocol name -> bound ``(host, port)``."""

@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, Self, TypeVar
 
 import attrs
@@ -51,6 +51,7 @@ from mqkit.core.features import (
     ProtocolFeature,
     TransactionFeature,
 )
+from mqkit.core.handlers import Handlers, HandlerT
 from mqkit.core.hooks import Hooks
 from mqkit.core.message import (
     AckMessage,
@@ -1209,3 +1210,66 @@ class Broker:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<mqkit.Broker {state} plugins={self.plugin_names()}>"
+
+    # -- handlers (mqkit/core/handlers.py) ---------------------------------------------------------
+
+    _app: Handlers | None = None
+
+    def _handlers(self) -> Handlers:
+        with self._lock:
+            if self._app is None:
+                self._app = Handlers(self)
+            return self._app
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        concurrency: int = 1,
+        group: str | None = None,
+        options: SubOptions | None = None,
+    ) -> Callable[[HandlerT], HandlerT]:
+        """Decorate a sync or async function to be called for each message of ``topic``.
+
+        ``topic`` is a topic or a glob pattern; subscribing happens here, the calls start with
+        :meth:`run`/:meth:`serve` (at once if they already run). The first parameter gets the
+        payload structured into its annotated type (attrs class, dataclass, TypedDict,
+        builtins); a parameter annotated :class:`Message` (or a subclass) gets the message.
+        Return = ack, raise = nack (retries, then the dead letter queue), a payload that does
+        not structure = dead-lettered at once. ``concurrency`` bounds the messages in flight;
+        handlers of one ``group`` on one topic share a subscription (each message goes to one
+        of them). ``options`` are the subscription's. The function is returned unchanged.
+        """
+        return self._handlers().subscriber(
+            topic, concurrency=concurrency, group=group, options=options
+        )
+
+    def publisher(self, topic: str) -> Callable[[HandlerT], HandlerT]:
+        """Decorate a handler to publish its return value (not None) to ``topic`` too."""
+        return self._handlers().publisher(topic)
+
+    def request(self, topic: str, payload: object, timeout: float = 5.0) -> Message:
+        """Publish ``payload`` to ``topic`` and wait for the reply (``RequestTimeoutError``).
+
+        The request carries ``meta["reply_to"]`` and ``meta["correlation_id"]``; a handler's
+        return value goes back as the reply. ``payload`` may be a :class:`Message`.
+        """
+        return self._handlers().request(topic, payload, timeout)
+
+    def arequest(self, topic: str, payload: object, timeout: float = 5.0) -> Awaitable[Message]:
+        """:meth:`request` for asyncio: ``reply = await broker.arequest(topic, payload)``."""
+        return self._handlers().arequest(topic, payload, timeout)
+
+    def run(self) -> None:
+        """Run the handlers until SIGINT/SIGTERM (from the main thread) or :meth:`close`.
+
+        Blocks. Stops cleanly: stop taking, finish what is in flight, then close the broker.
+        """
+        self._handlers().run()
+
+    async def serve(self) -> None:
+        """Run the handlers inside the running event loop until cancelled or closed.
+
+        Stops as :meth:`run` does, then closes the broker.
+        """
+        await self._handlers().serve()

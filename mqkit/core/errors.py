@@ -33,6 +33,7 @@ __all__ = [
     "PluginError",
     "ProtocolDisabledError",
     "ProtocolError",
+    "RequestTimeoutError",
     "SerializationError",
     "SubscriptionClosedError",
     "TransactionNotFoundError",
@@ -227,3 +228,12 @@ class PluginError(MQError):
     """A plugin could not be loaded or validated, or raised an unexpected exception."""
 
     default = "mq: plugin error"
+
+
+class RequestTimeoutError(MQError, TimeoutError):
+    """``Broker.request``/``arequest`` got no reply in time.
+
+    It is a :class:`TimeoutError` too, as ``Subscription.get`` raises one when its time runs out.
+    """
+
+    default = "mq: request timed out"

@@ -2,17 +2,20 @@
 
 For each page, in a fresh working directory, the blocks run in order:
 
-- a ``toml`` block with ``title="NAME"`` is written to the file NAME (later blocks use it);
+- a ``toml`` block with ``title="NAME"`` is written to the file NAME (later blocks use it), and
+  so is a ``python`` block titled ``NAME.py`` (an application module, which ``mqkit run``
+  imports: it is not run as a script);
 - a ``python`` block runs as a script (``python`` in a subprocess); a block that only includes
   a file (``--8<-- "path"``) is a listing of a file whose own tests run it, and a block titled
   ``signature`` (the generated hook reference) declares a hook: neither is a script;
 - each line of a ``bash`` block runs with ``bash``, with the venv's ``bin`` first on ``PATH``
-  (``.venv/bin/`` means that venv): ``mqkit serve ...`` (but ``--help``) is started in the
-  background and waited for until it prints its URL, and stopped with SIGTERM (exit 0
-  expected) at the end of the page. ``pip install ./docs/examples/...`` is rewritten: the
-  package is installed (no network, no isolation) into a directory put on ``PYTHONPATH``, so
-  the venv stays as it is; CI (.ci/run) runs the command itself with the venv's pip
-  (``.venv/bin/pip install --quiet ./docs/examples/mqkit-audit``), then the package's tests.
+  (``.venv/bin/`` means that venv): ``mqkit serve ...`` and ``mqkit run ...`` (but
+  ``--help``) are started in the background and waited for until they print their URL, and
+  stopped with SIGTERM (exit 0 expected) at the end of the page. ``pip install
+  ./docs/examples/...`` is rewritten: the package is installed (no network, no isolation) into
+  a directory put on ``PYTHONPATH``, so the venv stays as it is; CI (.ci/run) runs the command
+  itself with the venv's pip (``.venv/bin/pip install --quiet ./docs/examples/mqkit-audit``),
+  then the package's tests.
 
 A page that binds fixed ports (``http_port = 9321`` in docs/cli.md) holds them for its run
 (:func:`~tests.docs.conftest.fixed_ports`): concurrent runs of this suite take turns.
@@ -53,6 +56,13 @@ PAGES = [
 SETUP = "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'"
 SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')
 SERVE_DEADLINE = 30.0
+SERVERS = ("mqkit serve", "python -m mqkit serve", "mqkit run", "python -m mqkit run")
+"""Commands that run until stopped: started in the background, stopped at the end of a page."""
+
+
+def is_module(block: Block) -> bool:
+    """A ``python`` block titled ``NAME.py``: a file to write, not a script to run."""
+    return block.lang == "python" and block.title.endswith(".py")
 
 
 def is_install(command: str) -> bool:
@@ -109,7 +119,10 @@ class Page:
             {
                 "PATH": f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '')}",
                 "COLUMNS": "200",
-                "PYTHONPATH": str(self.site_packages),
+                # The outer PYTHONPATH stays behind it (a worktree run against a shared venv).
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(self.site_packages), os.environ.get("PYTHONPATH")])
+                ),
                 "PYTEST_ADDOPTS": "-p no:cacheprovider",
             }
         )
@@ -131,7 +144,7 @@ class Page:
     def run_blocks(self, ran: list[str]) -> None:
         try:
             for block in blocks(self.page):
-                if block.lang == "toml" and block.title:
+                if (block.lang == "toml" and block.title) or is_module(block):
                     (self.work / block.title).write_text(block.text, encoding="utf-8")
                 elif block.lang == "python":
                     if SNIPPET.match(block.text.strip()) or block.title == "signature":
@@ -167,9 +180,7 @@ class Page:
                 if step.startswith("pip install ./"):
                     self.site_packages.mkdir(exist_ok=True)
                     install_audit_package(self.site_packages, self.work / ".build")
-                elif step.startswith(("mqkit serve", "python -m mqkit serve")) and (
-                    "--help" not in step.split()
-                ):
+                elif step.startswith(SERVERS) and ("--help" not in step.split()):
                     self.serve(block, step)
                 else:
                     self.shell(block, step)
@@ -223,7 +234,7 @@ class Page:
                     proc.wait(timeout=10)
                 if proc.stdout is not None:
                     proc.stdout.close()
-            assert code == 0, f"{block.where()}: mqkit serve exited {code} on SIGTERM"
+            assert code == 0, f"{block.where()}: the server exited {code} on SIGTERM"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
@@ -233,7 +244,12 @@ def test_every_block_of_the_page_runs(page: Path, tmp_path: Path) -> None:
         b
         for b in blocks(page)
         if b.lang == "bash"
-        or (b.lang == "python" and b.title != "signature" and not SNIPPET.match(b.text.strip()))
+        or (
+            b.lang == "python"
+            and b.title != "signature"
+            and not is_module(b)
+            and not SNIPPET.match(b.text.strip())
+        )
     ]
     assert bool(ran) == bool(runnable)
 
