@@ -12,7 +12,6 @@ costs more than a flag test.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import uuid
@@ -31,7 +30,6 @@ from mqkit.core.errors import (
     FeatureNotEnabledError,
     InvalidConfigError,
     InvalidMessageError,
-    LimitExceededError,
     MessageExpiredError,
     MQError,
     PersistenceDisabledError,
@@ -65,7 +63,9 @@ from mqkit.core.message import (
     stamper,
 )
 from mqkit.core.plugins import PluginManager, info_of, instantiate, plan_plugins
-from mqkit.core.shards import ThreadShards
+from mqkit.core.reporting import already_reported, reported
+from mqkit.core.routing import Route, Routing
+from mqkit.core.shards import ByteCounter
 from mqkit.core.status import (
     ClusterStatus,
     DeadLetter,
@@ -82,47 +82,8 @@ __all__ = ["Broker", "Transaction"]
 log = logging.getLogger("mqkit")
 
 F = TypeVar("F", bound=Feature)
-_ROUTE_CACHE_MAX: Final = 4096
 _DEFAULT_OPTIONS: Final = SubOptions()
-_REPORTED: Final = "_mqkit_reported"  # set on an MQError once mqkit_error has seen it
-
-
-class _Route:
-    """A valid topic and the subscriptions (exact, then pattern) a publish to it reaches.
-
-    ``ranked``: every subscription of the route has its plugin-supplied buffer (or none is
-    supplied): routing a message that wants one needs no look. ``published`` counts the
-    messages routed here, when a plugin asked for topic counts (``count_published``).
-    """
-
-    __slots__ = ("published", "puts", "ranked", "subs", "topic")
-
-    def __init__(
-        self,
-        topic: str,
-        subs: tuple[Subscription, ...],
-        published: itertools.count[int] | None,
-        ranked: bool,
-    ) -> None:
-        self.topic = topic
-        self.subs = subs
-        self.puts = tuple(sub._put for sub in subs)
-        """Each subscription's ``_put``, bound once: the publish loop calls them directly."""
-        self.published = published
-        self.ranked = ranked
-
-
-class _ByteShard:
-    """One thread's share of the buffered bytes (see ``Broker.buffered_bytes``)."""
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-
-def _fold_bytes(total: _ByteShard, shard: _ByteShard) -> None:
-    total.bytes += shard.bytes
+_NO_ACK: Final = "acknowledgment support is disabled"
 
 
 class Transaction:
@@ -175,13 +136,12 @@ class Broker:
         self._closed = False
         self._closing = False
         self._started_at = self.clock.monotonic()
-        self._sub_ids = itertools.count(1)
-        self._exact: dict[str, list[Subscription]] = {}
-        self._patterns: dict[str, tuple[Callable[[str], bool], list[Subscription]]] = {}
-        self._routes: dict[str, _Route] = {}
-        self._published: dict[str, itertools.count[int]] | None = None
-        self._bytes = ThreadShards(_ByteShard, _fold_bytes)
+        self._routing = Routing(self._lock, self._check_open)
+        self._routes = self._routing.routes  # the route cache, read on every publish
+        self._route = self._routing.route  # computes a route the cache lacks
+        self._bytes = ByteCounter()  # bytes in metered buffers (see buffered_bytes)
         self._bytes_local = self._bytes.local
+        self._add_bytes = self._bytes.add
         self._admissions: tuple[Callable[[int, int], None], ...] = ()
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
@@ -294,31 +254,6 @@ class Broker:
         if self._closed:
             raise BrokerClosedError()
 
-    def _route(self, topic: str) -> _Route:
-        """Return the route for a raw topic, computing (and caching) it; validates the topic."""
-        self._check_open()
-        stripped = normalize_topic(topic)
-        with self._lock:
-            self._check_open()
-            route = self._routes.get(topic)
-            if route is not None:
-                return route
-            subs = list(self._exact.get(stripped, ()))
-            for matches, psubs in self._patterns.values():
-                if matches(stripped):
-                    subs.extend(psubs)
-            counts = self._published
-            counter = None
-            if counts is not None:
-                counter = counts.get(stripped)
-                if counter is None:
-                    counter = counts[stripped] = itertools.count()
-            route = _Route(stripped, tuple(subs), counter, all(s._ranked for s in subs))
-            if len(self._routes) >= _ROUTE_CACHE_MAX:
-                self._routes.clear()
-            self._routes[topic] = route
-            return route
-
     def _run_filter(
         self, sub: Subscription, filt: Callable[[Message], bool], message: Message
     ) -> bool:
@@ -385,22 +320,17 @@ class Broker:
                     put(stamped)
             if route.published is not None:
                 next(route.published)
-        except MQError as exc:
+        except MQError as exc:  # @reported, inlined: the hot path makes no call more
             self._failed("publish", topic, exc)
             raise
 
+    @reported()
     def publish_batch(self, topic: str, messages: Sequence[Message]) -> None:
         """Publish several messages to ``topic``: all of them or, on any error, none."""
-        try:
-            route = self._route(topic)
-            now = self._now()  # one datetime shared by the batch (its text is made once)
-            stamped = [
-                self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)
-            ]
-            self._dispatch(stamped, check=True)
-        except MQError as exc:
-            self._failed("publish_batch", topic, exc)
-            raise
+        route = self._route(topic)
+        now = self._now()  # one datetime shared by the batch (its text is made once)
+        stamped = [self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)]
+        self._dispatch(stamped, check=True)
 
     def _check_message(self, message: object, kind: type[Message] = Message) -> Any:
         """Validate a message's type and id; return the stamper for its class."""
@@ -458,7 +388,7 @@ class Broker:
         )
         (hooks.quiet if quiet else hooks.loud).add(cls)
 
-    def _rank(self, route: _Route, cls: type) -> None:
+    def _rank(self, route: Route, cls: type) -> None:
         """Give the route's subscriptions their plugin buffers if ``cls`` wants one (lazily)."""
         if self._hooks.buffer_wanted(cls):
             for sub in route.subs:
@@ -473,17 +403,11 @@ class Broker:
 
         The ``metrics`` plugin asks at start. Counting costs a publish one C-level step.
         """
-        with self._lock:
-            if self._published is None:
-                self._published = {}
-                self._routes.clear()
+        self._routing.count_published()
 
     def published_counts(self) -> dict[str, int]:
         """Messages routed to each topic since ``count_published`` (plugin API)."""
-        with self._lock:
-            counts = dict(self._published or {})
-        # itertools.count is the lock-free counter; its repr is its next value: count(N).
-        return {topic: int(repr(counter)[6:-1]) for topic, counter in counts.items()}
+        return self._routing.published_counts()
 
     def add_admission(self, admit: Callable[[int, int], None]) -> None:
         """Have ``admit(incoming, buffered)`` check every publish call first (plugin API).
@@ -523,13 +447,6 @@ class Broker:
         for admit in self._admissions:
             admit(incoming, buffered)
 
-    def _add_bytes(self, n: int) -> None:
-        """Add ``n`` to the calling thread's share of the buffered bytes (subscriptions call it)."""
-        try:
-            self._bytes_local.shard.bytes += n
-        except AttributeError:
-            self._bytes.get().bytes += n
-
     def buffered_bytes(self) -> int:
         """Estimated bytes in metered subscription buffers (plugin API; never below 0).
 
@@ -537,15 +454,7 @@ class Broker:
         each copy's estimated size plus ``SLOT_BYTES`` as it enters and leaves their buffer,
         in the acting thread's share; this adds the shares up.
         """
-        shards = self._bytes
-        folds = shards.folds
-        total = 0
-        for shard in shards.all:
-            total += shard.bytes
-        if folds != shards.folds or folds & 1:  # a thread's share was folded meanwhile
-            with shards.lock:
-                total = sum(shard.bytes for shard in shards.all)
-        return total if total > 0 else 0
+        return self._bytes.total()
 
     def dispatch(self, messages: Sequence[Message]) -> None:
         """Deliver already stamped and checked messages, all or none (plugin API).
@@ -563,26 +472,20 @@ class Broker:
         return stamp(message, route.topic, self._stamp_time(), message.attempt)
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
-        # An error may pass through nested operations (publish_to_dead_letter -> publish):
-        # it is one failure, reported once, by the operation it happened in.
-        if getattr(error, _REPORTED, False):
+        """Report a failed operation through ``mqkit_error``, once per error (see reporting)."""
+        if already_reported(error):
             return
-        setattr(error, _REPORTED, True)
         hooks = self._hooks
         if hooks.error_on:
             hooks.error(self, operation, topic if isinstance(topic, str) else "", error)
 
     def _typed_publish(
-        self, operation: str, topic: str, message: Message, kind: type[Message], *needs: str
+        self, topic: str, message: Message, kind: type[Message], *needs: str
     ) -> None:
-        try:
-            self._check_open()
-            self._check_message(message, kind)
-            for need in needs:
-                self._need(need)
-        except MQError as exc:
-            self._failed(operation, topic, exc)
-            raise
+        self._check_open()
+        self._check_message(message, kind)
+        for need in needs:
+            self._need(need)
         self.publish(topic, message)
 
     def _need(self, feature: str) -> None:
@@ -593,46 +496,44 @@ class Broker:
             flag = {"priority": "enable_priority_queue", "ttl": "the ttl plugin"}[feature]
             raise FeatureNotEnabledError.because(f"{feature} is disabled ({flag})")
 
+    @reported()
     def publish_priority(self, topic: str, message: PriorityMessage) -> None:
         """Publish a :class:`PriorityMessage` (needs the ``priority`` plugin)."""
-        self._typed_publish("publish_priority", topic, message, PriorityMessage, "priority")
+        self._typed_publish(topic, message, PriorityMessage, "priority")
 
+    @reported()
     def publish_ttl(self, topic: str, message: TTLMessage) -> None:
         """Publish a :class:`TTLMessage` (needs the ``ttl`` plugin)."""
-        self._typed_publish("publish_ttl", topic, message, TTLMessage, "ttl")
+        self._typed_publish(topic, message, TTLMessage, "ttl")
 
+    @reported()
     def publish_with_ack(self, topic: str, message: AckMessage) -> None:
         """Publish an :class:`AckMessage` (needs ``enable_ack_support``)."""
-        self._typed_publish("publish_with_ack", topic, message, AckMessage, "ack")
+        self._typed_publish(topic, message, AckMessage, "ack")
 
+    @reported()
     def publish_priority_ttl(self, topic: str, message: PriorityTTLMessage) -> None:
         """Publish a :class:`PriorityTTLMessage` (needs ``priority`` and ``ttl``)."""
-        self._typed_publish(
-            "publish_priority_ttl", topic, message, PriorityTTLMessage, "priority", "ttl"
-        )
+        self._typed_publish(topic, message, PriorityTTLMessage, "priority", "ttl")
 
+    @reported()
     def publish_with_ack_ttl(self, topic: str, message: AckTTLMessage) -> None:
         """Publish an :class:`AckTTLMessage` (needs ack support and ``ttl``)."""
-        self._typed_publish("publish_with_ack_ttl", topic, message, AckTTLMessage, "ack", "ttl")
+        self._typed_publish(topic, message, AckTTLMessage, "ack", "ttl")
 
     # -- subscribing -------------------------------------------------------------------------------
 
+    @reported()
     def subscribe(self, topic: str, opts: SubOptions | None = None) -> Subscription:
         """Subscribe to an exact topic. Raises ``InvalidTopicError``, ``LimitExceededError``."""
-        try:
-            return self._subscribe(normalize_topic(topic), opts, pattern=False)
-        except MQError as exc:
-            self._failed("subscribe", topic, exc)
-            raise
+        return self._subscribe(normalize_topic(topic), opts, pattern=False)
 
+    @reported(topic="pattern")
     def subscribe_pattern(self, pattern: str, opts: SubOptions | None = None) -> Subscription:
         """Subscribe to every topic a glob pattern matches (``orders.*``)."""
-        try:
-            return self._subscribe(normalize_topic(pattern), opts, pattern=True)
-        except MQError as exc:
-            self._failed("subscribe_pattern", pattern, exc)
-            raise
+        return self._subscribe(normalize_topic(pattern), opts, pattern=True)
 
+    @reported(topic="key")
     def subscribe_matching(
         self, key: str, matches: Callable[[str], bool], opts: SubOptions | None = None
     ) -> Subscription:
@@ -642,11 +543,7 @@ class Broker:
         ``key`` names the filter (subscriptions with the same key share one entry in the
         routing table and count as one topic), ``matches(topic)`` decides.
         """
-        try:
-            return self._subscribe(normalize_topic(key), opts, pattern=True, matches=matches)
-        except MQError as exc:
-            self._failed("subscribe_matching", key, exc)
-            raise
+        return self._subscribe(normalize_topic(key), opts, pattern=True, matches=matches)
 
     def subscribe_batch(
         self, topics: Sequence[str], opts: SubOptions | None = None
@@ -662,14 +559,11 @@ class Broker:
             raise
         return subs
 
+    @reported()
     def subscribe_with_ack(self, topic: str, opts: SubOptions | None = None) -> Subscription:
         """``subscribe`` after checking that ack support is on (``AckNotSupportedError``)."""
-        try:
-            self._check_open()
-            self._need("ack")
-        except MQError as exc:
-            self._failed("subscribe_with_ack", topic, exc)
-            raise
+        self._check_open()
+        self._need("ack")
         return self.subscribe(topic, opts)
 
     def _subscribe(
@@ -689,24 +583,9 @@ class Broker:
         if matches is None and pattern and is_pattern(key):
             matches = compile_pattern(key)
         hooks = self._hooks
-        with self._lock:
-            self._check_open()
-            table: dict[str, Any] = self._patterns if matches is not None else self._exact
-            existing = table.get(key)
-            if existing is None and cfg.max_topics:
-                in_use = len(self._exact) + len(self._patterns)
-                if in_use >= cfg.max_topics:
-                    raise LimitExceededError.because(
-                        f"max_topics ({cfg.max_topics}) reached; cannot subscribe to {key!r}"
-                    )
-            subs: list[Subscription] = (
-                [] if existing is None else (existing[1] if matches is not None else existing)
-            )
-            if cfg.max_subscribers and len(subs) >= cfg.max_subscribers:
-                raise LimitExceededError.because(
-                    f"max_subscribers ({cfg.max_subscribers}) reached for {key!r}"
-                )
-            sub = Subscription(self, next(self._sub_ids), key, opts, capacity)
+
+        def make(sub_id: int) -> Subscription:  # under the lock, once the limits allow it
+            sub = Subscription(self, sub_id, key, opts, capacity)
             sub.is_pattern = matches is not None
             if hooks.buffer_lazy:
                 sub._ranked = False  # a FIFO until a message needs the plugin's buffer
@@ -715,35 +594,20 @@ class Broker:
                 if buffer is not None:
                     sub._set_buffer(buffer)
             sub._configure(hooks.subscription_taps(self, sub))
-            subs.append(sub)
-            if existing is None:
-                table[key] = (matches, subs) if matches is not None else subs
-            self._routes.clear()
+            return sub
+
+        sub = self._routing.add(key, matches, make, cfg.max_topics, cfg.max_subscribers)
         hooks.subscribe(self, sub)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        with self._lock:
-            if sub.is_pattern:
-                entry = self._patterns.get(sub.topic)
-                subs = entry[1] if entry is not None else None
-                table: dict[str, Any] = self._patterns
-            else:
-                subs = self._exact.get(sub.topic)
-                table = self._exact
-            if subs is not None and sub in subs:
-                subs.remove(sub)
-                if not subs:
-                    del table[sub.topic]
-                self._routes.clear()
+        self._routing.remove(sub)
         if sub._close():
             self._hooks.unsubscribe(self, sub)
 
     def subscriptions(self, topic: str | None = None) -> list[Subscription]:
         """The live subscriptions (of ``topic``, exact or pattern key, when given) (plugin API)."""
-        with self._lock:
-            found = [s for subs in self._exact.values() for s in subs]
-            found += [s for _, subs in self._patterns.values() for s in subs]
+        found = self._routing.subscriptions()
         if topic is not None:
             found = [s for s in found if s.topic == topic]
         return sorted(found, key=lambda s: s.id)
@@ -756,48 +620,19 @@ class Broker:
     def topics(self) -> list[str]:
         """The exact topics with at least one live subscription, sorted."""
         with self._lock:
-            return sorted(self._exact)
+            return sorted(self._routing.exact)
 
     # -- acknowledgement ---------------------------------------------------------------------------
 
+    @reported()
     def ack(self, topic: str, ack_id: str) -> None:
         """Acknowledge ``ack_id`` on the subscriptions of ``topic`` that hold it."""
-        feature = self._op(
-            "ack", topic, AckFeature, AckNotSupportedError, "acknowledgment support is disabled"
-        )
-        self._guard("ack", topic, lambda: feature.ack(topic, ack_id))
+        self._require(AckFeature, AckNotSupportedError, _NO_ACK).ack(topic, ack_id)
 
+    @reported()
     def nack(self, topic: str, ack_id: str, requeue: bool = True) -> None:
         """Reject ``ack_id``: redeliver it (``requeue``) or dead-letter it at once."""
-        feature = self._op(
-            "nack", topic, AckFeature, AckNotSupportedError, "acknowledgment support is disabled"
-        )
-        self._guard("nack", topic, lambda: feature.nack(topic, ack_id, requeue))
-
-    def _op(
-        self,
-        operation: str,
-        topic: str,
-        kind: type[F],
-        error: type[FeatureNotEnabledError],
-        why: str,
-    ) -> F:
-        try:
-            return self._require(kind, error, why)
-        except MQError as exc:
-            self._failed(operation, topic, exc)
-            raise
-
-    def _limit(self, operation: str, topic: str, limit: object) -> int:
-        """``limit`` if it is an int (``InvalidArgumentError`` otherwise, reported as failed)."""
-        return int(self._guard(operation, topic, lambda: int_limit(limit)))
-
-    def _guard(self, operation: str, topic: str, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except MQError as exc:
-            self._failed(operation, topic, exc)
-            raise
+        self._require(AckFeature, AckNotSupportedError, _NO_ACK).nack(topic, ack_id, requeue)
 
     # -- transactions ------------------------------------------------------------------------------
 
@@ -809,49 +644,41 @@ class Broker:
         """
         self._hold(topic, message, tx_id, None)
 
+    @reported("publish_with_transaction")
     def _hold(self, topic: str, message: Message, tx_id: str, token: object | None) -> object:
         """``publish_with_transaction`` into transaction ``token`` (any, when None)."""
-        feature = self._op(
-            "publish_with_transaction",
-            topic,
-            TransactionFeature,
-            TransactionNotSupportedError,
-            "transaction support is disabled",
-        )
+        feature = self._transactions()
+        stamped = self.stamp(topic, message)
+        hooks = self._hooks
+        if hooks.publish_on and hooks.publish(self, stamped.topic, stamped):
+            return token
+        memory = self._feature(MemoryFeature)
+        if memory is not None:  # what a transaction holds counts against the limit
+            memory.check((stamped,))
+        return feature.add(tx_id, stamped, token)
 
-        def hold() -> object:
-            stamped = self.stamp(topic, message)
-            hooks = self._hooks
-            if hooks.publish_on and hooks.publish(self, stamped.topic, stamped):
-                return token
-            memory = self._feature(MemoryFeature)
-            if memory is not None:  # what a transaction holds counts against the limit
-                memory.check((stamped,))
-            return feature.add(tx_id, stamped, token)
-
-        return self._guard("publish_with_transaction", topic, hold)
-
+    @reported()
     def commit_transaction(self, tx_id: str) -> None:
         """Deliver every message of ``tx_id`` together (``TransactionNotFoundError`` if none)."""
-        feature = self._op(
-            "commit_transaction",
-            "",
-            TransactionFeature,
-            TransactionNotSupportedError,
-            "transaction support is disabled",
-        )
-        self._guard("commit_transaction", "", lambda: feature.commit(tx_id))
+        self._transactions().commit(tx_id)
 
+    @reported()
     def rollback_transaction(self, tx_id: str) -> None:
         """Discard ``tx_id`` and its messages (``TransactionNotFoundError`` if none)."""
-        feature = self._op(
-            "rollback_transaction",
-            "",
-            TransactionFeature,
-            TransactionNotSupportedError,
-            "transaction support is disabled",
+        self._transactions().rollback(tx_id)
+
+    def _transactions(self) -> TransactionFeature:
+        return self._require(
+            TransactionFeature, TransactionNotSupportedError, "transaction support is disabled"
         )
-        self._guard("rollback_transaction", "", lambda: feature.rollback(tx_id))
+
+    @reported("transaction")
+    def _begin(self) -> TransactionFeature:
+        return self._transactions()
+
+    @reported("commit_transaction")
+    def _commit(self, feature: TransactionFeature, tx_id: str, token: object) -> None:
+        feature.commit(tx_id, token)
 
     @contextlib.contextmanager
     def transaction(self, tx_id: str | None = None) -> Iterator[Transaction]:
@@ -862,13 +689,7 @@ class Broker:
         ``TransactionTimeoutError`` from its next ``tx.publish`` and from its exit, and
         delivers none of its messages.
         """
-        feature = self._op(
-            "transaction",
-            "",
-            TransactionFeature,
-            TransactionNotSupportedError,
-            "transaction support is disabled",
-        )
+        feature = self._begin()
         tx = Transaction(self, tx_id if tx_id is not None else uuid.uuid4().hex)
         try:
             yield tx
@@ -883,31 +704,21 @@ class Broker:
         # A block that published nothing has nothing to commit; one whose transaction ended
         # (timed out) gets the error instead of a silent loss.
         if tx._token is not None:
-            token = tx._token
-            self._guard("commit_transaction", "", lambda: feature.commit(tx.id, token))
+            self._commit(feature, tx.id, tx._token)
         elif feature.is_open(tx.id):
             self.commit_transaction(tx.id)
 
     # -- dead letters ------------------------------------------------------------------------------
 
+    @reported(topic="original_topic")
     def publish_to_dead_letter(self, original_topic: str, message: Message, reason: str) -> None:
         """Put ``message`` into the dead letter queue with ``reason``."""
-        feature = self._op(
-            "publish_to_dead_letter",
-            original_topic,
-            DeadLetterFeature,
-            DeadLetterNotSupportedError,
-            "dead letter queue is disabled",
-        )
-
-        def add() -> None:
-            topic = normalize_topic(original_topic)  # replay publishes to it
-            self._check_message(message)
-            check_message(message)
-            feature.add(topic, message, reason, message.attempt)
-            self._hooks.dead_letter(self, topic, message, reason)
-
-        self._guard("publish_to_dead_letter", original_topic, add)
+        feature = self._dead_letter_queue()
+        topic = normalize_topic(original_topic)  # replay publishes to it
+        self._check_message(message)
+        check_message(message)
+        feature.add(topic, message, reason, message.attempt)
+        self._hooks.dead_letter(self, topic, message, reason)
 
     def dead_letter(
         self,
@@ -954,18 +765,13 @@ class Broker:
         stats = feature.stats()
         return attrs.evolve(stats, dropped=stats.dropped + lost) if lost else stats
 
+    @reported()
     def dead_letters(self, limit: int = 0) -> list[DeadLetter]:
         """The oldest ``limit`` dead letters (all when ``limit <= 0``), left in the queue."""
-        feature = self._op(
-            "dead_letters",
-            "",
-            DeadLetterFeature,
-            DeadLetterNotSupportedError,
-            "dead letter queue is disabled",
-        )
-        limit = self._limit("dead_letters", "", limit)
-        return list(feature.dead_letters(limit))
+        feature = self._dead_letter_queue()
+        return list(feature.dead_letters(int_limit(limit)))
 
+    @reported()
     def replay_dead_letters(self, limit: int = 0) -> int:
         """Remove the oldest ``limit`` dead letters and re-publish each to its original topic.
 
@@ -973,14 +779,8 @@ class Broker:
         removed without being re-published (TTL: it must never be delivered). If a re-publish
         fails, that record and the later ones stay in the queue and the error propagates.
         """
-        feature = self._op(
-            "replay_dead_letters",
-            "",
-            DeadLetterFeature,
-            DeadLetterNotSupportedError,
-            "dead letter queue is disabled",
-        )
-        limit = self._limit("replay_dead_letters", "", limit)
+        feature = self._dead_letter_queue()
+        limit = int_limit(limit)
         done = republished = 0
         try:
             for record in feature.dead_letters(limit):
@@ -996,19 +796,21 @@ class Broker:
                 feature.take(done)
         return republished
 
+    def _dead_letter_queue(self) -> DeadLetterFeature:
+        return self._require(
+            DeadLetterFeature, DeadLetterNotSupportedError, "dead letter queue is disabled"
+        )
+
     # -- persistence -------------------------------------------------------------------------------
 
+    @reported()
     def recover_messages(self, topic: str, limit: int = 0) -> list[Message]:
         """The oldest ``limit`` stored messages of ``topic`` in publish order (all: ``<= 0``)."""
-        feature = self._op(
-            "recover_messages",
-            topic,
-            PersistenceFeature,
-            PersistenceDisabledError,
-            "persistence is not enabled",
+        feature = self._require(
+            PersistenceFeature, PersistenceDisabledError, "persistence is not enabled"
         )
-        limit = self._limit("recover_messages", topic, limit)
-        return list(self._guard("recover_messages", topic, lambda: feature.recover(topic, limit)))
+        limit = int_limit(limit)
+        return list(feature.recover(topic, limit))
 
     def replay_messages(self, topic: str, limit: int = 0) -> int:
         """Re-publish the oldest ``limit`` stored messages of ``topic``; return how many."""
@@ -1019,48 +821,33 @@ class Broker:
     # -- protocols and cluster ---------------------------------------------------------------------
 
     def _protocol(self, name: str) -> tuple[str, int]:
-        try:
-            self._check_open()
-            feature = self._feature(ProtocolFeature, name)
-            if feature is None:
-                raise ProtocolDisabledError.because(f"{name.upper()} support is disabled")
-            return feature.start()
-        except MQError as exc:
-            self._failed(f"start_{name}_server", "", exc)
-            raise
+        self._check_open()
+        feature = self._feature(ProtocolFeature, name)
+        if feature is None:
+            raise ProtocolDisabledError.because(f"{name.upper()} support is disabled")
+        return feature.start()
 
+    @reported()
     def start_mqtt_server(self) -> tuple[str, int]:
         """Start the MQTT gateway; return its bound ``(host, port)``."""
         return self._protocol("mqtt")
 
+    @reported()
     def start_amqp_server(self) -> tuple[str, int]:
         """Start the AMQP 0-9-1 gateway; return its bound ``(host, port)``."""
         return self._protocol("amqp")
 
+    @reported()
     def publish_to_cluster(self, topic: str, message: Message) -> None:
         """Publish to every node of the cluster (``ClusterDisabledError`` when off)."""
-        feature = self._op(
-            "publish_to_cluster",
-            topic,
-            ClusterFeature,
-            ClusterDisabledError,
-            "cluster mode is disabled",
-        )
-        self._guard("publish_to_cluster", topic, lambda: feature.publish(topic, message))
+        feature = self._require(ClusterFeature, ClusterDisabledError, "cluster mode is disabled")
+        feature.publish(topic, message)
 
+    @reported()
     def subscribe_from_cluster(self, topic: str, opts: SubOptions | None = None) -> Subscription:
         """Subscribe to ``topic`` across the cluster (``ClusterDisabledError`` when off)."""
-        feature = self._op(
-            "subscribe_from_cluster",
-            topic,
-            ClusterFeature,
-            ClusterDisabledError,
-            "cluster mode is disabled",
-        )
-        sub: Subscription = self._guard(
-            "subscribe_from_cluster", topic, lambda: feature.subscribe(topic, opts)
-        )
-        return sub
+        feature = self._require(ClusterFeature, ClusterDisabledError, "cluster mode is disabled")
+        return feature.subscribe(topic, opts)
 
     def cluster_status(self) -> ClusterStatus:
         """The cluster's state (``status="disabled"`` when cluster mode is off)."""
@@ -1078,10 +865,7 @@ class Broker:
         """Counters and latency; the gauges are always filled in."""
         feature = self._feature(MetricsFeature)
         snap = MetricsSnapshot() if feature is None else feature.snapshot()
-        with self._lock:
-            topics = len(self._exact) + len(self._patterns)
-            subs = sum(len(s) for s in self._exact.values())
-            subs += sum(len(s) for _, s in self._patterns.values())
+        topics, subs = self._routing.sizes()
         return attrs.evolve(snap, active_topics=topics, active_subscribers=subs)
 
     def health_check(self) -> HealthStatus:
@@ -1119,32 +903,29 @@ class Broker:
         """The configuration in force."""
         return self._config
 
+    @reported()
     def update_config(self, cfg: Config) -> None:
         """Replace the configuration; plugins its flags switch on or off start or stop.
 
         Either the whole change applies or nothing does (``InvalidConfigError``,
         ``PluginError``).
         """
-        try:
-            self._check_open()
-            if not isinstance(cfg, Config):
-                raise InvalidConfigError.because(f"expected a Config, got {type(cfg).__name__}")
-            cfg.validate()
-            with self._lock:
-                old = self._config
-                self._config = cfg
-                try:
-                    added = self._apply_plugins(cfg, running=True)
-                    self._hooks.broker_start(self, frozenset(added))
-                except BaseException:
-                    self._config = old
-                    self._apply_plugins(old)
-                    self._reconfigure()
-                    raise
+        self._check_open()
+        if not isinstance(cfg, Config):
+            raise InvalidConfigError.because(f"expected a Config, got {type(cfg).__name__}")
+        cfg.validate()
+        with self._lock:
+            old = self._config
+            self._config = cfg
+            try:
+                added = self._apply_plugins(cfg, running=True)
+                self._hooks.broker_start(self, frozenset(added))
+            except BaseException:
+                self._config = old
+                self._apply_plugins(old)
                 self._reconfigure()
-        except MQError as exc:
-            self._failed("update_config", "", exc)
-            raise
+                raise
+            self._reconfigure()
 
     def _reconfigure(self) -> None:
         """Re-apply buffers and taps to every live subscription after the plugin set changed."""
@@ -1181,12 +962,7 @@ class Broker:
         try:
             self._hooks.broker_close(self)
         finally:
-            with self._lock:
-                subs = [s for subs in self._exact.values() for s in subs]
-                subs += [s for _, subs in self._patterns.values() for s in subs]
-                self._exact.clear()
-                self._patterns.clear()
-            for sub in subs:
+            for sub in self._routing.clear():
                 if sub._close():
                     self._hooks.unsubscribe(self, sub)
             self.timers.close()
