@@ -221,10 +221,12 @@ class FeatureOperations:
 
     @reported("transaction")
     def _begin(self) -> TransactionFeature:
+        """``transaction()``'s check (``@reported`` wraps functions, not a generator's steps)."""
         return self._transactions()
 
     @reported("commit_transaction")
     def _commit(self, feature: TransactionFeature, tx_id: str, token: object) -> None:
+        """``transaction()``'s commit of the very transaction its block joined."""
         feature.commit(tx_id, token)
 
     @contextlib.contextmanager
