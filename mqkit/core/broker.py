@@ -1,57 +1,36 @@
 """The broker: topics, subscriptions, the publish path, and the plugins it hosts.
 
 Follow a message from :meth:`Broker.publish`: the topic is looked up in the route cache (a
-valid topic's subscriptions, exact and pattern, computed once per subscription change); the
-message is checked and copied with ``topic``/``time`` stamped; ``mqkit_publish`` may reject it
-or take it over; ``mqkit_accept`` may store it; it is appended to each subscription's buffer
-under that subscription's backpressure policy; a consumer's ``Subscription.get`` pops it and
-``mqkit_deliver``/``mqkit_delivered`` see it handed out. With no plugin, none of those hooks
-costs more than a flag test.
+valid topic's subscriptions, exact and pattern, computed once per subscription change; see
+:mod:`mqkit.core.routing`); the message is checked and copied with ``topic``/``time``
+stamped; ``mqkit_publish`` may reject it or take it over; ``mqkit_accept`` may store it; it is
+appended to each subscription's buffer under that subscription's backpressure policy; a
+consumer's ``Subscription.get`` pops it and ``mqkit_deliver``/``mqkit_delivered`` see it handed
+out. With no plugin, none of those hooks costs more than a flag test.
+
+The operations that hand over to a feature plugin (ack, transactions, dead letters,
+persistence, gateways, cluster, health) are the broker's too, from its base class
+:class:`~mqkit.core.operations.FeatureOperations`. A failed operation reports itself through
+``mqkit_error`` once (``@reported``, :mod:`mqkit.core.reporting`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import threading
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final, Self, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Self
 
-import attrs
-
-from mqkit.core.checks import int_limit
 from mqkit.core.config import Config
 from mqkit.core.errors import (
     AckNotSupportedError,
     BrokerClosedError,
-    ClusterDisabledError,
-    DeadLetterNotSupportedError,
     FeatureNotEnabledError,
     InvalidConfigError,
     InvalidMessageError,
-    LimitExceededError,
-    MessageExpiredError,
     MQError,
-    PersistenceDisabledError,
-    PluginError,
-    ProtocolDisabledError,
-    TransactionNotFoundError,
-    TransactionNotSupportedError,
 )
-from mqkit.core.features import (
-    AckFeature,
-    ClusterFeature,
-    DeadLetterFeature,
-    Feature,
-    MemoryFeature,
-    MetricsFeature,
-    PersistenceFeature,
-    ProtocolFeature,
-    TransactionFeature,
-)
-from mqkit.core.handlers import Handlers, HandlerT
+from mqkit.core.features import AckFeature, Feature
 from mqkit.core.hooks import Hooks
 from mqkit.core.message import (
     AckMessage,
@@ -62,10 +41,10 @@ from mqkit.core.message import (
     Stamper,
     TTLMessage,
     _stampers,
-    check_message,
     estimate_size,
     stamper,
 )
+from mqkit.core.operations import FeatureOperations, Transaction
 from mqkit.core.plugins import (
     PluginManager,
     enable_hint,
@@ -74,15 +53,10 @@ from mqkit.core.plugins import (
     plan_plugins,
     settings_owners,
 )
-from mqkit.core.settings import Settings, build_sections
-from mqkit.core.shards import ThreadShards
-from mqkit.core.status import (
-    ClusterStatus,
-    DeadLetter,
-    DeadLetterStats,
-    HealthStatus,
-    MetricsSnapshot,
-)
+from mqkit.core.reporting import already_reported, reported
+from mqkit.core.routing import Route, Routing
+from mqkit.core.settings import build_sections
+from mqkit.core.shards import ByteCounter
 from mqkit.core.subscription import SLOT_BYTES, SubOptions, Subscription, check_options
 from mqkit.core.timers import Clock, TimerService
 from mqkit.core.topics import compile_pattern, is_pattern, normalize_topic
@@ -91,71 +65,10 @@ __all__ = ["Broker", "Transaction"]
 
 log = logging.getLogger("mqkit")
 
-F = TypeVar("F", bound=Feature)
-S = TypeVar("S", bound=Settings)
-_ROUTE_CACHE_MAX: Final = 4096
 _DEFAULT_OPTIONS: Final = SubOptions()
-_REPORTED: Final = "_mqkit_reported"  # set on an MQError once mqkit_error has seen it
 
 
-class _Route:
-    """A valid topic and the subscriptions (exact, then pattern) a publish to it reaches.
-
-    ``ranked``: every subscription of the route has its plugin-supplied buffer (or none is
-    supplied): routing a message that wants one needs no look. ``published`` counts the
-    messages routed here, when a plugin asked for topic counts (``count_published``).
-    """
-
-    __slots__ = ("published", "puts", "ranked", "subs", "topic")
-
-    def __init__(
-        self,
-        topic: str,
-        subs: tuple[Subscription, ...],
-        published: itertools.count[int] | None,
-        ranked: bool,
-    ) -> None:
-        self.topic = topic
-        self.subs = subs
-        self.puts = tuple(sub._put for sub in subs)
-        """Each subscription's ``_put``, bound once: the publish loop calls them directly."""
-        self.published = published
-        self.ranked = ranked
-
-
-class _ByteShard:
-    """One thread's share of the buffered bytes (see ``Broker.buffered_bytes``)."""
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-
-def _fold_bytes(total: _ByteShard, shard: _ByteShard) -> None:
-    total.bytes += shard.bytes
-
-
-class Transaction:
-    """What ``Broker.transaction()`` yields: publish into the open transaction."""
-
-    def __init__(self, broker: Broker, tx_id: str) -> None:
-        self._broker = broker
-        self.id = tx_id
-        """The transaction id."""
-        self._token: object | None = None  # the transaction the first publish joined
-
-    def publish(self, topic: str, message: Message) -> None:
-        """Hold ``message`` for ``topic`` until the transaction commits.
-
-        Raises ``TransactionTimeoutError`` when the transaction this object began has timed
-        out (``TransactionNotFoundError`` when it ended otherwise): a new one never silently
-        takes its place, even under the same id.
-        """
-        self._token = self._broker._hold(topic, message, self.id, self._token)
-
-
-class Broker:
+class Broker(FeatureOperations):
     """An in-process message broker. Thread-safe; ``with Broker() as broker: ...``.
 
     ``config`` defaults to ``Config()`` (the seed's defaults) and is validated here;
@@ -186,13 +99,12 @@ class Broker:
         self._closed = False
         self._closing = False
         self._started_at = self.clock.monotonic()
-        self._sub_ids = itertools.count(1)
-        self._exact: dict[str, list[Subscription]] = {}
-        self._patterns: dict[str, tuple[Callable[[str], bool], list[Subscription]]] = {}
-        self._routes: dict[str, _Route] = {}
-        self._published: dict[str, itertools.count[int]] | None = None
-        self._bytes = ThreadShards(_ByteShard, _fold_bytes)
+        self._routing = Routing(self._lock, self._check_open)
+        self._routes = self._routing.routes  # the route cache, read on every publish
+        self._route = self._routing.route  # computes a route the cache lacks
+        self._bytes = ByteCounter()  # bytes in metered buffers (see buffered_bytes)
         self._bytes_local = self._bytes.local
+        self._add_bytes = self._bytes.add
         self._admissions: tuple[Callable[[int, int], None], ...] = ()
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
@@ -234,7 +146,7 @@ class Broker:
                     "runs (close it and build a new one)",
                     field=info.flag,
                 )
-        self._sections: dict[type[Settings], Settings] = {type(s): s for s in sections.values()}
+        self._sections = {type(s): s for s in sections.values()}
         pm = self._pm
         registered: list[str] = []
         try:
@@ -262,88 +174,11 @@ class Broker:
             self._plugin_errors[plugin] = self._plugin_errors.get(plugin, 0) + 1
         log.error("plugin %r failed in %s: %r", plugin, hook, exc, exc_info=exc)
 
-    def settings(self, kind: type[S]) -> S:
-        """The settings section of class ``kind`` this broker runs with (plugin API).
-
-        ``broker.settings(MQTTSettings)`` is the ``[mqtt]`` section: what the config gives,
-        the class's defaults otherwise. ``PluginError`` when no plugin declares ``kind``.
-        """
-        found = self._sections.get(kind)
-        if not isinstance(found, kind):
-            raise PluginError.because(
-                f"no plugin of this broker declares the settings class {kind.__name__}"
-            )
-        return found
-
-    def plugin_names(self) -> list[str]:
-        """Names of the plugins this broker runs, in registration order."""
-        return [name for name, _ in self._pm.list_name_plugin()]
-
-    def has_plugin(self, name: str) -> bool:
-        """Whether a plugin of this name is registered."""
-        return self._pm.has_plugin(name)
-
-    def get_plugin(self, name: str) -> object | None:
-        """The registered plugin object of this name, or None."""
-        return self._pm.get_plugin(name)
-
-    @property
-    def hooks(self) -> Hooks:
-        """The typed hook facade, for plugins that fire hooks themselves (plugin API)."""
-        return self._hooks
-
-    def has_feature(self, key: str) -> bool:
-        """Whether a plugin provides the feature ``key`` (``"deadletter"``, ...) (plugin API)."""
-        return key in self._features
-
-    def features(self) -> tuple[Feature, ...]:
-        """The feature objects the plugins provide (plugin API)."""
-        return self._feature_list
-
-    def _feature(self, kind: type[F], key: str | None = None) -> F | None:
-        found = self._features.get(key or kind.feature)
-        return found if isinstance(found, kind) else None
-
-    def _ack_feature(self) -> AckFeature | None:
-        return self._ack
-
-    def _require(self, kind: type[F], error: type[FeatureNotEnabledError]) -> F:
-        self._check_open()
-        found = self._feature(kind)
-        if found is None:
-            raise error.because(enable_hint(kind.feature))
-        return found
-
-    # -- topics and routing ------------------------------------------------------------------------
+    # -- checks ------------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosedError()
-
-    def _route(self, topic: str) -> _Route:
-        """Return the route for a raw topic, computing (and caching) it; validates the topic."""
-        self._check_open()
-        stripped = normalize_topic(topic)
-        with self._lock:
-            self._check_open()
-            route = self._routes.get(topic)
-            if route is not None:
-                return route
-            subs = list(self._exact.get(stripped, ()))
-            for matches, psubs in self._patterns.values():
-                if matches(stripped):
-                    subs.extend(psubs)
-            counts = self._published
-            counter = None
-            if counts is not None:
-                counter = counts.get(stripped)
-                if counter is None:
-                    counter = counts[stripped] = itertools.count()
-            route = _Route(stripped, tuple(subs), counter, all(s._ranked for s in subs))
-            if len(self._routes) >= _ROUTE_CACHE_MAX:
-                self._routes.clear()
-            self._routes[topic] = route
-            return route
 
     def _run_filter(
         self, sub: Subscription, filt: Callable[[Message], bool], message: Message
@@ -411,22 +246,17 @@ class Broker:
                     put(stamped)
             if route.published is not None:
                 next(route.published)
-        except MQError as exc:
+        except MQError as exc:  # @reported, inlined: the hot path makes no call more
             self._failed("publish", topic, exc)
             raise
 
+    @reported()
     def publish_batch(self, topic: str, messages: Sequence[Message]) -> None:
         """Publish several messages to ``topic``: all of them or, on any error, none."""
-        try:
-            route = self._route(topic)
-            now = self._now()  # one datetime shared by the batch (its text is made once)
-            stamped = [
-                self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)
-            ]
-            self._dispatch(stamped, check=True)
-        except MQError as exc:
-            self._failed("publish_batch", topic, exc)
-            raise
+        route = self._route(topic)
+        now = self._now()  # one datetime shared by the batch (its text is made once)
+        stamped = [self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)]
+        self._dispatch(stamped, check=True)
 
     def _check_message(self, message: object, kind: type[Message] = Message) -> Any:
         """Validate a message's type and id; return the stamper for its class."""
@@ -484,7 +314,7 @@ class Broker:
         )
         (hooks.quiet if quiet else hooks.loud).add(cls)
 
-    def _rank(self, route: _Route, cls: type) -> None:
+    def _rank(self, route: Route, cls: type) -> None:
         """Give the route's subscriptions their plugin buffers if ``cls`` wants one (lazily)."""
         if self._hooks.buffer_wanted(cls):
             for sub in route.subs:
@@ -492,24 +322,7 @@ class Broker:
                     sub._rank()
             route.ranked = True
 
-    # -- accounting (plugin API) -------------------------------------------------------------------
-
-    def count_published(self) -> None:
-        """Start counting the messages routed to each topic (``published_counts``; plugin API).
-
-        The ``metrics`` plugin asks at start. Counting costs a publish one C-level step.
-        """
-        with self._lock:
-            if self._published is None:
-                self._published = {}
-                self._routes.clear()
-
-    def published_counts(self) -> dict[str, int]:
-        """Messages routed to each topic since ``count_published`` (plugin API)."""
-        with self._lock:
-            counts = dict(self._published or {})
-        # itertools.count is the lock-free counter; its repr is its next value: count(N).
-        return {topic: int(repr(counter)[6:-1]) for topic, counter in counts.items()}
+    # -- admission (plugin API) --------------------------------------------------------------------
 
     def add_admission(self, admit: Callable[[int, int], None]) -> None:
         """Have ``admit(incoming, buffered)`` check every publish call first (plugin API).
@@ -549,13 +362,6 @@ class Broker:
         for admit in self._admissions:
             admit(incoming, buffered)
 
-    def _add_bytes(self, n: int) -> None:
-        """Add ``n`` to the calling thread's share of the buffered bytes (subscriptions call it)."""
-        try:
-            self._bytes_local.shard.bytes += n
-        except AttributeError:
-            self._bytes.get().bytes += n
-
     def buffered_bytes(self) -> int:
         """Estimated bytes in metered subscription buffers (plugin API; never below 0).
 
@@ -563,15 +369,9 @@ class Broker:
         each copy's estimated size plus ``SLOT_BYTES`` as it enters and leaves their buffer,
         in the acting thread's share; this adds the shares up.
         """
-        shards = self._bytes
-        folds = shards.folds
-        total = 0
-        for shard in shards.all:
-            total += shard.bytes
-        if folds != shards.folds or folds & 1:  # a thread's share was folded meanwhile
-            with shards.lock:
-                total = sum(shard.bytes for shard in shards.all)
-        return total if total > 0 else 0
+        return self._bytes.total()
+
+    # -- stamped and typed publishes ---------------------------------------------------------------
 
     def dispatch(self, messages: Sequence[Message]) -> None:
         """Deliver already stamped and checked messages, all or none (plugin API).
@@ -589,26 +389,20 @@ class Broker:
         return stamp(message, route.topic, self._stamp_time(), message.attempt)
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
-        # An error may pass through nested operations (publish_to_dead_letter -> publish):
-        # it is one failure, reported once, by the operation it happened in.
-        if getattr(error, _REPORTED, False):
+        """Report a failed operation through ``mqkit_error``, once per error (see reporting)."""
+        if already_reported(error):
             return
-        setattr(error, _REPORTED, True)
         hooks = self._hooks
         if hooks.error_on:
             hooks.error(self, operation, topic if isinstance(topic, str) else "", error)
 
     def _typed_publish(
-        self, operation: str, topic: str, message: Message, kind: type[Message], *needs: str
+        self, topic: str, message: Message, kind: type[Message], *needs: str
     ) -> None:
-        try:
-            self._check_open()
-            self._check_message(message, kind)
-            for need in needs:
-                self._need(need)
-        except MQError as exc:
-            self._failed(operation, topic, exc)
-            raise
+        self._check_open()
+        self._check_message(message, kind)
+        for need in needs:
+            self._need(need)
         self.publish(topic, message)
 
     def _need(self, feature: str) -> None:
@@ -618,46 +412,44 @@ class Broker:
         elif not self._pm.has_plugin(feature):
             raise FeatureNotEnabledError.because(f"{feature}: {enable_hint(feature)}")
 
+    @reported()
     def publish_priority(self, topic: str, message: PriorityMessage) -> None:
         """Publish a :class:`PriorityMessage` (needs the ``priority`` plugin)."""
-        self._typed_publish("publish_priority", topic, message, PriorityMessage, "priority")
+        self._typed_publish(topic, message, PriorityMessage, "priority")
 
+    @reported()
     def publish_ttl(self, topic: str, message: TTLMessage) -> None:
         """Publish a :class:`TTLMessage` (needs the ``ttl`` plugin)."""
-        self._typed_publish("publish_ttl", topic, message, TTLMessage, "ttl")
+        self._typed_publish(topic, message, TTLMessage, "ttl")
 
+    @reported()
     def publish_with_ack(self, topic: str, message: AckMessage) -> None:
         """Publish an :class:`AckMessage` (needs ``enable_ack_support``)."""
-        self._typed_publish("publish_with_ack", topic, message, AckMessage, "ack")
+        self._typed_publish(topic, message, AckMessage, "ack")
 
+    @reported()
     def publish_priority_ttl(self, topic: str, message: PriorityTTLMessage) -> None:
         """Publish a :class:`PriorityTTLMessage` (needs ``priority`` and ``ttl``)."""
-        self._typed_publish(
-            "publish_priority_ttl", topic, message, PriorityTTLMessage, "priority", "ttl"
-        )
+        self._typed_publish(topic, message, PriorityTTLMessage, "priority", "ttl")
 
+    @reported()
     def publish_with_ack_ttl(self, topic: str, message: AckTTLMessage) -> None:
         """Publish an :class:`AckTTLMessage` (needs ack support and ``ttl``)."""
-        self._typed_publish("publish_with_ack_ttl", topic, message, AckTTLMessage, "ack", "ttl")
+        self._typed_publish(topic, message, AckTTLMessage, "ack", "ttl")
 
     # -- subscribing -------------------------------------------------------------------------------
 
+    @reported()
     def subscribe(self, topic: str, opts: SubOptions | None = None) -> Subscription:
         """Subscribe to an exact topic. Raises ``InvalidTopicError``, ``LimitExceededError``."""
-        try:
-            return self._subscribe(normalize_topic(topic), opts, pattern=False)
-        except MQError as exc:
-            self._failed("subscribe", topic, exc)
-            raise
+        return self._subscribe(normalize_topic(topic), opts, pattern=False)
 
+    @reported(topic="pattern")
     def subscribe_pattern(self, pattern: str, opts: SubOptions | None = None) -> Subscription:
         """Subscribe to every topic a glob pattern matches (``orders.*``)."""
-        try:
-            return self._subscribe(normalize_topic(pattern), opts, pattern=True)
-        except MQError as exc:
-            self._failed("subscribe_pattern", pattern, exc)
-            raise
+        return self._subscribe(normalize_topic(pattern), opts, pattern=True)
 
+    @reported(topic="key")
     def subscribe_matching(
         self, key: str, matches: Callable[[str], bool], opts: SubOptions | None = None
     ) -> Subscription:
@@ -667,11 +459,7 @@ class Broker:
         ``key`` names the filter (subscriptions with the same key share one entry in the
         routing table and count as one topic), ``matches(topic)`` decides.
         """
-        try:
-            return self._subscribe(normalize_topic(key), opts, pattern=True, matches=matches)
-        except MQError as exc:
-            self._failed("subscribe_matching", key, exc)
-            raise
+        return self._subscribe(normalize_topic(key), opts, pattern=True, matches=matches)
 
     def subscribe_batch(
         self, topics: Sequence[str], opts: SubOptions | None = None
@@ -687,14 +475,11 @@ class Broker:
             raise
         return subs
 
+    @reported()
     def subscribe_with_ack(self, topic: str, opts: SubOptions | None = None) -> Subscription:
         """``subscribe`` after checking that ack support is on (``AckNotSupportedError``)."""
-        try:
-            self._check_open()
-            self._need("ack")
-        except MQError as exc:
-            self._failed("subscribe_with_ack", topic, exc)
-            raise
+        self._check_open()
+        self._need("ack")
         return self.subscribe(topic, opts)
 
     def _subscribe(
@@ -714,24 +499,9 @@ class Broker:
         if matches is None and pattern and is_pattern(key):
             matches = compile_pattern(key)
         hooks = self._hooks
-        with self._lock:
-            self._check_open()
-            table: dict[str, Any] = self._patterns if matches is not None else self._exact
-            existing = table.get(key)
-            if existing is None and cfg.max_topics:
-                in_use = len(self._exact) + len(self._patterns)
-                if in_use >= cfg.max_topics:
-                    raise LimitExceededError.because(
-                        f"max_topics ({cfg.max_topics}) reached; cannot subscribe to {key!r}"
-                    )
-            subs: list[Subscription] = (
-                [] if existing is None else (existing[1] if matches is not None else existing)
-            )
-            if cfg.max_subscribers and len(subs) >= cfg.max_subscribers:
-                raise LimitExceededError.because(
-                    f"max_subscribers ({cfg.max_subscribers}) reached for {key!r}"
-                )
-            sub = Subscription(self, next(self._sub_ids), key, opts, capacity)
+
+        def make(sub_id: int) -> Subscription:  # under the lock, once the limits allow it
+            sub = Subscription(self, sub_id, key, opts, capacity)
             sub.is_pattern = matches is not None
             if hooks.buffer_lazy:
                 sub._ranked = False  # a FIFO until a message needs the plugin's buffer
@@ -740,35 +510,20 @@ class Broker:
                 if buffer is not None:
                     sub._set_buffer(buffer)
             sub._configure(hooks.subscription_taps(self, sub))
-            subs.append(sub)
-            if existing is None:
-                table[key] = (matches, subs) if matches is not None else subs
-            self._routes.clear()
+            return sub
+
+        sub = self._routing.add(key, matches, make, cfg.max_topics, cfg.max_subscribers)
         hooks.subscribe(self, sub)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        with self._lock:
-            if sub.is_pattern:
-                entry = self._patterns.get(sub.topic)
-                subs = entry[1] if entry is not None else None
-                table: dict[str, Any] = self._patterns
-            else:
-                subs = self._exact.get(sub.topic)
-                table = self._exact
-            if subs is not None and sub in subs:
-                subs.remove(sub)
-                if not subs:
-                    del table[sub.topic]
-                self._routes.clear()
+        self._routing.remove(sub)
         if sub._close():
             self._hooks.unsubscribe(self, sub)
 
     def subscriptions(self, topic: str | None = None) -> list[Subscription]:
         """The live subscriptions (of ``topic``, exact or pattern key, when given) (plugin API)."""
-        with self._lock:
-            found = [s for subs in self._exact.values() for s in subs]
-            found += [s for _, subs in self._patterns.values() for s in subs]
+        found = self._routing.subscriptions()
         if topic is not None:
             found = [s for s in found if s.topic == topic]
         return sorted(found, key=lambda s: s.id)
@@ -781,380 +536,38 @@ class Broker:
     def topics(self) -> list[str]:
         """The exact topics with at least one live subscription, sorted."""
         with self._lock:
-            return sorted(self._exact)
+            return sorted(self._routing.exact)
 
-    # -- acknowledgement ---------------------------------------------------------------------------
-
-    def ack(self, topic: str, ack_id: str) -> None:
-        """Acknowledge ``ack_id`` on the subscriptions of ``topic`` that hold it."""
-        feature = self._op("ack", topic, AckFeature, AckNotSupportedError)
-        self._guard("ack", topic, lambda: feature.ack(topic, ack_id))
-
-    def nack(self, topic: str, ack_id: str, requeue: bool = True) -> None:
-        """Reject ``ack_id``: redeliver it (``requeue``) or dead-letter it at once."""
-        feature = self._op("nack", topic, AckFeature, AckNotSupportedError)
-        self._guard("nack", topic, lambda: feature.nack(topic, ack_id, requeue))
-
-    def _op(
-        self,
-        operation: str,
-        topic: str,
-        kind: type[F],
-        error: type[FeatureNotEnabledError],
-    ) -> F:
-        try:
-            return self._require(kind, error)
-        except MQError as exc:
-            self._failed(operation, topic, exc)
-            raise
-
-    def _limit(self, operation: str, topic: str, limit: object) -> int:
-        """``limit`` if it is an int (``InvalidArgumentError`` otherwise, reported as failed)."""
-        return int(self._guard(operation, topic, lambda: int_limit(limit)))
-
-    def _guard(self, operation: str, topic: str, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except MQError as exc:
-            self._failed(operation, topic, exc)
-            raise
-
-    # -- transactions ------------------------------------------------------------------------------
-
-    def publish_with_transaction(self, topic: str, message: Message, tx_id: str) -> None:
-        """Hold ``message`` in transaction ``tx_id`` (begun by its first message).
-
-        A timed-out ``tx_id`` is not begun again: ``TransactionTimeoutError`` until its
-        commit or rollback has reported the timeout.
-        """
-        self._hold(topic, message, tx_id, None)
-
-    def _hold(self, topic: str, message: Message, tx_id: str, token: object | None) -> object:
-        """``publish_with_transaction`` into transaction ``token`` (any, when None)."""
-        feature = self._op(
-            "publish_with_transaction",
-            topic,
-            TransactionFeature,
-            TransactionNotSupportedError,
-        )
-
-        def hold() -> object:
-            stamped = self.stamp(topic, message)
-            hooks = self._hooks
-            if hooks.publish_on and hooks.publish(self, stamped.topic, stamped):
-                return token
-            memory = self._feature(MemoryFeature)
-            if memory is not None:  # what a transaction holds counts against the limit
-                memory.check((stamped,))
-            return feature.add(tx_id, stamped, token)
-
-        return self._guard("publish_with_transaction", topic, hold)
-
-    def commit_transaction(self, tx_id: str) -> None:
-        """Deliver every message of ``tx_id`` together (``TransactionNotFoundError`` if none)."""
-        feature = self._op(
-            "commit_transaction",
-            "",
-            TransactionFeature,
-            TransactionNotSupportedError,
-        )
-        self._guard("commit_transaction", "", lambda: feature.commit(tx_id))
-
-    def rollback_transaction(self, tx_id: str) -> None:
-        """Discard ``tx_id`` and its messages (``TransactionNotFoundError`` if none)."""
-        feature = self._op(
-            "rollback_transaction",
-            "",
-            TransactionFeature,
-            TransactionNotSupportedError,
-        )
-        self._guard("rollback_transaction", "", lambda: feature.rollback(tx_id))
-
-    @contextlib.contextmanager
-    def transaction(self, tx_id: str | None = None) -> Iterator[Transaction]:
-        """Open a transaction: commit on normal exit, roll back on an exception.
-
-        ``with broker.transaction() as tx: tx.publish("orders", msg)``. All or nothing: a
-        block whose transaction timed out (at any instant, even inside a publish) raises
-        ``TransactionTimeoutError`` from its next ``tx.publish`` and from its exit, and
-        delivers none of its messages.
-        """
-        feature = self._op(
-            "transaction",
-            "",
-            TransactionFeature,
-            TransactionNotSupportedError,
-        )
-        tx = Transaction(self, tx_id if tx_id is not None else uuid.uuid4().hex)
-        try:
-            yield tx
-        except BaseException:
-            if tx._token is not None:
-                # Its own transaction only; one that ended meanwhile has nothing to undo.
-                with contextlib.suppress(TransactionNotFoundError):
-                    feature.rollback(tx.id, tx._token)
-            elif feature.is_open(tx.id):
-                self.rollback_transaction(tx.id)
-            raise
-        # A block that published nothing has nothing to commit; one whose transaction ended
-        # (timed out) gets the error instead of a silent loss.
-        if tx._token is not None:
-            token = tx._token
-            self._guard("commit_transaction", "", lambda: feature.commit(tx.id, token))
-        elif feature.is_open(tx.id):
-            self.commit_transaction(tx.id)
-
-    # -- dead letters ------------------------------------------------------------------------------
-
-    def publish_to_dead_letter(self, original_topic: str, message: Message, reason: str) -> None:
-        """Put ``message`` into the dead letter queue with ``reason``."""
-        feature = self._op(
-            "publish_to_dead_letter",
-            original_topic,
-            DeadLetterFeature,
-            DeadLetterNotSupportedError,
-        )
-
-        def add() -> None:
-            topic = normalize_topic(original_topic)  # replay publishes to it
-            self._check_message(message)
-            check_message(message)
-            feature.add(topic, message, reason, message.attempt)
-            self._hooks.dead_letter(self, topic, message, reason)
-
-        self._guard("publish_to_dead_letter", original_topic, add)
-
-    def dead_letter(
-        self,
-        topic: str,
-        message: Message,
-        reason: str,
-        attempts: int,
-        subscription: Subscription | None = None,
-    ) -> bool:
-        """Hand a given-up message to the dead letter queue (plugin API: the ack/ttl sink).
-
-        ``subscription`` is the subscription whose delivered copy is given up, if any (passed on
-        to ``mqkit_dead_letter``). Returns True when the DLQ took it. With the DLQ off, or when
-        it refuses the message (``max_memory_usage``), the message is dropped, counted in
-        ``dead_letter_stats()``, reported through ``mqkit_drop`` and by ``health_check()``.
-        """
-        feature = self._feature(DeadLetterFeature)
-        if feature is not None and not self._closed:
-            try:
-                feature.add(topic, message, reason, attempts)
-            except MQError as exc:
-                log.error("dead letter of %r from %r failed: %s", message.id, topic, exc)
-                with self._lock:
-                    self._dead_letters_refused += 1
-                self._hooks.drop(self, None, message, "dead letter refused")
-                return False
-            self._hooks.dead_letter(self, topic, message, reason, subscription)
-            return True
-        with self._lock:
-            self._dead_letters_dropped += 1
-        self._hooks.drop(self, None, message, "dead letter queue off")
-        return False
-
-    def dead_letter_stats(self) -> DeadLetterStats:
-        """Statistics of the dead letter queue (``enabled=False`` when it is off).
-
-        ``dropped`` counts every dead letter lost: evicted by ``max_dead_letters``, given up
-        while the queue was off, or refused by it.
-        """
-        feature = self._feature(DeadLetterFeature)
-        lost = self._dead_letters_dropped + self._dead_letters_refused
-        if feature is None:
-            return DeadLetterStats(enabled=False, dropped=lost)
-        stats = feature.stats()
-        return attrs.evolve(stats, dropped=stats.dropped + lost) if lost else stats
-
-    def dead_letters(self, limit: int = 0) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters (all when ``limit <= 0``), left in the queue."""
-        feature = self._op(
-            "dead_letters",
-            "",
-            DeadLetterFeature,
-            DeadLetterNotSupportedError,
-        )
-        limit = self._limit("dead_letters", "", limit)
-        return list(feature.dead_letters(limit))
-
-    def replay_dead_letters(self, limit: int = 0) -> int:
-        """Remove the oldest ``limit`` dead letters and re-publish each to its original topic.
-
-        Returns how many were re-published. A record whose message has expired meanwhile is
-        removed without being re-published (TTL: it must never be delivered). If a re-publish
-        fails, that record and the later ones stay in the queue and the error propagates.
-        """
-        feature = self._op(
-            "replay_dead_letters",
-            "",
-            DeadLetterFeature,
-            DeadLetterNotSupportedError,
-        )
-        limit = self._limit("replay_dead_letters", "", limit)
-        done = republished = 0
-        try:
-            for record in feature.dead_letters(limit):
-                try:
-                    self.publish(record.original_topic, attrs.evolve(record.message, attempt=1))
-                except MessageExpiredError:
-                    pass
-                else:
-                    republished += 1
-                done += 1
-        finally:
-            if done:  # only what was handled leaves the queue (take(0) would take all)
-                feature.take(done)
-        return republished
-
-    # -- persistence -------------------------------------------------------------------------------
-
-    def recover_messages(self, topic: str, limit: int = 0) -> list[Message]:
-        """The oldest ``limit`` stored messages of ``topic`` in publish order (all: ``<= 0``)."""
-        feature = self._op(
-            "recover_messages",
-            topic,
-            PersistenceFeature,
-            PersistenceDisabledError,
-        )
-        limit = self._limit("recover_messages", topic, limit)
-        return list(self._guard("recover_messages", topic, lambda: feature.recover(topic, limit)))
-
-    def replay_messages(self, topic: str, limit: int = 0) -> int:
-        """Re-publish the oldest ``limit`` stored messages of ``topic``; return how many."""
-        messages = self.recover_messages(topic, limit)
-        self._dispatch(messages, check=False)
-        return len(messages)
-
-    # -- protocols and cluster ---------------------------------------------------------------------
-
-    def _protocol(self, name: str) -> tuple[str, int]:
-        try:
-            self._check_open()
-            feature = self._feature(ProtocolFeature, name)
-            if feature is None:
-                raise ProtocolDisabledError.because(f"{name.upper()}: {enable_hint(name)}")
-            return feature.start()
-        except MQError as exc:
-            self._failed(f"start_{name}_server", "", exc)
-            raise
-
-    def start_mqtt_server(self) -> tuple[str, int]:
-        """Start the MQTT gateway; return its bound ``(host, port)``."""
-        return self._protocol("mqtt")
-
-    def start_amqp_server(self) -> tuple[str, int]:
-        """Start the AMQP 0-9-1 gateway; return its bound ``(host, port)``."""
-        return self._protocol("amqp")
-
-    def publish_to_cluster(self, topic: str, message: Message) -> None:
-        """Publish to every node of the cluster (``ClusterDisabledError`` when off)."""
-        feature = self._op(
-            "publish_to_cluster",
-            topic,
-            ClusterFeature,
-            ClusterDisabledError,
-        )
-        self._guard("publish_to_cluster", topic, lambda: feature.publish(topic, message))
-
-    def subscribe_from_cluster(self, topic: str, opts: SubOptions | None = None) -> Subscription:
-        """Subscribe to ``topic`` across the cluster (``ClusterDisabledError`` when off)."""
-        feature = self._op(
-            "subscribe_from_cluster",
-            topic,
-            ClusterFeature,
-            ClusterDisabledError,
-        )
-        sub: Subscription = self._guard(
-            "subscribe_from_cluster", topic, lambda: feature.subscribe(topic, opts)
-        )
-        return sub
-
-    def cluster_status(self) -> ClusterStatus:
-        """The cluster's state (``status="disabled"`` when cluster mode is off)."""
-        feature = self._feature(ClusterFeature)
-        return ClusterStatus(status="disabled") if feature is None else feature.status()
-
-    # -- observability -----------------------------------------------------------------------------
-
-    def memory_usage(self) -> int:
-        """Estimated bytes the broker holds (0 when the ``memory`` plugin is off)."""
-        feature = self._feature(MemoryFeature)
-        return 0 if feature is None else feature.usage()
-
-    def metrics(self) -> MetricsSnapshot:
-        """Counters and latency; the gauges are always filled in."""
-        feature = self._feature(MetricsFeature)
-        snap = MetricsSnapshot() if feature is None else feature.snapshot()
-        with self._lock:
-            topics = len(self._exact) + len(self._patterns)
-            subs = sum(len(s) for s in self._exact.values())
-            subs += sum(len(s) for _, s in self._patterns.values())
-        return attrs.evolve(snap, active_topics=topics, active_subscribers=subs)
-
-    def health_check(self) -> HealthStatus:
-        """``healthy``, ``degraded`` (with ``problems``) or ``closed``."""
-        problems: list[str] = []
-        if not self._closed:
-            with self._lock:
-                errors = dict(self._plugin_errors)
-                dropped = self._dead_letters_dropped
-                refused = self._dead_letters_refused
-            problems += [f"plugin {p!r} failed {n} time(s)" for p, n in sorted(errors.items())]
-            if dropped:
-                problems.append(f"{dropped} dead letter(s) dropped: the dead letter queue is off")
-            if refused:
-                problems.append(
-                    f"{refused} dead letter(s) lost: the dead letter queue refused them"
-                )
-            problems += self._hooks.health(self)
-        metrics = self.metrics()
-        status = "closed" if self._closed else ("degraded" if problems else "healthy")
-        return HealthStatus(
-            status=status,
-            timestamp=self._now(),
-            uptime=self.clock.monotonic() - self._started_at,
-            total_topics=len(self.topics()),
-            total_subscribers=metrics.active_subscribers,
-            memory_usage=self.memory_usage(),
-            memory_limit=self._config.max_memory_usage,
-            metrics=metrics if self._config.enable_metrics else None,
-            problems=tuple(problems),
-        )
+    # -- configuration -----------------------------------------------------------------------------
 
     @property
     def config(self) -> Config:
         """The configuration in force."""
         return self._config
 
+    @reported()
     def update_config(self, cfg: Config) -> None:
         """Replace the configuration; plugins its flags switch on or off start or stop.
 
         Either the whole change applies or nothing does (``InvalidConfigError``,
         ``PluginError``).
         """
-        try:
-            self._check_open()
-            if not isinstance(cfg, Config):
-                raise InvalidConfigError.because(f"expected a Config, got {type(cfg).__name__}")
-            cfg.validate()
-            with self._lock:
-                old = self._config
-                self._config = cfg
-                try:
-                    added = self._apply_plugins(cfg, running=True)
-                    self._hooks.broker_start(self, frozenset(added))
-                except BaseException:
-                    self._config = old
-                    self._apply_plugins(old)
-                    self._reconfigure()
-                    raise
+        self._check_open()
+        if not isinstance(cfg, Config):
+            raise InvalidConfigError.because(f"expected a Config, got {type(cfg).__name__}")
+        cfg.validate()
+        with self._lock:
+            old = self._config
+            self._config = cfg
+            try:
+                added = self._apply_plugins(cfg, running=True)
+                self._hooks.broker_start(self, frozenset(added))
+            except BaseException:
+                self._config = old
+                self._apply_plugins(old)
                 self._reconfigure()
-        except MQError as exc:
-            self._failed("update_config", "", exc)
-            raise
+                raise
+            self._reconfigure()
 
     def _reconfigure(self) -> None:
         """Re-apply buffers and taps to every live subscription after the plugin set changed."""
@@ -1191,12 +604,7 @@ class Broker:
         try:
             self._hooks.broker_close(self)
         finally:
-            with self._lock:
-                subs = [s for subs in self._exact.values() for s in subs]
-                subs += [s for _, subs in self._patterns.values() for s in subs]
-                self._exact.clear()
-                self._patterns.clear()
-            for sub in subs:
+            for sub in self._routing.clear():
                 if sub._close():
                     self._hooks.unsubscribe(self, sub)
             self.timers.close()
@@ -1210,66 +618,3 @@ class Broker:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<mqkit.Broker {state} plugins={self.plugin_names()}>"
-
-    # -- handlers (mqkit/core/handlers.py) ---------------------------------------------------------
-
-    _app: Handlers | None = None
-
-    def _handlers(self) -> Handlers:
-        with self._lock:
-            if self._app is None:
-                self._app = Handlers(self)
-            return self._app
-
-    def subscriber(
-        self,
-        topic: str,
-        *,
-        concurrency: int = 1,
-        group: str | None = None,
-        options: SubOptions | None = None,
-    ) -> Callable[[HandlerT], HandlerT]:
-        """Decorate a sync or async function to be called for each message of ``topic``.
-
-        ``topic`` is a topic or a glob pattern; subscribing happens here, the calls start with
-        :meth:`run`/:meth:`serve` (at once if they already run). The first parameter gets the
-        payload structured into its annotated type (attrs class, dataclass, TypedDict,
-        builtins); a parameter annotated :class:`Message` (or a subclass) gets the message.
-        Return = ack, raise = nack (retries, then the dead letter queue), a payload that does
-        not structure = dead-lettered at once. ``concurrency`` bounds the messages in flight;
-        handlers of one ``group`` on one topic share a subscription (each message goes to one
-        of them). ``options`` are the subscription's. The function is returned unchanged.
-        """
-        return self._handlers().subscriber(
-            topic, concurrency=concurrency, group=group, options=options
-        )
-
-    def publisher(self, topic: str) -> Callable[[HandlerT], HandlerT]:
-        """Decorate a handler to publish its return value (not None) to ``topic`` too."""
-        return self._handlers().publisher(topic)
-
-    def request(self, topic: str, payload: object, timeout: float = 5.0) -> Message:
-        """Publish ``payload`` to ``topic`` and wait for the reply (``RequestTimeoutError``).
-
-        The request carries ``meta["reply_to"]`` and ``meta["correlation_id"]``; a handler's
-        return value goes back as the reply. ``payload`` may be a :class:`Message`.
-        """
-        return self._handlers().request(topic, payload, timeout)
-
-    def arequest(self, topic: str, payload: object, timeout: float = 5.0) -> Awaitable[Message]:
-        """:meth:`request` for asyncio: ``reply = await broker.arequest(topic, payload)``."""
-        return self._handlers().arequest(topic, payload, timeout)
-
-    def run(self) -> None:
-        """Run the handlers until SIGINT/SIGTERM (from the main thread) or :meth:`close`.
-
-        Blocks. Stops cleanly: stop taking, finish what is in flight, then close the broker.
-        """
-        self._handlers().run()
-
-    async def serve(self) -> None:
-        """Run the handlers inside the running event loop until cancelled or closed.
-
-        Stops as :meth:`run` does, then closes the broker.
-        """
-        await self._handlers().serve()

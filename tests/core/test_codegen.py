@@ -50,3 +50,31 @@ def test_a_hook_adapter_is_generated_with_its_source(make_broker) -> None:
     else:  # pragma: no cover
         raise AssertionError("the plugin's error was not raised")
     assert "adapter of" in text and "return fn(a2)" in text
+
+
+def test_reported_operations_keep_their_signature_and_docstring() -> None:
+    nack = inspect.signature(mqkit.Broker.nack)
+    assert list(nack.parameters) == ["self", "topic", "ack_id", "requeue"]
+    assert nack.parameters["requeue"].default is True
+    assert mqkit.Broker.subscribe_pattern.__doc__ == (
+        "Subscribe to every topic a glob pattern matches (``orders.*``)."
+    )
+    assert mqkit.Broker.publish_priority.__name__ == "publish_priority"
+
+
+def test_a_reported_operation_takes_keywords_and_defaults(make_broker) -> None:
+    broker = make_broker()
+    sub = broker.subscribe(topic="t", opts=mqkit.SubOptions(buffer_size=3))
+    assert sub.topic == "t" and broker.subscribe_pattern(pattern="t.*").is_pattern
+    assert broker.subscriptions("t") == [sub]
+
+
+def test_a_traceback_through_a_reported_operation_shows_its_line(make_broker) -> None:
+    broker = make_broker()
+    try:
+        broker.subscribe(" ")
+    except mqkit.InvalidTopicError as exc:
+        text = "".join(traceback.format_exception(exc))
+    else:  # pragma: no cover
+        raise AssertionError("a blank topic was accepted")
+    assert "@reported Broker.subscribe" in text and "return _method(self, topic, opts)" in text

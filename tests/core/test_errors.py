@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -413,3 +414,108 @@ def test_failed_operations_fire_mqkit_error(make_broker, hook_recorder) -> None:
         ("commit_transaction", "", mqkit.TransactionNotSupportedError),
     ]
     assert all(c.broker is broker for c in calls)
+
+
+def _closed_broker_calls(broker: mqkit.Broker) -> list[tuple[str, Callable[[], object]]]:
+    """Every reported operation, called on a closed broker: (what it reports, the call)."""
+    m = mqkit.Message("m")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    return [
+        ("publish t", lambda: broker.publish("t", m)),
+        ("publish_batch t", lambda: broker.publish_batch("t", [m])),
+        ("publish_priority t", lambda: broker.publish_priority("t", mqkit.PriorityMessage("m"))),
+        ("publish_ttl t", lambda: broker.publish_ttl("t", mqkit.TTLMessage("m", expires_at=later))),
+        ("publish_with_ack t", lambda: broker.publish_with_ack("t", mqkit.AckMessage("m"))),
+        (
+            "publish_priority_ttl t",
+            lambda: broker.publish_priority_ttl(
+                "t", mqkit.PriorityTTLMessage("m", expires_at=later)
+            ),
+        ),
+        (
+            "publish_with_ack_ttl t",
+            lambda: broker.publish_with_ack_ttl("t", mqkit.AckTTLMessage("m", expires_at=later)),
+        ),
+        ("subscribe t", lambda: broker.subscribe("t")),
+        ("subscribe_pattern t.*", lambda: broker.subscribe_pattern(pattern="t.*")),
+        ("subscribe_matching k", lambda: broker.subscribe_matching("k", bool)),
+        ("subscribe t", lambda: broker.subscribe_batch(["t", "u"])),
+        ("subscribe_with_ack t", lambda: broker.subscribe_with_ack("t")),
+        ("ack t", lambda: broker.ack("t", "a")),
+        ("nack t", lambda: broker.nack("t", "a", requeue=False)),
+        ("publish_with_transaction t", lambda: broker.publish_with_transaction("t", m, "x")),
+        ("commit_transaction ", lambda: broker.commit_transaction("x")),
+        ("rollback_transaction ", lambda: broker.rollback_transaction("x")),
+        ("transaction ", lambda: broker.transaction().__enter__()),
+        (
+            "publish_to_dead_letter t",
+            lambda: broker.publish_to_dead_letter(original_topic="t", message=m, reason="r"),
+        ),
+        ("dead_letters ", lambda: broker.dead_letters(1)),
+        ("replay_dead_letters ", lambda: broker.replay_dead_letters()),
+        ("recover_messages t", lambda: broker.recover_messages("t", 1)),
+        ("recover_messages t", lambda: broker.replay_messages("t")),
+        ("publish_to_cluster t", lambda: broker.publish_to_cluster("t", m)),
+        ("subscribe_from_cluster t", lambda: broker.subscribe_from_cluster("t")),
+        ("start_mqtt_server ", broker.start_mqtt_server),
+        ("update_config ", lambda: broker.update_config(mqkit.Config())),
+    ]
+
+
+def test_every_operation_reports_its_failure_once_by_name_and_topic(
+    make_broker, hook_recorder
+) -> None:
+    broker = make_broker(objects=[hook_recorder])
+    broker.close()
+    calls = _closed_broker_calls(broker)
+    for expected, call in calls:
+        hook_recorder.clear()
+        with pytest.raises(mqkit.BrokerClosedError) as caught:
+            call()
+        reports = [(c.operation, c.topic, c.error) for c in hook_recorder.of("mqkit_error")]
+        operation, topic = expected.split(" ")
+        assert reports == [(operation, topic, caught.value)], expected
+
+
+def test_plugin_api_calls_do_not_report_failures(make_broker, hook_recorder) -> None:
+    broker = make_broker(objects=[hook_recorder])
+    broker.close()
+    with pytest.raises(mqkit.BrokerClosedError):
+        broker.stamp("t", mqkit.Message("m"))
+    with pytest.raises(mqkit.BrokerClosedError):
+        broker.dispatch([mqkit.Message("m")])
+    with pytest.raises(mqkit.BrokerClosedError):
+        broker.routes("t")
+    assert hook_recorder.of("mqkit_error") == []
+
+
+def test_a_failure_is_reported_by_the_innermost_operation_only(make_broker, hook_recorder) -> None:
+    broker = make_broker(
+        "priority",
+        "transactions",
+        "deadletter",
+        config=mqkit.Config(dead_letter_topic="dlq"),
+        objects=[hook_recorder],
+    )
+    with pytest.raises(mqkit.InvalidTopicError):
+        broker.publish_priority(" ", mqkit.PriorityMessage("m"))  # publish raises it
+    with pytest.raises(mqkit.InvalidTopicError):
+        broker.publish_to_dead_letter(" ", mqkit.Message("m"), "r")
+    with pytest.raises(mqkit.InvalidTopicError), broker.transaction() as tx:
+        tx.publish(" ", mqkit.Message("m"))
+    reports = [(c.operation, c.topic) for c in hook_recorder.of("mqkit_error")]
+    assert reports == [
+        ("publish", " "),
+        ("publish_to_dead_letter", " "),
+        ("publish_with_transaction", " "),
+    ]
+
+
+def test_an_error_raised_inside_a_transaction_block_is_not_the_brokers(
+    make_broker, hook_recorder
+) -> None:
+    broker = make_broker("transactions", objects=[hook_recorder])
+    with pytest.raises(mqkit.InvalidArgumentError), broker.transaction() as tx:
+        tx.publish("t", mqkit.Message("m"))
+        raise mqkit.InvalidArgumentError("the caller's own")
+    assert hook_recorder.of("mqkit_error") == []
