@@ -183,6 +183,7 @@ class Broker:
         self._bytes = ThreadShards(_ByteShard, _fold_bytes)
         self._bytes_local = self._bytes.local
         self._admissions: tuple[Callable[[int, int], None], ...] = ()
+        self._sized = False  # admissions: copies are built with their size (estimate_size)
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
         self._dead_letters_refused = 0  # given up, and the DLQ refused them (memory limit)
@@ -348,7 +349,7 @@ class Broker:
             stamp = _stampers.get(cls)
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
-            stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
+            stamped = stamp(message, route.topic, self._stamp_time(), message.attempt, self._sized)
             hooks = self._hooks
             if cls in hooks.quiet:  # no hook, buffer or admission concerns the class
                 for put in route.puts:
@@ -366,9 +367,7 @@ class Broker:
             ):
                 return
             if self._admissions:
-                size = stamped._size
-                if size < 0:
-                    size = estimate_size(stamped)
+                size = estimate_size(stamped)  # the size it was built with
                 copies = len(route.subs)
                 self._admit((size + SLOT_BYTES) * (copies if copies > 1 else 1))
             if hooks.accept_on and cls not in hooks.accept_idle:
@@ -393,9 +392,11 @@ class Broker:
         """Publish several messages to ``topic``: all of them or, on any error, none."""
         try:
             route = self._route(topic)
-            now = self._now()  # one datetime shared by the batch (its text is made once)
+            now = self._stamp_time()  # one instant shared by the batch
+            sized = self._sized
             stamped = [
-                self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)
+                self._check_message(m)(m, route.topic, now, m.attempt, sized)
+                for m in list(messages)
             ]
             self._dispatch(stamped, check=True)
         except MQError as exc:
@@ -496,12 +497,14 @@ class Broker:
         """
         with self._lock:
             self._admissions = (*self._admissions, admit)
+            self._sized = True
             self._hooks.quiet.clear()  # every publish is checked from now on
 
     def remove_admission(self, admit: Callable[[int, int], None]) -> None:
         """Stop calling ``admit`` (plugin API; nothing happens if it is not there)."""
         with self._lock:
             self._admissions = tuple(a for a in self._admissions if a != admit)
+            self._sized = bool(self._admissions)
             self._hooks.loud.clear()  # classes may be quiet again
 
     def incoming_bytes(self, messages: Sequence[Message]) -> int:
@@ -560,7 +563,7 @@ class Broker:
         """Validate ``topic`` and ``message`` and return the stamped copy (plugin API)."""
         route = self._route(topic)
         stamp: Stamper[Message] = self._check_message(message)
-        return stamp(message, route.topic, self._stamp_time(), message.attempt)
+        return stamp(message, route.topic, self._stamp_time(), message.attempt, self._sized)
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
         # An error may pass through nested operations (publish_to_dead_letter -> publish):
