@@ -349,15 +349,19 @@ class Broker:
             stamp = _stampers.get(cls)
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
-            stamped = stamp(message, route.topic, self._stamp_time(), message.attempt, self._sized)
             hooks = self._hooks
             if cls in hooks.quiet:  # no hook, buffer or admission concerns the class
+                stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
                 for put in route.puts:
                     put(stamped)
                 if route.published is not None:
                     next(route.published)
                 return
-            # From here on: _dispatch for one message, inlined (no lists on the hot path).
+            # From here on: _dispatch for one message, inlined (no lists on the hot path). Under a
+            # memory limit (admissions) the copy is built with its size (estimate_size).
+            stamped = stamp.full(
+                message, route.topic, self._stamp_time(), message.attempt, self._sized, -1
+            )
             if cls not in hooks.loud:
                 self._learn_quiet(cls)
             if (
@@ -395,7 +399,7 @@ class Broker:
             now = self._stamp_time()  # one instant shared by the batch
             sized = self._sized
             stamped = [
-                self._check_message(m)(m, route.topic, now, m.attempt, sized)
+                self._check_message(m).full(m, route.topic, now, m.attempt, sized, -1)
                 for m in list(messages)
             ]
             self._dispatch(stamped, check=True)
@@ -563,7 +567,9 @@ class Broker:
         """Validate ``topic`` and ``message`` and return the stamped copy (plugin API)."""
         route = self._route(topic)
         stamp: Stamper[Message] = self._check_message(message)
-        return stamp(message, route.topic, self._stamp_time(), message.attempt, self._sized)
+        return stamp.full(
+            message, route.topic, self._stamp_time(), message.attempt, self._sized, -1
+        )
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
         # An error may pass through nested operations (publish_to_dead_letter -> publish):

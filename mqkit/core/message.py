@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType, MemberDescriptorType
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import attrs
 
@@ -503,25 +503,27 @@ def _fast_checks(names: list[str]) -> str:
     return " or ".join(tests)
 
 
-class Stamper(Protocol[M]):
-    """``stamp(message, topic, time, attempt, sized=False, seq=-1) -> copy`` (see :func:`stamper`).
-
-    ``time`` is POSIX seconds (what the broker stamps: see ``Message.time``).
-    """
+class FullStamper(Protocol[M]):
+    """``stamp.full(message, topic, time, attempt, sized, seq) -> copy`` (see :func:`stamper`)."""
 
     def __call__(
-        self,
-        message: M,
-        topic: str,
-        time: float | None,
-        attempt: int,
-        /,
-        sized: bool = ...,
-        seq: int = ...,
+        self, message: M, topic: str, time: float | None, attempt: int, sized: bool, seq: int, /
     ) -> M: ...
 
 
-_stampers: dict[type[Message], Callable[..., Any]] = {}
+class Stamper(Protocol[M]):
+    """``stamp(message, topic, time, attempt) -> copy`` (see :func:`stamper`).
+
+    ``time`` is POSIX seconds (what the broker stamps: see ``Message.time``). ``stamp.full``
+    also takes ``sized`` and ``seq``.
+    """
+
+    full: FullStamper[M]
+
+    def __call__(self, message: M, topic: str, time: float | None, attempt: int, /) -> M: ...
+
+
+_stampers: dict[type[Message], Stamper[Any]] = {}
 
 
 def _new_ack_prefix() -> str:
@@ -591,9 +593,11 @@ def stamper(cls: type[M]) -> Stamper[M]:
     The copy has ``topic``, ``time`` (POSIX seconds) and ``attempt`` set; for classes with an
     ``ack_id`` field an empty ack id is replaced by a generated one that is never repeated, across
     restarts too. The copy is a new message: it has the store sequence number ``seq`` (default
-    -1: none, even when ``message`` had one; see :func:`store_seq`). With ``sized`` it is built
-    with its :func:`estimate_size` (the broker asks while a memory limit is enforced), else it
-    keeps the estimate ``message`` was built with, if any. A message whose fields
+    -1: none, even when ``message`` had one; see :func:`store_seq`); it keeps the size estimate
+    ``message`` was built with, if any. ``stamp.full(message, topic, time, attempt, sized, seq)``
+    builds the same copy with the store number ``seq``, and with ``sized`` with its
+    :func:`estimate_size` (the broker asks while a memory limit is enforced: the path of the
+    common publish has no such test). A message whose fields
     :func:`check_message` refuses is not copied: ``InvalidMessageError``. Nothing is written
     to the copy once it is built.
     """
@@ -605,9 +609,7 @@ def stamper(cls: type[M]) -> Stamper[M]:
     draft = _draft_class(cls, names)
     if draft is None:
         # Not a slotted class (a user's own subclass): fall back to attrs.evolve.
-        def evolve(
-            m: M, topic: str, time: float | None, attempt: int, sized: bool = False, seq: int = -1
-        ) -> M:
+        def full(m: M, topic: str, time: float | None, attempt: int, sized: bool, seq: int) -> M:
             check_message(m, attempt)
             changes: dict[str, Any] = {"topic": topic, "time": time, "attempt": attempt}
             if "ack_id" in names and not getattr(m, "ack_id", ""):
@@ -619,8 +621,13 @@ def stamper(cls: type[M]) -> Stamper[M]:
             _SEQ_SLOT.__set__(n, seq)
             return n
 
-        _stampers[cls] = evolve
-        return evolve
+        def evolve(m: M, topic: str, time: float | None, attempt: int) -> M:
+            return full(m, topic, time, attempt, False, -1)
+
+        evolve.full = full  # type: ignore[attr-defined]
+        slow = cast("Stamper[M]", evolve)
+        _stampers[cls] = slow
+        return slow
     namespace: dict[str, Any] = {"_draft": draft, "_cls": cls, "_ack": _next_ack_id}
     namespace.update(
         _check=check_message,
@@ -630,32 +637,36 @@ def stamper(cls: type[M]) -> Stamper[M]:
         _AckPolicy=AckPolicy,
         _size=estimate_size,
     )
-    lines = ["def stamp(m, topic, time, attempt, sized=False, seq=-1):"]
-    lines += [
+    lines = [
         f"    if {_fast_checks(names)}:",
         "        _check(m, attempt)",  # every field, meta too
         "    elif (meta := m.meta) is not _EMPTY:",
         "        _meta(m, meta)",
         "    n = _draft()",
     ]
-    stamped = {
-        "topic": "topic",
-        "time": "time",
-        "attempt": "attempt",
-        "_size": "_size(m) if sized else m._size",
-        "_seq": "seq",
-    }
-    for name in names:
-        value = stamped.get(name, f"m.{name}")
-        if name == "ack_id":
-            value = "m.ack_id or _ack(m)"
-        lines.append(f"    n.{name} = {value}")
-    lines += ["    n.__class__ = _cls", "    return n"]
-    fn: Stamper[M] = generate(
-        "stamp", "\n".join(lines) + "\n", namespace, f"stamper of {cls.__qualname__}"
-    )
-    _stampers[cls] = fn
-    return fn
+    # Two functions of the same body: ``stamp`` (every publish: four arguments, no test more)
+    # and ``full`` (a memory limit's size, a redelivery's store number).
+    fns: list[Callable[..., Any]] = []
+    for header, size, seq in (
+        ("def stamp(m, topic, time, attempt):", "m._size", "-1"),
+        ("def full(m, topic, time, attempt, sized, seq):", "_size(m) if sized else m._size", "seq"),
+    ):
+        stamped = {"topic": "topic", "time": "time", "attempt": "attempt", "_size": size}
+        stamped["_seq"] = seq
+        body = [header, *lines]
+        for name in names:
+            value = stamped.get(name, f"m.{name}")
+            if name == "ack_id":
+                value = "m.ack_id or _ack(m)"
+            body.append(f"    n.{name} = {value}")
+        body += ["    n.__class__ = _cls", "    return n"]
+        what = f"{'full ' if size != 'm._size' else ''}stamper of {cls.__qualname__}"
+        fns.append(generate(header[4 : header.index("(")], "\n".join(body) + "\n", namespace, what))
+    fast, full = fns
+    fast.full = full  # type: ignore[attr-defined]
+    stamp = cast("Stamper[M]", fast)
+    _stampers[cls] = stamp
+    return stamp
 
 
 def redelivery(message: M) -> M:
@@ -664,5 +675,7 @@ def redelivery(message: M) -> M:
     Everything else is kept, the store sequence number (:func:`store_seq`) included: it is the
     same message (plugin API; the ``ack`` plugin's redeliveries).
     """
-    stamp = stamper(type(message))
-    return stamp(message, message.topic, _read_time(message), message.attempt + 1, seq=message._seq)
+    stamp = stamper(type(message)).full
+    return stamp(
+        message, message.topic, _read_time(message), message.attempt + 1, False, message._seq
+    )

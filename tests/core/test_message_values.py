@@ -220,15 +220,38 @@ def test_time_is_read_alike_from_many_threads(make_broker, fake_clock: FakeClock
     assert seen == [fake_clock.now()] * 2000
 
 
-def test_the_memory_count_holds_when_a_buffered_payload_changes(make_broker) -> None:
+@pytest.mark.parametrize("cls", [mqkit.Message, Parcel, LooseParcel])
+def test_the_memory_count_holds_when_a_buffered_payload_changes(
+    make_broker, cls: type[mqkit.Message]
+) -> None:
     broker = make_broker("memory", config=mqkit.Config(max_memory_usage=10**6))
     subs = [broker.subscribe("t") for _ in range(2)]
     rows = [1, 2]
-    broker.publish("t", mqkit.Message("m", rows))
+    broker.publish("t", cls("m", rows))
     held = broker.memory_usage()
     rows.extend(range(100))  # the publisher changes the shared payload while it is buffered
     assert broker.memory_usage() == held
     subs[0].get_nowait()
     rows.clear()
     subs[1].get_nowait()
+    assert broker.memory_usage() == 0
+
+
+@pytest.mark.parametrize("cls", [mqkit.AckMessage, mqkit.AckTTLMessage])
+def test_a_redelivered_copy_is_a_new_equal_value(
+    make_broker, fake_clock: FakeClock, cls: type[mqkit.Message]
+) -> None:
+    broker = make_broker("ack", "memory", config=mqkit.Config(max_memory_usage=10**6))
+    sub = broker.subscribe("t")
+    extra = {"expires_at": LATER} if cls is mqkit.AckTTLMessage else {}
+    broker.publish("t", cls("m", ["x"], **extra))
+    first = sub.get_nowait()
+    held = broker.memory_usage()
+    sub.nack(first.ack_id)  # type: ignore[attr-defined]
+    again = sub.get_nowait()
+    assert again is not first and again.attempt == first.attempt + 1
+    assert again == attrs.evolve(first, attempt=first.attempt + 1)
+    assert pickle.loads(pickle.dumps(again)) == again
+    assert broker.memory_usage() == held
+    sub.ack(again.ack_id)  # type: ignore[attr-defined]
     assert broker.memory_usage() == 0
