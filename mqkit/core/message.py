@@ -592,14 +592,13 @@ def stamper(cls: type[M]) -> Stamper[M]:
 
     The copy has ``topic``, ``time`` (POSIX seconds) and ``attempt`` set; for classes with an
     ``ack_id`` field an empty ack id is replaced by a generated one that is never repeated, across
-    restarts too. The copy is a new message: it has the store sequence number ``seq`` (default
-    -1: none, even when ``message`` had one; see :func:`store_seq`); it keeps the size estimate
-    ``message`` was built with, if any. ``stamp.full(message, topic, time, attempt, sized, seq)``
-    builds the same copy with the store number ``seq``, and with ``sized`` with its
-    :func:`estimate_size` (the broker asks while a memory limit is enforced: the path of the
-    common publish has no such test). A message whose fields
-    :func:`check_message` refuses is not copied: ``InvalidMessageError``. Nothing is written
-    to the copy once it is built.
+    restarts too. The copy is a new message: it has no store sequence number (:func:`store_seq`),
+    even when ``message`` had one; it keeps the size estimate ``message`` was built with, if any.
+    ``stamp.full(message, topic, time, attempt, sized, seq)`` builds the same copy with the store
+    number ``seq`` (-1: none) and, with ``sized``, with its :func:`estimate_size` (the broker
+    asks while a memory limit is enforced; the common publish path has no such test). A
+    message whose fields :func:`check_message` refuses is not copied: ``InvalidMessageError``.
+    Nothing is written to the copy once it is built.
     """
     try:
         return _stampers[cls]
