@@ -371,7 +371,9 @@ class Broker:
             ):
                 return
             if self._admissions:
-                size = estimate_size(stamped)  # the size it was built with
+                size = stamped._size  # built with it (stamp.full, sized)
+                if size < 0:
+                    size = estimate_size(stamped)
                 copies = len(route.subs)
                 self._admit((size + SLOT_BYTES) * (copies if copies > 1 else 1))
             if hooks.accept_on and cls not in hooks.accept_idle:
