@@ -87,6 +87,37 @@ class _MetaKey:
         return hash(frozenset(self.meta.items()))
 
 
+_EXACT_SECONDS: Final = float(2**32)
+"""Within this many seconds of 1970 (1833-2106) POSIX seconds hold any microsecond exactly."""
+
+
+def _posix_seconds(value: datetime | float | None) -> float | None:
+    """``Message.time``'s converter: what ``__init__`` stores, POSIX seconds or None.
+
+    An aware ``datetime`` is taken at its instant (a naive one as UTC, as the store does), a
+    finite number as POSIX seconds; anything else is refused (``InvalidMessageError``).
+    """
+    if value is None or (value.__class__ is float and abs(value) < _EXACT_SECONDS):
+        return value
+    seconds: float | None
+    if isinstance(value, datetime):
+        seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    elif isinstance(value, bool):
+        seconds = None
+    else:
+        seconds = as_finite(value)
+    if seconds is not None and not -_EXACT_SECONDS < seconds < _EXACT_SECONDS:
+        try:
+            datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            seconds = None
+    if seconds is None:
+        raise InvalidMessageError.because(
+            f"time must be a datetime, POSIX seconds or None, not {describe(value)}"
+        )
+    return float(seconds)
+
+
 @attrs.frozen(slots=True)
 class Message:
     """A message: an id, a payload and metadata.
@@ -105,7 +136,7 @@ class Message:
     data: Any = None
     topic: str = attrs.field(default="", kw_only=True)
     type: str = attrs.field(default="", kw_only=True)
-    time: datetime | None = attrs.field(default=None, kw_only=True)
+    time: datetime | None = attrs.field(default=None, kw_only=True, converter=_posix_seconds)
     meta: Mapping[str, str] = attrs.field(default=EMPTY_META, kw_only=True, eq=_MetaKey)
     attempt: int = attrs.field(default=1, kw_only=True)
     # estimate_size's value, when the copy was built with it (-1: measured on each call). Not
@@ -136,8 +167,6 @@ _UNPICKLED: Final = frozenset({"_size", "_seq"})
 _TIME_SLOT: Final[MemberDescriptorType] = Message.__dict__["time"]
 _read_time: Final[Callable[[Message], float | None]] = _TIME_SLOT.__get__
 _write_time: Final[Callable[[Message, float | None], None]] = _TIME_SLOT.__set__
-_EXACT_SECONDS: Final = float(2**32)
-"""Within this many seconds of 1970 (1833-2106) POSIX seconds hold any microsecond exactly."""
 
 
 def _rebuild(cls: type[M], state: dict[str, Any], read_only: bool) -> M:
@@ -177,44 +206,12 @@ def _published_time(message: Message) -> datetime | None:
 _last_time: tuple[float, datetime] = (0.0, datetime.fromtimestamp(0.0, UTC))
 
 
-def _set_time(message: Message, value: object) -> None:
-    """Store ``time`` as POSIX seconds while a message is built (``__init__``, unpickling).
-
-    An aware ``datetime`` is taken at its instant (a naive one as UTC, as the store does),
-    a finite number as POSIX seconds; anything else is refused.
-    """
-    if value is None or (
-        isinstance(value, float) and value.__class__ is float and abs(value) < _EXACT_SECONDS
-    ):
-        _write_time(message, value)
-        return
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        seconds: float | None = value.timestamp()
-    elif isinstance(value, bool):
-        seconds = None
-    else:
-        seconds = as_finite(value)
-    if seconds is not None and not -_EXACT_SECONDS < seconds < _EXACT_SECONDS:
-        try:
-            datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError):
-            seconds = None
-    if seconds is None:
-        raise InvalidMessageError.because(
-            f"message {getattr(message, 'id', '')!r}: time must be a datetime, POSIX seconds "
-            f"or None, not {describe(value)}"
-        )
-    _write_time(message, float(seconds))
-
-
-# The slot stays; reads and __init__'s writes go through the functions above, the stamper's
-# writes (POSIX seconds from the clock) straight to the slot.
+# The slot stays; reads go through the function above, writes (``__init__`` after its
+# converter, the stamper's POSIX seconds from the clock, unpickling) straight to the slot.
 setattr(  # noqa: B010 (a class attribute replaced after attrs built the class)
     Message,
     "time",
-    property(_published_time, _set_time, _TIME_SLOT.__delete__, "When it was published."),
+    property(_published_time, _write_time, _TIME_SLOT.__delete__, "When it was published."),
 )
 _TIME_PROPERTY: Final = Message.__dict__["time"]
 
