@@ -106,6 +106,7 @@ class Broker(FeatureOperations):
         self._bytes_local = self._bytes.local
         self._add_bytes = self._bytes.add
         self._admissions: tuple[Callable[[int, int], None], ...] = ()
+        self._sized = False  # admissions: copies are built with their size (estimate_size)
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
         self._dead_letters_refused = 0  # given up, and the DLQ refused them (memory limit)
@@ -209,15 +210,19 @@ class Broker(FeatureOperations):
             stamp = _stampers.get(cls)
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
-            stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
             hooks = self._hooks
             if cls in hooks.quiet:  # no hook, buffer or admission concerns the class
+                stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
                 for put in route.puts:
                     put(stamped)
                 if route.published is not None:
                     next(route.published)
                 return
-            # From here on: _dispatch for one message, inlined (no lists on the hot path).
+            # From here on: _dispatch for one message, inlined (no lists on the hot path). Under a
+            # memory limit (admissions) the copy is built with its size (estimate_size).
+            stamped = stamp.full(
+                message, route.topic, self._stamp_time(), message.attempt, self._sized, -1
+            )
             if cls not in hooks.loud:
                 self._learn_quiet(cls)
             if (
@@ -227,7 +232,7 @@ class Broker(FeatureOperations):
             ):
                 return
             if self._admissions:
-                size = stamped._size
+                size = stamped._size  # built with it (stamp.full, sized)
                 if size < 0:
                     size = estimate_size(stamped)
                 copies = len(route.subs)
@@ -254,8 +259,12 @@ class Broker(FeatureOperations):
     def publish_batch(self, topic: str, messages: Sequence[Message]) -> None:
         """Publish several messages to ``topic``: all of them or, on any error, none."""
         route = self._route(topic)
-        now = self._now()  # one datetime shared by the batch (its text is made once)
-        stamped = [self._check_message(m)(m, route.topic, now, m.attempt) for m in list(messages)]
+        now = self._stamp_time()  # one instant shared by the batch
+        sized = self._sized
+        stamped = [
+            self._check_message(m).full(m, route.topic, now, m.attempt, sized, -1)
+            for m in list(messages)
+        ]
         self._dispatch(stamped, check=True)
 
     def _check_message(self, message: object, kind: type[Message] = Message) -> Any:
@@ -335,12 +344,14 @@ class Broker(FeatureOperations):
         """
         with self._lock:
             self._admissions = (*self._admissions, admit)
+            self._sized = True
             self._hooks.quiet.clear()  # every publish is checked from now on
 
     def remove_admission(self, admit: Callable[[int, int], None]) -> None:
         """Stop calling ``admit`` (plugin API; nothing happens if it is not there)."""
         with self._lock:
             self._admissions = tuple(a for a in self._admissions if a != admit)
+            self._sized = bool(self._admissions)
             self._hooks.loud.clear()  # classes may be quiet again
 
     def incoming_bytes(self, messages: Sequence[Message]) -> int:
@@ -386,7 +397,9 @@ class Broker(FeatureOperations):
         """Validate ``topic`` and ``message`` and return the stamped copy (plugin API)."""
         route = self._route(topic)
         stamp: Stamper[Message] = self._check_message(message)
-        return stamp(message, route.topic, self._stamp_time(), message.attempt)
+        return stamp.full(
+            message, route.topic, self._stamp_time(), message.attempt, self._sized, -1
+        )
 
     def _failed(self, operation: str, topic: str, error: MQError) -> None:
         """Report a failed operation through ``mqkit_error``, once per error (see reporting)."""

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType, MemberDescriptorType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import attrs
 
@@ -67,6 +67,57 @@ class AckPolicy(enum.IntEnum):
     TIMEOUT = 2
 
 
+class _MetaKey:
+    """What ``==`` and ``hash`` see of ``meta``: the mapping's items, in any order.
+
+    ``meta`` compares as it always did (a ``dict`` equals a read-only view of the same
+    items); it hashes as the set of its items, so a message hashes when its meta values do,
+    whatever mapping holds them (a ``mappingproxy`` has no hash of its own).
+    """
+
+    __slots__ = ("meta",)
+
+    def __init__(self, meta: Mapping[str, str]) -> None:
+        self.meta = meta
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _MetaKey) and bool(self.meta == other.meta)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self.meta.items()))
+
+
+_EXACT_SECONDS: Final = float(2**32)
+"""Within this many seconds of 1970 (1833-2106) POSIX seconds hold any microsecond exactly."""
+
+
+def _posix_seconds(value: datetime | float | None) -> float | None:
+    """``Message.time``'s converter: what ``__init__`` stores, POSIX seconds or None.
+
+    An aware ``datetime`` is taken at its instant (a naive one as UTC, as the store does), a
+    finite number as POSIX seconds; anything else is refused (``InvalidMessageError``).
+    """
+    if value is None or (value.__class__ is float and abs(value) < _EXACT_SECONDS):
+        return value
+    seconds: float | None
+    if isinstance(value, datetime):
+        seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    elif isinstance(value, bool):
+        seconds = None
+    else:
+        seconds = as_finite(value)
+    if seconds is not None and not -_EXACT_SECONDS < seconds < _EXACT_SECONDS:
+        try:
+            datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            seconds = None
+    if seconds is None:
+        raise InvalidMessageError.because(
+            f"time must be a datetime, POSIX seconds or None, not {describe(value)}"
+        )
+    return float(seconds)
+
+
 @attrs.frozen(slots=True)
 class Message:
     """A message: an id, a payload and metadata.
@@ -75,60 +126,99 @@ class Message:
     receives a message whose ``topic`` is the topic it was published to. ``attempt`` counts
     deliveries of an ack-required message (the broker sets it on redelivery). The payload
     ``data`` is shared, not copied: treat received payloads as read-only.
+
+    Messages are values: equal messages hash equal (a message is hashable when its ``data``
+    and ``meta`` values are), and every message class pickles, copies and deep-copies to an
+    equal message of the same class.
     """
 
     id: str
     data: Any = None
     topic: str = attrs.field(default="", kw_only=True)
     type: str = attrs.field(default="", kw_only=True)
-    time: datetime | None = attrs.field(default=None, kw_only=True)
-    meta: Mapping[str, str] = attrs.field(default=EMPTY_META, kw_only=True)
+    time: datetime | None = attrs.field(default=None, kw_only=True, converter=_posix_seconds)
+    meta: Mapping[str, str] = attrs.field(default=EMPTY_META, kw_only=True, eq=_MetaKey)
     attempt: int = attrs.field(default=1, kw_only=True)
-    # estimate_size's memo (-1: not measured yet). Not a part of the message: no __init__
-    # argument, not compared, hashed, shown or serialised; a stamped copy carries it along,
-    # attrs.evolve (which may change the payload) starts afresh.
+    # estimate_size's value, when the copy was built with it (-1: measured on each call). Not
+    # a part of the message: no __init__ argument, not compared, hashed, shown or pickled.
+    # Set only while a copy is built (the stamper), never afterwards.
     _size: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
     # The persistence store's sequence number of this copy (-1: not stored). Not a part of the
-    # message either: the store sets it on the copy it stored and on a recovered message; a
-    # redelivery carries it along, stamping (a publish: a new message) starts afresh.
+    # message either: the store names the copy it stored and a recovered message; a
+    # redelivery is built with it, stamping (a publish: a new message) starts afresh.
     _seq: int = attrs.field(default=-1, init=False, eq=False, hash=False, repr=False)
 
+    def __reduce__(self) -> tuple[Callable[..., Message], tuple[Any, ...]]:
+        """Pickle (and ``copy``) the fields as they are; ``meta`` stays read-only if it was."""
+        cls = type(self)
+        state = {
+            a.name: getattr(self, a.name) for a in cls.__attrs_attrs__ if a.name not in _UNPICKLED
+        }
+        state["time"] = _read_time(self)  # the POSIX seconds the slot holds
+        meta = self.meta
+        read_only = meta.__class__ is MappingProxyType
+        if read_only:
+            state["meta"] = dict(meta)  # a mappingproxy does not pickle; its items do
+        return _rebuild, (cls, state, read_only)
 
+
+M = TypeVar("M", bound=Message)
+_UNPICKLED: Final = frozenset({"_size", "_seq"})
 _TIME_SLOT: Final[MemberDescriptorType] = Message.__dict__["time"]
-_read_time: Final[Callable[[Message], datetime | float | None]] = _TIME_SLOT.__get__
+_read_time: Final[Callable[[Message], float | None]] = _TIME_SLOT.__get__
+_write_time: Final[Callable[[Message, float | None], None]] = _TIME_SLOT.__set__
+
+
+def _rebuild(cls: type[M], state: dict[str, Any], read_only: bool) -> M:
+    """Unpickle a message: a new ``cls`` built with the fields it was pickled with."""
+    message = cls.__new__(cls)
+    if read_only:
+        meta = state["meta"]
+        state["meta"] = MappingProxyType(meta) if meta else EMPTY_META
+    for name, value in state.items():
+        object.__setattr__(message, name, value)
+    object.__setattr__(message, "_size", -1)
+    object.__setattr__(message, "_seq", -1)
+    return message
 
 
 def _published_time(message: Message) -> datetime | None:
-    """``Message.time``: the aware ``datetime`` the slot holds, or makes from POSIX seconds.
+    """``Message.time``: the aware UTC ``datetime`` of the POSIX seconds the slot holds.
 
-    The broker stamps a copy with the clock's POSIX seconds (a float: reading the clock as a
-    ``datetime`` costs 4x more, on every publish); the first read of ``time`` turns it into the
-    ``datetime`` and keeps that. Everything that reads ``time`` - equality, ``repr``, cattrs,
-    ``attrs.evolve`` - sees the ``datetime``.
+    The slot always holds POSIX seconds (a float) or None: the broker stamps a copy with the
+    clock's seconds (reading the clock as a ``datetime`` costs 4x more, on every publish), and
+    a ``datetime`` given to ``__init__`` is turned into its seconds. A read makes the
+    ``datetime`` (nothing is cached on the message; the last one made is reused for the same
+    seconds, so a batch's messages, stamped with one instant, share it and the store formats
+    its text once); equality, hashing, ``repr``, cattrs and ``attrs.evolve`` all see it.
     """
-    value = _read_time(message)
-    if type(value) is float:
-        value = datetime.fromtimestamp(value, UTC)
-        _TIME_SLOT.__set__(message, value)
-    return value  # type: ignore[return-value]  # a datetime or None by now
+    global _last_time
+    seconds = _read_time(message)
+    if seconds is None:
+        return None
+    last, when = _last_time  # one read of an immutable pair: safe from any thread
+    if seconds != last:
+        when = datetime.fromtimestamp(seconds, UTC)
+        _last_time = (seconds, when)
+    return when
 
 
-# The slot stays; reads go through the function above, writes (``__init__``, stamping) and
-# deletes straight to the slot.
+_last_time: tuple[float, datetime] = (0.0, datetime.fromtimestamp(0.0, UTC))
+
+
+# The slot stays; reads go through the function above, writes (``__init__`` after its
+# converter, the stamper's POSIX seconds from the clock, unpickling) straight to the slot.
 setattr(  # noqa: B010 (a class attribute replaced after attrs built the class)
     Message,
     "time",
-    property(_published_time, _TIME_SLOT.__set__, _TIME_SLOT.__delete__, "When it was published."),
+    property(_published_time, _write_time, _TIME_SLOT.__delete__, "When it was published."),
 )
 _TIME_PROPERTY: Final = Message.__dict__["time"]
 
 
 def posix_time(message: Message) -> float | None:
-    """``message.time`` as POSIX seconds (plugin API): no ``datetime`` made or read if stamped."""
-    value = _read_time(message)
-    if value is None or type(value) is float:
-        return value
-    return value.timestamp()  # type: ignore[union-attr]  # a datetime by now
+    """``message.time`` as POSIX seconds (plugin API): what the message holds, no ``datetime``."""
+    return _read_time(message)
 
 
 @attrs.frozen(slots=True)
@@ -266,8 +356,10 @@ def estimate_size(message: Message) -> int:
     bytes per item (a dict, list, tuple or set: 64 bytes plus 64 per item) - the items are
     counted, not walked, so a deep payload costs no more to
     measure than a flat one (and is under-estimated: the limit is on what the broker can
-    count cheaply, not the process's heap). The estimate is measured once per message and
-    remembered on it (and on its stamped copies).
+    count cheaply, not the process's heap). A copy the broker stamps while a memory limit is
+    enforced is built with its estimate (see :func:`stamper`) and keeps it: a buffered copy
+    leaves with the size it entered with, even if its payload changed meanwhile. Nothing is
+    written to the message.
     """
     size: int = message._size
     if size >= 0:
@@ -290,13 +382,10 @@ def estimate_size(message: Message) -> int:
     if message.meta:
         # 49 + len for a str key or value; attrs does not check types, so anything is measured
         size += sum(_payload_size(k) + _payload_size(v) for k, v in message.meta.items())
-    _remember_size(message, size)
     return size
 
 
-_remember_size: Final[Callable[[Message, int], None]] = Message.__dict__["_size"].__set__
-"""Write the memo slot of a (frozen) message: a cache of a pure function, so a race is benign."""
-
+_SIZE_SLOT: Final[MemberDescriptorType] = Message.__dict__["_size"]
 _SEQ_SLOT: Final[MemberDescriptorType] = Message.__dict__["_seq"]
 
 
@@ -312,7 +401,12 @@ def store_seq(message: Message) -> int:
 
 
 def set_store_seq(message: Message, seq: int) -> None:
-    """Give ``message`` (a frozen copy the broker made) its store sequence number (plugin API)."""
+    """Name a copy the store just stored, before the broker buffers it (plugin API).
+
+    The persistence store learns the numbers of the copies it stores when its commit ends:
+    after the broker built them, before it buffers them. This is the one write to a message's
+    slot after the copy is built (a redelivery is built with its number: :func:`redelivery`).
+    """
     _SEQ_SLOT.__set__(message, seq)
 
 
@@ -406,14 +500,27 @@ def _fast_checks(names: list[str]) -> str:
     return " or ".join(tests)
 
 
-M = TypeVar("M", bound=Message)
-Stamper = Callable[[M, str, datetime | float, int], M]
-"""``stamp(message, topic, time, attempt) -> copy`` with those fields (and an ack id) filled in.
+class FullStamper(Protocol[M]):
+    """``stamp.full(message, topic, time, attempt, sized, seq) -> copy`` (see :func:`stamper`)."""
 
-``time`` is an aware ``datetime`` or POSIX seconds (what the broker stamps: see ``Message.time``).
-"""
+    def __call__(
+        self, message: M, topic: str, time: float | None, attempt: int, sized: bool, seq: int, /
+    ) -> M: ...
 
-_stampers: dict[type[Message], Callable[..., Any]] = {}
+
+class Stamper(Protocol[M]):
+    """``stamp(message, topic, time, attempt) -> copy`` (see :func:`stamper`).
+
+    ``time`` is POSIX seconds (what the broker stamps: see ``Message.time``). ``stamp.full``
+    also takes ``sized`` and ``seq``.
+    """
+
+    full: FullStamper[M]
+
+    def __call__(self, message: M, topic: str, time: float | None, attempt: int, /) -> M: ...
+
+
+_stampers: dict[type[Message], Stamper[Any]] = {}
 
 
 def _new_ack_prefix() -> str:
@@ -480,11 +587,15 @@ def _draft_class(cls: type[Message], names: list[str]) -> type | None:
 def stamper(cls: type[M]) -> Stamper[M]:
     """Return the copy-and-stamp function for a message class (generated once per class).
 
-    The copy has ``topic``, ``time`` and ``attempt`` set; for classes with an ``ack_id`` field an
-    empty ack id is replaced by a generated one that is never repeated, across restarts too. The
-    copy is a new message: it has no store sequence number (:func:`store_seq`), even when
-    ``message`` had one. A message whose fields :func:`check_message` refuses is not copied:
-    ``InvalidMessageError``.
+    The copy has ``topic``, ``time`` (POSIX seconds) and ``attempt`` set; for classes with an
+    ``ack_id`` field an empty ack id is replaced by a generated one that is never repeated, across
+    restarts too. The copy is a new message: it has no store sequence number (:func:`store_seq`),
+    even when ``message`` had one; it keeps the size estimate ``message`` was built with, if any.
+    ``stamp.full(message, topic, time, attempt, sized, seq)`` builds the same copy with the store
+    number ``seq`` (-1: none) and, with ``sized``, with its :func:`estimate_size` (the broker
+    asks while a memory limit is enforced; the common publish path has no such test). A
+    message whose fields :func:`check_message` refuses is not copied: ``InvalidMessageError``.
+    Nothing is written to the copy once it is built.
     """
     try:
         return _stampers[cls]
@@ -494,16 +605,25 @@ def stamper(cls: type[M]) -> Stamper[M]:
     draft = _draft_class(cls, names)
     if draft is None:
         # Not a slotted class (a user's own subclass): fall back to attrs.evolve.
-        def evolve(m: M, topic: str, time: datetime | float, attempt: int) -> M:
+        def full(m: M, topic: str, time: float | None, attempt: int, sized: bool, seq: int) -> M:
             check_message(m, attempt)
-            # POSIX seconds go into the slot as they are, as on the fast path (Message.time).
             changes: dict[str, Any] = {"topic": topic, "time": time, "attempt": attempt}
             if "ack_id" in names and not getattr(m, "ack_id", ""):
                 changes["ack_id"] = _next_ack_id(m)
-            return attrs.evolve(m, **changes)
+            size = estimate_size(m) if sized else m._size
+            n = attrs.evolve(m, **changes)
+            # The private slots, while the copy is built (evolve leaves them at -1).
+            _SIZE_SLOT.__set__(n, size)
+            _SEQ_SLOT.__set__(n, seq)
+            return n
 
-        _stampers[cls] = evolve
-        return evolve
+        def evolve(m: M, topic: str, time: float | None, attempt: int) -> M:
+            return full(m, topic, time, attempt, False, -1)
+
+        evolve.full = full  # type: ignore[attr-defined]
+        slow = cast("Stamper[M]", evolve)
+        _stampers[cls] = slow
+        return slow
     namespace: dict[str, Any] = {"_draft": draft, "_cls": cls, "_ack": _next_ack_id}
     namespace.update(
         _check=check_message,
@@ -511,27 +631,38 @@ def stamper(cls: type[M]) -> Stamper[M]:
         _EMPTY=EMPTY_META,
         _Priority=Priority,
         _AckPolicy=AckPolicy,
+        _size=estimate_size,
     )
-    lines = ["def stamp(m, topic, time, attempt):"]
-    lines += [
+    lines = [
         f"    if {_fast_checks(names)}:",
         "        _check(m, attempt)",  # every field, meta too
         "    elif (meta := m.meta) is not _EMPTY:",
         "        _meta(m, meta)",
         "    n = _draft()",
     ]
-    stamped = {"topic": "topic", "time": "time", "attempt": "attempt", "_seq": "-1"}
-    for name in names:
-        value = stamped.get(name, f"m.{name}")
-        if name == "ack_id":
-            value = "m.ack_id or _ack(m)"
-        lines.append(f"    n.{name} = {value}")
-    lines += ["    n.__class__ = _cls", "    return n"]
-    fn: Stamper[M] = generate(
-        "stamp", "\n".join(lines) + "\n", namespace, f"stamper of {cls.__qualname__}"
-    )
-    _stampers[cls] = fn
-    return fn
+    # Two functions of the same body: ``stamp`` (every publish: four arguments, no test more)
+    # and ``full`` (a memory limit's size, a redelivery's store number).
+    fns: list[Callable[..., Any]] = []
+    for header, size, seq in (
+        ("def stamp(m, topic, time, attempt):", "m._size", "-1"),
+        ("def full(m, topic, time, attempt, sized, seq):", "_size(m) if sized else m._size", "seq"),
+    ):
+        stamped = {"topic": "topic", "time": "time", "attempt": "attempt", "_size": size}
+        stamped["_seq"] = seq
+        body = [header, *lines]
+        for name in names:
+            value = stamped.get(name, f"m.{name}")
+            if name == "ack_id":
+                value = "m.ack_id or _ack(m)"
+            body.append(f"    n.{name} = {value}")
+        body += ["    n.__class__ = _cls", "    return n"]
+        what = f"{'full ' if size != 'm._size' else ''}stamper of {cls.__qualname__}"
+        fns.append(generate(header[4 : header.index("(")], "\n".join(body) + "\n", namespace, what))
+    fast, full = fns
+    fast.full = full  # type: ignore[attr-defined]
+    stamp = cast("Stamper[M]", fast)
+    _stampers[cls] = stamp
+    return stamp
 
 
 def redelivery(message: M) -> M:
@@ -540,8 +671,7 @@ def redelivery(message: M) -> M:
     Everything else is kept, the store sequence number (:func:`store_seq`) included: it is the
     same message (plugin API; the ``ack`` plugin's redeliveries).
     """
-    stamp = stamper(type(message))
-    when = _read_time(message)  # as it is: POSIX seconds are not turned into a datetime
-    copy = stamp(message, message.topic, when, message.attempt + 1)  # type: ignore[arg-type]
-    set_store_seq(copy, message._seq)
-    return copy
+    stamp = stamper(type(message)).full
+    return stamp(
+        message, message.topic, _read_time(message), message.attempt + 1, False, message._seq
+    )

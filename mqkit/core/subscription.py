@@ -520,11 +520,9 @@ class Subscription:
             self._wake_space()
         for max_age, withhold in self._withhold:
             if max_age is not None:  # only what is old enough is asked about: no call
-                published = _read_time(message)
+                published = _read_time(message)  # POSIX seconds
                 if published is None:
                     continue
-                if published.__class__ is not float:
-                    published = published.timestamp()  # type: ignore[union-attr]
                 if published + max_age > self._clock_time():
                     continue
             if withhold(self, message):
