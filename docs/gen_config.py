@@ -31,8 +31,9 @@ HEADER = """# Configuration reference
 
 Generated from `mqkit.Config` by `python docs/gen_config.py`; do not edit by hand.
 
-A broker is configured with one frozen `mqkit.Config`. `Config()` holds the seed's
-`DefaultConfig()`; build one in code, from a mapping, from the environment, or from a TOML file:
+A broker is configured with one frozen `mqkit.Config`. `Config()` holds the defaults of
+plumego `net/mq`'s `DefaultConfig()` (see [coming from Go](seed-mapping.md)); build one in
+code, from a mapping, from the environment, or from a TOML file:
 
 ```python
 import mqkit
@@ -70,7 +71,8 @@ names no field is an error.
 
 **Plugin sections.** A plugin's own settings are a section: a table in the TOML file
 (`[mqtt]`, `[http]`, a third-party plugin's), `MQKIT_<SECTION>_<FIELD>` variables
-(`MQKIT_MQTT_MAX_INFLIGHT=64`; a seed field wins a clash: `MQKIT_MQTT_PORT` is `mqtt_port`), or,
+(`MQKIT_MQTT_MAX_INFLIGHT=64`; a `Config` field wins a clash: `MQKIT_MQTT_PORT` is `mqtt_port`),
+or,
 in code, `Config(settings={"mqtt": MQTTSettings(max_inflight=64)})` (a mapping of the fields is
 accepted too). `Broker(...)` builds and checks every section before any plugin starts: an
 unknown section or field, or a bad value, is an `InvalidConfigError` naming `section.field` and
@@ -102,22 +104,22 @@ the environment).
 """
 
 SECTIONS: dict[str, str] = {
-    "seed": "The seed's fields",
+    "seed": "The broker's fields (as plumego `net/mq` names them)",
     "mqkit": "What mqkit adds",
     "plugins": "Plugins",
 }
 
 DESCRIPTIONS: dict[str, tuple[str, str]] = {
     # name: (section, description)
-    "enable_health_check": ("seed", "Keep `health_check()` reporting (as in the seed)."),
+    "enable_health_check": ("seed", "Keep `health_check()` reporting."),
     "max_topics": ("seed", "Most exact topics with a subscription at once; `0`: no limit. "
                    "More raises `LimitExceededError`."),
     "max_subscribers": ("seed", "Most subscriptions per topic; `0`: no limit."),
     "default_buffer_size": ("seed", "Buffer size of a subscription whose `SubOptions` gives "
                             "none."),
     "enable_metrics": ("seed", "Count messages and latency (the `metrics` plugin)."),
-    "health_check_interval": ("seed", "Seconds between periodic health checks (kept for the "
-                              "seed; `health_check()` is computed on demand)."),
+    "health_check_interval": ("seed", "Seconds between periodic health checks (kept from "
+                              "plumego; `health_check()` is computed on demand)."),
     "message_ttl": ("seed", "Default time-to-live of messages that carry no `expires_at`; `0`: "
                     "none. See [TTL](features/ttl.md)."),
     "enable_priority_queue": ("seed", "Priority-ordered subscriber buffers (the `priority` "
@@ -155,8 +157,7 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "max_dead_letters": ("mqkit", "Dead letters kept; the oldest go first (counted as "
                          "dropped)."),
     "persistence_max_messages": ("mqkit", "Messages stored per topic; the oldest go first."),
-    "persistence_max_age": ("mqkit", "Seconds a stored message is kept (7 days, the seed's KV "
-                            "TTL)."),
+    "persistence_max_age": ("mqkit", "Seconds a stored message is kept (7 days)."),
     "amqp_host": ("mqkit", "Address the AMQP gateway listens on."),
     "plugins": ("plugins", "Third-party plugins to load, by entry-point name. See "
                 "[plugins](plugins.md)."),

@@ -518,7 +518,8 @@ def inspect_command(
         bool, typer.Option("--json", help="Print the whole report as JSON, for scripts.")
     ] = False,
     limit: Annotated[
-        int, typer.Option(help="Rows of pending acks and dead letters to show (0: all).")
+        int,
+        typer.Option(help="Rows to show per table: topics, pending acks, dead letters (0: all)."),
     ] = 20,
 ) -> None:
     """Show what a persistence directory holds, read-only.
@@ -554,7 +555,8 @@ def inspect_command(
     topics.add_column("unacked", justify="right")
     topics.add_column("dead", justify="right")
     topics.add_column("published (UTC): oldest -> newest", no_wrap=True)
-    for t in report.topics:
+    shown = slice(None) if limit <= 0 else slice(limit)
+    for t in report.topics[shown]:
         topics.add_row(
             t.topic,
             str(t.messages),
@@ -564,7 +566,6 @@ def inspect_command(
         )
     topics.caption = "unacked: waiting for an ack; dead: dead-letter copies (a DLQ topic)"
     console.print(topics)
-    shown = slice(None) if limit <= 0 else slice(limit)
     if report.pending_acks:
         acks = Table(
             title="Pending acks (published, not yet acknowledged)",
@@ -586,7 +587,7 @@ def inspect_command(
         for d in report.dead_letters[shown]:
             dead.add_row(d.id, d.original_topic, d.reason, str(d.attempts), _when(d.time))
         console.print(dead)
-    more = max(len(report.pending_acks), len(report.dead_letters))
+    more = max(len(report.topics), len(report.pending_acks), len(report.dead_letters))
     if 0 < limit < more:
         console.print(f"[dim]showing {limit} row(s) per table; --limit 0 shows all[/]")
     if report.unreadable or report.expired:

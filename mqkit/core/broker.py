@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Self
 
+from mqkit.core.checks import describe
 from mqkit.core.config import Config
 from mqkit.core.errors import (
     AckNotSupportedError,
@@ -273,7 +274,11 @@ class Broker(FeatureOperations):
             raise InvalidMessageError.because(
                 f"expected {kind.__name__}, got {type(message).__name__}"
             )
-        if not isinstance(message.id, str) or not message.id:
+        if not isinstance(message.id, str):
+            raise InvalidMessageError.because(
+                f"message id must be a str, not {describe(message.id)}"
+            )
+        if not message.id:
             raise InvalidMessageError("mq: message cannot be nil: ID is required")
         return stamper(type(message))
 

@@ -123,6 +123,19 @@ def test_inspect_tables_for_people(tmp_path: Path) -> None:
     assert result.stderr == ""  # no broker holds it: no note
 
 
+def test_inspect_limit_bounds_every_table_the_topics_too(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with mqkit.Broker(store_config(store)) as broker:
+        for name in ("t-a", "t-b", "t-c"):
+            broker.publish(name, mqkit.Message(f"{name}-1"))
+    limited = flat(run_mqkit("inspect", str(store), "--limit", "2").stdout)
+    assert "t-a" in limited and "t-b" in limited and "t-c" not in limited
+    assert "showing 2 row(s) per table; --limit 0 shows all" in limited
+    everything = flat(run_mqkit("inspect", str(store), "--limit", "0").stdout)
+    assert all(name in everything for name in ("t-a", "t-b", "t-c"))
+    assert "showing" not in everything
+
+
 def test_inspect_leaves_a_running_brokers_lock_alone(tmp_path: Path) -> None:
     store = tmp_path / "store"
     with mqkit.Broker(store_config(store)) as broker:

@@ -120,6 +120,22 @@ def test_empty_id_text(make_broker) -> None:
     assert str(info.value) == "mq: message cannot be nil: ID is required"
 
 
+@pytest.mark.parametrize("bad", [42, None, b"m-1"], ids=["int", "None", "bytes"])
+def test_an_id_that_is_no_str_is_named_not_called_missing(make_broker, bad: object) -> None:
+    broker = make_broker()
+    sub = broker.subscribe("t")
+    for publish in (
+        lambda: broker.publish("t", mqkit.Message(bad)),  # type: ignore[arg-type]
+        lambda: broker.publish_batch("t", [mqkit.Message(bad)]),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(mqkit.InvalidMessageError) as info:
+            publish()
+        text = str(info.value)
+        assert f"message id must be a str, not {type(bad).__name__} {bad!r}" in text
+        assert "required" not in text
+    assert sub.stats().received == 0
+
+
 def test_broker_closed_text(make_broker) -> None:
     broker = make_broker()
     broker.close()
