@@ -24,23 +24,17 @@ from typing import Any, Final, Self
 from mqkit.core.checks import describe
 from mqkit.core.config import Config
 from mqkit.core.errors import (
-    AckNotSupportedError,
     BrokerClosedError,
-    FeatureNotEnabledError,
     InvalidConfigError,
     InvalidMessageError,
+    InvalidTopicError,
     MQError,
 )
 from mqkit.core.features import AckFeature, Feature
 from mqkit.core.hooks import Hooks
 from mqkit.core.message import (
-    AckMessage,
-    AckTTLMessage,
     Message,
-    PriorityMessage,
-    PriorityTTLMessage,
     Stamper,
-    TTLMessage,
     _stampers,
     estimate_size,
     stamper,
@@ -48,7 +42,6 @@ from mqkit.core.message import (
 from mqkit.core.operations import FeatureOperations, Transaction
 from mqkit.core.plugins import (
     PluginManager,
-    enable_hint,
     info_of,
     instantiate,
     plan_plugins,
@@ -60,7 +53,13 @@ from mqkit.core.settings import build_sections
 from mqkit.core.shards import ByteCounter
 from mqkit.core.subscription import SLOT_BYTES, SubOptions, Subscription, check_options
 from mqkit.core.timers import Clock, TimerService
-from mqkit.core.topics import compile_pattern, is_pattern, normalize_topic
+from mqkit.core.topics import (
+    check_filter,
+    compile_filter,
+    compile_pattern,
+    is_pattern,
+    normalize_topic,
+)
 
 __all__ = ["Broker", "Transaction"]
 
@@ -414,47 +413,6 @@ class Broker(FeatureOperations):
         if hooks.error_on:
             hooks.error(self, operation, topic if isinstance(topic, str) else "", error)
 
-    def _typed_publish(
-        self, topic: str, message: Message, kind: type[Message], *needs: str
-    ) -> None:
-        self._check_open()
-        self._check_message(message, kind)
-        for need in needs:
-            self._need(need)
-        self.publish(topic, message)
-
-    def _need(self, feature: str) -> None:
-        if feature == "ack":
-            if self._ack_feature() is None:
-                raise AckNotSupportedError.because(enable_hint(feature))
-        elif not self._pm.has_plugin(feature):
-            raise FeatureNotEnabledError.because(f"{feature}: {enable_hint(feature)}")
-
-    @reported()
-    def publish_priority(self, topic: str, message: PriorityMessage) -> None:
-        """Publish a :class:`PriorityMessage` (needs the ``priority`` plugin)."""
-        self._typed_publish(topic, message, PriorityMessage, "priority")
-
-    @reported()
-    def publish_ttl(self, topic: str, message: TTLMessage) -> None:
-        """Publish a :class:`TTLMessage` (needs the ``ttl`` plugin)."""
-        self._typed_publish(topic, message, TTLMessage, "ttl")
-
-    @reported()
-    def publish_with_ack(self, topic: str, message: AckMessage) -> None:
-        """Publish an :class:`AckMessage` (needs ``enable_ack_support``)."""
-        self._typed_publish(topic, message, AckMessage, "ack")
-
-    @reported()
-    def publish_priority_ttl(self, topic: str, message: PriorityTTLMessage) -> None:
-        """Publish a :class:`PriorityTTLMessage` (needs ``priority`` and ``ttl``)."""
-        self._typed_publish(topic, message, PriorityTTLMessage, "priority", "ttl")
-
-    @reported()
-    def publish_with_ack_ttl(self, topic: str, message: AckTTLMessage) -> None:
-        """Publish an :class:`AckTTLMessage` (needs ack support and ``ttl``)."""
-        self._typed_publish(topic, message, AckTTLMessage, "ack", "ttl")
-
     # -- subscribing -------------------------------------------------------------------------------
 
     @reported()
@@ -466,6 +424,23 @@ class Broker(FeatureOperations):
     def subscribe_pattern(self, pattern: str, opts: SubOptions | None = None) -> Subscription:
         """Subscribe to every topic a glob pattern matches (``orders.*``)."""
         return self._subscribe(normalize_topic(pattern), opts, pattern=True)
+
+    @reported(topic="topic_filter")
+    def subscribe_filter(self, topic_filter: str, opts: SubOptions | None = None) -> Subscription:
+        """Subscribe to every topic an MQTT-style filter matches (``sensors/+/temperature``).
+
+        Levels are split on ``/``: ``+`` matches one level, a last ``#`` any number of them
+        (the parent included), as for MQTT clients; a filter without ``+``/``#`` is an exact
+        topic. Glob characters (``*?[\\``) are refused: a filter is not a glob pattern.
+        """
+        text = check_filter(topic_filter)
+        if is_pattern(text):
+            raise InvalidTopicError.because(
+                f"invalid filter {text!r}: glob characters (*?[\\) belong to subscribe_pattern"
+            )
+        if "+" not in text and "#" not in text:
+            return self._subscribe(text, opts, pattern=False)
+        return self._subscribe(text, opts, pattern=True, matches=compile_filter(text))
 
     @reported(topic="key")
     def subscribe_matching(

@@ -45,7 +45,7 @@ from mqkit.core.errors import (
 )
 from mqkit.core.message import Message, needs_ack
 from mqkit.core.subscription import SubOptions, Subscription
-from mqkit.core.topics import is_pattern, normalize_topic
+from mqkit.core.topics import filter_is_valid, is_pattern, normalize_topic
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
@@ -510,7 +510,9 @@ class Handlers:
                             f"group {group!r} of {key!r} was subscribed with other options"
                         )
                     return shared
-            if is_pattern(key):
+            if ("+" in key or "#" in key) and filter_is_valid(key) and not is_pattern(key):
+                sub = broker.subscribe_filter(key, options)  # MQTT-style: sensors/+/temp
+            elif is_pattern(key):
                 sub = broker.subscribe_pattern(key, options)
             else:
                 sub = broker.subscribe(key, options)

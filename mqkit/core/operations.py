@@ -50,7 +50,15 @@ from mqkit.core.features import (
 )
 from mqkit.core.handlers import Handlers, HandlerT
 from mqkit.core.hooks import Hooks
-from mqkit.core.message import Message, check_message
+from mqkit.core.message import (
+    AckMessage,
+    AckTTLMessage,
+    Message,
+    PriorityMessage,
+    PriorityTTLMessage,
+    TTLMessage,
+    check_message,
+)
 from mqkit.core.plugins import PluginManager, enable_hint
 from mqkit.core.reporting import reported
 from mqkit.core.routing import Routing
@@ -469,6 +477,49 @@ class FeatureOperations:
             problems=tuple(problems),
         )
 
+    # -- typed publishes: check the class and the features it needs, then publish -------------
+
+    def _typed_publish(
+        self, topic: str, message: Message, kind: type[Message], *needs: str
+    ) -> None:
+        self._check_open()
+        self._check_message(message, kind)
+        for need in needs:
+            self._need(need)
+        self.publish(topic, message)
+
+    def _need(self, feature: str) -> None:
+        if feature == "ack":
+            if self._ack_feature() is None:
+                raise AckNotSupportedError.because(enable_hint(feature))
+        elif not self._pm.has_plugin(feature):
+            raise FeatureNotEnabledError.because(f"{feature}: {enable_hint(feature)}")
+
+    @reported()
+    def publish_priority(self, topic: str, message: PriorityMessage) -> None:
+        """Publish a :class:`PriorityMessage` (needs the ``priority`` plugin)."""
+        self._typed_publish(topic, message, PriorityMessage, "priority")
+
+    @reported()
+    def publish_ttl(self, topic: str, message: TTLMessage) -> None:
+        """Publish a :class:`TTLMessage` (needs the ``ttl`` plugin)."""
+        self._typed_publish(topic, message, TTLMessage, "ttl")
+
+    @reported()
+    def publish_with_ack(self, topic: str, message: AckMessage) -> None:
+        """Publish an :class:`AckMessage` (needs ``enable_ack_support``)."""
+        self._typed_publish(topic, message, AckMessage, "ack")
+
+    @reported()
+    def publish_priority_ttl(self, topic: str, message: PriorityTTLMessage) -> None:
+        """Publish a :class:`PriorityTTLMessage` (needs ``priority`` and ``ttl``)."""
+        self._typed_publish(topic, message, PriorityTTLMessage, "priority", "ttl")
+
+    @reported()
+    def publish_with_ack_ttl(self, topic: str, message: AckTTLMessage) -> None:
+        """Publish an :class:`AckTTLMessage` (needs ack support and ``ttl``)."""
+        self._typed_publish(topic, message, AckTTLMessage, "ack", "ttl")
+
     # -- handlers (mqkit/core/handlers.py) ---------------------------------------------------------
 
     _app: Handlers | None = None
@@ -489,7 +540,8 @@ class FeatureOperations:
     ) -> Callable[[HandlerT], HandlerT]:
         """Decorate a sync or async function to be called for each message of ``topic``.
 
-        ``topic`` is a topic or a glob pattern; subscribing happens here, the calls start with
+        ``topic`` is a topic, a glob pattern or an MQTT-style filter (``a/+/c``, ``a/#``: see
+        :meth:`subscribe_filter`); subscribing happens here, the calls start with
         :meth:`run`/:meth:`serve` (at once if they already run). The first parameter gets the
         payload structured into its annotated type (attrs class, dataclass, TypedDict,
         builtins); a parameter annotated :class:`Message` (or a subclass) gets the message.
