@@ -15,7 +15,8 @@ message was processed. Pairs:
 - async: an ``await sub.aget()`` loop vs an async handler (``concurrency=1``).
 
 Prints msgs/s (median of R interleaved rounds) and each handler's ratio to its loop. Nothing
-here asserts a speed.
+here asserts a speed. The same cases are the ``handlers`` table of the suite's ``core`` group
+(``python benchmarks/run.py --group core``), with their targets.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
+from bench_handlers import aget_loop, async_handler, get_loop, sync_handler
 
 from mqkit import (
     AckMessage,
@@ -1082,6 +1083,21 @@ def suite(groups: Sequence[str] | None = None) -> list[BenchCase]:
         t.peer("aiopubsub", "aiopubsub sync listener", _aiopubsub_sync(f), "Hub.publish calls")
         t.stdlib("callback list", _callback_list(f), "for cb in cbs: cb(msg)")
         t.stdlib("queue.SimpleQueue", _simple_queue(f), "one per subscriber")
+
+    # Typed handlers against the loops they replace: the messages are buffered first, the time
+    # runs from the start of consumption until the last one was handled (bench_handlers.py).
+    t = _Table(cases, wanted, "core", "handlers", 20_000, 2_000)
+    t.mqkit(
+        "get() loop",
+        lambda n: get_loop(n, False),
+        "what a sync handler replaces: a thread's sub.get() and the call",
+        reference=True,
+    )
+    t.mqkit("handler, sync", lambda n: sync_handler(n, False), "@broker.subscriber, concurrency=1")
+    t.mqkit("get() + ack loop", lambda n: get_loop(n, True), "AckMessage: get, call, ack")
+    t.mqkit("handler, sync + ack", lambda n: sync_handler(n, True), "return = ack")
+    t.mqkit("aget() loop", lambda n: aget_loop(n, False), "what an async handler replaces")
+    t.mqkit("handler, async", lambda n: async_handler(n, False), "async def, concurrency=1")
 
     for f in (1, 10):
         n, quick = (50_000, 5_000) if f == 1 else (10_000, 1_000)

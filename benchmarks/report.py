@@ -97,6 +97,18 @@ TARGETS: Final = (
         bar=0.45,
     ),
     Target(
+        name="sync handler (concurrency=1) vs the get() loop it replaces",
+        case=("handlers", "handler, sync"),
+        against=(("handlers", "get() loop"),),
+        bar=0.5,
+    ),
+    Target(
+        name="async handler vs the aget() loop it replaces",
+        case=("handlers", "handler, async"),
+        against=(("handlers", "aget() loop"),),
+        bar=0.5,
+    ),
+    Target(
         name="cross-thread 1 -> 1 vs queue.Queue per subscriber",
         case=("threads 1 -> 1", "mqkit"),
         against=(("threads 1 -> 1", "queue.Queue per subscriber"),),
