@@ -63,9 +63,12 @@ outcomes: list[str] = []
 
 
 def report(line: str) -> None:
-    """Print ``line`` and count it as one order's outcome."""
-    print(line, flush=True)
+    """Print ``line`` and count it as one order's outcome.
+
+    Handlers run on several threads: one lock keeps their lines whole.
+    """
     with finished:
+        print(line, flush=True)
         outcomes.append(line)
         finished.notify_all()
 
