@@ -300,21 +300,26 @@ def _http_overrides(cfg: Config, changes: dict[str, object]) -> Config:
     return cfg.replace(settings={**cfg.settings, "http": new})
 
 
+_HostOption = Annotated[
+    str | None, typer.Option("--host", help="Override [http] host (default 127.0.0.1).")
+]
+_PortOption = Annotated[
+    int | None, typer.Option("--port", help="Override [http] port (0: any free port).")
+]
+_LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help="Logging level: debug, info, warning, error.")
+]
+
+
 @app.command()
 def serve(
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="A TOML file of Config fields (mqkit.toml)."),
     ] = None,
-    host: Annotated[
-        str | None, typer.Option(help="Override [http] host (default 127.0.0.1).")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Override [http] port (0: any free port).")
-    ] = None,
-    log_level: Annotated[
-        str, typer.Option(help="Logging level: debug, info, warning, error.")
-    ] = "info",
+    host: _HostOption = None,
+    port: _PortOption = None,
+    log_level: _LogLevelOption = "info",
 ) -> None:
     """Run a broker as a service until SIGINT or SIGTERM.
 
@@ -425,15 +430,9 @@ def run_command(
             help="The application's broker, as module:attribute (myapp:broker).",
         ),
     ],
-    host: Annotated[
-        str | None, typer.Option(help="Override [http] host (default 127.0.0.1).")
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Override [http] port (0: any free port).")
-    ] = None,
-    log_level: Annotated[
-        str, typer.Option(help="Logging level: debug, info, warning, error.")
-    ] = "info",
+    host: _HostOption = None,
+    port: _PortOption = None,
+    log_level: _LogLevelOption = "info",
 ) -> None:
     """Run an application's handlers as a service until SIGINT or SIGTERM.
 
