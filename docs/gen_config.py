@@ -63,7 +63,7 @@ print(cfg.dead_letter_topic)
 
 `Config.from_toml` raises `mqkit.InvalidConfigError` for a missing file, malformed TOML, an
 unknown key or a bad value, and the message names the key and the file
-(`mq: invalid configuration: max_topics cannot be negative (in mqkit.toml)`).
+(`mq: invalid configuration: max_topics cannot be negative (got -1) (in mqkit.toml)`).
 
 **Environment.** `Config.from_env()` reads `MQKIT_<FIELD NAME IN UPPER CASE>`: booleans
 `true/false/1/0`, durations in seconds, lists comma-separated. A variable with the prefix that

@@ -220,9 +220,12 @@ class Broker(FeatureOperations):
                 return
             # From here on: _dispatch for one message, inlined (no lists on the hot path). Under a
             # memory limit (admissions) the copy is built with its size (estimate_size).
-            stamped = stamp.full(
-                message, route.topic, self._stamp_time(), message.attempt, self._sized, -1
-            )
+            if self._sized:
+                stamped = stamp.full(
+                    message, route.topic, self._stamp_time(), message.attempt, True, -1
+                )
+            else:
+                stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
             if cls not in hooks.loud:
                 self._learn_quiet(cls)
             if (

@@ -126,7 +126,8 @@ class Config:
         for field, bad, why in self._rules():
             if bad:
                 raise InvalidConfigError(
-                    f"{InvalidConfigError.default}: {field} {why}", field=field
+                    f"{InvalidConfigError.default}: {field} {why} (got {getattr(self, field)!r})",
+                    field=field,
                 )
 
     def _rules(self) -> list[tuple[str, bool, str]]:

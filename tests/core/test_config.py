@@ -165,7 +165,8 @@ def test_each_rule(changes: dict[str, Any], field: str, suffix: str) -> None:
     cfg = mqkit.Config(**changes)
     with pytest.raises(mqkit.InvalidConfigError) as info:
         cfg.validate()
-    assert str(info.value) == f"{PREFIX}{field} {suffix}"
+    # The text names the value too (issue 16: a newcomer saw errors without it).
+    assert str(info.value) == f"{PREFIX}{field} {suffix} (got {getattr(cfg, field)!r})"
     assert info.value.field == field
     # The broker refuses it at construction, with the same error.
     with pytest.raises(mqkit.InvalidConfigError) as at_build:
@@ -181,7 +182,9 @@ def test_rules_cover_every_rule_of_config() -> None:
 def test_seed_example_text() -> None:
     with pytest.raises(mqkit.InvalidConfigError) as info:
         mqkit.Config(default_buffer_size=0).validate()
-    assert str(info.value) == "mq: invalid configuration: default_buffer_size must be positive"
+    assert str(info.value) == (
+        "mq: invalid configuration: default_buffer_size must be positive (got 0)"
+    )
 
 
 def test_rules_fire_in_order() -> None:
@@ -337,7 +340,7 @@ def test_from_dict_wrong_type_names_the_field(field: str, value: object) -> None
 def test_from_dict_validates() -> None:
     with pytest.raises(mqkit.InvalidConfigError) as info:
         mqkit.Config.from_dict({"default_buffer_size": 0})
-    assert str(info.value) == f"{PREFIX}default_buffer_size must be positive"
+    assert str(info.value) == f"{PREFIX}default_buffer_size must be positive (got 0)"
     assert info.value.field == "default_buffer_size"
 
 
