@@ -1,7 +1,7 @@
 """System programs the tests drive (Debian packages): skip when missing, or fail under CI.
 
 A test that needs a program this machine lacks is skipped with a reason naming the Debian
-package that provides it. With ``MQKIT_REQUIRE_SYSTEM_PROGRAMS=1`` (``.ci/run`` sets it: CI
+package that provides it. With ``TEST_REQUIRE_SYSTEM_PROGRAMS=1`` (``.ci/run`` sets it: CI
 installs them all) the same test fails instead, so a missing package never passes unseen.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 __all__ = ["STRICT", "require_programs"]
 
-STRICT = "MQKIT_REQUIRE_SYSTEM_PROGRAMS"
+STRICT = "TEST_REQUIRE_SYSTEM_PROGRAMS"
 
 
 def require_programs(package: str, *programs: str) -> None:
