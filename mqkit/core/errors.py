@@ -17,6 +17,8 @@ __all__ = [
     "AckNotSupportedError",
     "BrokerClosedError",
     "ClusterDisabledError",
+    "ClusterError",
+    "ClusterUnavailableError",
     "DeadLetterNotSupportedError",
     "FeatureNotEnabledError",
     "InvalidArgumentError",
@@ -157,6 +159,18 @@ class ClusterDisabledError(FeatureNotEnabledError):
     """Cluster mode (``enable_cluster``) is off (this version of mqkit has no cluster plugin)."""
 
     default = "mq: cluster mode is disabled"
+
+
+class ClusterError(MQError):
+    """Cluster mode could not do what was asked: a replica did not confirm, a node id is taken."""
+
+    default = "mq: cluster error"
+
+
+class ClusterUnavailableError(ClusterError):
+    """Redis cannot be reached (within the ``[cluster]`` connect and socket timeouts)."""
+
+    default = "mq: cluster unavailable"
 
 
 class ProtocolDisabledError(FeatureNotEnabledError):
