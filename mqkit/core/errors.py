@@ -131,7 +131,7 @@ class FeatureNotEnabledError(MQError):
 
     ``Broker(...)`` raises it too when a flag asks for a feature this installation cannot
     provide: its plugin's extra is not installed, or this version of mqkit has no such plugin
-    (``enable_amqp``, ``enable_cluster``).
+    (``enable_amqp``).
     """
 
     default = "mq: feature not enabled"
@@ -156,7 +156,7 @@ class DeadLetterNotSupportedError(FeatureNotEnabledError):
 
 
 class ClusterDisabledError(FeatureNotEnabledError):
-    """Cluster mode (``enable_cluster``) is off (this version of mqkit has no cluster plugin)."""
+    """Cluster mode (``enable_cluster``) is off, or its extra is not installed."""
 
     default = "mq: cluster mode is disabled"
 
