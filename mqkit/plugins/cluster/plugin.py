@@ -124,8 +124,8 @@ class _Reader:
             while not self.stop.is_set():
                 try:
                     found: Any = client.xread({self.key: self.last_id}, count=256, block=block_ms)
-                except _DOWN as exc:
-                    log.warning("cluster reader of %r: Redis unreachable (%s)", self.topic, exc)
+                except (*_DOWN, redis.exceptions.RedisError) as exc:
+                    log.warning("cluster reader of %r: %s (retrying)", self.topic, exc)
                     if self.stop.wait(backoff):
                         return
                     backoff = min(backoff * 2, settings.reconnect_max)
@@ -197,7 +197,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
-            client_name=f"mqkit-{self.node_id}"[:64].replace(" ", "_"),
+            client_name=f"mqkit-{_escape(self.node_id)}"[:64],
         )
 
     def _call(self, what: str, action: Callable[[redis.Redis], T]) -> T:
@@ -247,8 +247,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         if client is None:
             return
         try:
-            client.eval(_RELEASE, 1, self._node_key, self._token)
-            client.srem(self._nodes_key, self.node_id)
+            if client.eval(_RELEASE, 1, self._node_key, self._token):  # only an id it held
+                client.srem(self._nodes_key, self.node_id)
         except redis.exceptions.RedisError as exc:
             log.info("cluster: node id %r not released (%s)", self.node_id, exc)
         client.close()
@@ -312,15 +312,17 @@ class ClusterPlugin(ClusterFeature, Plugin):
 
     @hookimpl
     def mqkit_health(self, broker: Broker) -> Sequence[str] | None:
-        """A problem while Redis is away, a replica or node is missing, or the id is taken."""
-        problems = []
+        """A problem whenever the cluster status is not ``active`` (see :meth:`status`)."""
+        status = self.status()
+        if status.status == "active":
+            return None
         if self._problem:
-            problems.append(f"cluster: {self._problem}")
-        elif self._replicas_seen < self._replicas:
-            problems.append(
-                f"cluster: {self._replicas_seen} of {self._replicas} replica(s) connected"
-            )
-        return problems or None
+            return [f"cluster: {self._problem}"]
+        if status.status == "disconnected":
+            return [f"cluster: Redis at {self._where()} cannot be reached"]
+        if self._replicas_seen < self._replicas:
+            return [f"cluster: {self._replicas_seen} of {self._replicas} replica(s) connected"]
+        return [f"cluster: configured node(s) not alive: {', '.join(status.missing_nodes)}"]
 
     @hookimpl
     def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:

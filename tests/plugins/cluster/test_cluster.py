@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -164,6 +165,18 @@ def test_a_second_live_node_with_the_same_id_is_refused(cluster_broker: Make) ->
     assert "'same' is already in use" in str(info.value)
 
 
+def test_a_refused_node_leaves_the_live_one_registered(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    cluster_broker("same", cluster_sync_interval=60)  # no heartbeat re-adds it meanwhile
+    with pytest.raises(mqkit.ClusterError):
+        cluster_broker("same")
+    client = redis.Redis.from_url(redis_server.url)
+    members = client.smembers("mqkit:nodes")
+    client.close()
+    assert members == {b"same"}
+
+
 def test_an_id_is_free_again_once_its_node_closed(cluster_broker: Make) -> None:
     first = cluster_broker("again")
     first.close()
@@ -185,6 +198,9 @@ def test_status_lists_the_live_peers_and_the_missing_nodes(cluster_broker: Make)
     assert status.last_sync_time is not None
     assert b.cluster_status().status == "active"
     assert b.health_check().status == "healthy"
+    health = a.health_check()
+    assert health.status == "degraded"
+    assert "cluster: configured node(s) not alive: c" in health.problems
 
 
 def test_replication_factor_without_a_replica_times_out(cluster_broker: Make) -> None:
@@ -242,3 +258,14 @@ def test_keys_cannot_be_injected_through_topic_text() -> None:
     assert key.count("{") == 1 and key.count("}") == 1
     assert "\r" not in key and " " not in key
     assert stream_key("mqkit", "a/b") != stream_key("mqkit", "a%2Fb")
+
+
+def test_the_docs_example_runs(redis_server: RedisServer) -> None:
+    # docs/cluster.md lists docs/examples/cluster_fanout.py; its Redis comes from the environment
+    example = Path(__file__).parents[3] / "docs" / "examples" / "cluster_fanout.py"
+    env = child_env()
+    env["MQKIT_CLUSTER_URL"] = redis_server.url
+    child = Child([sys.executable, str(example)], env=env)
+    line = child.wait_for(lambda text: text.startswith("active"), 60, "the example failed")
+    assert child.wait(60) == 0
+    assert line.startswith("active node-a peers:")
