@@ -262,14 +262,22 @@ class ClusterPlugin(ClusterFeature, Plugin):
                 log.warning("cluster heartbeat: %s", exc)
 
     def _sync(self, *, first: bool) -> None:
-        """Refresh the heartbeat and read who is alive (raises on the first sync only)."""
+        """Refresh the heartbeat and read who is alive.
+
+        Redis unreachable: the status says so (a broker starts without it). The id held by
+        another live node: ``ClusterError`` at start, a problem in the status later.
+        """
         ttl_ms = max(1, int(self._interval * 3 * 1000))
         try:
             owned = self._call(
                 "cluster heartbeat",
                 lambda c: c.eval(_CLAIM, 1, self._node_key, self._token, ttl_ms),
             )
+            if owned:
+                members = self._call("cluster heartbeat", self._members)
+                replicas = self._call("cluster heartbeat", self._count_replicas)
         except ClusterUnavailableError as exc:
+            self._reachable = False
             self._problem = str(exc)
             if first:
                 log.warning("cluster: starting without Redis (%s)", exc)
@@ -282,12 +290,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
                     f"(on Redis at {self._where()}); give each broker its own id"
                 )
             return
-        members = self._call(
-            "cluster heartbeat",
-            lambda c: self._members(c),
-        )
         self._peers = tuple(sorted(n for n in members if n != self.node_id))
-        self._replicas_seen = self._call("cluster heartbeat", self._count_replicas)
+        self._replicas_seen = replicas
         self._reachable = True
         self._problem = ""
         self._last_sync = datetime.now(UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -132,10 +133,28 @@ def test_unreachable_redis_fails_fast_and_the_broker_keeps_working(
     assert any("cluster" in p for p in health.problems)
 
 
-def test_reader_resumes_after_a_redis_restart_without_gaps(
-    redis_factory: Callable[..., RedisServer],
+def test_a_redis_that_never_answers_fails_within_the_socket_timeout(
+    cluster_broker: Make,
 ) -> None:
-    server = redis_factory("--appendonly", "yes", "--appendfsync", "always")
+    # a listening socket that accepts and never replies: without the timeouts this would hang
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(16)
+        url = f"redis://127.0.0.1:{mute.getsockname()[1]}/0"
+        broker = cluster_broker("mute", url=url, connect_timeout=0.3, socket_timeout=0.3)
+        assert broker.cluster_status().status == "disconnected"
+        started = time.monotonic()
+        with pytest.raises(mqkit.ClusterUnavailableError):
+            broker.publish_to_cluster("t", mqkit.Message("m"))
+        assert time.monotonic() - started < 10  # the bound is socket_timeout, not forever
+        broker.close()
+
+
+@pytest.mark.parametrize("fsync", ["everysec", "always"])
+def test_reader_resumes_after_a_redis_restart_without_gaps(
+    redis_factory: Callable[..., RedisServer], fsync: str
+) -> None:
+    server = redis_factory("--appendonly", "yes", "--appendfsync", fsync)
     cfg = cluster_config(server.url, "a", connect_timeout=0.5, socket_timeout=0.5, read_block=0.2)
     with mqkit.Broker(cfg) as a, mqkit.Broker(attrs_evolve(cfg, "b")) as b:
         sub = b.subscribe_from_cluster("t")
