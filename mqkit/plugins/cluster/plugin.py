@@ -362,6 +362,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
 
         replies = self._call(f"publish to cluster topic {stamped[0].topic!r}", send)
         if self._replicas > 0 and int(replies[-1]) < self._replicas:
+            self._replicas_seen = min(self._replicas_seen, int(replies[-1]))  # until the next sync
             raise ClusterError.because(
                 f"only {int(replies[-1])} of {self._replicas} replica(s) confirmed the publish "
                 f"to {stamped[0].topic!r} within {self.settings.replica_timeout}s: the "

@@ -234,7 +234,7 @@ def test_replication_factor_waits_for_a_replica(
     redis_factory: Callable[..., RedisServer], cluster_broker: Make
 ) -> None:
     primary = redis_factory()
-    redis_factory("--replicaof", "127.0.0.1", str(primary.port))
+    replica = redis_factory("--replicaof", "127.0.0.1", str(primary.port))
     client = redis.Redis.from_url(primary.url)
     deadline = time.monotonic() + 30
     while int(client.execute_command("WAIT", 1, 100)) < 1:  # waits up to 0.1 s for the replica
@@ -242,6 +242,14 @@ def test_replication_factor_waits_for_a_replica(
     client.close()
     a = cluster_broker("a", url=primary.url, cluster_replication_factor=2, replica_timeout=5)
     a.publish_to_cluster("t", mqkit.Message("m"))  # returns: the replica confirmed it
+    assert a.cluster_status().status == "active"
+    replica.stop()
+    b = cluster_broker("b", url=primary.url, cluster_replication_factor=2, replica_timeout=0.3)
+    with pytest.raises(mqkit.ClusterError) as info:
+        b.publish_to_cluster("t", mqkit.Message("m2"))
+    assert "may be on the primary only" in str(info.value)
+    assert b.cluster_status().status == "degraded"
+    assert b.health_check().status == "degraded"
 
 
 @settings(
