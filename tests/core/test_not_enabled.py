@@ -195,6 +195,21 @@ def test_enable_cluster_is_available_now() -> None:
             broker.publish_to_cluster("t", mqkit.Message("m"))
 
 
+def test_enable_cluster_without_its_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a missing `cluster` extra looks like: redis-py cannot be imported. The plugin's
+    # module still loads (it imports redis when a broker builds it), so other brokers work.
+    for name in [n for n in sys.modules if n == "redis" or n.startswith("redis.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with mqkit.Broker() as broker, pytest.raises(mqkit.ClusterDisabledError):
+        broker.publish_to_cluster("t", mqkit.Message("m"))
+    with pytest.raises(mqkit.PluginError) as info:
+        mqkit.Broker(mqkit.Config(enable_cluster=True, cluster_node_id="node-1"))
+    text = str(info.value)
+    assert "pip install 'mqkit[cluster]'" in text, text
+    assert repeated_phrase(text) is None, text
+
+
 def _unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -28,11 +28,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
-import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from mqkit.core.errors import ClusterError, ClusterUnavailableError, MQError
 from mqkit.core.features import ClusterFeature
 from mqkit.core.hookspecs import hookimpl
@@ -46,6 +41,8 @@ from mqkit.plugins.cluster.settings import ClusterSettings
 from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
 
 if TYPE_CHECKING:
+    import redis
+
     from mqkit.core.broker import Broker
 
 __all__ = ["ClusterPlugin", "node_key", "stream_key"]
@@ -78,10 +75,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-"""What a Redis that cannot be reached raises (``TimeoutError`` is a ``ConnectionError``
-subclass in some redis-py versions, not in others)."""
 
 
 def _escape(text: str) -> str:
@@ -124,7 +117,7 @@ class _Reader:
             while not self.stop.is_set():
                 try:
                     found: Any = client.xread({self.key: self.last_id}, count=256, block=block_ms)
-                except (*_DOWN, redis.exceptions.RedisError) as exc:
+                except self.plugin.failed as exc:
                     log.warning("cluster reader of %r: %s (retrying)", self.topic, exc)
                     if self.stop.wait(backoff):
                         return
@@ -164,6 +157,18 @@ class ClusterPlugin(ClusterFeature, Plugin):
     )
 
     def __init__(self, broker: Broker) -> None:
+        import redis  # the `cluster` extra: without it the broker names it (PluginError)
+        import redis.exceptions
+
+        self._redis = redis
+        self.down: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,
+        )
+        """What a Redis that cannot be reached raises."""
+        self.failed: tuple[type[BaseException], ...] = (*self.down, redis.exceptions.RedisError)
+        """What any failed Redis command raises."""
         self._broker = broker
         self.settings = broker.settings(ClusterSettings)
         config = broker.config
@@ -187,11 +192,14 @@ class ClusterPlugin(ClusterFeature, Plugin):
 
     def client(self, read_block: float = 0.0) -> redis.Redis:
         """A new Redis client with the settings' timeouts and no retries of its own."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         s = self.settings
         timeout = s.socket_timeout + read_block
         if self._replicas > 0 and not read_block:
             timeout += s.replica_timeout
-        return redis.Redis.from_url(
+        return self._redis.Redis.from_url(
             s.url,
             socket_connect_timeout=s.connect_timeout,
             socket_timeout=timeout,
@@ -207,12 +215,12 @@ class ClusterPlugin(ClusterFeature, Plugin):
             raise ClusterUnavailableError.because("the cluster plugin is not running")
         try:
             return action(client)
-        except _DOWN as exc:
+        except self.down as exc:
             self._reachable = False
             raise ClusterUnavailableError.because(
                 f"{what}: Redis at {self._where()} cannot be reached ({exc})"
             ) from exc
-        except redis.exceptions.RedisError as exc:
+        except self.failed as exc:
             raise ClusterError.because(f"{what}: Redis refused it ({exc})") from exc
 
     def _where(self) -> str:
@@ -249,7 +257,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
         try:
             if client.eval(_RELEASE, 1, self._node_key, self._token):  # only an id it held
                 client.srem(self._nodes_key, self.node_id)
-        except redis.exceptions.RedisError as exc:
+        except self.failed as exc:
             log.info("cluster: node id %r not released (%s)", self.node_id, exc)
         client.close()
         self._client = None
