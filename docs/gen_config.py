@@ -91,10 +91,9 @@ backpressure = "drop_newest"
 port = 9100
 ```
 
-**Flags of features this version lacks.** `enable_amqp = true` and `enable_cluster = true` fail
-`Broker(...)` with a `FeatureNotEnabledError` saying this version of mqkit does not include
-them; a flag whose plugin cannot be imported names the extra to install
-(`pip install 'mqkit[mqtt]'`).
+**Flags of features this version lacks.** `enable_amqp = true` fails `Broker(...)` with a
+`FeatureNotEnabledError` saying this version of mqkit does not include it; a flag whose plugin
+cannot be imported names the extra to install (`pip install 'mqkit[mqtt]'`).
 
 **Types.** *bool*: `true`, `false`, `1` or `0` (as text in any case, or a TOML boolean); `yes`,
 `on`, `2` or `1.0` is an `InvalidConfigError` naming the field and the value.
@@ -130,11 +129,11 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
                             "`ack_timeout` is `None`."),
     "max_memory_usage": ("seed", "Bytes the broker may hold; `0`: no limit. See "
                          "[memory](features/memory.md)."),
-    "enable_cluster": ("seed", "Cluster mode (the `cluster` plugin; in progress)."),
-    "cluster_node_id": ("seed", "This node's id; required with `enable_cluster`."),
-    "cluster_nodes": ("seed", "Addresses of the other nodes."),
-    "cluster_replication_factor": ("seed", "Copies of each message across nodes."),
-    "cluster_sync_interval": ("seed", "Seconds between cluster state syncs."),
+    "enable_cluster": ("seed", "Cluster mode on Redis (the `cluster` plugin; docs/cluster.md)."),
+    "cluster_node_id": ("seed", "This node's id, unique among live nodes; required."),
+    "cluster_nodes": ("seed", "Node ids expected alive (a missing one: status `degraded`)."),
+    "cluster_replication_factor": ("seed", "R: a publish waits for R - 1 Redis replicas."),
+    "cluster_sync_interval": ("seed", "Seconds between heartbeats (the TTL: three of them)."),
     "enable_persistence": ("seed", "Store every accepted message (the `persistence` plugin). "
                            "See [persistence](features/persistence.md)."),
     "persistence_path": ("seed", "Directory of the message store; required with "

@@ -17,6 +17,8 @@ __all__ = [
     "AckNotSupportedError",
     "BrokerClosedError",
     "ClusterDisabledError",
+    "ClusterError",
+    "ClusterUnavailableError",
     "DeadLetterNotSupportedError",
     "FeatureNotEnabledError",
     "InvalidArgumentError",
@@ -129,7 +131,7 @@ class FeatureNotEnabledError(MQError):
 
     ``Broker(...)`` raises it too when a flag asks for a feature this installation cannot
     provide: its plugin's extra is not installed, or this version of mqkit has no such plugin
-    (``enable_amqp``, ``enable_cluster``).
+    (``enable_amqp``).
     """
 
     default = "mq: feature not enabled"
@@ -154,9 +156,21 @@ class DeadLetterNotSupportedError(FeatureNotEnabledError):
 
 
 class ClusterDisabledError(FeatureNotEnabledError):
-    """Cluster mode (``enable_cluster``) is off (this version of mqkit has no cluster plugin)."""
+    """Cluster mode (``enable_cluster``) is off, or its extra is not installed."""
 
     default = "mq: cluster mode is disabled"
+
+
+class ClusterError(MQError):
+    """Cluster mode could not do what was asked: a replica did not confirm, a node id is taken."""
+
+    default = "mq: cluster error"
+
+
+class ClusterUnavailableError(ClusterError):
+    """Redis cannot be reached (within the ``[cluster]`` connect and socket timeouts)."""
+
+    default = "mq: cluster unavailable"
 
 
 class ProtocolDisabledError(FeatureNotEnabledError):

@@ -158,7 +158,11 @@ class ClusterFeature(Feature):
 
     @abc.abstractmethod
     def publish(self, topic: str, message: Message) -> None:
-        """Publish to every node of the cluster."""
+        """Publish to every node of the cluster; return once the cluster holds the message."""
+
+    @abc.abstractmethod
+    def publish_batch(self, topic: str, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` to ``topic`` across the cluster in one round trip, in order."""
 
     @abc.abstractmethod
     def subscribe(self, topic: str, options: SubOptions | None) -> Subscription:

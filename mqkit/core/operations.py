@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -410,6 +410,12 @@ class FeatureOperations:
         """Publish to every node of the cluster (``ClusterDisabledError`` when off)."""
         feature = self._require(ClusterFeature, ClusterDisabledError)
         feature.publish(topic, message)
+
+    @reported()
+    def publish_batch_to_cluster(self, topic: str, messages: Sequence[Message]) -> None:
+        """Publish several messages to ``topic`` across the cluster, pipelined, in order."""
+        feature = self._require(ClusterFeature, ClusterDisabledError)
+        feature.publish_batch(topic, messages)
 
     @reported()
     def subscribe_from_cluster(self, topic: str, opts: SubOptions | None = None) -> Subscription:

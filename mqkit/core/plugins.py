@@ -13,7 +13,7 @@ minus those named in ``Config.disable_plugins``. Installing a package never chan
 itself. Each plugin's requirements (data in its ``plugin_info``) are checked before anything is
 registered; a failure names the plugin and the flag to turn on. A seed flag that switches on a
 built-in plugin this installation cannot load (its extra is not installed) or this version does
-not have (``enable_amqp``, ``enable_cluster``) fails the broker with a
+not have (``enable_amqp``) fails the broker with a
 ``FeatureNotEnabledError`` saying so.
 
 A plugin may declare a settings section (``PluginInfo(settings=..., section=...)``); the

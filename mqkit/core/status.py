@@ -121,7 +121,12 @@ class DeadLetter:
 
 @attrs.frozen(slots=True, kw_only=True)
 class ClusterStatus:
-    """The state of cluster mode: ``disabled`` unless the cluster plugin is on."""
+    """The state of cluster mode: ``disabled`` unless the cluster plugin is on.
+
+    With the plugin: ``active``, ``degraded`` (Redis answers but a replica or a configured
+    node is missing) or ``disconnected`` (Redis cannot be reached). ``peers`` are the live
+    nodes besides this one; ``missing_nodes`` the configured ``cluster_nodes`` not alive.
+    """
 
     status: str
     node_id: str = ""
@@ -131,3 +136,4 @@ class ClusterStatus:
     total_nodes: int = 0
     healthy_nodes: int = 0
     last_sync_time: datetime | None = None
+    missing_nodes: tuple[str, ...] = ()

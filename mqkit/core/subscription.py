@@ -897,6 +897,14 @@ class Subscription:
 
     # -- plugin API --------------------------------------------------------------------------------
 
+    def offer(self, message: Message) -> bool:
+        """Buffer a stamped ``message`` under the backpressure policy, as a publish (plugin API).
+
+        For plugins that feed one subscription from elsewhere (the cluster's stream readers).
+        Returns whether the message entered the buffer.
+        """
+        return self._put(message)
+
     def redeliver(self, message: Message) -> bool:
         """Put ``message`` back at the front for redelivery (plugin API; ignores the bound).
 

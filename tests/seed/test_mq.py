@@ -6,6 +6,8 @@ behaviour (DESIGN.md) and says so; ``tests/SEED_TESTS.md`` maps every Go test.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 import mqkit
@@ -378,13 +380,13 @@ _MEMORY_PATHS = {
 
 @pytest.mark.parametrize("path", list(_MEMORY_PATHS))
 def test_in_proc_broker_memory_limit_enforced(make_broker, path: str) -> None:
-    # enable_cluster=True fails Broker(...) until the cluster plugin exists (issue 15).
+    # The cluster plugin is off here (it needs a Redis server: tests/plugins/cluster).
     cfg = mqkit.Config(max_memory_usage=1, cluster_node_id="node-1", dead_letter_topic="dlq")
     broker = make_broker("memory", "priority", "ack", "transactions", "deadletter", config=cfg)
     sub = broker.subscribe("topic")
     dlq = broker.subscribe("dlq")
-    # Cluster mode is a later issue: no cluster plugin exists yet, so PublishToCluster is
-    # refused as not enabled before any memory check (never a silent local publish, §5.12).
+    # Cluster mode is off, so PublishToCluster is refused as not enabled before any memory
+    # check (never a silent local publish, §5.12).
     expected = (
         mqkit.ClusterDisabledError if path == "PublishToCluster" else mqkit.MemoryLimitExceededError
     )
@@ -426,11 +428,18 @@ def test_in_proc_broker_cluster(make_broker) -> None:
     assert cfg.cluster_node_id == "node-1"
     assert cfg.cluster_nodes == ("node-2@localhost:9000", "node-3@localhost:9001")
     assert cfg.cluster_replication_factor == 2
-    # Go's stubs said "active" and published locally (§5.12). Cluster mode is a later issue in
-    # mqkit; until its plugin exists, enabling it fails the broker honestly (issue 15) instead
-    # of a broker that starts and then says "disabled".
-    with pytest.raises(mqkit.FeatureNotEnabledError, match="not include"):
-        make_broker(config=cfg)
+    # Go's stubs said "active" and published locally (§5.12). mqkit's cluster plugin (issue 17)
+    # works on Redis: with none reachable it says "disconnected" and refuses to publish.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    away = {"cluster": {"url": f"redis://127.0.0.1:{port}/0", "connect_timeout": 0.5}}
+    lonely = make_broker("cluster", config=cfg.replace(settings=away))
+    status = lonely.cluster_status()
+    assert (status.status, status.node_id, status.healthy_nodes) == ("disconnected", "node-1", 0)
+    assert status.missing_nodes == cfg.cluster_nodes
+    with pytest.raises(mqkit.ClusterUnavailableError):
+        lonely.publish_to_cluster("cluster-topic", mqkit.Message("cluster-1"))
     broker = make_broker(config=cfg.replace(enable_cluster=False))
     assert broker.cluster_status().status == "disabled"
     with pytest.raises(mqkit.ClusterDisabledError):

@@ -1,0 +1,426 @@
+"""The cluster plugin: topics shared by brokers in many processes through Redis Streams.
+
+Each topic is one Redis stream, ``<prefix>:{t:<escaped topic>}:stream`` (:func:`stream_key`):
+the topic's text is percent-escaped, so no topic can name another key, and the braces are a
+Redis Cluster hash tag (one topic, one shard). ``publish_to_cluster`` stamps the message as a
+local publish would, serializes it with the persistence serializer and ``XADD``\\s it
+(``MAXLEN ~ stream_maxlen``); with ``cluster_replication_factor`` R > 1 it then ``WAIT``\\s for
+R - 1 replicas. ``subscribe_from_cluster`` returns an ordinary subscription fed by a reader
+thread (``XREAD BLOCK`` from the stream's last id at subscribe time, resuming from the last id
+it saw after a reconnect): every node's subscriptions receive every message (fan-out).
+
+Each node heartbeats ``<prefix>:node:<escaped id>`` (a TTL of three sync intervals, owned by
+this broker's random token) and stays in the registry set ``<prefix>:nodes``; a second live
+node with the same id fails at start with :class:`~mqkit.ClusterError`.
+
+Not built yet (``docs/cluster.md``): consumer groups, Redis Cluster topology (``RedisCluster``
+client), ``mqkit inspect`` of streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mqkit.core.errors import ClusterError, ClusterUnavailableError, MQError
+from mqkit.core.features import ClusterFeature
+from mqkit.core.hookspecs import hookimpl
+from mqkit.core.message import Message
+from mqkit.core.plugin import Plugin
+from mqkit.core.plugins import PluginInfo
+from mqkit.core.status import ClusterStatus
+from mqkit.core.subscription import SubOptions, Subscription
+from mqkit.core.topics import normalize_topic
+from mqkit.plugins.cluster.settings import ClusterSettings
+from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
+
+if TYPE_CHECKING:
+    import redis
+
+    from mqkit.core.broker import Broker
+
+__all__ = ["ClusterPlugin", "node_key", "stream_key"]
+
+log = logging.getLogger("mqkit.cluster")
+
+T = TypeVar("T")
+
+_FIELD = b"m"
+"""The one field of a stream entry: the message's stored JSON."""
+
+_NOTHING = "0-0"
+
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+"""Take or refresh the heartbeat key if it is free or this broker's (1), else 0."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _escape(text: str) -> str:
+    """``text`` percent-escaped: only ``[A-Za-z0-9._/-]`` stay (an injective encoding)."""
+    return urllib.parse.quote(text, safe="._/-")
+
+
+def stream_key(prefix: str, topic: str) -> str:
+    """The stream of ``topic``: ``<prefix>:{t:<escaped topic>}:stream`` (hash-tagged)."""
+    return f"{prefix}:{{t:{_escape(topic)}}}:stream"
+
+
+def node_key(prefix: str, node_id: str) -> str:
+    """The heartbeat key of node ``node_id``."""
+    return f"{prefix}:node:{_escape(node_id)}"
+
+
+class _Reader:
+    """One cluster subscription's reader thread: stream entries -> the local subscription."""
+
+    def __init__(
+        self, plugin: ClusterPlugin, key: str, topic: str, sub: Subscription, last_id: str
+    ) -> None:
+        self.plugin = plugin
+        self.key = key
+        self.topic = topic
+        self.sub = sub
+        self.last_id = last_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self.run, name=f"mqkit-cluster-reader-{sub.id}", daemon=True
+        )
+
+    def run(self) -> None:
+        settings = self.plugin.settings
+        block_ms = max(1, int(settings.read_block * 1000))
+        client = self.plugin.client(read_block=settings.read_block)
+        backoff = 0.05
+        try:
+            while not self.stop.is_set():
+                try:
+                    found: Any = client.xread({self.key: self.last_id}, count=256, block=block_ms)
+                except self.plugin.failed as exc:
+                    log.warning("cluster reader of %r: %s (retrying)", self.topic, exc)
+                    if self.stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, settings.reconnect_max)
+                    continue
+                backoff = 0.05
+                for _key, entries in found or ():
+                    for entry_id, fields in entries:
+                        self.deliver(fields)
+                        self.last_id = entry_id.decode()
+        finally:
+            client.close()
+
+    def deliver(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            message = message_from_dict(json.loads(fields[_FIELD]))
+        except (KeyError, ValueError, TypeError, MQError) as exc:
+            log.error("cluster stream of %r holds an unreadable entry: %r", self.topic, exc)
+            return
+        if not isinstance(message, Message) or message.topic != self.topic:
+            log.error("cluster stream of %r holds a message of another topic", self.topic)
+            return
+        self.sub.offer(message)
+
+
+class ClusterPlugin(ClusterFeature, Plugin):
+    """Cluster mode over one Redis server (with replicas): fan-out publish and subscribe."""
+
+    plugin_info = PluginInfo(
+        name="cluster",
+        description="cluster mode on Redis Streams (fan-out across brokers)",
+        flag="enable_cluster",
+        runtime_toggle=False,
+        settings=ClusterSettings,
+        section="cluster",
+        extra="cluster",
+    )
+
+    def __init__(self, broker: Broker) -> None:
+        import redis  # the `cluster` extra: without it the broker names it (PluginError)
+        import redis.exceptions
+
+        self._redis = redis
+        self.down: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            OSError,
+        )
+        """What a Redis that cannot be reached raises."""
+        self.failed: tuple[type[BaseException], ...] = (*self.down, redis.exceptions.RedisError)
+        """What any failed Redis command raises."""
+        self._broker = broker
+        self.settings = broker.settings(ClusterSettings)
+        config = broker.config
+        self.node_id = config.cluster_node_id.strip()
+        self._replicas = config.cluster_replication_factor - 1
+        self._interval = max(config.cluster_sync_interval, 0.05)
+        self._token = uuid.uuid4().hex
+        self._prefix = self.settings.key_prefix
+        self._node_key = node_key(self._prefix, self.node_id)
+        self._nodes_key = f"{self._prefix}:nodes"
+        self._client: redis.Redis | None = None
+        self._readers: dict[int, _Reader] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heart: threading.Thread | None = None
+        self._reachable = False
+        self._problem = ""
+        self._last_sync: datetime | None = None
+        self._peers: tuple[str, ...] = ()
+        self._replicas_seen = 0
+
+    def client(self, read_block: float = 0.0) -> redis.Redis:
+        """A new Redis client with the settings' timeouts and no retries of its own."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        s = self.settings
+        timeout = s.socket_timeout + read_block
+        if self._replicas > 0 and not read_block:
+            timeout += s.replica_timeout
+        return self._redis.Redis.from_url(
+            s.url,
+            socket_connect_timeout=s.connect_timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            client_name=f"mqkit-{_escape(self.node_id)}"[:64],
+        )
+
+    def _call(self, what: str, action: Callable[[redis.Redis], T]) -> T:
+        """Run ``action`` on the shared client; an unreachable Redis is ClusterUnavailableError."""
+        client = self._client
+        if client is None:
+            raise ClusterUnavailableError.because("the cluster plugin is not running")
+        try:
+            return action(client)
+        except self.down as exc:
+            self._reachable = False
+            raise ClusterUnavailableError.because(
+                f"{what}: Redis at {self._where()} cannot be reached ({exc})"
+            ) from exc
+        except self.failed as exc:
+            raise ClusterError.because(f"{what}: Redis refused it ({exc})") from exc
+
+    def _where(self) -> str:
+        parts = urllib.parse.urlsplit(self.settings.url)
+        return f"{parts.hostname or '?'}:{parts.port or 6379}"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Connect, claim this node's id (refused while another live node holds it), heartbeat."""
+        self._client = self.client()
+        self._sync(first=True)
+        self._heart = threading.Thread(target=self._beat, name="mqkit-cluster-heartbeat")
+        self._heart.daemon = True
+        self._heart.start()
+
+    @hookimpl
+    def mqkit_broker_close(self, broker: Broker) -> None:
+        """Stop the readers and the heartbeat; give the node id back."""
+        self._stop.set()
+        with self._lock:
+            readers = list(self._readers.values())
+            self._readers.clear()
+        for reader in readers:
+            reader.stop.set()
+        for reader in readers:
+            reader.thread.join(self.settings.read_block + self.settings.socket_timeout + 1)
+        if self._heart is not None:
+            self._heart.join(self._interval + self.settings.socket_timeout + 1)
+        client = self._client
+        if client is None:
+            return
+        try:
+            if client.eval(_RELEASE, 1, self._node_key, self._token):  # only an id it held
+                client.srem(self._nodes_key, self.node_id)
+        except self.failed as exc:
+            log.info("cluster: node id %r not released (%s)", self.node_id, exc)
+        client.close()
+        self._client = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._sync(first=False)
+            except MQError as exc:
+                log.warning("cluster heartbeat: %s", exc)
+
+    def _sync(self, *, first: bool) -> None:
+        """Refresh the heartbeat and read who is alive.
+
+        Redis unreachable: the status says so (a broker starts without it). The id held by
+        another live node: ``ClusterError`` at start, a problem in the status later.
+        """
+        ttl_ms = max(1, int(self._interval * 3 * 1000))
+        try:
+            owned = self._call(
+                "cluster heartbeat",
+                lambda c: c.eval(_CLAIM, 1, self._node_key, self._token, ttl_ms),
+            )
+            if owned:
+                members = self._call("cluster heartbeat", self._members)
+                replicas = self._call("cluster heartbeat", self._count_replicas)
+        except ClusterUnavailableError as exc:
+            self._reachable = False
+            self._problem = str(exc)
+            if first:
+                log.warning("cluster: starting without Redis (%s)", exc)
+            return
+        if not owned:
+            self._problem = f"cluster_node_id {self.node_id!r} is held by another live node"
+            if first:
+                raise ClusterError.because(
+                    f"cluster_node_id {self.node_id!r} is already in use by another live node "
+                    f"(on Redis at {self._where()}); give each broker its own id"
+                )
+            return
+        self._peers = tuple(sorted(n for n in members if n != self.node_id))
+        self._replicas_seen = replicas
+        self._reachable = True
+        self._problem = ""
+        self._last_sync = datetime.now(UTC)
+
+    def _members(self, client: redis.Redis) -> list[str]:
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(self._nodes_key, self.node_id)
+        pipe.smembers(self._nodes_key)
+        _, raw = pipe.execute()
+        names = sorted(m.decode() for m in raw)
+        alive = client.mget([node_key(self._prefix, n) for n in names]) if names else []
+        dead = [n for n, v in zip(names, alive, strict=True) if v is None]
+        if dead:
+            client.srem(self._nodes_key, *dead)
+        return [n for n, v in zip(names, alive, strict=True) if v is not None]
+
+    def _count_replicas(self, client: redis.Redis) -> int:
+        if self._replicas <= 0:
+            return 0
+        info: dict[str, Any] = client.info("replication")
+        return int(info.get("connected_slaves", 0))
+
+    @hookimpl
+    def mqkit_health(self, broker: Broker) -> Sequence[str] | None:
+        """A problem whenever the cluster status is not ``active`` (see :meth:`status`)."""
+        status = self.status()
+        if status.status == "active":
+            return None
+        if self._problem:
+            return [f"cluster: {self._problem}"]
+        if status.status == "disconnected":
+            return [f"cluster: Redis at {self._where()} cannot be reached"]
+        if self._replicas_seen < self._replicas:
+            return [f"cluster: {self._replicas_seen} of {self._replicas} replica(s) connected"]
+        return [f"cluster: configured node(s) not alive: {', '.join(status.missing_nodes)}"]
+
+    @hookimpl
+    def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
+        """A cancelled cluster subscription stops its reader."""
+        with self._lock:
+            reader = self._readers.pop(subscription.id, None)
+        if reader is not None:
+            reader.stop.set()
+
+    # -- the feature -----------------------------------------------------------------------------
+
+    def publish(self, topic: str, message: Message) -> None:
+        """XADD the stamped message to its topic's stream (and WAIT for the replicas)."""
+        self.publish_batch(topic, (message,))
+
+    def publish_batch(self, topic: str, messages: Sequence[Message]) -> None:
+        """XADD every stamped message in one pipeline, then WAIT once for the replicas."""
+        stamped = [self._broker.stamp(topic, m) for m in messages]
+        if not stamped:
+            return
+        key = stream_key(self._prefix, stamped[0].topic)
+        texts = [encode_message(m) for m in stamped]
+        maxlen = self.settings.stream_maxlen or None
+
+        def send(client: redis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for text in texts:
+                pipe.xadd(key, {_FIELD: text}, maxlen=maxlen, approximate=True)
+            if self._replicas > 0:
+                wait_ms = max(1, int(self.settings.replica_timeout * 1000))
+                pipe.execute_command("WAIT", self._replicas, wait_ms)  # type: ignore[no-untyped-call]
+            return pipe.execute()
+
+        replies = self._call(f"publish to cluster topic {stamped[0].topic!r}", send)
+        if self._replicas > 0 and int(replies[-1]) < self._replicas:
+            self._replicas_seen = min(self._replicas_seen, int(replies[-1]))  # until the next sync
+            raise ClusterError.because(
+                f"only {int(replies[-1])} of {self._replicas} replica(s) confirmed the publish "
+                f"to {stamped[0].topic!r} within {self.settings.replica_timeout}s: the "
+                "message may be on the primary only"
+            )
+
+    def subscribe(self, topic: str, options: SubOptions | None) -> Subscription:
+        """A local subscription fed by a reader of the topic's stream, from now on."""
+        checked = normalize_topic(topic)
+        key = stream_key(self._prefix, checked)
+
+        def last(client: redis.Redis) -> str:
+            found: Any = client.xrevrange(key, count=1)
+            return str(found[0][0].decode()) if found else _NOTHING
+
+        start = self._call(f"subscribe to cluster topic {checked!r}", last)
+        # No local publish reaches it (``_never``): only the reader feeds it.
+        sub = self._broker.subscribe_matching(f"cluster:{checked}", _never, options)
+        reader = _Reader(self, key, checked, sub, start)
+        with self._lock:
+            self._readers[sub.id] = reader
+        reader.thread.start()
+        return sub
+
+    def status(self) -> ClusterStatus:
+        """The cluster as the last heartbeat saw it."""
+        config = self._broker.config
+        reachable = self._reachable and self._client is not None
+        peers = self._peers if reachable else ()  # read once: the heartbeat replaces it
+        live = (self.node_id, *peers)
+        missing = tuple(n for n in config.cluster_nodes if n not in live)
+        if not reachable:
+            state = "disconnected"
+        elif self._problem or self._replicas_seen < self._replicas or missing:
+            state = "degraded"
+        else:
+            state = "active"
+        return ClusterStatus(
+            status=state,
+            node_id=self.node_id,
+            peers=peers,
+            replication_factor=config.cluster_replication_factor,
+            sync_interval=config.cluster_sync_interval,
+            total_nodes=len(live),
+            healthy_nodes=len(live) if reachable else 0,
+            last_sync_time=self._last_sync,
+            missing_nodes=missing,
+        )
+
+
+def _never(topic: str) -> bool:
+    """No local topic matches a cluster subscription's key."""
+    return False
