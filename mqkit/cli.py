@@ -13,10 +13,10 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 import typer
@@ -41,6 +41,9 @@ import mqkit
 from mqkit.core.config import Config
 from mqkit.core.errors import InvalidConfigError, MQError
 from mqkit.core.status import HealthStatus, MetricsSnapshot
+
+if TYPE_CHECKING:
+    from mqkit.service import Service
 
 __all__ = ["app", "main"]
 
@@ -328,7 +331,7 @@ def serve(
     (Prometheus) and POST /publish/<topic>. On SIGINT/SIGTERM it stops the endpoint, closes
     the broker (persistence flushed, gateways closed) and exits 0.
     """
-    from mqkit.service import METRICS_EXTRA_HINT, Service
+    from mqkit.service import Service
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -356,15 +359,42 @@ def serve(
     except OSError as exc:
         http = service.http
         raise _fail(f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}") from None
+    rows = [
+        ("config", str(config) if config is not None else "defaults (no --config)"),
+        ("plugins", ", ".join(service.broker.plugin_names()) or "(none)"),
+    ]
+    if cfg.enable_persistence:
+        rows.append(("persistence", cfg.persistence_path))
+    _run_service(
+        service,
+        "mqkit serve",
+        rows,
+        service.run_until_signal,
+        lambda received: f"received {received or 'a stop request'}: shutting down",
+    )
+
+
+def _run_service(
+    service: Service,
+    title: str,
+    rows: list[tuple[str, str]],
+    run: Callable[[Callable[[], None]], object],
+    stopped: Callable[[Any], str],
+) -> None:
+    """Run ``service`` until a stop (``run(ready)``), then close it and say what was closed.
+
+    ``mqkit serve`` and ``mqkit run`` alike: the panel (``rows``, the gateways, the endpoints)
+    is printed by ``ready``, once the signal handlers are installed.
+    """
+    from mqkit.service import METRICS_EXTRA_HINT
+
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
         logging.getLogger("mqkit.serve").warning(METRICS_EXTRA_HINT)
     info = Table.grid(padding=(0, 2))
-    info.add_row("config", str(config) if config is not None else "defaults (no --config)")
-    info.add_row("plugins", ", ".join(service.broker.plugin_names()) or "(none)")
-    if cfg.enable_persistence:
-        info.add_row("persistence", cfg.persistence_path)
+    for name, value in rows:
+        info.add_row(name, value)
     for name, (ghost, gport) in service.gateways.items():
         info.add_row(name, f"{ghost}:{gport}")
     info.add_row("health", f"{service.url}/healthz")
@@ -373,15 +403,15 @@ def serve(
 
     def announce() -> None:
         # Called with the signal handlers installed: whoever reads "listening" may SIGTERM us.
-        console.print(Panel.fit(info, title=f"[bold]mqkit serve[/] (pid {os.getpid()})"))
+        console.print(Panel.fit(info, title=f"[bold]{title}[/] (pid {os.getpid()})"))
         console.print(f"listening on {service.url} - Ctrl-C or SIGTERM to stop")
         sys.stdout.flush()
 
     try:
-        received = service.run_until_signal(ready=announce)
-        console.print(f"received {received or 'a stop request'}: shutting down")
+        console.print(stopped(run(announce)))
     finally:
         service.close()
+    cfg = service.broker.config
     closed = ["HTTP closed", "broker closed"]
     if service.gateways:
         closed.append("gateways closed")
@@ -442,7 +472,7 @@ def run_command(
     /publish/<topic>). On SIGINT/SIGTERM it stops taking messages, finishes those in flight,
     stops the endpoint, closes the broker and exits 0.
     """
-    from mqkit.service import METRICS_EXTRA_HINT, Service
+    from mqkit.service import Service
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -477,34 +507,18 @@ def run_command(
         raise _fail(f"cannot start a gateway: {exc}") from None
     except OSError as exc:
         raise _fail(f"cannot listen on {http.host}:{http.port}: {exc.strerror or exc}") from None
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        logging.getLogger("mqkit.serve").warning(METRICS_EXTRA_HINT)
-    info = Table.grid(padding=(0, 2))
-    info.add_row("app", target)
-    info.add_row("handlers", str(len(broker._handlers().names())))
-    info.add_row("plugins", ", ".join(broker.plugin_names()) or "(none)")
-    for name, (ghost, gport) in service.gateways.items():
-        info.add_row(name, f"{ghost}:{gport}")
-    info.add_row("health", f"{service.url}/healthz")
-    info.add_row("metrics", f"{service.url}/metrics")
-
-    def announce() -> None:
-        # Called with the signal handlers installed: whoever reads "listening" may SIGTERM us.
-        console.print(Panel.fit(info, title=f"[bold]mqkit run[/] (pid {os.getpid()})"))
-        console.print(f"listening on {service.url} - Ctrl-C or SIGTERM to stop")
-        sys.stdout.flush()
-
-    try:
-        received = broker._handlers().run(close=False, ready=announce)
-        console.print(f"{received}: handlers stopped, in-flight messages finished")
-    finally:
-        service.close()
-    closed = ["HTTP closed", "broker closed"]
-    if service.gateways:
-        closed.append("gateways closed")
-    console.print(f"[bold]stopped cleanly[/]: {', '.join(closed)}")
+    rows = [
+        ("app", target),
+        ("handlers", str(len(broker._handlers().names()))),
+        ("plugins", ", ".join(broker.plugin_names()) or "(none)"),
+    ]
+    _run_service(
+        service,
+        "mqkit run",
+        rows,
+        lambda ready: broker._handlers().run(close=False, ready=ready),
+        lambda received: f"{received}: handlers stopped, in-flight messages finished",
+    )
 
 
 # -- inspect ---------------------------------------------------------------------------------------
