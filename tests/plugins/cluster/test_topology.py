@@ -1,0 +1,182 @@
+"""Topologies: a three-primary Redis Cluster, a primary with one replica, and the topology check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+import mqkit
+from mqkit.plugins.cluster.plugin import stream_key
+
+from .conftest import RedisClusterServers, RedisServer, cluster_config
+
+Make = Callable[..., mqkit.Broker]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20) -> bool:
+    """``check()`` until it holds (True) or ``timeout`` seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0)  # let the broker's threads run; the deadline bounds the wait
+    return True
+
+
+def topics_one_per_shard(servers: RedisClusterServers) -> list[str]:
+    """A topic whose stream lands on each shard (the fixture gives shard i the i-th third)."""
+    per = 16384 // len(servers.nodes)
+    found: dict[int, str] = {}
+    for i in range(1000):
+        topic = f"orders/{i}"
+        shard = min(key_slot(stream_key("mqkit", topic).encode()) // per, len(servers.nodes) - 1)
+        found.setdefault(shard, topic)
+        if len(found) == len(servers.nodes):
+            break
+    return [found[i] for i in range(len(servers.nodes))]
+
+
+def test_fan_out_across_the_shards_of_a_redis_cluster(
+    redis_cluster: RedisClusterServers, cluster_broker: Make
+) -> None:
+    a = cluster_broker("a", url=redis_cluster.url, topology="cluster")
+    b = cluster_broker("b", url=redis_cluster.url, topology="cluster")
+    topics = topics_one_per_shard(redis_cluster)
+    subs = {
+        (broker, topic): broker.subscribe_from_cluster(topic, mqkit.SubOptions(buffer_size=100))
+        for broker in (a, b)
+        for topic in topics
+    }
+    for n, topic in enumerate(topics):
+        a.publish_to_cluster(topic, mqkit.Message(f"{topic}-a", data={"from": "a", "n": n}))
+        b.publish_batch_to_cluster(
+            topic, [mqkit.Message(f"{topic}-b{i}", data=[n, i]) for i in range(20)]
+        )
+    for (_, topic), sub in subs.items():
+        got = [sub.get(timeout=10) for _ in range(21)]
+        assert [m.id for m in got] == [f"{topic}-a"] + [f"{topic}-b{i}" for i in range(20)]
+        assert all(m.topic == topic for m in got)
+        with pytest.raises(TimeoutError):
+            sub.get(timeout=0.2)
+    # each topic's stream is on its own shard, and on that shard only
+    holders = [redis_cluster.holder(stream_key("mqkit", topic)) for topic in topics]
+    assert holders == [0, 1, 2]
+    # membership works across slots too: each node sees the other
+    assert eventually(lambda: a.cluster_status().peers == ("b",))
+    assert eventually(lambda: b.cluster_status().status == "active")
+    assert a.health_check().status == "healthy"
+
+
+def test_a_publish_follows_a_slot_that_moved_to_another_shard(
+    redis_cluster: RedisClusterServers, cluster_broker: Make
+) -> None:
+    a = cluster_broker("a", url=redis_cluster.url, topology="cluster")
+    b = cluster_broker("b", url=redis_cluster.url, topology="cluster")
+    topic = topics_one_per_shard(redis_cluster)[0]
+    key = stream_key("mqkit", topic)
+    sub = b.subscribe_from_cluster(topic)
+    a.publish_to_cluster(topic, mqkit.Message("before"))
+    assert sub.get(timeout=10).id == "before"
+    # move the slot to shard 1 the documented way (its stream moves with MIGRATE)
+    slot = key_slot(key.encode())
+    source, target = (redis.Redis(port=redis_cluster.nodes[i].port) for i in (0, 1))
+    try:
+        source_id = source.execute_command("CLUSTER MYID").decode()
+        target_id = target.execute_command("CLUSTER MYID").decode()
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        source.migrate("127.0.0.1", redis_cluster.nodes[1].port, [key], 0, 5000)
+        for client in (target, source):
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+    finally:
+        source.close()
+        target.close()
+    # both brokers still have the old slot map: the publish is redirected (MOVED) and lands
+    a.publish_to_cluster(topic, mqkit.Message("after"))
+    assert redis_cluster.holder(key) == 1
+    assert sub.get(timeout=20).id == "after"  # the reader followed the stream, nothing twice
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.3)
+
+
+def test_standalone_topology_on_a_cluster_node_is_refused_at_start(
+    redis_cluster: RedisClusterServers, cluster_broker: Make
+) -> None:
+    with pytest.raises(mqkit.ClusterError) as info:
+        cluster_broker("a", url=redis_cluster.url)
+    assert "is a Redis Cluster node: set topology = 'cluster'" in str(info.value)
+
+
+def test_cluster_topology_on_a_standalone_server_is_refused_at_start(
+    redis_server: RedisServer, cluster_broker: Make
+) -> None:
+    with pytest.raises(mqkit.ClusterError) as info:
+        cluster_broker("a", topology="cluster")
+    assert "Cluster mode is not enabled" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"topology": "sentinel"}, "cluster.topology"),
+        ({"topology": "cluster", "url": "redis://127.0.0.1:6379/2"}, "cluster.url"),
+    ],
+)
+def test_topology_settings_are_checked(fields: dict[str, str], field: str) -> None:
+    url = fields.pop("url", "redis://127.0.0.1:6379/0")
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Broker(cluster_config(url, "a", **fields))
+    assert info.value.field == field
+
+
+def test_the_topology_comes_from_the_environment(
+    redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MQKIT_ENABLE_CLUSTER", "true")
+    monkeypatch.setenv("MQKIT_CLUSTER_NODE_ID", "env")
+    monkeypatch.setenv("MQKIT_CLUSTER_URL", redis_cluster.url)
+    monkeypatch.setenv("MQKIT_CLUSTER_TOPOLOGY", "cluster")
+    with mqkit.Broker(mqkit.Config.from_env()) as broker:
+        sub = broker.subscribe_from_cluster("env/t")
+        broker.publish_to_cluster("env/t", mqkit.Message("m"))
+        assert sub.get(timeout=10).id == "m"
+        assert broker.cluster_status().status == "active"
+
+
+def test_a_replica_holds_what_a_replicated_publish_returned_for(
+    primary_with_replica: tuple[RedisServer, RedisServer], cluster_broker: Make
+) -> None:
+    primary, replica = primary_with_replica
+    timeout = 2.0
+    a = cluster_broker("a", url=primary.url, cluster_replication_factor=2, replica_timeout=timeout)
+    assert a.cluster_status().status == "active"
+    a.publish_batch_to_cluster("t", [mqkit.Message(str(i)) for i in range(5)])
+    # WAIT returned 1: the replica has applied every entry, readable from it directly
+    reader = redis.Redis(port=replica.port)
+    try:
+        assert reader.xlen(stream_key("mqkit", "t")) == 5
+    finally:
+        reader.close()
+
+    replica.stop()
+    started = time.monotonic()
+    with pytest.raises(mqkit.ClusterError) as info:
+        a.publish_to_cluster("t", mqkit.Message("unconfirmed"))
+    assert time.monotonic() - started < timeout + 10  # bounded by replica_timeout
+    assert not isinstance(info.value, mqkit.ClusterUnavailableError)  # the primary has it
+    assert "only 0 of 1 replica(s) confirmed" in str(info.value)
+    assert a.cluster_status().status == "degraded"
+    health = a.health_check()
+    assert health.status == "degraded"
+    assert "cluster: 0 of 1 replica(s) connected" in health.problems
+
+    replica.start()  # same port, same primary: it syncs again and the publishes confirm
+    synced = ("MASTER <-> REPLICA sync: Finished with success", "Successful partial resync")
+    replica.wait_for(synced, "the restarted replica did not sync")
+    a.publish_to_cluster("t", mqkit.Message("confirmed"))
+    assert eventually(lambda: a.cluster_status().status == "active")
+    assert a.health_check().status == "healthy"
