@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,16 +134,44 @@ class RedisClusterServers:
     """
 
     def __init__(self, root: Path, primaries: int = 3) -> None:
+        self.root = root
         self.nodes: list[RedisServer] = []
         self.buses: list[int] = []
+        self.replicas: list[RedisServer] = []
         for i in range(primaries):
-            directory = root / f"shard{i}"
-            directory.mkdir()
-            bus = free_port()
-            cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            cluster += ["--cluster-port", str(bus), "--cluster-node-timeout", "5000"]
-            self.nodes.append(RedisServer(directory, *cluster))
-            self.buses.append(bus)
+            self.nodes.append(self._server(f"shard{i}"))
+
+    def _server(self, name: str) -> RedisServer:
+        directory = self.root / name
+        directory.mkdir()
+        bus = free_port()
+        cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        cluster += ["--cluster-port", str(bus), "--cluster-node-timeout", "5000"]
+        self.buses.append(bus)
+        return RedisServer(directory, *cluster)
+
+    def add_replica(self, of: int) -> RedisServer:
+        """Start a replica of primary ``of`` (CLUSTER MEET, then CLUSTER REPLICATE), synced."""
+        replica = self._server(f"replica{len(self.replicas)}")
+        self.replicas.append(replica)
+        replica.start()
+        primary = redis.Redis(port=self.nodes[of].port)
+        client = redis.Redis(port=replica.port)
+        try:
+            primary_id = primary.execute_command("CLUSTER MYID").decode()
+            primary.execute_command("CLUSTER MEET", "127.0.0.1", replica.port, self.buses[-1])
+            deadline = time.monotonic() + 30
+            while True:  # the replica must have heard of the primary through the handshake
+                try:
+                    client.execute_command("CLUSTER REPLICATE", primary_id)
+                    break
+                except redis.ResponseError:
+                    assert time.monotonic() < deadline, "the replica never met its primary"
+        finally:
+            primary.close()
+            client.close()
+        replica.wait_for("MASTER <-> REPLICA sync: Finished with success", "no replica sync")
+        return replica
 
     @property
     def url(self) -> str:
@@ -167,7 +196,7 @@ class RedisClusterServers:
             server.wait_for("Cluster state changed: ok", "the Redis Cluster did not form")
 
     def stop(self) -> None:
-        for server in self.nodes:
+        for server in [*self.replicas, *self.nodes]:
             server.stop()
 
     def holder(self, key: str) -> int:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 from redis.crc import key_slot
+from support.system import require_programs
 
 import mqkit
 from mqkit.plugins.cluster.plugin import stream_key
 
-from .conftest import RedisClusterServers, RedisServer, cluster_config
+from .conftest import RedisClusterServers, RedisServer, cluster_config, free_port
 
 Make = Callable[..., mqkit.Broker]
 
@@ -180,3 +183,74 @@ def test_a_replica_holds_what_a_replicated_publish_returned_for(
     a.publish_to_cluster("t", mqkit.Message("confirmed"))
     assert eventually(lambda: a.cluster_status().status == "active")
     assert a.health_check().status == "healthy"
+
+
+def test_replicas_are_counted_per_shard_in_a_redis_cluster(
+    redis_cluster: RedisClusterServers, cluster_broker: Make
+) -> None:
+    redis_cluster.add_replica(of=0)  # shard 0 has a replica, shards 1 and 2 have none
+    on_0, on_1, _ = topics_one_per_shard(redis_cluster)
+    a = cluster_broker(
+        "a",
+        url=redis_cluster.url,
+        topology="cluster",
+        cluster_replication_factor=2,
+        replica_timeout=1,
+    )
+    a.publish_to_cluster(on_0, mqkit.Message("confirmed"))  # WAIT ran on shard 0's primary
+    with pytest.raises(mqkit.ClusterError) as info:
+        a.publish_to_cluster(on_1, mqkit.Message("unconfirmed"))
+    assert "only 0 of 1 replica(s) confirmed" in str(info.value)
+    assert redis_cluster.holder(stream_key("mqkit", on_1)) == 1  # on the primary only
+    # the status counts the replicas of the primary with the fewest: shard 1's none
+    assert a.cluster_status().status == "degraded"
+    assert "cluster: 0 of 1 replica(s) connected" in a.health_check().problems
+
+
+def test_a_user_and_password_go_through_the_url(
+    redis_factory: Callable[..., RedisServer], cluster_broker: Make
+) -> None:
+    server = redis_factory("--requirepass", "s3cret")
+    a = cluster_broker("a", url=f"redis://default:s3cret@127.0.0.1:{server.port}/0")
+    sub = a.subscribe_from_cluster("t")
+    a.publish_to_cluster("t", mqkit.Message("m"))
+    assert sub.get(timeout=10).id == "m"
+    assert a.cluster_status().status == "active"
+    wrong = cluster_broker("b", url=f"redis://default:wrong@127.0.0.1:{server.port}/0")
+    assert wrong.cluster_status().status == "disconnected"
+    with pytest.raises(mqkit.ClusterUnavailableError) as info:
+        wrong.publish_to_cluster("t", mqkit.Message("m"))
+    assert "password" in str(info.value)  # Redis's reason is kept
+    texts = [str(info.value), *wrong.health_check().problems]
+    assert not any("wrong" in text or "s3cret" in text for text in texts)  # never the secret
+
+
+def test_tls_goes_through_a_rediss_url(
+    redis_factory: Callable[..., RedisServer], cluster_broker: Make, tmp_path: Path
+) -> None:
+    require_programs("openssl", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    request += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    made = subprocess.run(
+        [*request, "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    redis_factory(
+        *["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)],
+        *["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"],
+    )
+    url = f"rediss://127.0.0.1:{port}/0"
+    a = cluster_broker("a", url=f"{url}?ssl_ca_certs={cert}")  # trusts the server's certificate
+    sub = a.subscribe_from_cluster("t")
+    a.publish_to_cluster("t", mqkit.Message("over tls"))
+    assert sub.get(timeout=10).id == "over tls"
+    assert a.cluster_status().status == "active"
+    untrusting = cluster_broker("b", url=url)  # the system's CAs do not know this certificate
+    with pytest.raises(mqkit.ClusterUnavailableError) as info:
+        untrusting.publish_to_cluster("t", mqkit.Message("m"))
+    assert "certificate" in str(info.value)
