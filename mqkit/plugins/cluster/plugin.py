@@ -378,7 +378,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
         if self._problem:
             return [f"cluster: {self._problem}"]
         if status.status == "disconnected":
-            return [f"cluster: Redis at {self._where()} cannot be reached"]
+            return [f"cluster: {self._where()} cannot be reached"]
         if self._replicas_seen < self._replicas:
             return [f"cluster: {self._replicas_seen} of {self._replicas} replica(s) connected"]
         return [f"cluster: configured node(s) not alive: {', '.join(status.missing_nodes)}"]

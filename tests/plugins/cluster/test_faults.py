@@ -133,3 +133,19 @@ def test_every_returned_publish_is_delivered_after_a_redis_restart(
         assert eventually(lambda: writer.cluster_status().status == "active")
         assert eventually(lambda: reader.cluster_status().status == "active")
         assert writer.health_check().status == "healthy"
+
+
+def test_health_names_the_unreachable_redis_once_a_publish_failed(
+    redis_server: RedisServer, cluster_broker: Callable[..., mqkit.Broker]
+) -> None:
+    broker = cluster_broker("a", cluster_sync_interval=60)  # no heartbeat notices it first
+    assert broker.health_check().status == "healthy"
+    redis_server.stop()
+    with pytest.raises(mqkit.ClusterUnavailableError) as info:
+        broker.publish_to_cluster("t", mqkit.Message("m"))
+    where = f"Redis at 127.0.0.1:{redis_server.port}"
+    assert str(info.value).startswith(
+        f"mq: cluster unavailable: publish to cluster topic 't': {where} cannot be reached ("
+    )
+    assert broker.cluster_status().status == "disconnected"
+    assert broker.health_check().problems == (f"cluster: {where} cannot be reached",)
