@@ -254,3 +254,37 @@ def test_tls_goes_through_a_rediss_url(
     with pytest.raises(mqkit.ClusterUnavailableError) as info:
         untrusting.publish_to_cluster("t", mqkit.Message("m"))
     assert "certificate" in str(info.value)
+
+
+def test_a_shard_stopped_and_restarted(
+    redis_cluster: RedisClusterServers, cluster_broker: Make
+) -> None:
+    fast = {"connect_timeout": 0.5, "socket_timeout": 0.5, "read_block": 0.2}
+    a = cluster_broker("a", url=redis_cluster.url, topology="cluster", **fast)
+    b = cluster_broker("b", url=redis_cluster.url, topology="cluster", reconnect_max=0.2, **fast)
+    topics = topics_one_per_shard(redis_cluster)
+    subs = [b.subscribe_from_cluster(topic) for topic in topics]
+    for topic in topics:
+        a.publish_to_cluster(topic, mqkit.Message("before"))
+    for sub in subs:
+        assert sub.get(timeout=10).id == "before"
+    shard = redis_cluster.nodes[1]  # no AOF here: it comes back empty, with its slots
+    shard.stop()
+    started = time.monotonic()
+    with pytest.raises(mqkit.ClusterUnavailableError):
+        a.publish_to_cluster(topics[1], mqkit.Message("lost"))
+    assert time.monotonic() - started < 10  # bounded by the timeouts
+    assert a.cluster_status().status == "disconnected"
+    shard.start()  # same port, same nodes.conf: it rejoins with its slots
+    shard.wait_for("Cluster state changed: ok", "the shard did not rejoin")
+    deadline = time.monotonic() + 30
+    while True:  # the client relearns the cluster once the shard answers again
+        try:
+            a.publish_to_cluster(topics[1], mqkit.Message("after"))
+            break
+        except mqkit.ClusterUnavailableError:
+            assert time.monotonic() < deadline, "the shard never answered again"
+    a.publish_to_cluster(topics[0], mqkit.Message("other shard"))
+    assert subs[1].get(timeout=20).id == "after"  # its reader reconnected to the shard
+    assert subs[0].get(timeout=20).id == "other shard"
+    assert eventually(lambda: a.cluster_status().status == "active")
