@@ -165,8 +165,13 @@ class ClusterFeature(Feature):
         """Publish ``messages`` to ``topic`` across the cluster in one round trip, in order."""
 
     @abc.abstractmethod
-    def subscribe(self, topic: str, options: SubOptions | None) -> Subscription:
-        """Subscribe to ``topic`` across the cluster."""
+    def subscribe(self, topic: str, options: SubOptions | None, start: str = "now") -> Subscription:
+        """Subscribe to ``topic`` across the cluster, from ``start`` on.
+
+        ``start``: ``"now"`` (what is published from now on), ``"earliest"`` (everything the
+        cluster retains), a stream id ``"<ms>-<seq>"`` (what came after it) or a Unix time in
+        milliseconds ``"<ms>"`` (what came at or after it); anything else is a ``ClusterError``.
+        """
 
     @abc.abstractmethod
     def status(self) -> ClusterStatus:

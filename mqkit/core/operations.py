@@ -418,10 +418,18 @@ class FeatureOperations:
         feature.publish_batch(topic, messages)
 
     @reported()
-    def subscribe_from_cluster(self, topic: str, opts: SubOptions | None = None) -> Subscription:
-        """Subscribe to ``topic`` across the cluster (``ClusterDisabledError`` when off)."""
+    def subscribe_from_cluster(
+        self, topic: str, opts: SubOptions | None = None, *, start: str = "now"
+    ) -> Subscription:
+        """Subscribe to ``topic`` across the cluster (``ClusterDisabledError`` when off).
+
+        ``start`` is where the subscription begins: ``"now"`` (the default), ``"earliest"``
+        (every message the cluster retains), a stream id ``"<ms>-<seq>"`` (the messages after
+        it) or a Unix time in milliseconds ``"<ms>"`` (the messages from then on). A ``start``
+        that is none of these raises ``ClusterError`` before anything is subscribed.
+        """
         feature = self._require(ClusterFeature, ClusterDisabledError)
-        return feature.subscribe(topic, opts)
+        return feature.subscribe(topic, opts, start)
 
     def cluster_status(self) -> ClusterStatus:
         """The cluster's state (``status="disabled"`` when cluster mode is off)."""

@@ -13,8 +13,10 @@ Each node heartbeats ``<prefix>:node:<escaped id>`` (a TTL of three sync interva
 this broker's random token) and stays in the registry set ``<prefix>:nodes``; a second live
 node with the same id fails at start with :class:`~mqkit.ClusterError`.
 
-Not built yet (``docs/cluster.md``): consumer groups, Redis Cluster topology (``RedisCluster``
-client), ``mqkit inspect`` of streams.
+The client comes from :class:`~mqkit.plugins.cluster.connection.Connector`: one Redis server
+(``topology = "standalone"``) or a Redis Cluster (``"cluster"``). Every command names one key.
+
+Not built yet (``docs/cluster.md``): consumer groups, ``mqkit inspect`` of streams.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mqkit.core.plugins import PluginInfo
 from mqkit.core.status import ClusterStatus
 from mqkit.core.subscription import SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
+from mqkit.plugins.cluster.connection import Connector
 from mqkit.plugins.cluster.settings import ClusterSettings
 from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
 
@@ -44,8 +47,9 @@ if TYPE_CHECKING:
     import redis
 
     from mqkit.core.broker import Broker
+    from mqkit.plugins.cluster.connection import Client
 
-__all__ = ["ClusterPlugin", "node_key", "stream_key"]
+__all__ = ["ClusterPlugin", "node_key", "parse_start", "stream_key"]
 
 log = logging.getLogger("mqkit.cluster")
 
@@ -55,6 +59,8 @@ _FIELD = b"m"
 """The one field of a stream entry: the message's stored JSON."""
 
 _NOTHING = "0-0"
+
+_MAX_ID_PART = 2**64 - 1
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
@@ -92,6 +98,30 @@ def node_key(prefix: str, node_id: str) -> str:
     return f"{prefix}:node:{_escape(node_id)}"
 
 
+def parse_start(start: str) -> str | None:
+    """The stream id a fan-out reader starts after; None for ``"now"`` (the stream's last).
+
+    ``"now"`` (or ``"$"``): what is published from now on; ``"earliest"`` (or ``"0"``): every
+    entry the stream retains; ``"<ms>-<seq>"``: the entries after that stream id (as ``XREAD``
+    reads, so a reader resumes after the last id it handled); ``"<ms>"``: the entries added at
+    or after that Unix time in milliseconds. Anything else raises ``ClusterError``.
+    """
+    if start in ("now", "$"):
+        return None
+    if start == "earliest":
+        return _NOTHING
+    ms, dash, seq = start.partition("-")
+    parts = (ms, seq) if dash else (ms,)
+    if all(p.isascii() and p.isdigit() and int(p) <= _MAX_ID_PART for p in parts):
+        if dash:
+            return f"{int(ms)}-{int(seq)}"
+        return f"{int(ms) - 1}-{_MAX_ID_PART}" if int(ms) > 0 else _NOTHING
+    raise ClusterError.because(
+        f"start={start!r} is not 'now', 'earliest', a stream id '<ms>-<seq>' "
+        "or a Unix time in milliseconds"
+    )
+
+
 class _Reader:
     """One cluster subscription's reader thread: stream entries -> the local subscription."""
 
@@ -111,11 +141,13 @@ class _Reader:
     def run(self) -> None:
         settings = self.plugin.settings
         block_ms = max(1, int(settings.read_block * 1000))
-        client = self.plugin.client(read_block=settings.read_block)
+        client: Client | None = None
         backoff = 0.05
         try:
             while not self.stop.is_set():
                 try:
+                    if client is None:  # a Redis Cluster client connects when it is built
+                        client = self.plugin.client(read_block=settings.read_block)
                     found: Any = client.xread({self.key: self.last_id}, count=256, block=block_ms)
                 except self.plugin.failed as exc:
                     log.warning("cluster reader of %r: %s (retrying)", self.topic, exc)
@@ -129,7 +161,8 @@ class _Reader:
                         self.deliver(fields)
                         self.last_id = entry_id.decode()
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     def deliver(self, fields: dict[bytes, bytes]) -> None:
         try:
@@ -144,7 +177,7 @@ class _Reader:
 
 
 class ClusterPlugin(ClusterFeature, Plugin):
-    """Cluster mode over one Redis server (with replicas): fan-out publish and subscribe."""
+    """Cluster mode over one Redis server (with replicas) or a Redis Cluster: fan-out."""
 
     plugin_info = PluginInfo(
         name="cluster",
@@ -157,29 +190,29 @@ class ClusterPlugin(ClusterFeature, Plugin):
     )
 
     def __init__(self, broker: Broker) -> None:
-        import redis  # the `cluster` extra: without it the broker names it (PluginError)
-        import redis.exceptions
+        import redis  # noqa: F401  # the `cluster` extra: without it the broker names it
 
-        self._redis = redis
-        self.down: tuple[type[BaseException], ...] = (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            OSError,
-        )
-        """What a Redis that cannot be reached raises."""
-        self.failed: tuple[type[BaseException], ...] = (*self.down, redis.exceptions.RedisError)
-        """What any failed Redis command raises."""
         self._broker = broker
         self.settings = broker.settings(ClusterSettings)
         config = broker.config
         self.node_id = config.cluster_node_id.strip()
         self._replicas = config.cluster_replication_factor - 1
+        self.connector = Connector(
+            self.settings, f"mqkit-{_escape(self.node_id)}"[:64], self._replicas
+        )
+        """Opens the clients of the configured topology (standalone or Redis Cluster)."""
+        self.down = self.connector.down
+        """What a Redis that cannot be reached raises."""
+        self.failed = self.connector.failed
+        """What any failed Redis command raises."""
         self._interval = max(config.cluster_sync_interval, 0.05)
         self._token = uuid.uuid4().hex
         self._prefix = self.settings.key_prefix
         self._node_key = node_key(self._prefix, self.node_id)
         self._nodes_key = f"{self._prefix}:nodes"
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
+        self._running = False
+        self._topology_checked = False
         self._readers: dict[int, _Reader] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -190,49 +223,42 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._peers: tuple[str, ...] = ()
         self._replicas_seen = 0
 
-    def client(self, read_block: float = 0.0) -> redis.Redis:
-        """A new Redis client with the settings' timeouts and no retries of its own."""
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+    def client(self, read_block: float = 0.0) -> Client:
+        """A new client of the configured topology, with the settings' timeouts and no retries.
 
-        s = self.settings
-        timeout = s.socket_timeout + read_block
-        if self._replicas > 0 and not read_block:
-            timeout += s.replica_timeout
-        return self._redis.Redis.from_url(
-            s.url,
-            socket_connect_timeout=s.connect_timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            client_name=f"mqkit-{_escape(self.node_id)}"[:64],
-        )
+        A Redis Cluster client connects when it is built: it may raise one of :attr:`down`.
+        """
+        return self.connector.open(read_block)
 
-    def _call(self, what: str, action: Callable[[redis.Redis], T]) -> T:
+    def _shared(self) -> Client:
+        with self._lock:
+            if not self._running:
+                raise ClusterUnavailableError.because("the cluster plugin is not running")
+            if self._client is None:
+                self._client = self.client()
+            return self._client
+
+    def _call(self, what: str, action: Callable[[Client], T]) -> T:
         """Run ``action`` on the shared client; an unreachable Redis is ClusterUnavailableError."""
-        client = self._client
-        if client is None:
-            raise ClusterUnavailableError.because("the cluster plugin is not running")
         try:
-            return action(client)
+            return action(self._shared())
         except self.down as exc:
             self._reachable = False
             raise ClusterUnavailableError.because(
-                f"{what}: Redis at {self._where()} cannot be reached ({exc})"
+                f"{what}: {self._where()} cannot be reached ({exc})"
             ) from exc
         except self.failed as exc:
             raise ClusterError.because(f"{what}: Redis refused it ({exc})") from exc
 
     def _where(self) -> str:
-        parts = urllib.parse.urlsplit(self.settings.url)
-        return f"{parts.hostname or '?'}:{parts.port or 6379}"
+        return self.connector.where()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Connect, claim this node's id (refused while another live node holds it), heartbeat."""
-        self._client = self.client()
+        self._running = True
         self._sync(first=True)
         self._heart = threading.Thread(target=self._beat, name="mqkit-cluster-heartbeat")
         self._heart.daemon = True
@@ -251,7 +277,9 @@ class ClusterPlugin(ClusterFeature, Plugin):
             reader.thread.join(self.settings.read_block + self.settings.socket_timeout + 1)
         if self._heart is not None:
             self._heart.join(self._interval + self.settings.socket_timeout + 1)
-        client = self._client
+        with self._lock:
+            self._running = False
+            client, self._client = self._client, None
         if client is None:
             return
         try:
@@ -260,7 +288,6 @@ class ClusterPlugin(ClusterFeature, Plugin):
         except self.failed as exc:
             log.info("cluster: node id %r not released (%s)", self.node_id, exc)
         client.close()
-        self._client = None
 
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
@@ -277,6 +304,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         """
         ttl_ms = max(1, int(self._interval * 3 * 1000))
         try:
+            if not self._topology_checked and not self._check_topology(first=first):
+                return
             owned = self._call(
                 "cluster heartbeat",
                 lambda c: c.eval(_CLAIM, 1, self._node_key, self._token, ttl_ms),
@@ -295,7 +324,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
             if first:
                 raise ClusterError.because(
                     f"cluster_node_id {self.node_id!r} is already in use by another live node "
-                    f"(on Redis at {self._where()}); give each broker its own id"
+                    f"(on {self._where()}); give each broker its own id"
                 )
             return
         self._peers = tuple(sorted(n for n in members if n != self.node_id))
@@ -304,23 +333,41 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._problem = ""
         self._last_sync = datetime.now(UTC)
 
-    def _members(self, client: redis.Redis) -> list[str]:
+    def _check_topology(self, *, first: bool) -> bool:
+        """False for a standalone client pointed at a Redis Cluster node (ClusterError at start)."""
+        if self.connector.cluster or not self._call(
+            "cluster heartbeat", self.connector.is_cluster_node
+        ):
+            self._topology_checked = True
+            return True
+        self._problem = (
+            f"[cluster] topology is 'standalone' but {self._where()} is a Redis Cluster node: "
+            "set topology = 'cluster'"
+        )
+        if first:
+            raise ClusterError.because(self._problem)
+        return False
+
+    def _members(self, client: Client) -> list[str]:
         pipe = client.pipeline(transaction=False)
         pipe.sadd(self._nodes_key, self.node_id)
         pipe.smembers(self._nodes_key)
         _, raw = pipe.execute()
         names = sorted(m.decode() for m in raw)
-        alive = client.mget([node_key(self._prefix, n) for n in names]) if names else []
+        # one GET per heartbeat key: in a Redis Cluster they live in different slots
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.get(node_key(self._prefix, name))
+        alive = pipe.execute() if names else []
         dead = [n for n, v in zip(names, alive, strict=True) if v is None]
         if dead:
             client.srem(self._nodes_key, *dead)
         return [n for n, v in zip(names, alive, strict=True) if v is not None]
 
-    def _count_replicas(self, client: redis.Redis) -> int:
+    def _count_replicas(self, client: Client) -> int:
         if self._replicas <= 0:
             return 0
-        info: dict[str, Any] = client.info("replication")
-        return int(info.get("connected_slaves", 0))
+        return self.connector.replicas_connected(client)
 
     @hookimpl
     def mqkit_health(self, broker: Broker) -> Sequence[str] | None:
@@ -331,7 +378,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
         if self._problem:
             return [f"cluster: {self._problem}"]
         if status.status == "disconnected":
-            return [f"cluster: Redis at {self._where()} cannot be reached"]
+            return [f"cluster: {self._where()} cannot be reached"]
         if self._replicas_seen < self._replicas:
             return [f"cluster: {self._replicas_seen} of {self._replicas} replica(s) connected"]
         return [f"cluster: configured node(s) not alive: {', '.join(status.missing_nodes)}"]
@@ -359,8 +406,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         texts = [encode_message(m) for m in stamped]
         maxlen = self.settings.stream_maxlen or None
 
-        def send(client: redis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
+        def send(server: redis.Redis) -> list[Any]:
+            pipe = server.pipeline(transaction=False)
             for text in texts:
                 pipe.xadd(key, {_FIELD: text}, maxlen=maxlen, approximate=True)
             if self._replicas > 0:
@@ -368,7 +415,10 @@ class ClusterPlugin(ClusterFeature, Plugin):
                 pipe.execute_command("WAIT", self._replicas, wait_ms)  # type: ignore[no-untyped-call]
             return pipe.execute()
 
-        replies = self._call(f"publish to cluster topic {stamped[0].topic!r}", send)
+        replies = self._call(
+            f"publish to cluster topic {stamped[0].topic!r}",
+            lambda client: self.connector.on_shard(client, key, send),
+        )
         if self._replicas > 0 and int(replies[-1]) < self._replicas:
             self._replicas_seen = min(self._replicas_seen, int(replies[-1]))  # until the next sync
             raise ClusterError.because(
@@ -377,19 +427,23 @@ class ClusterPlugin(ClusterFeature, Plugin):
                 "message may be on the primary only"
             )
 
-    def subscribe(self, topic: str, options: SubOptions | None) -> Subscription:
-        """A local subscription fed by a reader of the topic's stream, from now on."""
+    def subscribe(self, topic: str, options: SubOptions | None, start: str = "now") -> Subscription:
+        """A local subscription fed by a reader of the topic's stream, from ``start`` on."""
         checked = normalize_topic(topic)
+        after = parse_start(start)
         key = stream_key(self._prefix, checked)
 
-        def last(client: redis.Redis) -> str:
+        def last(client: Client) -> str:
             found: Any = client.xrevrange(key, count=1)
             return str(found[0][0].decode()) if found else _NOTHING
 
-        start = self._call(f"subscribe to cluster topic {checked!r}", last)
+        if after is None:
+            after = self._call(f"subscribe to cluster topic {checked!r}", last)
+        else:  # Redis must answer now too: an unreachable one fails the subscribe alike
+            self._call(f"subscribe to cluster topic {checked!r}", lambda c: c.exists(key))
         # No local publish reaches it (``_never``): only the reader feeds it.
         sub = self._broker.subscribe_matching(f"cluster:{checked}", _never, options)
-        reader = _Reader(self, key, checked, sub, start)
+        reader = _Reader(self, key, checked, sub, after)
         with self._lock:
             self._readers[sub.id] = reader
         reader.thread.start()
@@ -398,7 +452,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
     def status(self) -> ClusterStatus:
         """The cluster as the last heartbeat saw it."""
         config = self._broker.config
-        reachable = self._reachable and self._client is not None
+        reachable = self._reachable and self._running
         peers = self._peers if reachable else ()  # read once: the heartbeat replaces it
         live = (self.node_id, *peers)
         missing = tuple(n for n in config.cluster_nodes if n not in live)

@@ -10,11 +10,14 @@ how the plugin reaches Redis lives here::
         settings={"cluster": ClusterSettings(url="redis://redis.internal:6379/0")},
     )
 
+``topology = "cluster"`` makes ``url`` one node of a Redis Cluster.
+
 or, in a TOML file, a ``[cluster]`` table (``url = "rediss://user:pass@host:6380/0"``).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -27,6 +30,15 @@ from mqkit.core.settings import Settings
 __all__ = ["ClusterSettings"]
 
 _POSITIVE = "must be positive"
+
+_TOPOLOGIES = ("standalone", "cluster")
+
+
+def _database(url: str) -> str:
+    """The database a Redis URL names (``/3`` or ``?db=3``), ``""`` when it names none."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query).get("db", [""])
+    return parts.path.strip("/") or query[0]
 
 
 def _seconds(value: float | timedelta) -> Any:
@@ -41,7 +53,11 @@ class ClusterSettings(Settings):
     """How the cluster plugin reaches Redis and bounds its streams and waits."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """The Redis server: ``redis://[user:pass@]host:port/db``, ``rediss://`` for TLS."""
+    """The Redis server: ``redis://[user:pass@]host:port/db``, ``rediss://`` for TLS (with
+    ``topology = "cluster"``, one node of the Redis Cluster; the others are discovered)."""
+    topology: str = "standalone"
+    """``"standalone"``: one Redis server (a primary, with replicas or not); ``"cluster"``: a
+    Redis Cluster (redis-py's ``RedisCluster``; each topic lives on one shard)."""
     key_prefix: str = "mqkit"
     """First part of every Redis key the plugin uses (``<prefix>:{t:<topic>}:stream``)."""
     stream_maxlen: int = 100_000
@@ -61,6 +77,12 @@ class ClusterSettings(Settings):
         """The plugin's checks (see :meth:`mqkit.Settings.rules`)."""
         return [
             ("url", not self.url.strip(), "cannot be empty"),
+            ("topology", self.topology not in _TOPOLOGIES, "must be 'standalone' or 'cluster'"),
+            (
+                "url",
+                self.topology == "cluster" and _database(self.url) not in ("", "0"),
+                "must use database 0 with topology 'cluster' (a Redis Cluster has no other)",
+            ),
             (
                 "key_prefix",
                 not self.key_prefix or any(c in self.key_prefix for c in "{}: \t\r\n"),
