@@ -10,7 +10,7 @@ plugins meet each other only through hooks and these interfaces.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from mqkit.core.message import Message
@@ -167,6 +167,16 @@ class ClusterFeature(Feature):
     @abc.abstractmethod
     def subscribe(self, topic: str, options: SubOptions | None) -> Subscription:
         """Subscribe to ``topic`` across the cluster."""
+
+    @abc.abstractmethod
+    def subscribe_matching(
+        self, key: str, matches: Callable[[str], bool], options: SubOptions | None
+    ) -> Subscription:
+        """Subscribe to every cluster topic ``matches`` accepts, now and as they appear.
+
+        ``key`` is the checked filter or pattern (it names the subscription); each message
+        keeps its own concrete ``topic``.
+        """
 
     @abc.abstractmethod
     def status(self) -> ClusterStatus:

@@ -37,6 +37,7 @@ from mqkit.core.plugins import PluginInfo
 from mqkit.core.status import ClusterStatus
 from mqkit.core.subscription import SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
+from mqkit.plugins.cluster.index import FilterReader, TopicIndex
 from mqkit.plugins.cluster.settings import ClusterSettings
 from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
 
@@ -180,7 +181,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._node_key = node_key(self._prefix, self.node_id)
         self._nodes_key = f"{self._prefix}:nodes"
         self._client: redis.Redis | None = None
-        self._readers: dict[int, _Reader] = {}
+        self._readers: dict[int, _Reader | FilterReader] = {}
+        self._index = TopicIndex(self._prefix, self.settings)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heart: threading.Thread | None = None
@@ -361,6 +363,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
 
         def send(client: redis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
+            self._index.add_to(pipe, stamped[0].topic)  # before the XADDs (index.py)
             for text in texts:
                 pipe.xadd(key, {_FIELD: text}, maxlen=maxlen, approximate=True)
             if self._replicas > 0:
@@ -369,6 +372,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
             return pipe.execute()
 
         replies = self._call(f"publish to cluster topic {stamped[0].topic!r}", send)
+        self._index.added(stamped[0].topic)
         if self._replicas > 0 and int(replies[-1]) < self._replicas:
             self._replicas_seen = min(self._replicas_seen, int(replies[-1]))  # until the next sync
             raise ClusterError.because(
@@ -393,6 +397,29 @@ class ClusterPlugin(ClusterFeature, Plugin):
         with self._lock:
             self._readers[sub.id] = reader
         reader.thread.start()
+        return sub
+
+    def subscribe_matching(
+        self, key: str, matches: Callable[[str], bool], options: SubOptions | None
+    ) -> Subscription:
+        """A local subscription fed by the streams of every topic ``matches`` accepts.
+
+        The topic index says which topics exist (``index.py``): those from now on, and each
+        one first published later from its first message.
+        """
+        reader = FilterReader(
+            prefix=self._prefix,
+            matches=matches,
+            stream_of=lambda topic: stream_key(self._prefix, topic),
+            connect=lambda read_block: self.client(read_block=read_block),
+            failed=self.failed,
+            settings=self.settings,
+        )
+        self._call(f"subscribe to cluster topics matching {key!r}", reader.prepare)
+        sub = self._broker.subscribe_matching(f"cluster:{key}", _never, options)
+        with self._lock:
+            self._readers[sub.id] = reader
+        reader.begin(sub)
         return sub
 
     def status(self) -> ClusterStatus:
