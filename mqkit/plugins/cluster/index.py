@@ -116,7 +116,10 @@ class TopicIndex:
         if now - self._since >= self._refresh:
             self._known, self._since = set(), now  # replaced whole: readers never see it half
         if topic not in self._known:
-            pipe.eval(_REGISTER, 2, self.set_key, self.new_key, topic, self._maxlen)
+            # EVAL by name: redis-py's cluster pipeline has no eval(), but routes EVAL by its keys
+            pipe.execute_command(
+                "EVAL", _REGISTER, 2, self.set_key, self.new_key, topic, self._maxlen
+            )
 
     def added(self, topic: str) -> None:
         """``topic`` is in the index (the pipeline that registered it succeeded)."""

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 import mqkit
 from mqkit.plugins.cluster.index import index_keys
@@ -181,3 +183,46 @@ def test_bad_invocations_are_usage_errors(tmp_path: Any) -> None:
     assert "cluster.key_prefix" in bad_prefix.stderr
     assert not_a_url.returncode == 1
     assert "not a Redis URL" in not_a_url.stderr
+
+
+def redis_cluster(redis_factory: Callable[..., RedisServer]) -> list[RedisServer]:
+    """Three primaries in cluster mode, the slots split among them, the cluster formed."""
+    nodes = [redis_factory("--cluster-enabled", "yes") for _ in range(3)]
+    clients = [redis.Redis.from_url(n.url) for n in nodes]
+    bounds = [0, 5461, 10923, 16384]
+    for i, client in enumerate(clients):
+        client.execute_command("CLUSTER ADDSLOTS", *range(bounds[i], bounds[i + 1]))
+    for client in clients[1:]:
+        client.execute_command("CLUSTER MEET", "127.0.0.1", nodes[0].port)
+    deadline = time.monotonic() + 60
+    while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
+        assert time.monotonic() < deadline, "the Redis Cluster did not form"
+    for client in clients:
+        client.close()
+    return nodes
+
+
+def test_a_redis_cluster_is_read_on_every_primary(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    nodes = redis_cluster(redis_factory)
+    client = RedisCluster.from_url(nodes[0].url)
+    topics = [f"t/{i}" for i in range(12)]  # hash tags spread over the three shards
+    for topic in topics:
+        client.xadd(stream_key("mqkit", topic), {"m": "{}"})
+    client.xgroup_create(stream_key("mqkit", "t/3"), "workers", id="0")
+    client.set("mqkit:node:n1", "token", px=60_000)
+    client.sadd("mqkit:nodes", "n1")
+    shards = {
+        sum(client.keyslot(stream_key("mqkit", t)) >= b for b in (5461, 10923)) for t in topics
+    }
+    client.close()
+    assert len(shards) == 3  # the streams really live on all three primaries
+    result = inspect("--cluster", nodes[1].url, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["mode"] == "cluster"
+    assert sorted(t["topic"] for t in report["topics"]) == sorted(topics)
+    [group] = next(t for t in report["topics"] if t["topic"] == "t/3")["groups"]
+    assert (group["name"], group["lag"]) == ("workers", 1)
+    assert [(n["node_id"], n["alive"]) for n in report["nodes"]] == [("n1", True)]
