@@ -13,8 +13,11 @@ Each node heartbeats ``<prefix>:node:<escaped id>`` (a TTL of three sync interva
 this broker's random token) and stays in the registry set ``<prefix>:nodes``; a second live
 node with the same id fails at start with :class:`~mqkit.ClusterError`.
 
+Filter and pattern subscriptions read the topic index (:mod:`~mqkit.plugins.cluster.index`);
+``mqkit inspect --cluster`` reads Redis without a broker (:mod:`~mqkit.plugins.cluster.inspector`).
+
 Not built yet (``docs/cluster.md``): consumer groups, Redis Cluster topology (``RedisCluster``
-client), ``mqkit inspect`` of streams.
+client).
 """
 
 from __future__ import annotations

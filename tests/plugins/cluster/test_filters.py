@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
+from support.process import Child
 
 import mqkit
 from mqkit.plugins.cluster.index import index_keys
 from mqkit.plugins.cluster.plugin import stream_key
 
-from .conftest import RedisServer
+from .conftest import RedisServer, child_env
 
 Make = Callable[..., mqkit.Broker]
 
@@ -256,3 +259,14 @@ def test_cluster_off_refuses_them() -> None:
             broker.subscribe_from_cluster_filter("a/+")
         with pytest.raises(mqkit.ClusterDisabledError):
             broker.subscribe_from_cluster_pattern("a.*")
+
+
+def test_the_docs_example_runs(redis_server: RedisServer) -> None:
+    # docs/cluster.md lists docs/examples/cluster_filters.py; its Redis comes from the environment
+    example = Path(__file__).parents[3] / "docs" / "examples" / "cluster_filters.py"
+    env = child_env()
+    env["MQKIT_CLUSTER_URL"] = redis_server.url
+    child = Child([sys.executable, str(example)], env=env)
+    line = child.wait_for(lambda text: "orders/eu/paid" in text, 60, "the example failed")
+    assert child.wait(60) == 0
+    assert "('metrics/web.cpu', 0.93)" in line
