@@ -130,7 +130,11 @@ class TopicIndex:
 
 
 class _Lane:
-    """One thread reading, in one ``XREAD BLOCK``, streams of one slot: key -> last id."""
+    """One thread reading streams in one ``XREAD BLOCK``: key -> last id delivered.
+
+    Its streams are one group: those of one slot in a Redis Cluster, every stream (the
+    notification stream included) with one Redis server.
+    """
 
     def __init__(self, group: int) -> None:
         self.group = group
@@ -263,7 +267,7 @@ class FilterReader:
                 try:
                     if lost and lane is self._watcher:
                         self._rescan(client)  # notifications may have been trimmed meanwhile
-                    with self._lock:
+                    with self._lock:  # keys of one slot (cluster) or all of them (one server)
                         streams = dict(lane.positions)
                     found: Any = client.xread(streams, count=256, block=block_ms)  # type: ignore[arg-type]
                 except self._failed as exc:
