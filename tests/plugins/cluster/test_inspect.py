@@ -187,13 +187,17 @@ def test_bad_invocations_are_usage_errors(tmp_path: Any) -> None:
 
 def redis_cluster(redis_factory: Callable[..., RedisServer]) -> list[RedisServer]:
     """Three primaries in cluster mode, the slots split among them, the cluster formed."""
-    nodes = [redis_factory("--cluster-enabled", "yes") for _ in range(3)]
+    # the cluster bus port is given: by default it is the port + 10000, which may not exist
+    bus = free_port()
+    nodes = [redis_factory("--cluster-enabled", "yes", "--cluster-port", str(bus))]
+    nodes += [redis_factory("--cluster-enabled", "yes", "--cluster-port", str(free_port()))]
+    nodes += [redis_factory("--cluster-enabled", "yes", "--cluster-port", str(free_port()))]
     clients = [redis.Redis.from_url(n.url) for n in nodes]
     bounds = [0, 5461, 10923, 16384]
     for i, client in enumerate(clients):
         client.execute_command("CLUSTER ADDSLOTS", *range(bounds[i], bounds[i + 1]))
     for client in clients[1:]:
-        client.execute_command("CLUSTER MEET", "127.0.0.1", nodes[0].port)
+        client.execute_command("CLUSTER MEET", "127.0.0.1", nodes[0].port, bus)
     deadline = time.monotonic() + 60
     while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
         assert time.monotonic() < deadline, "the Redis Cluster did not form"
