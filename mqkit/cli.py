@@ -526,7 +526,9 @@ def run_command(
 
 @app.command("inspect")
 def inspect_command(
-    path: Annotated[Path, typer.Argument(help="A persistence directory (persistence_path).")],
+    path: Annotated[
+        Path | None, typer.Argument(help="A persistence directory (persistence_path).")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the whole report as JSON, for scripts.")
     ] = False,
@@ -534,16 +536,35 @@ def inspect_command(
         int,
         typer.Option(help="Rows to show per table: topics, pending acks, dead letters (0: all)."),
     ] = 20,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            metavar="URL",
+            help="Inspect a cluster's Redis instead (redis://host:port/db), read-only.",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str, typer.Option(help="The cluster's key_prefix (with --cluster).")
+    ] = "mqkit",
 ) -> None:
-    """Show what a persistence directory holds, read-only.
+    """Show what a persistence directory, or a cluster's Redis, holds, read-only.
 
     Topics with their message counts and oldest/newest publish times, the messages still
     waiting for an ack, and the dead letters with their reasons. Safe on the directory of a
     running broker: the lock is left alone, and the report says which process holds it.
+    With --cluster URL: each topic stream, its consumer groups and pending counts, the dead
+    letter streams and the live nodes (no broker needed; nothing is written).
     """
     from mqkit.plugins.persistence.inspector import inspect_store
     from mqkit.service import json_ready
 
+    if (path is None) == (cluster is None):
+        raise _fail("give a persistence directory or --cluster URL (one of them)", EXIT_USAGE)
+    if cluster is not None:
+        _inspect_cluster(cluster, prefix, as_json=as_json, limit=limit)
+        return
+    assert path is not None
     try:
         report = inspect_store(path)
     except MQError as exc:
@@ -608,6 +629,89 @@ def inspect_command(
             f"[yellow]{report.unreadable} unreadable and {report.expired} expired entr(y/ies) "
             "skipped[/]"
         )
+
+
+def _inspect_cluster(url: str, prefix: str, *, as_json: bool, limit: int) -> None:
+    """``mqkit inspect --cluster URL``: print what the cluster's Redis holds under ``prefix``."""
+    try:
+        from mqkit.plugins.cluster.inspector import inspect_cluster
+        from mqkit.plugins.cluster.settings import ClusterSettings
+    except ImportError:
+        raise _fail("--cluster needs redis-py: pip install 'mqkit[cluster]'") from None
+    from mqkit.core.settings import check_section
+    from mqkit.service import json_ready
+
+    try:
+        check_section("cluster", ClusterSettings(url=url, key_prefix=prefix))
+    except MQError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    try:
+        report = inspect_cluster(url, prefix)
+    except MQError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(json_ready(report), indent=2) + "\n")
+        return
+    shown = slice(None) if limit <= 0 else slice(limit)
+
+    def table(title: str, *columns: str) -> Table:
+        made = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+        for column in columns:
+            made.add_column(column, overflow="fold")
+        return made
+
+    console.print(
+        f"[bold]{escape(report.url)}[/] (Redis {report.redis_version}, {report.mode}), "
+        f"prefix {escape(repr(report.prefix))}: {len(report.topics)} topic stream(s), "
+        f"{report.indexed_topics} indexed topic(s)"
+    )
+    topics = table(
+        "Topic streams",
+        "topic",
+        "length",
+        "first id",
+        "last id",
+        "groups",
+    )
+    groups = table(
+        "Consumer groups", "topic", "group", "consumers", "pending", "last delivered", "lag"
+    )
+    for s in report.topics[shown]:
+        topics.add_row(
+            escape(s.topic or ""),
+            str(s.length),
+            s.first_id or "-",
+            s.last_id or "-",
+            str(len(s.groups)),
+        )
+        for g in s.groups:
+            lag = "?" if g.lag is None else str(g.lag)
+            groups.add_row(
+                escape(s.topic or ""),
+                escape(g.name),
+                str(g.consumers),
+                str(g.pending),
+                g.last_delivered_id,
+                lag,
+            )
+    console.print(topics)
+    if groups.row_count:
+        groups.caption = "pending: delivered, not acknowledged; lag: not read yet (?: unknown)"
+        console.print(groups)
+    if report.dead_letters:
+        dead = table("Dead letter streams", "topic", "length", "first id", "last id")
+        for s in report.dead_letters[shown]:
+            dead.add_row(escape(s.topic or ""), str(s.length), s.first_id or "-", s.last_id or "-")
+        console.print(dead)
+    nodes = table("Nodes", "node", "state", "heartbeat expires in", "registered")
+    for n in report.nodes[shown]:
+        expires = "-" if n.expires_in is None else f"{n.expires_in:.1f}s"
+        state = "alive" if n.alive else "dead"
+        nodes.add_row(escape(n.node_id), state, expires, "yes" if n.registered else "no")
+    console.print(nodes if report.nodes else "[dim]no nodes (no broker is running)[/]")
+    more = max(len(report.topics), len(report.dead_letters), len(report.nodes))
+    if 0 < limit < more:
+        console.print(f"[dim]showing {limit} row(s) per table; --limit 0 shows all[/]")
 
 
 # -- bench -----------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from mqkit.core.errors import (
     BrokerClosedError,
     InvalidConfigError,
     InvalidMessageError,
-    InvalidTopicError,
     MQError,
 )
 from mqkit.core.features import AckFeature, Feature
@@ -53,13 +52,7 @@ from mqkit.core.settings import build_sections
 from mqkit.core.shards import ByteCounter
 from mqkit.core.subscription import SLOT_BYTES, SubOptions, Subscription, check_options
 from mqkit.core.timers import Clock, TimerService
-from mqkit.core.topics import (
-    check_filter,
-    compile_filter,
-    compile_pattern,
-    is_pattern,
-    normalize_topic,
-)
+from mqkit.core.topics import compile_pattern, filter_matcher, is_pattern, normalize_topic
 
 __all__ = ["Broker", "Transaction"]
 
@@ -436,14 +429,10 @@ class Broker(FeatureOperations):
         (the parent included), as for MQTT clients; a filter without ``+``/``#`` is an exact
         topic. Glob characters (``*?[\\``) are refused: a filter is not a glob pattern.
         """
-        text = check_filter(topic_filter)
-        if is_pattern(text):
-            raise InvalidTopicError.because(
-                f"invalid filter {text!r}: glob characters (*?[\\) belong to subscribe_pattern"
-            )
-        if "+" not in text and "#" not in text:
+        text, matches = filter_matcher(topic_filter)
+        if matches is None:
             return self._subscribe(text, opts, pattern=False)
-        return self._subscribe(text, opts, pattern=True, matches=compile_filter(text))
+        return self._subscribe(text, opts, pattern=True, matches=matches)
 
     @reported(topic="key")
     def subscribe_matching(

@@ -10,7 +10,7 @@ plugins meet each other only through hooks and these interfaces.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from mqkit.core.message import Message
@@ -171,6 +171,16 @@ class ClusterFeature(Feature):
         ``start``: ``"now"`` (what is published from now on), ``"earliest"`` (everything the
         cluster retains), a stream id ``"<ms>-<seq>"`` (what came after it) or a Unix time in
         milliseconds ``"<ms>"`` (what came at or after it); anything else is a ``ClusterError``.
+        """
+
+    @abc.abstractmethod
+    def subscribe_matching(
+        self, key: str, matches: Callable[[str], bool], options: SubOptions | None
+    ) -> Subscription:
+        """Subscribe to every cluster topic ``matches`` accepts, now and as they appear.
+
+        ``key`` is the checked filter or pattern (it names the subscription); each message
+        keeps its own concrete ``topic``.
         """
 
     @abc.abstractmethod

@@ -72,7 +72,7 @@ from mqkit.core.status import (
 )
 from mqkit.core.subscription import SubOptions, Subscription
 from mqkit.core.timers import Clock
-from mqkit.core.topics import normalize_topic
+from mqkit.core.topics import filter_matcher, normalize_topic, pattern_matcher
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
@@ -430,6 +430,37 @@ class FeatureOperations:
         """
         feature = self._require(ClusterFeature, ClusterDisabledError)
         return feature.subscribe(topic, opts, start)
+
+    @reported(topic="topic_filter")
+    def subscribe_from_cluster_filter(
+        self, topic_filter: str, opts: SubOptions | None = None
+    ) -> Subscription:
+        """Subscribe to every cluster topic an MQTT-style filter matches (``orders/+/paid``).
+
+        The filter is checked as ``subscribe_filter`` checks it (same errors); topics that
+        first appear after the call are read from their first message. A filter without
+        ``+``/``#`` is ``subscribe_from_cluster`` of that topic.
+        """
+        feature = self._require(ClusterFeature, ClusterDisabledError)
+        text, matches = filter_matcher(topic_filter)
+        if matches is None:
+            return feature.subscribe(text, opts)
+        return feature.subscribe_matching(text, matches, opts)
+
+    @reported(topic="pattern")
+    def subscribe_from_cluster_pattern(
+        self, pattern: str, opts: SubOptions | None = None
+    ) -> Subscription:
+        """Subscribe to every cluster topic a glob pattern matches (``orders.*``).
+
+        The pattern is checked as ``subscribe_pattern`` checks it (same errors); a pattern
+        without glob syntax is ``subscribe_from_cluster`` of that topic.
+        """
+        feature = self._require(ClusterFeature, ClusterDisabledError)
+        text, matches = pattern_matcher(pattern)
+        if matches is None:
+            return feature.subscribe(text, opts)
+        return feature.subscribe_matching(text, matches, opts)
 
     def cluster_status(self) -> ClusterStatus:
         """The cluster's state (``status="disabled"`` when cluster mode is off)."""

@@ -29,8 +29,10 @@ __all__ = [
     "compile_filter",
     "compile_pattern",
     "filter_is_valid",
+    "filter_matcher",
     "is_pattern",
     "normalize_topic",
+    "pattern_matcher",
 ]
 
 _GLOB_CHARS = frozenset("*?[\\")
@@ -154,6 +156,32 @@ def check_filter(topic_filter: object) -> str:
             "last level (levels are separated by '/')"
         )
     return text
+
+
+def filter_matcher(topic_filter: object) -> tuple[str, Callable[[str], bool] | None]:
+    """Check a filter as ``subscribe_filter`` does; return it with its predicate.
+
+    The predicate is None for a filter without ``+``/``#`` (an exact topic). Glob characters
+    are refused (:class:`InvalidTopicError`): a filter is not a glob pattern.
+    """
+    text = check_filter(topic_filter)
+    if is_pattern(text):
+        raise InvalidTopicError.because(
+            f"invalid filter {text!r}: glob characters (*?[\\) belong to subscribe_pattern"
+        )
+    if "+" not in text and "#" not in text:
+        return text, None
+    return text, compile_filter(text)
+
+
+def pattern_matcher(pattern: object) -> tuple[str, Callable[[str], bool] | None]:
+    """Check a glob pattern as ``subscribe_pattern`` does; return it with its predicate.
+
+    The predicate is None for a pattern without glob syntax (an exact topic); a malformed
+    pattern raises :class:`InvalidTopicError`.
+    """
+    text = normalize_topic(pattern)
+    return text, compile_pattern(text) if is_pattern(text) else None
 
 
 def compile_filter(topic_filter: str) -> Callable[[str], bool]:

@@ -65,6 +65,8 @@ OPERATIONS: dict[str, Callable[[mqkit.Broker], Any]] = {
     "start_amqp_server": lambda b: b.start_amqp_server(),
     "publish_to_cluster": lambda b: b.publish_to_cluster("t", mqkit.Message("m")),
     "subscribe_from_cluster": lambda b: b.subscribe_from_cluster("t"),
+    "subscribe_from_cluster_filter": lambda b: b.subscribe_from_cluster_filter("t/+"),
+    "subscribe_from_cluster_pattern": lambda b: b.subscribe_from_cluster_pattern("t.*"),
     "update_config": lambda b: b.update_config(b.config),
     "update_config_invalid": lambda b: b.update_config(b.config.replace(default_buffer_size=0)),
 }

@@ -473,6 +473,14 @@ def _closed_broker_calls(broker: mqkit.Broker) -> list[tuple[str, Callable[[], o
         ("recover_messages t", lambda: broker.replay_messages("t")),
         ("publish_to_cluster t", lambda: broker.publish_to_cluster("t", m)),
         ("subscribe_from_cluster t", lambda: broker.subscribe_from_cluster("t")),
+        (
+            "subscribe_from_cluster_filter t/+",
+            lambda: broker.subscribe_from_cluster_filter("t/+"),
+        ),
+        (
+            "subscribe_from_cluster_pattern t.*",
+            lambda: broker.subscribe_from_cluster_pattern("t.*"),
+        ),
         ("start_mqtt_server ", broker.start_mqtt_server),
         ("update_config ", lambda: broker.update_config(mqkit.Config())),
     ]

@@ -93,6 +93,10 @@ PATHS: list[tuple[str, Call, type[mqkit.FeatureNotEnabledError], str]] = [
      mqkit.ClusterDisabledError, "enable_cluster=True"),
     ("subscribe_from_cluster", lambda b: b.subscribe_from_cluster("t"),
      mqkit.ClusterDisabledError, "enable_cluster=True"),
+    ("subscribe_from_cluster_filter", lambda b: b.subscribe_from_cluster_filter("t/+"),
+     mqkit.ClusterDisabledError, "enable_cluster=True"),
+    ("subscribe_from_cluster_pattern", lambda b: b.subscribe_from_cluster_pattern("t.*"),
+     mqkit.ClusterDisabledError, "enable_cluster=True"),
 ]  # fmt: skip
 
 # Off in a default broker, so the typed publishes need their own configs.

@@ -15,8 +15,10 @@ node with the same id fails at start with :class:`~mqkit.ClusterError`.
 
 The client comes from :class:`~mqkit.plugins.cluster.connection.Connector`: one Redis server
 (``topology = "standalone"``) or a Redis Cluster (``"cluster"``). Every command names one key.
+Filter and pattern subscriptions read the topic index (:mod:`~mqkit.plugins.cluster.index`);
+``mqkit inspect --cluster`` reads Redis without a broker (:mod:`~mqkit.plugins.cluster.inspector`).
 
-Not built yet (``docs/cluster.md``): consumer groups, ``mqkit inspect`` of streams.
+Not built yet (``docs/cluster.md``): consumer groups.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from mqkit.core.status import ClusterStatus
 from mqkit.core.subscription import SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
 from mqkit.plugins.cluster.connection import Connector
+from mqkit.plugins.cluster.index import FilterReader, TopicIndex
 from mqkit.plugins.cluster.settings import ClusterSettings
 from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
 
@@ -213,7 +216,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._client: Client | None = None
         self._running = False
         self._topology_checked = False
-        self._readers: dict[int, _Reader] = {}
+        self._readers: dict[int, _Reader | FilterReader] = {}
+        self._index = TopicIndex(self._prefix, self.settings)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heart: threading.Thread | None = None
@@ -406,8 +410,16 @@ class ClusterPlugin(ClusterFeature, Plugin):
         texts = [encode_message(m) for m in stamped]
         maxlen = self.settings.stream_maxlen or None
 
+        topic = stamped[0].topic
+        register = self._index.due(topic)
+        if register and self.connector.cluster:
+            # The index lives on its own slot: register it first, in a call of its own.
+            self._call(f"register cluster topic {topic!r}", lambda c: self._index.add_to(c, topic))
+
         def send(server: redis.Redis) -> list[Any]:
             pipe = server.pipeline(transaction=False)
+            if register and not self.connector.cluster:
+                self._index.add_to(pipe, topic)  # one server: in the same round trip
             for text in texts:
                 pipe.xadd(key, {_FIELD: text}, maxlen=maxlen, approximate=True)
             if self._replicas > 0:
@@ -419,6 +431,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
             f"publish to cluster topic {stamped[0].topic!r}",
             lambda client: self.connector.on_shard(client, key, send),
         )
+        if register:
+            self._index.added(topic)
         if self._replicas > 0 and int(replies[-1]) < self._replicas:
             self._replicas_seen = min(self._replicas_seen, int(replies[-1]))  # until the next sync
             raise ClusterError.because(
@@ -447,6 +461,29 @@ class ClusterPlugin(ClusterFeature, Plugin):
         with self._lock:
             self._readers[sub.id] = reader
         reader.thread.start()
+        return sub
+
+    def subscribe_matching(
+        self, key: str, matches: Callable[[str], bool], options: SubOptions | None
+    ) -> Subscription:
+        """A local subscription fed by the streams of every topic ``matches`` accepts.
+
+        The topic index says which topics exist (``index.py``): those from now on, and each
+        one first published later from its first message.
+        """
+        reader = FilterReader(
+            prefix=self._prefix,
+            matches=matches,
+            stream_of=lambda topic: stream_key(self._prefix, topic),
+            connect=lambda read_block: self.client(read_block=read_block),
+            failed=self.failed,
+            settings=self.settings,
+        )
+        self._call(f"subscribe to cluster topics matching {key!r}", reader.prepare)
+        sub = self._broker.subscribe_matching(f"cluster:{key}", _never, options)
+        with self._lock:
+            self._readers[sub.id] = reader
+        reader.begin(sub)
         return sub
 
     def status(self) -> ClusterStatus:

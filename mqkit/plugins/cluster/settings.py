@@ -72,6 +72,9 @@ class ClusterSettings(Settings):
     """Seconds one ``XREAD BLOCK`` of a subscription's reader waits (how soon it sees a cancel)."""
     reconnect_max: float = attrs.field(default=5.0, converter=_seconds)
     """Longest pause between a reader's reconnection attempts (the backoff doubles up to it)."""
+    index_refresh: float = attrs.field(default=60.0, converter=_seconds)
+    """Seconds a node trusts its cache of the topics it put in the topic index; after that its
+    next publish to each topic adds it again (so an index lost with Redis comes back)."""
 
     def rules(self) -> Iterable[tuple[str, bool, str]]:
         """The plugin's checks (see :meth:`mqkit.Settings.rules`)."""
@@ -94,4 +97,5 @@ class ClusterSettings(Settings):
             ("replica_timeout", self.replica_timeout <= 0, _POSITIVE),
             ("read_block", self.read_block <= 0, _POSITIVE),
             ("reconnect_max", self.reconnect_max <= 0, _POSITIVE),
+            ("index_refresh", self.index_refresh <= 0, _POSITIVE),
         ]
