@@ -1,0 +1,317 @@
+"""Consumer groups on a real redis-server: sharing, ack/nack, deadlines, dead letters, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+import redis
+
+import mqkit
+from mqkit.plugins.cluster.plugin import dead_key, stream_key
+
+from .conftest import RedisServer, cluster_config
+
+Make = Callable[..., mqkit.Broker]
+
+GROUP = mqkit.SubOptions(group="workers")
+
+
+def pending(url: str, topic: str, group: str = "workers") -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.xpending(stream_key("mqkit", topic), group)["pending"])
+    finally:
+        client.close()
+
+
+def wait_pending(url: str, topic: str, count: int, deadline: float = 20) -> None:
+    """Wait (bounded) until the group's pending list of ``topic`` holds ``count`` entries."""
+    end = time.monotonic() + deadline
+    seen = pending(url, topic)
+    while seen != count:
+        assert time.monotonic() < end, f"{seen} pending entries, not {count}"
+        seen = pending(url, topic)
+
+
+def drain(subs: list[mqkit.Subscription], count: int, deadline: float = 30) -> list[list[int]]:
+    """Take ``count`` messages from ``subs`` together; each list: what one subscription got."""
+    got: list[list[int]] = [[] for _ in subs]
+    end = time.monotonic() + deadline
+    while sum(len(g) for g in got) < count:
+        assert time.monotonic() < end, f"only {sum(len(g) for g in got)} of {count} came"
+        for i, sub in enumerate(subs):
+            with contextlib.suppress(TimeoutError):
+                got[i].append(sub.get(timeout=0.05).data)
+    return got
+
+
+def test_a_group_shares_the_messages_across_brokers_without_duplicates(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a, b = cluster_broker("a"), cluster_broker("b")
+    opts = mqkit.SubOptions(group="workers", buffer_size=5)
+    subs = [a.subscribe_from_cluster("jobs", opts), b.subscribe_from_cluster("jobs", opts)]
+    a.publish_batch_to_cluster("jobs", [mqkit.Message(str(i), data=i) for i in range(200)])
+    got = drain(subs, 200)
+    assert sorted(got[0] + got[1]) == list(range(200))  # each exactly once, none lost
+    assert got[0] and got[1]  # both consumers had a share
+    for sub in subs:
+        with pytest.raises(TimeoutError):
+            sub.get(timeout=0.3)
+    wait_pending(redis_server.url, "jobs", 0)  # no ack support: settled when handed out
+
+
+def test_a_group_starts_at_the_end_of_the_stream(cluster_broker: Make) -> None:
+    a = cluster_broker("a")
+    a.publish_to_cluster("jobs", mqkit.Message("before"))
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.Message("after"))
+    assert sub.get(timeout=10).id == "after"
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.3)
+
+
+def test_a_group_and_a_fan_out_subscription_each_get_every_message(cluster_broker: Make) -> None:
+    a, b = cluster_broker("a"), cluster_broker("b")
+    fan = a.subscribe_from_cluster("jobs", mqkit.SubOptions(buffer_size=50))
+    workers = [a.subscribe_from_cluster("jobs", GROUP), b.subscribe_from_cluster("jobs", GROUP)]
+    other = b.subscribe_from_cluster("jobs", mqkit.SubOptions(group="audit", buffer_size=50))
+    a.publish_batch_to_cluster("jobs", [mqkit.Message(str(i), data=i) for i in range(20)])
+    assert [fan.get(timeout=10).data for _ in range(20)] == list(range(20))
+    assert [other.get(timeout=10).data for _ in range(20)] == list(range(20))
+    first, second = drain(workers, 20)
+    assert sorted(first + second) == list(range(20))
+
+
+def test_ack_is_xack_once(cluster_broker: Make, redis_server: RedisServer) -> None:
+    a = cluster_broker("a", enable_ack_support=True)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.AckMessage("m", data=1))
+    got = sub.get(timeout=10)
+    assert isinstance(got, mqkit.AckMessage) and got.ack_id
+    assert pending(redis_server.url, "jobs") == 1  # held until the consumer acks
+    sub.ack(got.ack_id)
+    wait_pending(redis_server.url, "jobs", 0)
+    with pytest.raises(mqkit.AckNotFoundError):
+        sub.ack(got.ack_id)  # never acked twice
+
+
+def test_a_plain_message_is_settled_when_handed_out(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.Message("m", data=1))
+    assert sub.get(timeout=10).data == 1
+    wait_pending(redis_server.url, "jobs", 0)
+
+
+def test_nack_redelivers_and_raises_the_delivery_count(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.AckMessage("m", data=1))
+    first = sub.get(timeout=10)
+    sub.nack(first.ack_id)
+    again = sub.get(timeout=10)
+    assert (again.id, again.attempt, again.ack_id) == ("m", 2, first.ack_id)
+    client = redis.Redis.from_url(redis_server.url)
+    key = stream_key("mqkit", "jobs")
+    end = time.monotonic() + 10
+    rows = client.xpending_range(key, "workers", "-", "+", 10)
+    while rows[0]["times_delivered"] != 2:  # the redelivery is counted by the stream too
+        assert time.monotonic() < end, rows
+        rows = client.xpending_range(key, "workers", "-", "+", 10)
+    client.close()
+    sub.ack(again.ack_id)
+    wait_pending(redis_server.url, "jobs", 0)
+
+
+def test_a_missed_ack_deadline_redelivers(cluster_broker: Make, redis_server: RedisServer) -> None:
+    a = cluster_broker("a", enable_ack_support=True, default_ack_timeout=0.3)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.AckMessage("m", data=1))
+    first = sub.get(timeout=10)
+    again = sub.get(timeout=10)  # not acked within 0.3 s
+    assert (again.id, again.attempt) == ("m", first.attempt + 1)
+    sub.ack(again.ack_id)
+    wait_pending(redis_server.url, "jobs", 0)
+
+
+def test_dead_letter_stream_after_max_ack_retries(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True, max_ack_retries=1)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.AckMessage("m", data={"n": 1}, meta={"k": "v"}))
+    sub.nack(sub.get(timeout=10).ack_id)
+    last = sub.get(timeout=10)
+    assert last.attempt == 2
+    sub.nack(last.ack_id)  # the second delivery was the last: dead-lettered
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.3)
+    wait_pending(redis_server.url, "jobs", 0)  # XACKed in the group
+    plugin = a.get_plugin("cluster")
+    assert plugin is not None
+    end = time.monotonic() + 10
+    records = plugin.dead_letters("jobs")  # type: ignore[attr-defined]
+    while not records:
+        assert time.monotonic() < end
+        records = plugin.dead_letters("jobs")  # type: ignore[attr-defined]
+    [record] = records
+    assert (record.reason, record.attempts, record.original_topic) == (
+        "nacked after 2 attempts",
+        2,
+        "jobs",
+    )
+    assert record.message.data == {"n": 1}
+    assert dict(record.message.meta) == {
+        "k": "v",
+        "x-original-topic": "jobs",
+        "x-dead-letter-reason": "nacked after 2 attempts",
+        "x-attempts": "2",
+    }
+    client = redis.Redis.from_url(redis_server.url)
+    [(_, fields)] = client.xrange(dead_key("mqkit", "jobs"))
+    client.close()
+    assert fields[b"reason"] == b"nacked after 2 attempts" and fields[b"group"] == b"workers"
+
+
+def test_a_closed_broker_gives_its_entries_back_to_the_group(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True, default_ack_timeout=30)
+    b = cluster_broker("b", enable_ack_support=True, default_ack_timeout=30)
+    held = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_batch_to_cluster("jobs", [mqkit.AckMessage(str(i), data=i) for i in range(5)])
+    taken = [held.get(timeout=10) for _ in range(2)]  # two delivered, three buffered
+    assert [m.data for m in taken] == [0, 1]
+    survivor = b.subscribe_from_cluster("jobs", GROUP)
+    a.close()  # nothing acked: all five go back to the group at once (no ack timeout wait)
+    got = [survivor.get(timeout=20) for _ in range(5)]
+    assert sorted(m.data for m in got) == list(range(5))
+    for message in got:
+        survivor.ack(message.ack_id)
+    wait_pending(redis_server.url, "jobs", 0)
+
+
+def test_an_expired_message_is_not_delivered_and_is_dead_lettered(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    clock = mqkit.FakeClock()
+    a = cluster_broker("a")
+    b = mqkit.Broker(cluster_config(redis_server.url, "b"), clock=clock)
+    try:
+        sub = b.subscribe_from_cluster("jobs", GROUP)
+        soon = clock.now() + timedelta(seconds=60)
+        a.publish_to_cluster("jobs", mqkit.TTLMessage("old", data=1, expires_at=soon))
+        end = time.monotonic() + 10
+        while sub.stats().received < 1:  # buffered before its expiry passes (on b's clock)
+            assert time.monotonic() < end
+        clock.advance(120)
+        a.publish_to_cluster("jobs", mqkit.Message("new", data=2))
+        assert sub.get(timeout=10).id == "new"  # the expired one was withheld
+        wait_pending(redis_server.url, "jobs", 0)
+        plugin = b.get_plugin("cluster")
+        records = plugin.dead_letters("jobs")  # type: ignore[union-attr]
+        while not records:
+            assert time.monotonic() < end
+            records = plugin.dead_letters("jobs")  # type: ignore[union-attr]
+        assert [(r.message.id, r.reason) for r in records] == [("old", "expired")]
+    finally:
+        b.close()
+
+
+def test_priority_ranks_a_cluster_subscription_per_node(cluster_broker: Make) -> None:
+    a = cluster_broker("a", enable_priority_queue=True)
+    sub = a.subscribe_from_cluster("jobs")
+    a.publish_batch_to_cluster(
+        "jobs", [mqkit.PriorityMessage(str(p), data=p, priority=p) for p in (1, 5, 3)]
+    )
+    end = time.monotonic() + 10
+    while sub.stats().received < 3:  # all three buffered on this node
+        assert time.monotonic() < end
+    assert [sub.get(timeout=1).data for _ in range(3)] == [5, 3, 1]
+
+
+def test_a_local_subscription_refuses_a_group(cluster_broker: Make) -> None:
+    a = cluster_broker("a")
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        a.subscribe("jobs", GROUP)
+    assert "cluster subscriptions" in str(info.value) and info.value.field == "group"
+    with pytest.raises(mqkit.InvalidConfigError) as bad:
+        a.subscribe_from_cluster("jobs", mqkit.SubOptions(group="two words"))
+    assert bad.value.field == "group"
+
+
+@pytest.mark.parametrize("fsync", ["everysec", "always"])
+def test_a_group_resumes_its_pending_entries_after_a_redis_restart(
+    redis_factory: Callable[..., RedisServer], fsync: str
+) -> None:
+    server = redis_factory("--appendonly", "yes", "--appendfsync", fsync)
+    fields = {"connect_timeout": 0.5, "socket_timeout": 0.5, "read_block": 0.2}
+    cfg = cluster_config(server.url, "a", enable_ack_support=True, **fields)
+    with mqkit.Broker(cfg) as a:
+        sub = a.subscribe_from_cluster("jobs", GROUP)
+        a.publish_batch_to_cluster("jobs", [mqkit.AckMessage(str(i), data=i) for i in range(5)])
+        first = [sub.get(timeout=10) for _ in range(2)]
+        sub.ack(first[0].ack_id)
+        wait_pending(server.url, "jobs", 4)
+        server.stop()
+        sub.ack(first[1].ack_id)  # sent once Redis is back
+        server.start()
+        a.publish_batch_to_cluster("jobs", [mqkit.AckMessage(str(i), data=i) for i in range(5, 10)])
+        rest = [sub.get(timeout=20) for _ in range(8)]
+        assert [m.data for m in rest] == list(range(2, 10))  # no gap, no duplicate
+        with pytest.raises(TimeoutError):
+            sub.get(timeout=0.3)
+        for message in rest:
+            sub.ack(message.ack_id)
+        wait_pending(server.url, "jobs", 0)
+
+
+def test_handlers_consume_a_cluster_topic_as_a_group(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    done: queue.Queue[tuple[str, int, int]] = queue.Queue()
+    brokers = [cluster_broker(n, enable_ack_support=True) for n in ("a", "b")]
+    for broker in brokers:
+        name = broker.cluster_status().node_id
+
+        @broker.subscriber("jobs", group="workers", cluster=True)
+        def work(n: int, message: mqkit.Message, name: str = name) -> None:
+            if n == 7 and message.attempt == 1:
+                raise RuntimeError("first try fails")  # nack: redelivered
+            done.put((name, n, message.attempt))
+
+    threads = [threading.Thread(target=b.run, daemon=True) for b in brokers]
+    for thread in threads:
+        thread.start()
+    brokers[0].publish_batch_to_cluster(
+        "jobs", [mqkit.AckMessage(str(i), data=i) for i in range(20)]
+    )
+    got = [done.get(timeout=30) for _ in range(20)]
+    assert sorted(n for _, n, _ in got) == list(range(20))
+    assert [attempt for _, n, attempt in got if n == 7] == [2]
+    wait_pending(redis_server.url, "jobs", 0)
+    for broker in brokers:
+        broker.close()
+    for thread in threads:
+        thread.join(30)
+    assert done.empty()
+
+
+def test_cluster_handlers_need_the_cluster(cluster_broker: Make) -> None:
+    local = mqkit.Broker()
+    try:
+        with pytest.raises(mqkit.ClusterDisabledError):
+            local.subscriber("jobs", group="workers", cluster=True)(lambda n: None)
+    finally:
+        local.close()
