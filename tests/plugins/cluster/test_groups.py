@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
+from support.process import Child
 
 import mqkit
 from mqkit.plugins.cluster.plugin import dead_key, stream_key
 
-from .conftest import RedisServer, cluster_config
+from .conftest import RedisServer, child_env, cluster_config
 
 Make = Callable[..., mqkit.Broker]
 
@@ -315,3 +318,93 @@ def test_cluster_handlers_need_the_cluster(cluster_broker: Make) -> None:
             local.subscriber("jobs", group="workers", cluster=True)(lambda n: None)
     finally:
         local.close()
+
+
+GROUP_CHILD = Path(__file__).with_name("group_child.py")
+
+
+def spawn(url: str, node: str, mode: str, env: dict[str, str]) -> Child:
+    child = Child([sys.executable, str(GROUP_CHILD), url, node, mode], env=env)
+    child.wait_for(lambda line: line.startswith("ready"), 60, f"{node} not ready")
+    return child
+
+
+def collect(children: list[Child], word: str, count: int, deadline: float = 60) -> list[str]:
+    """The lines starting with ``word`` that ``children`` print, until ``count`` of them."""
+    found: list[str] = []
+    end = time.monotonic() + deadline
+    while len(found) < count:
+        assert time.monotonic() < end, f"{len(found)} of {count} {word!r} lines: {found}"
+        for child in children:
+            with contextlib.suppress(queue.Empty):
+                line = child.lines.get(timeout=0.05)
+                if line.startswith(word + " "):
+                    found.append(line.split()[1])
+    return found
+
+
+def quiet(children: list[Child], word: str) -> None:
+    """No child prints another ``word`` line within half a second (a bounded look)."""
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        for child in children:
+            with contextlib.suppress(queue.Empty):
+                line = child.lines.get(timeout=0.05)
+                assert not line.startswith(word + " "), line
+
+
+def test_three_broker_processes_on_one_redis(
+    redis_server: RedisServer, cluster_broker: Make
+) -> None:
+    env = child_env()
+    env["ACK_TIMEOUT"] = "2"
+    children = [spawn(redis_server.url, f"p{i}", "all", env) for i in range(3)]
+    try:
+        publisher = cluster_broker("publisher", enable_ack_support=True)
+        publisher.publish_batch_to_cluster(
+            "fan", [mqkit.Message(str(i), data=i) for i in range(20)]
+        )
+        fan = collect(children, "fan", 60)  # fan-out: every process gets all 20
+        assert sorted(fan) == sorted(str(i) for i in range(20) for _ in range(3))
+        publisher.publish_batch_to_cluster(
+            "jobs", [mqkit.AckMessage(str(i), data=i) for i in range(60)]
+        )
+        acked = collect(children, "acked", 60)  # a group: each message once, none lost
+        assert sorted(acked, key=int) == [str(i) for i in range(60)]
+        publisher.publish_batch_to_cluster(
+            "work", [mqkit.AckMessage(str(i), data=i) for i in range(60)]
+        )
+        handled = collect(children, "handled", 60)  # handlers of a group, three processes
+        assert sorted(handled, key=int) == [str(i) for i in range(60)]
+        wait_pending(redis_server.url, "jobs", 0)
+        wait_pending(redis_server.url, "work", 0)
+        quiet(children, "acked")
+        quiet(children, "handled")
+    finally:
+        for child in children:
+            child.stop_now()
+
+
+def test_a_killed_consumer_process_leaves_its_messages_to_the_survivors(
+    redis_server: RedisServer, cluster_broker: Make
+) -> None:
+    env = child_env()
+    env["ACK_TIMEOUT"] = "1"
+    victim = spawn(redis_server.url, "victim", "hold", env)
+    publisher = cluster_broker("publisher", enable_ack_support=True)
+    publisher.publish_batch_to_cluster(
+        "kill", [mqkit.AckMessage(str(i), data=i) for i in range(10)]
+    )
+    held = collect([victim], "held", 10)  # all ten delivered to the victim, none acked
+    assert sorted(held, key=int) == [str(i) for i in range(10)]
+    survivors = [spawn(redis_server.url, f"s{i}", "claim", env) for i in range(2)]
+    try:
+        assert pending(redis_server.url, "kill") == 10
+        victim.kill()  # kill -9 while it holds ten unacked messages
+        acked = collect(survivors, "acked", 10)
+        assert sorted(acked, key=int) == [str(i) for i in range(10)]  # every one, once
+        wait_pending(redis_server.url, "kill", 0)
+        quiet(survivors, "acked")  # no message acked twice
+    finally:
+        for child in survivors:
+            child.stop_now()
