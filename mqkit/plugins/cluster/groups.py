@@ -514,6 +514,9 @@ class Settler:
                             client,
                             [(r, "touch", (e,)) for r in self.readers() for e in r.entries()],
                         )
+                except plugin.refused as exc:  # a script error (the group is gone): not retried
+                    log.error("cluster settler: Redis refused a batch: %s", exc)
+                    self.done(ops)
                 except plugin.failed as exc:
                     if stopping:
                         log.warning("cluster: %d settling(s) not sent at close: %s", len(ops), exc)
@@ -562,6 +565,11 @@ class Settler:
             self.plugin.settle_script(keys=[reader.key, reader.dead_key], args=args, client=pipe)
             i = j
         pipe.execute()
+        self.done(ops)
+
+    @staticmethod
+    def done(ops: Sequence[tuple[GroupReader, str, tuple[Any, ...]]]) -> None:
+        """The settlings of ``ops`` reached Redis (or were refused): no longer outstanding."""
         for reader, mode, (entry, *_) in ops:
             if mode in _SETTLING:
                 reader.sent((entry,))

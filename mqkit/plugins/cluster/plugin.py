@@ -175,6 +175,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         """What a Redis that cannot be reached raises."""
         self.failed: tuple[type[BaseException], ...] = (*self.down, redis.exceptions.RedisError)
         """What any failed Redis command raises."""
+        self.refused: tuple[type[BaseException], ...] = (redis.exceptions.ResponseError,)
+        """What a command Redis refused raises (an error reply, not a lost connection)."""
         self._broker = broker
         self.settings = broker.settings(ClusterSettings)
         config = broker.config
