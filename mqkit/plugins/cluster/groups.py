@@ -31,6 +31,7 @@ When a held entry settles:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -350,7 +351,10 @@ class GroupReader:
                 self.settling.add(entry)
         if held is None:
             return None
-        self.plugin.settler.put(self, mode, entry, *extra)
+        if mode == "ack" and not extra:
+            self.plugin.settler.send_now(self, mode, entry)  # the consumer's ack: sent at once
+        else:
+            self.plugin.settler.put(self, mode, entry, *extra)
         self._next(held.message)
         return held.message
 
@@ -471,6 +475,17 @@ class Settler:
         self.thread = threading.Thread(target=self.run, name="mqkit-cluster-settler", daemon=True)
         self.thread.start()
 
+    def send_now(self, reader: GroupReader, mode: str, entry: str) -> None:
+        """Settle ``entry`` from the calling thread (one round trip); queue it if that fails."""
+        client = self.plugin.shared_client()
+        if client is not None and not self.stopping:
+            try:
+                self.send(client, [(reader, mode, (entry,))])
+                return
+            except self.plugin.failed as exc:
+                log.info("cluster: %s of %s queued (%s)", mode, entry, exc)
+        self.put(reader, mode, entry)
+
     def put(self, reader: GroupReader, mode: str, entry: str, *extra: Any) -> None:
         """Queue one settling of ``entry`` (``extra``: a dead letter's message, reason, count)."""
         with self.cond:
@@ -508,12 +523,19 @@ class Settler:
                 try:
                     if ops:
                         self.send(client, ops)
+                        ops = []
                     if time.monotonic() >= next_touch and not stopping:
                         next_touch = time.monotonic() + touch_every
                         self.send(
                             client,
                             [(r, "touch", (e,)) for r in self.readers() for e in r.entries()],
                         )
+                except plugin.no_script:  # Redis restarted and lost the script: load it again
+                    with self.cond:
+                        self.ops[:0] = ops
+                    with contextlib.suppress(*plugin.failed):
+                        client.script_load(SETTLE)
+                    continue
                 except plugin.refused as exc:  # a script error (the group is gone): not retried
                     log.error("cluster settler: Redis refused a batch: %s", exc)
                     self.done(ops)
@@ -562,7 +584,7 @@ class Settler:
                     copy = dead_letter_copy(message, reader.topic, reason, attempts)
                     args += [encode_message(copy), reason, str(attempts)]
                 j += 1
-            self.plugin.settle_script(keys=[reader.key, reader.dead_key], args=args, client=pipe)
+            pipe.evalsha(self.plugin.settle_sha, 2, reader.key, reader.dead_key, *args)
             i = j
         pipe.execute()
         self.done(ops)

@@ -13,12 +13,17 @@ Each node heartbeats ``<prefix>:node:<escaped id>`` (a TTL of three sync interva
 this broker's random token) and stays in the registry set ``<prefix>:nodes``; a second live
 node with the same id fails at start with :class:`~mqkit.ClusterError`.
 
-Not built yet (``docs/cluster.md``): consumer groups, Redis Cluster topology (``RedisCluster``
-client), ``mqkit inspect`` of streams.
+``SubOptions(group=...)`` makes a consumer of a Redis consumer group instead (competing
+consumers, ack, redelivery, claims, dead letters): :mod:`mqkit.plugins.cluster.groups`.
+
+Not built yet (``docs/cluster.md``): Redis Cluster topology (``RedisCluster`` client),
+``mqkit inspect`` of streams.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -175,6 +180,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         """What a Redis that cannot be reached raises."""
         self.failed: tuple[type[BaseException], ...] = (*self.down, redis.exceptions.RedisError)
         """What any failed Redis command raises."""
+        self.no_script: tuple[type[BaseException], ...] = (redis.exceptions.NoScriptError,)
+        """What a script Redis does not know (any more) raises."""
         self.refused: tuple[type[BaseException], ...] = (redis.exceptions.ResponseError,)
         """What a command Redis refused raises (an error reply, not a lost connection)."""
         self._broker = broker
@@ -191,8 +198,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._readers: dict[int, _Reader] = {}
         self._groups: dict[int, GroupReader] = {}
         self._settler: Settler | None = None
-        self.settle_script: Any = None
-        """The consumer groups' settling script (``groups.SETTLE``), registered at start."""
+        self.settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()
+        """The SHA1 of the consumer groups' settling script (``groups.SETTLE``)."""
         self.claim_idle = max(config.default_ack_timeout, 0.1)
         """Seconds an entry of a group stays unclaimed: the ack timeout (``XAUTOCLAIM``)."""
         self.claim_every = min(self.claim_idle / 2, 1.0)
@@ -224,6 +231,10 @@ class ClusterPlugin(ClusterFeature, Plugin):
             client_name=f"mqkit-{_escape(self.node_id)}"[:64],
         )
 
+    def shared_client(self) -> redis.Redis | None:
+        """The client of the broker's own commands (None while the plugin does not run)."""
+        return self._client
+
     def _call(self, what: str, action: Callable[[redis.Redis], T]) -> T:
         """Run ``action`` on the shared client; an unreachable Redis is ClusterUnavailableError."""
         client = self._client
@@ -249,7 +260,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Connect, claim this node's id (refused while another live node holds it), heartbeat."""
         self._client = self.client()
-        self.settle_script = self._client.register_script(SETTLE)
+        with contextlib.suppress(*self.failed):  # else: loaded when first needed
+            self._client.script_load(SETTLE)
         self._sync(first=True)
         self._heart = threading.Thread(target=self._beat, name="mqkit-cluster-heartbeat")
         self._heart.daemon = True

@@ -408,3 +408,14 @@ def test_a_killed_consumer_process_leaves_its_messages_to_the_survivors(
     finally:
         for child in survivors:
             child.stop_now()
+
+
+def test_the_docs_group_example_runs(redis_server: RedisServer) -> None:
+    example = Path(__file__).parents[3] / "docs" / "examples" / "cluster_group.py"
+    env = child_env()
+    env["MQKIT_CLUSTER_URL"] = redis_server.url
+    child = Child([sys.executable, str(example)], env=env)
+    line = child.wait_for(lambda text: text.startswith("done"), 60, "the example failed")
+    assert child.wait(60) == 0
+    assert line.strip() == "done 20 jobs"
+    assert pending(redis_server.url, "jobs") == 0
