@@ -158,6 +158,7 @@ class GroupReader:
         self.waiting: dict[str, deque[tuple[str, Message]]] = {}  # ack id taken: held back
         self.settling: set[str] = set()  # settled here, not yet in Redis: not read again
         self.space = threading.Event()  # a message was handed out: room in the buffer
+        self.wants_space = False  # the reader waits (or is about to) for ``space``
         self.claim_now = False  # an entry went back to the group: claim without waiting
         self.stop = threading.Event()
         self.thread = threading.Thread(
@@ -184,6 +185,7 @@ class GroupReader:
                     if not room:  # a full buffer: read nothing until a consumer takes one
                         self.space.wait(settings.read_block)
                         continue
+                    self.wants_space = False
                     if resume is not None:
                         found: Any = client.xreadgroup(
                             self.group, self.consumer, {self.key: resume}, count=room
@@ -237,6 +239,7 @@ class GroupReader:
 
     def room(self) -> int:
         """How many entries to read now: the buffer's free room (at most 256)."""
+        self.wants_space = True
         self.space.clear()  # before the look: a take after it sets it again
         stats = self.sub.stats()
         return max(0, min(256, stats.queue_cap - stats.queue_len))
@@ -262,9 +265,8 @@ class GroupReader:
         gone: list[str] = []
         for raw_id, fields in entries:
             entry = raw_id.decode()
-            with self.lock:
-                if entry in self.settling or entry in self.held or entry in self._entries():
-                    continue  # resumed after a reconnect: still held (or settled) here
+            if not fresh and self.knows(entry):
+                continue  # resumed after a reconnect: still held (or settled) here
             message = self.decode(fields)
             if message is None:
                 gone.append(entry)
@@ -286,6 +288,13 @@ class GroupReader:
             self.hold(entry, message)
         if gone:  # trimmed or unreadable: nothing to deliver, it leaves the group
             client.xack(self.key, self.group, *gone)
+
+    def knows(self, entry: str) -> bool:
+        """Whether ``entry`` is held here (or held back, or settled and not yet sent)."""
+        with self.lock:
+            if entry in self.held or entry in self.settling:
+                return True
+            return any(entry == e for queue in self.waiting.values() for e, _ in queue)
 
     def decode(self, fields: dict[bytes, bytes] | None) -> Message | None:
         """The message of an entry; None (logged) for a trimmed or unreadable one."""
@@ -351,16 +360,15 @@ class GroupReader:
                 self.settling.add(entry)
         if held is None:
             return None
-        if mode == "ack" and not extra:
-            self.plugin.settler.send_now(self, mode, entry)  # the consumer's ack: sent at once
-        else:
-            self.plugin.settler.put(self, mode, entry, *extra)
+        self.plugin.settler.put(self, mode, entry, *extra)
         self._next(held.message)
         return held.message
 
     def taken(self, subscription: Subscription, message: Message) -> None:
         """Handed out (a ``Taps.taken``): settled now unless the ``ack`` plugin tracks it."""
-        self.space.set()
+        if self.wants_space:
+            self.wants_space = False
+            self.space.set()
         if needs_ack(message) and self.plugin.broker.has_feature("ack"):
             return
         with self.lock:
@@ -474,17 +482,6 @@ class Settler:
         self.idle.set()
         self.thread = threading.Thread(target=self.run, name="mqkit-cluster-settler", daemon=True)
         self.thread.start()
-
-    def send_now(self, reader: GroupReader, mode: str, entry: str) -> None:
-        """Settle ``entry`` from the calling thread (one round trip); queue it if that fails."""
-        client = self.plugin.shared_client()
-        if client is not None and not self.stopping:
-            try:
-                self.send(client, [(reader, mode, (entry,))])
-                return
-            except self.plugin.failed as exc:
-                log.info("cluster: %s of %s queued (%s)", mode, entry, exc)
-        self.put(reader, mode, entry)
 
     def put(self, reader: GroupReader, mode: str, entry: str, *extra: Any) -> None:
         """Queue one settling of ``entry`` (``extra``: a dead letter's message, reason, count)."""

@@ -231,10 +231,6 @@ class ClusterPlugin(ClusterFeature, Plugin):
             client_name=f"mqkit-{_escape(self.node_id)}"[:64],
         )
 
-    def shared_client(self) -> redis.Redis | None:
-        """The client of the broker's own commands (None while the plugin does not run)."""
-        return self._client
-
     def _call(self, what: str, action: Callable[[redis.Redis], T]) -> T:
         """Run ``action`` on the shared client; an unreachable Redis is ClusterUnavailableError."""
         client = self._client
