@@ -419,3 +419,18 @@ def test_the_docs_group_example_runs(redis_server: RedisServer) -> None:
     assert child.wait(60) == 0
     assert line.strip() == "done 20 jobs"
     assert pending(redis_server.url, "jobs") == 0
+
+
+def test_a_group_is_made_again_when_its_stream_was_deleted(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", read_block=0.2)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    a.publish_to_cluster("jobs", mqkit.Message("first", data=1))
+    assert sub.get(timeout=10).id == "first"
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(stream_key("mqkit", "jobs"))  # the group goes with it
+    client.close()
+    a.publish_to_cluster("jobs", mqkit.Message("second", data=2))  # a new stream, no group
+    assert sub.get(timeout=20).id == "second"  # the reader made the group again, from the start
+    wait_pending(redis_server.url, "jobs", 0)
