@@ -434,3 +434,52 @@ def test_a_group_is_made_again_when_its_stream_was_deleted(
     a.publish_to_cluster("jobs", mqkit.Message("second", data=2))  # a new stream, no group
     assert sub.get(timeout=20).id == "second"  # the reader made the group again, from the start
     wait_pending(redis_server.url, "jobs", 0)
+
+
+def make_group(url: str, topic: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.xgroup_create(stream_key("mqkit", topic), "workers", id="$", mkstream=True)
+    client.close()
+
+
+def ghost_read(url: str, topic: str, count: int) -> None:
+    """A consumer of the group that reads ``count`` entries and dies without acking them."""
+    client = redis.Redis.from_url(url)
+    client.xreadgroup("workers", "ghost", {stream_key("mqkit", topic): ">"}, count=count)
+    client.close()
+
+
+def test_a_dead_consumers_entries_are_claimed_after_the_ack_timeout(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True, default_ack_timeout=0.5)
+    make_group(redis_server.url, "jobs")
+    a.publish_batch_to_cluster("jobs", [mqkit.AckMessage(str(i), data=i) for i in range(3)])
+    ghost_read(redis_server.url, "jobs", 3)  # read by "ghost", which never acks
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    got = [sub.get(timeout=20) for _ in range(3)]  # claimed once idle for 0.5 s
+    assert sorted(m.data for m in got) == [0, 1, 2]
+    assert {m.attempt for m in got} == {2}  # the stream's delivery count
+    for message in got:
+        sub.ack(message.ack_id)
+    wait_pending(redis_server.url, "jobs", 0)
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_when_claimed(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True, default_ack_timeout=0.5, max_ack_retries=0)
+    make_group(redis_server.url, "jobs")
+    a.publish_to_cluster("jobs", mqkit.AckMessage("m", data=1))
+    ghost_read(redis_server.url, "jobs", 1)  # its one delivery: max_ack_retries=0 allows no more
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    wait_pending(redis_server.url, "jobs", 0)  # claimed, dead-lettered and XACKed
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.3)
+    plugin = a.get_plugin("cluster")
+    [record] = plugin.dead_letters("jobs")  # type: ignore[union-attr]
+    assert (record.message.id, record.reason, record.attempts) == (
+        "m",
+        "ack timeout after 1 attempts",
+        1,
+    )
