@@ -148,10 +148,12 @@ def test_a_missed_ack_deadline_redelivers(cluster_broker: Make, redis_server: Re
     wait_pending(redis_server.url, "jobs", 0)
 
 
+@pytest.mark.parametrize("local_dlq", [False, True])
 def test_dead_letter_stream_after_max_ack_retries(
-    cluster_broker: Make, redis_server: RedisServer
+    cluster_broker: Make, redis_server: RedisServer, local_dlq: bool
 ) -> None:
-    a = cluster_broker("a", enable_ack_support=True, max_ack_retries=1)
+    dlq = {"enable_dead_letter_queue": True, "dead_letter_topic": "dlq"} if local_dlq else {}
+    a = cluster_broker("a", enable_ack_support=True, max_ack_retries=1, **dlq)
     sub = a.subscribe_from_cluster("jobs", GROUP)
     a.publish_to_cluster("jobs", mqkit.AckMessage("m", data={"n": 1}, meta={"k": "v"}))
     sub.nack(sub.get(timeout=10).ack_id)
@@ -185,6 +187,8 @@ def test_dead_letter_stream_after_max_ack_retries(
     [(_, fields)] = client.xrange(dead_key("mqkit", "jobs"))
     client.close()
     assert fields[b"reason"] == b"nacked after 2 attempts" and fields[b"group"] == b"workers"
+    if local_dlq:  # the node's own dead letter queue has it too
+        assert [r.reason for r in a.dead_letters()] == ["nacked after 2 attempts"]
 
 
 def test_a_closed_broker_gives_its_entries_back_to_the_group(
