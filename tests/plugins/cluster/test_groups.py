@@ -487,3 +487,58 @@ def test_an_entry_delivered_too_often_is_dead_lettered_when_claimed(
         "ack timeout after 1 attempts",
         1,
     )
+
+
+def test_a_second_entry_with_the_same_ack_id_waits_for_the_first(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    # a publisher that retried a publish which had been stored: two entries, one ack id
+    a = cluster_broker("a", enable_ack_support=True)
+    sub = a.subscribe_from_cluster("jobs", GROUP)
+    twice = [mqkit.AckMessage("m", data=n, ack_id="job-1") for n in (1, 2)]
+    a.publish_batch_to_cluster("jobs", [*twice, mqkit.AckMessage("other", data=3)])
+    first, other = sub.get(timeout=10), sub.get(timeout=10)
+    assert [(first.data, first.ack_id), (other.data, other.id)] == [(1, "job-1"), (3, "other")]
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.3)  # the second copy of job-1 is held back while the first is unacked
+    sub.ack("job-1")
+    second = sub.get(timeout=10)
+    assert (second.data, second.ack_id) == (2, "job-1")
+    sub.ack("job-1")
+    sub.ack(other.ack_id)
+    wait_pending(redis_server.url, "jobs", 0)
+
+
+def blocked_reads(url: str) -> int:
+    """How many clients wait in a blocking XREADGROUP now (CLIENT LIST)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return sum(
+            1 for c in client.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]
+        )
+    finally:
+        client.close()
+
+
+def test_an_entry_a_full_buffer_drops_goes_back_to_the_group(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    a = cluster_broker("a", enable_ack_support=True)
+    opts = mqkit.SubOptions(group="workers", buffer_size=1, policy=mqkit.Backpressure.DROP_NEWEST)
+    sub = a.subscribe_from_cluster("jobs", opts)
+    a.publish_to_cluster("jobs", mqkit.AckMessage("0", data=0))
+    first = sub.get(timeout=10)
+    end = time.monotonic() + 10
+    while blocked_reads(redis_server.url) < 1:  # the reader waits for one more entry
+        assert time.monotonic() < end
+    sub.nack(first.ack_id)  # back in the buffer (a redelivery ignores the bound): it is full
+    a.publish_to_cluster("jobs", mqkit.AckMessage("1", data=1))  # read, dropped, given back
+    while sub.stats().dropped < 1:
+        assert time.monotonic() < end
+    got = []
+    for _ in range(2):
+        message = sub.get(timeout=20)
+        got.append((message.data, message.attempt))
+        sub.ack(message.ack_id)
+    assert sorted(got) == [(0, 2), (1, 2)]  # the dropped one came back, claimed: attempt 2
+    wait_pending(redis_server.url, "jobs", 0)
