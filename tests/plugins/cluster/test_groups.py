@@ -361,7 +361,7 @@ def test_three_broker_processes_on_one_redis(
     redis_server: RedisServer, cluster_broker: Make
 ) -> None:
     env = child_env()
-    env["ACK_TIMEOUT"] = "2"
+    env["ACK_TIMEOUT"] = "5"  # no process is starved that long: no claim, no duplicate
     children = [spawn(redis_server.url, f"p{i}", "all", env) for i in range(3)]
     try:
         publisher = cluster_broker("publisher", enable_ack_support=True)
@@ -393,7 +393,7 @@ def test_a_killed_consumer_process_leaves_its_messages_to_the_survivors(
     redis_server: RedisServer, cluster_broker: Make
 ) -> None:
     env = child_env()
-    env["ACK_TIMEOUT"] = "1"
+    env["ACK_TIMEOUT"] = "3"
     victim = spawn(redis_server.url, "victim", "hold", env)
     publisher = cluster_broker("publisher", enable_ack_support=True)
     publisher.publish_batch_to_cluster(
