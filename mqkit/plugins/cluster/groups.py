@@ -5,7 +5,7 @@ a thread that reads the topic's stream as consumer ``<node id>/<subscription id>
 Redis consumer group ``workers`` (``XGROUP CREATE ... $ MKSTREAM`` when the group is new;
 ``XREADGROUP``), so each entry goes to one subscription of the group on one node. The reader
 first reads its own pending entries (id ``0``: after a reconnect it resumes them), then new
-ones (``>``), and every half ack timeout claims entries idle for longer than the ack timeout
+ones (``>``), and about once a second claims entries idle for longer than the ack timeout
 (``XAUTOCLAIM``): those of a node that died or stopped, and those given back to the group.
 
 Each entry a reader buffered is *held* until it is settled. The per-node :class:`Settler`
@@ -478,8 +478,6 @@ class Settler:
         self.cond = threading.Condition()
         self.ops: list[tuple[GroupReader, str, tuple[Any, ...]]] = []
         self.stopping = False
-        self.idle = threading.Event()  # set while nothing is queued (tests, close)
-        self.idle.set()
         self.thread = threading.Thread(target=self.run, name="mqkit-cluster-settler", daemon=True)
         self.thread.start()
 
@@ -490,7 +488,6 @@ class Settler:
                 log.warning("cluster: %s of %s after close not sent", mode, entry)
                 return
             self.ops.append((reader, mode, (entry, *extra)))
-            self.idle.clear()
             self.cond.notify()
 
     def close(self, timeout: float) -> None:
@@ -549,8 +546,6 @@ class Settler:
                     continue
                 backoff = 0.05
                 with self.cond:
-                    if not self.ops:
-                        self.idle.set()
                     if stopping and not self.ops:
                         return
         finally:
