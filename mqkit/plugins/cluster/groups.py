@@ -576,7 +576,10 @@ class Settler:
                     copy = dead_letter_copy(message, reader.topic, reason, attempts)
                     args += [encode_message(copy), reason, str(attempts)]
                 j += 1
-            pipe.evalsha(self.plugin.settle_sha, 2, reader.key, reader.dead_key, *args)
+            # execute_command: a Redis Cluster pipeline has no evalsha() (it routes by the keys)
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self.plugin.settle_sha, 2, reader.key, reader.dead_key, *args
+            )
             i = j
         pipe.execute()
         self.done(ops)
