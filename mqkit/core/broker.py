@@ -444,7 +444,9 @@ class Broker(FeatureOperations):
         ``key`` names the filter (subscriptions with the same key share one entry in the
         routing table and count as one topic), ``matches(topic)`` decides.
         """
-        return self._subscribe(normalize_topic(key), opts, pattern=True, matches=matches)
+        return self._subscribe(
+            normalize_topic(key), opts, pattern=True, matches=matches, grouped=True
+        )
 
     def subscribe_batch(
         self, topics: Sequence[str], opts: SubOptions | None = None
@@ -474,12 +476,20 @@ class Broker(FeatureOperations):
         *,
         pattern: bool,
         matches: Callable[[str], bool] | None = None,
+        grouped: bool = False,
     ) -> Subscription:
         opts = _DEFAULT_OPTIONS if opts is None else opts
         if not isinstance(opts, SubOptions):
             raise InvalidConfigError.because(f"expected SubOptions, got {type(opts).__name__}")
         cfg = self._config
         check_options(opts)
+        if opts.group is not None and not grouped:
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: group {opts.group!r} is for cluster "
+                "subscriptions (subscribe_from_cluster); handlers in one broker share a local "
+                "subscription with @broker.subscriber(topic, group=...)",
+                field="group",
+            )
         capacity = opts.buffer_size or cfg.default_buffer_size
         if matches is None and pattern and is_pattern(key):
             matches = compile_pattern(key)

@@ -455,7 +455,7 @@ class Handlers:
         """Function -> the topics ``@publisher`` publishes its results to."""
         self._lock = threading.Lock()
         self._handlers: list[_Handler] = []
-        self._groups: dict[tuple[str, str], Subscription] = {}
+        self._groups: dict[tuple[str, str, bool], Subscription] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._reason = ""
@@ -469,6 +469,7 @@ class Handlers:
         concurrency: int = 1,
         group: str | None = None,
         options: SubOptions | None = None,
+        cluster: bool = False,
     ) -> Callable[[HandlerT], HandlerT]:
         """See ``Broker.subscriber``."""
         key = normalize_topic(topic)
@@ -486,7 +487,7 @@ class Handlers:
                 raise InvalidArgumentError.because(f"a handler must be callable: {describe(fn)}")
             name = getattr(fn, "__qualname__", None) or repr(fn)
             signature = _Signature.of(fn, name)
-            sub = self._subscription(key, group, options)
+            sub = self._subscription(key, group, options, cluster=cluster)
             handler = _Handler(self, fn, sub, concurrency, signature, name)
             with self._lock:
                 self._handlers.append(handler)
@@ -498,26 +499,32 @@ class Handlers:
         return register
 
     def _subscription(
-        self, key: str, group: str | None, options: SubOptions | None
+        self, key: str, group: str | None, options: SubOptions | None, *, cluster: bool
     ) -> Subscription:
         broker = self.broker
         with self._lock:
             if group is not None:
-                shared = self._groups.get((key, group))
+                shared = self._groups.get((key, group, cluster))
                 if shared is not None and not shared.closed:
-                    if options is not None and options != shared.options:
+                    if options is not None and shared.options not in (
+                        options,
+                        attrs.evolve(options, group=group),
+                    ):
                         raise InvalidArgumentError.because(
                             f"group {group!r} of {key!r} was subscribed with other options"
                         )
                     return shared
-            if ("+" in key or "#" in key) and filter_is_valid(key) and not is_pattern(key):
+            if cluster:  # the group's subscriptions on every node share the messages
+                wanted = options if options is not None else SubOptions()
+                sub = broker.subscribe_from_cluster(key, attrs.evolve(wanted, group=group))
+            elif ("+" in key or "#" in key) and filter_is_valid(key) and not is_pattern(key):
                 sub = broker.subscribe_filter(key, options)  # MQTT-style: sensors/+/temp
             elif is_pattern(key):
                 sub = broker.subscribe_pattern(key, options)
             else:
                 sub = broker.subscribe(key, options)
             if group is not None:
-                self._groups[(key, group)] = sub
+                self._groups[(key, group, cluster)] = sub
             return sub
 
     def publisher(self, topic: str) -> Callable[[HandlerT], HandlerT]:

@@ -582,6 +582,7 @@ class FeatureOperations:
         concurrency: int = 1,
         group: str | None = None,
         options: SubOptions | None = None,
+        cluster: bool = False,
     ) -> Callable[[HandlerT], HandlerT]:
         """Decorate a sync or async function to be called for each message of ``topic``.
 
@@ -593,10 +594,13 @@ class FeatureOperations:
         Return = ack, raise = nack (retries, then the dead letter queue), a payload that does
         not structure = dead-lettered at once. ``concurrency`` bounds the messages in flight;
         handlers of one ``group`` on one topic share a subscription (each message goes to one
-        of them). ``options`` are the subscription's. The function is returned unchanged.
+        of them). ``options`` are the subscription's. ``cluster=True`` consumes the cluster
+        topic instead (:meth:`subscribe_from_cluster`): with a ``group``, its handlers on every
+        node share the messages (a consumer group); without, each broker gets every message.
+        The function is returned unchanged.
         """
         return self._handlers().subscriber(
-            topic, concurrency=concurrency, group=group, options=options
+            topic, concurrency=concurrency, group=group, options=options, cluster=cluster
         )
 
     def publisher(self, topic: str) -> Callable[[HandlerT], HandlerT]:

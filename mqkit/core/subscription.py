@@ -81,13 +81,16 @@ class SubOptions:
     ``buffer_size`` 0 means the broker's ``default_buffer_size``. ``block_timeout`` is the
     seconds a ``BLOCK_WITH_TIMEOUT`` publisher waits (finite: 0 or less does not wait).
     ``filter`` runs in the publisher's thread; a message it returns False for is skipped
-    silently for this subscriber. Subscribing checks the options (:func:`check_options`).
+    silently for this subscriber. ``group`` names a consumer group of a cluster subscription
+    (``subscribe_from_cluster``: the group's subscriptions on every node share the messages);
+    local subscriptions refuse it. Subscribing checks the options (:func:`check_options`).
     """
 
     buffer_size: int = 0
     policy: Backpressure = Backpressure.DROP_OLDEST
     block_timeout: float = 0.05
     filter: Callable[[Message], bool] | None = None
+    group: str | None = None
 
 
 def check_options(opts: SubOptions) -> None:
@@ -95,7 +98,8 @@ def check_options(opts: SubOptions) -> None:
 
     ``buffer_size`` must be an ``int`` of at least 0, ``policy`` a :class:`Backpressure`,
     ``block_timeout`` a finite number of seconds (NaN or infinity is refused), ``filter`` None or
-    a callable. A ``bool`` is no number here.
+    a callable, ``group`` None or a non-empty str without white space or control characters.
+    A ``bool`` is no number here.
     """
     size = opts.buffer_size
     field = problem = ""
@@ -110,6 +114,13 @@ def check_options(opts: SubOptions) -> None:
         problem = f"must be a finite number of seconds, not {describe(opts.block_timeout)}"
     elif opts.filter is not None and not callable(opts.filter):
         field, problem = "filter", f"must be None or a callable, not {describe(opts.filter)}"
+    elif opts.group is not None and (
+        not isinstance(opts.group, str)
+        or not opts.group
+        or any(c.isspace() or not c.isprintable() for c in opts.group)
+    ):
+        field = "group"
+        problem = f"must be None or a non-empty str without white space, not {describe(opts.group)}"
     if problem:
         raise InvalidConfigError(f"{InvalidConfigError.default}: {field} {problem}", field=field)
 
@@ -901,8 +912,14 @@ class Subscription:
         """Buffer a stamped ``message`` under the backpressure policy, as a publish (plugin API).
 
         For plugins that feed one subscription from elsewhere (the cluster's stream readers).
-        Returns whether the message entered the buffer.
+        A message whose class a buffer plugin ranks (``priority``) moves the subscription to
+        that buffer first, as a publish would. Returns whether the message entered the buffer.
         """
+        if not self._ranked:
+            hooks = self._broker._hooks
+            cls = message.__class__
+            if cls not in hooks.buffer_idle and hooks.buffer_wanted(cls):
+                self._rank()
         return self._put(message)
 
     def redeliver(self, message: Message) -> bool:

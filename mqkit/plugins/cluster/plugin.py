@@ -17,12 +17,14 @@ The client comes from :class:`~mqkit.plugins.cluster.connection.Connector`: one 
 (``topology = "standalone"``) or a Redis Cluster (``"cluster"``). Every command names one key.
 Filter and pattern subscriptions read the topic index (:mod:`~mqkit.plugins.cluster.index`);
 ``mqkit inspect --cluster`` reads Redis without a broker (:mod:`~mqkit.plugins.cluster.inspector`).
-
-Not built yet (``docs/cluster.md``): consumer groups.
+``SubOptions(group=...)`` makes a consumer of a Redis consumer group instead (competing
+consumers, ack, redelivery, claims, dead letters): :mod:`mqkit.plugins.cluster.groups`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -38,10 +40,11 @@ from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
-from mqkit.core.status import ClusterStatus
-from mqkit.core.subscription import SubOptions, Subscription
+from mqkit.core.status import ClusterStatus, DeadLetter
+from mqkit.core.subscription import SubOptions, Subscription, Taps
 from mqkit.core.topics import normalize_topic
 from mqkit.plugins.cluster.connection import Connector
+from mqkit.plugins.cluster.groups import SETTLE, GroupReader, Settler
 from mqkit.plugins.cluster.index import FilterReader, TopicIndex
 from mqkit.plugins.cluster.settings import ClusterSettings
 from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from mqkit.core.broker import Broker
     from mqkit.plugins.cluster.connection import Client
 
-__all__ = ["ClusterPlugin", "node_key", "parse_start", "stream_key"]
+__all__ = ["ClusterPlugin", "dead_key", "node_key", "parse_start", "stream_key"]
 
 log = logging.getLogger("mqkit.cluster")
 
@@ -94,6 +97,11 @@ def _escape(text: str) -> str:
 def stream_key(prefix: str, topic: str) -> str:
     """The stream of ``topic``: ``<prefix>:{t:<escaped topic>}:stream`` (hash-tagged)."""
     return f"{prefix}:{{t:{_escape(topic)}}}:stream"
+
+
+def dead_key(prefix: str, topic: str) -> str:
+    """The dead letter stream of ``topic``'s groups: ``<prefix>:{t:<escaped topic>}:dead``."""
+    return f"{prefix}:{{t:{_escape(topic)}}}:dead"
 
 
 def node_key(prefix: str, node_id: str) -> str:
@@ -193,7 +201,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
     )
 
     def __init__(self, broker: Broker) -> None:
-        import redis  # noqa: F401  # the `cluster` extra: without it the broker names it
+        import redis  # the `cluster` extra: without it the broker names it
 
         self._broker = broker
         self.settings = broker.settings(ClusterSettings)
@@ -208,6 +216,10 @@ class ClusterPlugin(ClusterFeature, Plugin):
         """What a Redis that cannot be reached raises."""
         self.failed = self.connector.failed
         """What any failed Redis command raises."""
+        self.no_script: tuple[type[BaseException], ...] = (redis.exceptions.NoScriptError,)
+        """What a script Redis does not know (any more) raises."""
+        self.refused: tuple[type[BaseException], ...] = (redis.exceptions.ResponseError,)
+        """What a command Redis refused raises (an error reply, not a lost connection)."""
         self._interval = max(config.cluster_sync_interval, 0.05)
         self._token = uuid.uuid4().hex
         self._prefix = self.settings.key_prefix
@@ -218,6 +230,14 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._topology_checked = False
         self._readers: dict[int, _Reader | FilterReader] = {}
         self._index = TopicIndex(self._prefix, self.settings)
+        self._groups: dict[int, GroupReader] = {}
+        self._settler: Settler | None = None
+        self.settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()
+        """The SHA1 of the consumer groups' settling script (``groups.SETTLE``)."""
+        self.claim_idle = max(config.default_ack_timeout, 0.1)
+        """Seconds an entry of a group stays unclaimed: the ack timeout (``XAUTOCLAIM``)."""
+        self.claim_every = min(self.claim_idle / 2, 1.0)
+        """Seconds between a group reader's claims of idle or given-back entries."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heart: threading.Thread | None = None
@@ -263,6 +283,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Connect, claim this node's id (refused while another live node holds it), heartbeat."""
         self._running = True
+        with contextlib.suppress(*self.failed):  # else: loaded when first needed
+            self._shared().script_load(SETTLE)
         self._sync(first=True)
         self._heart = threading.Thread(target=self._beat, name="mqkit-cluster-heartbeat")
         self._heart.daemon = True
@@ -279,6 +301,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
             reader.stop.set()
         for reader in readers:
             reader.thread.join(self.settings.read_block + self.settings.socket_timeout + 1)
+        self._close_groups()
         if self._heart is not None:
             self._heart.join(self._interval + self.settings.socket_timeout + 1)
         with self._lock:
@@ -392,8 +415,11 @@ class ClusterPlugin(ClusterFeature, Plugin):
         """A cancelled cluster subscription stops its reader."""
         with self._lock:
             reader = self._readers.pop(subscription.id, None)
+            group = self._groups.get(subscription.id)
         if reader is not None:
             reader.stop.set()
+        if group is not None and group.sub is subscription:
+            group.stop.set()  # reads no more; what it holds settles as it is drained or dropped
 
     # -- the feature -----------------------------------------------------------------------------
 
@@ -442,10 +468,16 @@ class ClusterPlugin(ClusterFeature, Plugin):
             )
 
     def subscribe(self, topic: str, options: SubOptions | None, start: str = "now") -> Subscription:
-        """A local subscription fed by a reader of the topic's stream, from ``start`` on."""
+        """A local subscription fed by a reader of the topic's stream, from ``start`` on.
+
+        With ``options.group``: a consumer of that group (see ``groups``); ``start`` is where
+        the group begins when this call creates it.
+        """
         checked = normalize_topic(topic)
         after = parse_start(start)
         key = stream_key(self._prefix, checked)
+        if options is not None and options.group is not None:
+            return self._subscribe_group(checked, key, options, after or "$")
 
         def last(client: Client) -> str:
             found: Any = client.xrevrange(key, count=1)
@@ -510,6 +542,188 @@ class ClusterPlugin(ClusterFeature, Plugin):
             last_sync_time=self._last_sync,
             missing_nodes=missing,
         )
+
+    # -- consumer groups (mqkit.plugins.cluster.groups) ------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The broker this plugin serves."""
+        return self._broker
+
+    @property
+    def settler(self) -> Settler:
+        """The node's settling thread (started with the first group subscription)."""
+        with self._lock:
+            if self._settler is None:
+                self._settler = Settler(self, self._group_readers)
+            return self._settler
+
+    def claim_soon(self, key: str) -> None:
+        """Have this node's readers of stream ``key`` claim at once (an entry came back)."""
+        for group in self._group_readers():
+            if group.key == key:
+                group.claim_now = True
+                group.space.set()
+
+    def _group_readers(self) -> list[GroupReader]:
+        with self._lock:
+            return list(self._groups.values())
+
+    def create_group(self, client: Client, key: str, group: str, start: str) -> None:
+        """``XGROUP CREATE key group start MKSTREAM``; a group that exists is left as it is."""
+        try:
+            client.xgroup_create(key, group, id=start, mkstream=True)
+        except self.refused as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _subscribe_group(
+        self, topic: str, key: str, options: SubOptions, begin: str
+    ) -> Subscription:
+        group = options.group
+        assert group is not None
+        self._call(
+            f"join group {group!r} of cluster topic {topic!r}",
+            lambda c: self.create_group(c, key, group, begin),
+        )
+        sub = self._broker.subscribe_matching(f"cluster:{topic}", _never, options)
+        reader = GroupReader(self, key, dead_key(self._prefix, topic), topic, group, sub)
+        self.settler  # noqa: B018 - started before the first entry is held
+        with self._lock:
+            self._groups[sub.id] = reader
+        reader.thread.start()
+        return sub
+
+    def _close_groups(self) -> None:
+        """Stop the group readers, give what they hold back to the groups, flush the settler."""
+        with self._lock:
+            groups = list(self._groups.values())
+            settler = self._settler
+        for group in groups:
+            group.stop.set()
+        for group in groups:
+            group.thread.join(self.settings.read_block + self.settings.socket_timeout + 1)
+        if settler is None:
+            return
+        for group in groups:
+            group.release_all()
+        settler.close(self.settings.socket_timeout * 2 + 1)
+        with self._lock:
+            self._groups.clear()
+
+    def _group_of(self, subscription: Subscription | None) -> GroupReader | None:
+        if subscription is None:
+            return None
+        group = self._groups.get(subscription.id)
+        return group if group is not None and group.sub is subscription else None
+
+    @hookimpl
+    def mqkit_subscription_taps(self, broker: Broker, subscription: Subscription) -> Taps | None:
+        """A group subscription settles what it hands out that needs no ack (``taken``)."""
+        if subscription.options.group is None or not subscription.topic.startswith("cluster:"):
+            return None
+        return Taps(taken=self._taken)
+
+    def _taken(self, subscription: Subscription, message: Message) -> None:
+        group = self._group_of(subscription)
+        if group is not None:
+            group.taken(subscription, message)
+
+    @hookimpl
+    def mqkit_ack(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """A group subscription's ack: ``XACK``."""
+        group = self._group_of(subscription)
+        if group is not None:
+            group.acked(message)
+
+    @hookimpl
+    def mqkit_nack(
+        self, broker: Broker, subscription: Subscription, message: Message, requeue: bool
+    ) -> None:
+        """Remembered: a dead letter after it says ``nacked``."""
+        group = self._group_of(subscription)
+        if group is not None:
+            group.nacked(message)
+
+    @hookimpl
+    def mqkit_redeliver(self, broker: Broker, subscription: Subscription, message: Message) -> None:
+        """A redelivery to a group subscription raises its entry's delivery count."""
+        group = self._group_of(subscription)
+        if group is not None:
+            group.redelivered(message)
+
+    @hookimpl
+    def mqkit_dead_letter(
+        self,
+        broker: Broker,
+        topic: str,
+        message: Message,
+        reason: str,
+        subscription: Subscription | None,
+    ) -> None:
+        """A group's message given up: to the dead letter stream (cancelled: to the group)."""
+        group = self._group_of(subscription)
+        if group is not None:
+            group.dead(message, reason, message.attempt, known=True)
+            return
+        for group in self._group_readers():
+            if group.topic == topic and group.dead(message, reason, message.attempt, known=False):
+                return
+
+    @hookimpl
+    def mqkit_drop(
+        self, broker: Broker, subscription: Subscription | None, message: Message, reason: str
+    ) -> None:
+        """A group's entry dropped: back to the group; given up with no DLQ: dead letter."""
+        group = self._group_of(subscription)
+        if group is not None:
+            if reason == "withheld":  # not deliverable: settled (expired: a dead letter)
+                why = group.reason_of(message)
+                if why == "expired":
+                    group.dead(message, why, message.attempt, known=False)
+                else:
+                    group._settle(group.find(message), "ack")
+            else:
+                group.release(message)
+            return
+        if subscription is None and reason.startswith("dead letter"):
+            for group in self._group_readers():
+                if group.topic == message.topic:
+                    why = group.reason_of(message)
+                    if group.dead(message, why, message.attempt, known=False):
+                        return
+
+    def dead_letters(self, topic: str, limit: int = 0) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of ``topic``'s groups (all when ``limit <= 0``).
+
+        Read from the dead letter stream ``<prefix>:{t:<topic>}:dead`` (``XRANGE``); each
+        record's message is the dead letter copy (its ``meta`` has ``x-original-topic``,
+        ``x-dead-letter-reason``, ``x-attempts``). The entries stay in the stream.
+        """
+        checked = normalize_topic(topic)
+        key = dead_key(self._prefix, checked)
+        found: Any = self._call(
+            f"read the dead letters of {checked!r}",
+            lambda c: c.xrange(key, count=limit if limit > 0 else None),
+        )
+        records: list[DeadLetter] = []
+        for entry_id, fields in found:
+            try:
+                message = message_from_dict(json.loads(fields[b"m"]))
+            except (KeyError, ValueError, TypeError, MQError) as exc:
+                log.error("dead letter stream of %r holds an unreadable entry: %r", checked, exc)
+                continue
+            millis = int(entry_id.split(b"-")[0])
+            records.append(
+                DeadLetter(
+                    message=message,
+                    original_topic=checked,
+                    reason=fields.get(b"reason", b"").decode(),
+                    attempts=int(fields.get(b"attempts", b"0")),
+                    time=datetime.fromtimestamp(millis / 1000, UTC),
+                )
+            )
+        return records
 
 
 def _never(topic: str) -> bool:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.cluster
 from redis.crc import key_slot
 from support.system import require_programs
 
 import mqkit
-from mqkit.plugins.cluster.plugin import stream_key
+from mqkit.plugins.cluster.plugin import dead_key, stream_key
 
 from .conftest import RedisClusterServers, RedisServer, cluster_config, free_port
 
@@ -288,3 +289,47 @@ def test_a_shard_stopped_and_restarted(
     assert subs[1].get(timeout=20).id == "after"  # its reader reconnected to the shard
     assert subs[0].get(timeout=20).id == "other shard"
     assert eventually(lambda: a.cluster_status().status == "active")
+
+
+def test_consumer_groups_across_the_shards_of_a_redis_cluster(
+    redis_cluster: RedisClusterServers, cluster_broker: Make
+) -> None:
+    fields = {"url": redis_cluster.url, "topology": "cluster", "enable_ack_support": True}
+    a, b = cluster_broker("a", **fields), cluster_broker("b", **fields)
+    topics = topics_one_per_shard(redis_cluster)
+    group = mqkit.SubOptions(group="workers", buffer_size=100)
+    subs = {
+        t: [a.subscribe_from_cluster(t, group), b.subscribe_from_cluster(t, group)] for t in topics
+    }
+    for t in topics:
+        a.publish_batch_to_cluster(t, [mqkit.AckMessage(f"{t}-{i}", data=i) for i in range(20)])
+        b.publish_to_cluster(t, mqkit.AckMessage(f"{t}-dead", data=-1))
+    for t in topics:
+        got: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 21:
+            assert time.monotonic() < deadline, f"{t}: only {sorted(got)}"
+            for sub in subs[t]:
+                try:
+                    message = sub.get(timeout=0.05)
+                except TimeoutError:
+                    continue
+                assert isinstance(message, mqkit.AckMessage)
+                got.append(message.data)
+                if message.data == -1:
+                    sub.nack(message.ack_id, requeue=False)  # to the topic's dead letter stream
+                else:
+                    sub.ack(message.ack_id)
+        assert sorted(got) == [-1, *range(20)]  # each message to one consumer of the group, once
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    try:
+        for t in topics:  # every entry settled, on its own shard
+            key = stream_key("mqkit", t)
+            assert eventually(lambda key=key: client.xpending(key, "workers")["pending"] == 0)
+        plugin = a.get_plugin("cluster")
+        for shard, t in enumerate(topics):
+            dead = plugin.dead_letters(t)  # type: ignore[attr-defined]
+            assert [d.message.id for d in dead] == [f"{t}-dead"]
+            assert redis_cluster.holder(dead_key("mqkit", t)) == shard  # beside its topic
+    finally:
+        client.close()
