@@ -443,6 +443,8 @@ class ClusterPlugin(ClusterFeature, Plugin):
             self._call(f"register cluster topic {topic!r}", lambda c: self._index.add_to(c, topic))
 
         def send(server: redis.Redis) -> list[Any]:
+            if len(texts) == 1 and not register and self._replicas <= 0:  # one command: no pipeline
+                return [server.xadd(key, {_FIELD: texts[0]}, maxlen=maxlen, approximate=True)]
             pipe = server.pipeline(transaction=False)
             if register and not self.connector.cluster:
                 self._index.add_to(pipe, topic)  # one server: in the same round trip
