@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import json
 import math
 import operator
@@ -409,11 +410,21 @@ def message_from_dict(data: dict[str, Any]) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, messages.Message)):
         raise SerializationError.because(f"unknown message class {name!r}")
     payload = decode_payload(fields.pop("data", None))
+    untyped = _data_is_any(typing.cast(type, cls))  # (mypy: a class object is hashable)
+    if untyped:  # cattrs hands an ``Any`` field its value as it is: no second object
+        fields["data"] = payload
     try:
         message = converter.structure(fields, cls)
     except Exception as exc:
         raise SerializationError.because(f"malformed stored message: {exc!r}") from exc
-    return attrs.evolve(message, data=payload)
+    return message if untyped else attrs.evolve(message, data=payload)
+
+
+@functools.cache
+def _data_is_any(cls: type) -> bool:
+    """Whether the message class's ``data`` field is typed ``Any`` (cattrs passes it through)."""
+    field = attrs.fields_dict(cls).get("data")
+    return field is not None and field.type in (Any, "Any")
 
 
 def encode_message(message: Any) -> str:
