@@ -519,7 +519,7 @@ class Server:
             return message
         try:
             return queue.sub.get_nowait()
-        except MQError:
+        except (MQError, TimeoutError):
             return None
 
     # -- connections -----------------------------------------------------------------------------

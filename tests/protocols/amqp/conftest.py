@@ -60,6 +60,16 @@ def amqp_server_factory() -> Iterator[Callable[..., AMQPServer]]:
         server.broker.close()
 
 
+@pytest.fixture(autouse=True)
+def _close_raw_clients() -> Iterator[None]:
+    """Close the raw test clients (``helpers.Raw``) a test made."""
+    from .helpers import Raw
+
+    yield
+    while Raw.opened:
+        Raw.opened.pop().close()
+
+
 @pytest.fixture
 def mqkit_amqp(amqp_server_factory: Callable[..., AMQPServer]) -> AMQPServer:
     """A running mqkit broker with its AMQP gateway on 127.0.0.1 (port 0)."""
