@@ -491,8 +491,7 @@ class Server:
         sub = queue.sub
         try:
             while not queue.deleted:
-                consumer = self._ready(queue)
-                if consumer is None:
+                if not any(c.channel.can_deliver(c) for c in queue.consumers):
                     queue.wake.clear()
                     await queue.wake.wait()
                     continue
@@ -500,10 +499,10 @@ class Server:
                 queue.held = None
                 if message is None:
                     message = await sub.aget()
-                    consumer = self._ready(queue)
-                    if consumer is None:
-                        queue.held = message
-                        continue
+                consumer = self._ready(queue)
+                if consumer is None:
+                    queue.held = message
+                    continue
                 consumer.channel.deliver(consumer, message)
         except SubscriptionClosedError:
             pass
