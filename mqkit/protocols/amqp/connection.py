@@ -983,9 +983,15 @@ class Channel:
         self._route(exchange, method.routing_key, message, method.mandatory, seq)
 
     def _route(
-        self, exchange: Exchange, key: str, message: Message, mandatory: bool, seq: int
+        self,
+        exchange: Exchange,
+        key: str,
+        message: Message,
+        mandatory: bool,
+        seq: int,
+        sink: list[tuple[str, Message]] | None = None,
     ) -> None:
-        routed, refused = self.server.publish(self.vhost, exchange, key, message)
+        routed, refused = self.server.publish(self.vhost, exchange, key, message, sink)
         if mandatory and not routed:
             props, body = properties_of(message, self.server.broker.clock.now())
             self.conn.send_content(
@@ -1020,8 +1026,10 @@ class Channel:
             raise AMQPError(PRECONDITION_FAILED, "channel is not transactional")
         pending, self.tx = self.tx, []
         acks, self.tx_acks = self.tx_acks, []
+        held: list[tuple[str, Message]] = []
         for exchange, key, message, mandatory in pending:
-            self._route(exchange, key, message, mandatory, 0)
+            self._route(exchange, key, message, mandatory, 0, held)
+        self.server.publish_all(held)
         for apply in acks:
             apply()
         self.conn.send(self.number, commands.Tx.CommitOk())

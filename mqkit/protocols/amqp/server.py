@@ -36,6 +36,7 @@ import attrs
 from mqkit.core.errors import MQError, SubscriptionClosedError
 from mqkit.core.message import Message, redelivery
 from mqkit.core.subscription import Backpressure, SubOptions, Subscription
+from mqkit.core.topics import normalize_topic
 from mqkit.protocols.amqp.connection import Connection
 from mqkit.protocols.amqp.mapping import (
     K_EXCHANGE,
@@ -337,16 +338,28 @@ class Server:
     # -- publishing ------------------------------------------------------------------------------
 
     def publish(
-        self, vhost: VHost, exchange: Exchange, routing_key: str, message: Message
+        self,
+        vhost: VHost,
+        exchange: Exchange,
+        routing_key: str,
+        message: Message,
+        sink: list[tuple[str, Message]] | None = None,
     ) -> tuple[bool, bool]:
-        """Route ``message``; return (routed to some queue, refused by a full queue)."""
+        """Route ``message``; return (routed to some queue, refused by a full queue).
+
+        With a ``sink`` (a transaction's commit), the in-process publishes are appended to it
+        as ``(topic, message)`` instead of made: :meth:`publish_all` makes them together.
+        """
         headers = _headers(message)
         queues = vhost.route(exchange, routing_key, headers)
         if exchange.name == "amq.topic" and vhost.name == TOPIC_VHOST and routing_key:
             # The broker's topic space: in-process subscribers, MQTT clients and the queues
             # bound to amq.topic (through the bridge) all get it from this one publish.
             try:
-                self.broker.publish(routing_key, message)
+                if sink is None:
+                    self.broker.publish(routing_key, message)
+                else:
+                    sink.append((normalize_topic(routing_key), message))
                 return bool(queues), False
             except MQError as exc:
                 log.debug(
@@ -354,10 +367,29 @@ class Server:
                 )
         refused = False
         for queue in queues:
-            refused |= not self.enqueue(queue, message)
+            refused |= not self.enqueue(queue, message, sink)
         return bool(queues), refused
 
-    def enqueue(self, queue: Queue, message: Message) -> bool:
+    def publish_all(self, held: list[tuple[str, Message]]) -> None:
+        """Publish what a transaction held: in one mqkit transaction when that plugin is on."""
+        broker = self.broker
+        if not held:
+            return
+        try:
+            if broker.has_feature("transactions"):
+                tx_id = self.new_name("amqp.tx")
+                for topic, message in held:
+                    broker.publish_with_transaction(topic, message, tx_id)
+                broker.commit_transaction(tx_id)
+                return
+            for topic, message in held:
+                broker.publish(topic, message)
+        except MQError as exc:
+            log.warning("amqp: a transaction's messages were refused: %s", exc)
+
+    def enqueue(
+        self, queue: Queue, message: Message, sink: list[tuple[str, Message]] | None = None
+    ) -> bool:
         """Put ``message`` in ``queue``; False when its overflow policy refused it."""
         if queue.deleted:
             return True
@@ -367,6 +399,9 @@ class Server:
                 self.dead_letter(queue, message, "maxlen")
             return False
         stored = with_queue_rules(message, self.broker.clock.now(), queue.ttl, queue.max_priority)
+        if sink is not None:
+            sink.append((queue.topic, stored))
+            return True
         try:
             self.broker.publish(queue.topic, stored)
         except MQError as exc:

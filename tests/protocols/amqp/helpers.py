@@ -104,9 +104,7 @@ class Raw:
         self.expect(commands.Connection.Start)
         self.send_frame(commands.Connection.StartOk(response="\0guest\0guest"))
         tune = self.expect(commands.Connection.Tune)
-        self.send_frame(
-            commands.Connection.TuneOk(tune.channel_max, tune.frame_max, heartbeat)
-        )
+        self.send_frame(commands.Connection.TuneOk(tune.channel_max, tune.frame_max, heartbeat))
         self.send_frame(commands.Connection.Open("/"))
         self.expect(commands.Connection.OpenOk)
         if channel:

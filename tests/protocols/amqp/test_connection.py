@@ -252,8 +252,15 @@ def test_channel_flow_is_acknowledged(mqkit_amqp: AMQPServer) -> None:
         # a method frame whose arguments are cut short
         (lambda raw: raw.send(b"\x01\x00\x01\x00\x00\x00\x05\x00\x32\x00\x0a\x00\xce"), 502),
     ],
-    ids=["unopened-channel", "stray-header", "channel-0", "frame-type", "frame-end", "reopen",
-         "short-args"],
+    ids=[
+        "unopened-channel",
+        "stray-header",
+        "channel-0",
+        "frame-type",
+        "frame-end",
+        "reopen",
+        "short-args",
+    ],
 )
 def test_bad_frames_close_the_connection_with_their_code_and_the_server_stays_up(
     mqkit_amqp: AMQPServer, send: Callable[[Raw], None], code: int
