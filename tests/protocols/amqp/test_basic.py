@@ -77,7 +77,7 @@ def test_nack_requeue_and_reject(ch: BlockingChannel) -> None:
     method, _, body = ch.basic_get("q")
     assert body == b"a" and method.redelivered
     ch.basic_reject(method.delivery_tag, requeue=False)  # dropped (no dead letter exchange)
-    m1, _, _ = ch.basic_get("q")
+    ch.basic_get("q")
     m2, _, _ = ch.basic_get("q")
     ch.basic_nack(m2.delivery_tag, multiple=True, requeue=True)
     got = [ch.basic_get("q", auto_ack=True) for _ in range(2)]
