@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_EXCHANGES",
+    "KEY_PREFIX",
     "Binding",
     "Consumer",
     "Exchange",
@@ -31,6 +32,9 @@ __all__ = [
     "VHost",
     "topic_matcher",
 ]
+
+KEY_PREFIX: Final = "amqp:"
+"""Internal topics of the gateway's queues: ``amqp:<vhost>:<queue>``."""
 
 # Reply codes (AMQP 0-9-1 constants).
 REPLY_SUCCESS: Final = 200

@@ -8,8 +8,8 @@ The server runs on its own asyncio event loop in a background thread owned by th
 
 ``broker.close()`` sends every client connection.close 320 CONNECTION_FORCED while the broker
 still runs, then stops the loop and joins the thread. Clients log in with PLAIN or AMQPLAIN,
-checked against ``[amqp] password_file`` (the MQTT gateway's format); without one every login
-is accepted, as RabbitMQ's default ``guest`` user is.
+checked against ``[amqp] password_file`` (the MQTT gateway's format); without one only
+``guest``/``guest`` is accepted, as by a fresh RabbitMQ.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import contextlib
 import errno
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqkit.core.broker import Broker
 from mqkit.core.errors import ProtocolError
@@ -30,8 +30,11 @@ from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
 from mqkit.protocols.amqp.auth import PasswordFile
-from mqkit.protocols.amqp.server import KEY_PREFIX, Server
+from mqkit.protocols.amqp.model import KEY_PREFIX
 from mqkit.protocols.amqp.settings import AMQPSettings
+
+if TYPE_CHECKING:
+    from mqkit.protocols.amqp.server import Server
 
 __all__ = ["AMQPPlugin"]
 
@@ -55,6 +58,9 @@ class AMQPPlugin(ProtocolFeature, Plugin):
     )
 
     def __init__(self, broker: Broker) -> None:
+        import pamqp  # the `amqp` extra: without it the broker names it (PluginError)
+
+        del pamqp
         self._lock = threading.Lock()
         self._broker = broker
         self._passwords: PasswordFile | None = None
@@ -83,6 +89,8 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             )
             thread.start()
             ready.wait()
+            from mqkit.protocols.amqp.server import Server
+
             server = Server(broker)
             host, port = broker.config.amqp_host, broker.config.amqp_port
             try:
@@ -183,9 +191,9 @@ class AMQPPlugin(ProtocolFeature, Plugin):
         data: bytes | None,
         state: dict[str, Any],
     ) -> bool | None:
-        """``[amqp] password_file`` for AMQP logins (every login without one)."""
+        """``[amqp] password_file`` for AMQP logins (``guest``/``guest`` without one)."""
         if protocol != "amqp":
             return None
         if self._passwords is None:
-            return True
+            return username == "guest" and password == b"guest"
         return self._passwords.check(username or "", password or b"")

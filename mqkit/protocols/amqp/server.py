@@ -47,6 +47,7 @@ from mqkit.protocols.amqp.mapping import (
     with_queue_rules,
 )
 from mqkit.protocols.amqp.model import (
+    KEY_PREFIX,
     NOT_FOUND,
     PRECONDITION_FAILED,
     RESOURCE_LOCKED,
@@ -67,8 +68,6 @@ __all__ = ["KEY_PREFIX", "TOPIC_VHOST", "Server"]
 
 log = logging.getLogger("mqkit.amqp")
 
-KEY_PREFIX: Final = "amqp:"
-"""Internal topics of the gateway's queues: ``amqp:<vhost>:<queue>``."""
 TOPIC_VHOST: Final = "/"
 """The vhost whose ``amq.topic`` is the broker's topic space."""
 _OTHER_GATEWAYS: Final = ("amqp:", "mqtt:")

@@ -55,8 +55,8 @@ class AMQPSettings(Settings):
     """The virtual hosts clients may open (comma-separated in a variable)."""
     password_file: str = ""
     """Users, in the MQTT gateway's password file format (``user:hash`` lines, see
-    ``python -m mqkit.protocols.mqtt.auth``); without one, any user name and password is
-    let in (RabbitMQ's ``guest``/``guest`` then works)."""
+    ``python -m mqkit.protocols.mqtt.auth``); without one, only ``guest``/``guest`` logs in, as
+    with a fresh RabbitMQ."""
     max_connections: int = 10_000
     """Most connections at once (0: no limit); the next one is refused."""
     queue_max_length: int = 100_000

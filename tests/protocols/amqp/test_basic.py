@@ -111,12 +111,18 @@ def test_prefetch_count_limits_unacked_deliveries_per_consumer(
     for i in range(10):
         ch.basic_publish("", "q", str(i).encode())
     ch.basic_qos(prefetch_count=3)
-    got: list[bytes] = []
-    ch.basic_consume("q", lambda c, m, p, b: got.append(b))
-    conn.process_data_events(time_limit=0.5)
-    # the three deliveries arrive at once; no fourth until an ack
+    got: list[Any] = []
+    ch.basic_consume("q", lambda c, m, p, b: got.append((m, b)))
+    while len(got) < 3:
+        conn.process_data_events(time_limit=TIMEOUT)
+    # a round trip after the third delivery: no fourth came, seven wait in the queue
     assert ch.queue_declare("q", passive=True).method.message_count == 7
-    assert got == [b"0", b"1", b"2"]
+    assert [b for _, b in got] == [b"0", b"1", b"2"]
+    ch.basic_ack(got[0][0].delivery_tag)  # one ack: one more delivery
+    while len(got) < 4:
+        conn.process_data_events(time_limit=TIMEOUT)
+    assert ch.queue_declare("q", passive=True).method.message_count == 6
+    assert [b for _, b in got] == [b"0", b"1", b"2", b"3"]
 
 
 def test_global_qos_limits_the_channel(conn: pika.BlockingConnection) -> None:
@@ -129,7 +135,8 @@ def test_global_qos_limits_the_channel(conn: pika.BlockingConnection) -> None:
     got: list[bytes] = []
     ch.basic_consume("g1", lambda c, m, p, b: got.append(b))
     ch.basic_consume("g2", lambda c, m, p, b: got.append(b))
-    conn.process_data_events(time_limit=0.5)
+    while len(got) < 4:
+        conn.process_data_events(time_limit=TIMEOUT)
     left = sum(ch.queue_declare(q, passive=True).method.message_count for q in ("g1", "g2"))
     assert left == 6 and len(got) == 4
 
@@ -180,8 +187,8 @@ def test_deleting_the_queue_cancels_consumers_that_asked(conn: pika.BlockingConn
     ch.basic_consume("doomed", lambda *a: None)
     other = conn.channel()
     other.queue_delete("doomed")
-    conn.process_data_events(time_limit=1)
-    assert cancelled.is_set()
+    while not cancelled.is_set():
+        conn.process_data_events(time_limit=TIMEOUT)
 
 
 def test_recover_redelivers_the_unacked(ch: BlockingChannel) -> None:
@@ -199,7 +206,8 @@ def test_mandatory_unroutable_comes_back_312(conn: pika.BlockingConnection) -> N
     ch.add_on_return_callback(lambda c, m, p, b: returned.append((m, b)))
     ch.basic_publish("amq.direct", "nobody", b"lost", mandatory=True)
     ch.basic_publish("amq.direct", "nobody", b"quiet")
-    conn.process_data_events(time_limit=0.5)
+    ch.queue_declare("", exclusive=True)  # a round trip: both publishes were handled
+    conn.process_data_events(time_limit=0)
     assert [(m.reply_code, m.reply_text, b) for m, b in returned] == [(312, "NO_ROUTE", b"lost")]
 
 

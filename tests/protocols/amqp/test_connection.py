@@ -164,10 +164,13 @@ def test_more_vhosts_from_the_settings(amqp_server_factory: Callable[..., AMQPSe
     ch = conn.channel()
     ch.queue_declare("only-in-staging")
     conn.close()
-    other = connect(server).channel()
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
-        other.queue_declare("only-in-staging", passive=True)
-    assert info.value.reply_code == 404
+    other = connect(server)
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+            other.channel().queue_declare("only-in-staging", passive=True)
+        assert info.value.reply_code == 404
+    finally:
+        other.close()
 
 
 def test_broker_close_sends_connection_close_320(mqkit_amqp: AMQPServer) -> None:
@@ -294,3 +297,11 @@ def test_a_port_in_use_is_a_protocol_error(mqkit_amqp: AMQPServer) -> None:
             broker.start_amqp_server()
     finally:
         broker.close()
+
+
+def test_without_a_password_file_only_guest_logs_in(mqkit_amqp: AMQPServer) -> None:
+    connect(mqkit_amqp, "guest", "guest").close()
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        connect(mqkit_amqp, "guest", "wrong")
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        connect(mqkit_amqp, "someone", "guest")
