@@ -54,6 +54,9 @@ __all__ = ["Channel", "Connection"]
 log = logging.getLogger("mqkit.amqp")
 
 PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
+REPLY_QUEUE: Final = "amq.rabbitmq.reply-to"
+"""The pseudo-queue of direct reply-to (RabbitMQ's RPC shortcut)."""
+REPLY_PREFIX: Final = REPLY_QUEUE + "."
 FRAME_END: Final = 0xCE
 _HEADER = struct.Struct(">BHI")
 _CLOSE_OK_WAIT: Final = 2.0
@@ -72,7 +75,7 @@ SERVER_PROPERTIES: Final[dict[str, Any]] = {
         "connection.blocked": False,
         "authentication_failure_close": True,
         "per_consumer_qos": True,
-        "direct_reply_to": False,
+        "direct_reply_to": True,
     },
 }
 
@@ -502,6 +505,9 @@ class Channel:
             tuple[commands.Basic.Publish, header.ContentHeader | None, list[bytes]] | None
         ) = None
         self.received = 0
+        self.reply_tag: str | None = None
+        """The consumer tag of this channel's direct reply-to consumer, if any."""
+        self.reply_token = self.server.new_name("r")
 
     @property
     def vhost(self) -> VHost:
@@ -568,6 +574,9 @@ class Channel:
         for consumer in list(self.consumers.values()):
             self.server.remove_consumer(consumer)
         self.consumers.clear()
+        if self.reply_tag is not None:
+            self.reply_tag = None
+            self.server.reply_channels.pop(self.reply_token, None)
         unacked, self.unacked = self.unacked, {}
         for _, (queue, message, _consumer) in sorted(unacked.items(), reverse=True):
             self.server.requeue(queue, message)
@@ -737,7 +746,10 @@ class Channel:
         vhost = self.vhost
         server = self.server
         name = m.queue
-        if m.passive:
+        if m.passive and name == REPLY_QUEUE:
+            self._reply(m, commands.Queue.DeclareOk(REPLY_QUEUE, 0, 0))
+            return
+        if m.passive:  # a passive declare is no use of the queue (x-expires runs on)
             queue = server.queue(vhost, self._queue_name(name), self.conn)
             self._reply(
                 m, commands.Queue.DeclareOk(queue.name, queue.depth(), len(queue.consumers))
@@ -770,6 +782,7 @@ class Channel:
                         f"{found.arguments.get(key)!r}",
                     )
             queue = found
+            server.touch(queue)
         else:
             queue = server.declare_queue(
                 vhost,
@@ -835,10 +848,13 @@ class Channel:
         self.wake_queues()
 
     def _basic_consume(self, m: commands.Basic.Consume) -> None:
-        queue = self.server.queue(self.vhost, self._queue_name(m.queue), self.conn)
         tag = m.consumer_tag or self.server.new_name("amq.ctag")
-        if tag in self.consumers:
+        if tag in self.consumers or tag == self.reply_tag:
             raise AMQPError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", True)
+        if m.queue == REPLY_QUEUE:
+            self._reply_consume(m, tag)
+            return
+        queue = self.server.queue(self.vhost, self._queue_name(m.queue), self.conn)
         if any(c.exclusive for c in queue.consumers) or (m.exclusive and queue.consumers):
             raise AMQPError(
                 ACCESS_REFUSED,
@@ -849,7 +865,33 @@ class Channel:
         self._reply(m, commands.Basic.ConsumeOk(tag))
         self.server.add_consumer(consumer)
 
+    def _reply_consume(self, m: commands.Basic.Consume, tag: str) -> None:
+        """Direct reply-to: consume from the ``amq.rabbitmq.reply-to`` pseudo-queue."""
+        if not m.no_ack:
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer cannot acknowledge")
+        if self.reply_tag is not None:
+            raise AMQPError(PRECONDITION_FAILED, "reply consumer already set")
+        self.reply_tag = tag
+        self.server.reply_channels[self.reply_token] = self
+        self._reply(m, commands.Basic.ConsumeOk(tag))
+
+    def deliver_reply(self, message: Message, routing_key: str) -> bool:
+        """Deliver a reply sent to this channel's ``amq.rabbitmq.reply-to.<token>``."""
+        if self.reply_tag is None or self.closing:
+            return False
+        tag = self.next_tag
+        self.next_tag += 1
+        props, body = properties_of(message, self.server.broker.clock.now())
+        method = commands.Basic.Deliver(self.reply_tag, tag, False, "", routing_key)
+        self.conn.send_content(self.number, method, props, body)
+        return True
+
     def _basic_cancel(self, m: commands.Basic.Cancel) -> None:
+        if self.reply_tag is not None and m.consumer_tag == self.reply_tag:
+            self.reply_tag = None
+            self.server.reply_channels.pop(self.reply_token, None)
+            self._reply(m, commands.Basic.CancelOk(m.consumer_tag))
+            return
         consumer = self.consumers.pop(m.consumer_tag or "", None)
         if consumer is not None:
             self.server.remove_consumer(consumer)
@@ -973,6 +1015,10 @@ class Channel:
                     raise AMQPError(
                         PRECONDITION_FAILED, f"invalid expiration '{expiration}'"
                     ) from None
+            if props.reply_to == REPLY_QUEUE:
+                if self.reply_tag is None:
+                    raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist")
+                props.reply_to = f"{REPLY_QUEUE}.{self.reply_token}"
         except AMQPError as exc:
             self.close_with(exc.code, exc.text, method)
             return
@@ -991,7 +1037,11 @@ class Channel:
         seq: int,
         sink: list[tuple[str, Message]] | None = None,
     ) -> None:
-        routed, refused = self.server.publish(self.vhost, exchange, key, message, sink)
+        if exchange.name == "" and key.startswith(REPLY_PREFIX):
+            target = self.server.reply_channels.get(key[len(REPLY_PREFIX) :])
+            routed, refused = target is not None and target.deliver_reply(message, key), False
+        else:
+            routed, refused = self.server.publish(self.vhost, exchange, key, message, sink)
         if mandatory and not routed:
             props, body = properties_of(message, self.server.broker.clock.now())
             self.conn.send_content(

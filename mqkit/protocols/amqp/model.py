@@ -216,6 +216,9 @@ class Queue:
     max_priority: int | None = None
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
+    expires: float | None = None
+    """``x-expires`` in seconds: the queue is deleted after that long unused."""
+    expiry: asyncio.TimerHandle | None = None
     consumers: list[Consumer] = attrs.Factory(list)
     held: Message | None = None
     """A message the pump took while no consumer could take it: delivered first."""

@@ -37,7 +37,7 @@ from mqkit.core.errors import MQError, SubscriptionClosedError
 from mqkit.core.message import Message, redelivery
 from mqkit.core.subscription import Backpressure, SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
-from mqkit.protocols.amqp.connection import Connection
+from mqkit.protocols.amqp.connection import Channel, Connection
 from mqkit.protocols.amqp.mapping import (
     K_EXCHANGE,
     K_HEADERS,
@@ -90,6 +90,8 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._names = itertools.count(1)
         self._salt = os.urandom(4).hex()
+        self.reply_channels: dict[str, Channel] = {}
+        """Channels consuming from ``amq.rabbitmq.reply-to``, by their reply token."""
         self._bridge: Subscription | None = None
         self._bridge_task: asyncio.Task[None] | None = None
 
@@ -249,6 +251,7 @@ class Server:
             )
         ttl_ms = _int_arg(args, "x-message-ttl", 0, None)
         max_priority = _int_arg(args, "x-max-priority", 0, 255)
+        expires_ms = _int_arg(args, "x-expires", 1, None)
         dlx = args.get("x-dead-letter-exchange")
         dlrk = args.get("x-dead-letter-routing-key")
         if dlrk is not None and dlx is None:
@@ -283,8 +286,10 @@ class Server:
             max_priority=max_priority,
             dead_letter_exchange=None if dlx is None else _text(dlx),
             dead_letter_routing_key=None if dlrk is None else _text(dlrk),
+            expires=None if expires_ms is None else expires_ms / 1000.0,
         )
         vhost.queues[name] = queue
+        self.touch(queue)
         self.bind(vhost, vhost.exchanges[""], name, False, name, {})
         return queue
 
@@ -321,7 +326,27 @@ class Server:
         self._stop_queue(queue)
         return count
 
+    def touch(self, queue: Queue) -> None:
+        """``queue`` was used: its ``x-expires`` countdown starts again (while unconsumed)."""
+        if queue.expires is None:
+            return
+        if queue.expiry is not None:
+            queue.expiry.cancel()
+            queue.expiry = None
+        if not queue.consumers and not queue.deleted:
+            loop = asyncio.get_running_loop()
+            queue.expiry = loop.call_later(queue.expires, self._expire, queue)
+
+    def _expire(self, queue: Queue) -> None:
+        queue.expiry = None
+        vhost = self.vhosts.get(queue.vhost)
+        if vhost is not None and not queue.consumers and not queue.deleted:
+            self.delete_queue(vhost, queue)
+
     def _stop_queue(self, queue: Queue) -> None:
+        if queue.expiry is not None:
+            queue.expiry.cancel()
+            queue.expiry = None
         if queue.pump is not None:
             queue.pump.cancel()
             queue.pump = None
@@ -489,6 +514,7 @@ class Server:
         queue = consumer.queue
         queue.consumers.append(consumer)
         queue.had_consumer = True
+        self.touch(queue)
         if queue.pump is None:
             queue.pump = self.spawn(self._pump(queue))
         queue.wake.set()
@@ -498,6 +524,7 @@ class Server:
         queue = consumer.queue
         if consumer in queue.consumers:
             queue.consumers.remove(consumer)
+            self.touch(queue)
         if not queue.consumers and queue.auto_delete and queue.had_consumer and not queue.deleted:
             vhost = self.vhosts.get(queue.vhost)
             if vhost is not None:
@@ -547,6 +574,7 @@ class Server:
 
     def take(self, queue: Queue) -> Message | None:
         """One ready message of ``queue`` for ``basic.get``, or None."""
+        self.touch(queue)
         if queue.held is not None:
             message, queue.held = queue.held, None
             return message

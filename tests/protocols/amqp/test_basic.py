@@ -257,3 +257,39 @@ def test_a_body_split_over_many_frames(ch: BlockingChannel) -> None:
     assert ch.basic_get("big", auto_ack=True)[2] == body
     ch.basic_publish("", "big", b"")
     assert ch.basic_get("big", auto_ack=True)[2] == b""
+
+
+def test_direct_reply_to_rpc(conn: pika.BlockingConnection, mqkit_amqp: AMQPServer) -> None:
+    ch = conn.channel()
+    ch.queue_declare("rpc")
+    replies: list[tuple[Any, bytes]] = []
+    ch.basic_consume(
+        "amq.rabbitmq.reply-to", lambda c, m, p, b: replies.append((p, b)), auto_ack=True
+    )
+    ch.basic_publish(
+        "",
+        "rpc",
+        b"ping",
+        pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="1"),
+    )
+    server_conn = connect(mqkit_amqp)
+    try:
+        sch = server_conn.channel()
+        _, props, body = sch.basic_get("rpc", auto_ack=True)
+        assert body == b"ping" and props.reply_to.startswith("amq.rabbitmq.reply-to.")
+        sch.basic_publish(
+            "", props.reply_to, b"pong", pika.BasicProperties(correlation_id=props.correlation_id)
+        )
+        while not replies:
+            conn.process_data_events(time_limit=TIMEOUT)
+        assert [(p.correlation_id, b) for p, b in replies] == [("1", b"pong")]
+    finally:
+        server_conn.close()
+
+
+def test_direct_reply_to_needs_the_reply_consumer(ch: BlockingChannel) -> None:
+    ch.queue_declare("rpc")
+    ch.basic_publish("", "rpc", b"x", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to"))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        ch.queue_declare("rpc", passive=True)
+    assert info.value.reply_code == 406

@@ -162,3 +162,38 @@ def test_queue_arguments_are_checked(
             assert info.value.reply_code == 406, args
     finally:
         conn.close()
+
+
+def test_x_expires_deletes_an_unused_queue(ch: BlockingChannel, mqkit_amqp: AMQPServer) -> None:
+    ch.queue_declare("kept", arguments={"x-expires": 100})
+    tag = ch.basic_consume("kept", lambda *a: None)  # in use: it stays
+    ch.queue_declare("brief", arguments={"x-expires": 100})
+    gone = _wait_until_gone(mqkit_amqp, "brief")
+    assert gone
+    assert ch.queue_declare("kept", passive=True).method.consumer_count == 1
+    ch.basic_cancel(tag)
+    assert _wait_until_gone(mqkit_amqp, "kept")
+
+
+def _wait_until_gone(server: AMQPServer, name: str) -> bool:
+    """Whether queue ``name`` is deleted within the timeout (a passive declare each round)."""
+    import threading
+
+    deadline = threading.Event()
+    timer = threading.Timer(TIMEOUT, deadline.set)
+    timer.start()
+    try:
+        conn = connect(server)
+        try:
+            while not deadline.is_set():
+                ch = conn.channel()
+                try:
+                    ch.queue_declare(name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    return exc.reply_code == 404
+                ch.close()  # a passive declare does not count as use: poll until it is gone
+            return False
+        finally:
+            conn.close()
+    finally:
+        timer.cancel()
