@@ -2,7 +2,9 @@
 
 The server runs on its own asyncio event loop in a background thread owned by the plugin.
 ``broker.start_amqp_server()`` starts it (idempotent) and returns the bound ``(host, port)``
-(the seed's ``amqp_host`` and ``amqp_port``; port 0 picks a free one). Its settings are the
+(the seed's ``amqp_host`` and ``amqp_port``; port 0 picks a free one); when ``[amqp] tls_cert``
+and ``tls_key`` are set, a TLS listener also binds ``tls_port`` (:attr:`AMQPPlugin.tls_address`).
+Its settings are the
 ``[amqp]`` section, :class:`~mqkit.protocols.amqp.settings.AMQPSettings`. A port in use is a
 :class:`~mqkit.ProtocolError` (an ``OSError``) saying so.
 
@@ -18,11 +20,12 @@ import asyncio
 import contextlib
 import errno
 import logging
+import ssl
 import threading
 from typing import TYPE_CHECKING, Any
 
 from mqkit.core.broker import Broker
-from mqkit.core.errors import ProtocolError
+from mqkit.core.errors import InvalidConfigError, ProtocolError
 from mqkit.core.features import ProtocolFeature
 from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message
@@ -41,6 +44,14 @@ __all__ = ["AMQPPlugin"]
 log = logging.getLogger("mqkit.amqp")
 
 _START_TIMEOUT = 30.0
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ProtocolError:
+    """The error of a listener that cannot bind: "in use" when that is why."""
+    why = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+    error = ProtocolError.because(f"AMQP cannot listen on {host}:{port}: {why or exc}")
+    error.errno = exc.errno
+    return error
 
 
 class AMQPPlugin(ProtocolFeature, Plugin):
@@ -68,13 +79,33 @@ class AMQPPlugin(ProtocolFeature, Plugin):
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
         self.address: tuple[str, int] | None = None
-        """The listener's bound address, once started."""
+        """The plain listener's bound address, once started."""
+        self.tls_address: tuple[str, int] | None = None
+        """The TLS listener's bound address, once started (None without a certificate)."""
 
     @hookimpl
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Check the password file now: an unreadable one fails ``Broker(...)``."""
         cfg = broker.settings(AMQPSettings)
         self._passwords = PasswordFile(cfg.password_file) if cfg.password_file else None
+        if cfg.tls_cert:
+            self._tls_context()  # raises InvalidConfigError for unreadable files
+
+    def _tls_context(self) -> ssl.SSLContext:
+        cfg = self._broker.settings(AMQPSettings)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            if cfg.tls_ca:
+                context.load_verify_locations(cfg.tls_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidConfigError(
+                f"{InvalidConfigError.default}: amqp.tls_cert/amqp.tls_key cannot be loaded: {exc}",
+                field="amqp.tls_cert",
+            ) from None
+        return context
 
     def start(self) -> tuple[str, int]:
         """Start serving (idempotent); return the listener's bound address."""
@@ -82,6 +113,8 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             if self.address is not None:
                 return self.address
             broker = self._broker
+            cfg = broker.settings(AMQPSettings)
+            tls = self._tls_context() if cfg.tls_cert else None
             loop = asyncio.new_event_loop()
             ready = threading.Event()
             thread = threading.Thread(
@@ -94,8 +127,10 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             server = Server(broker)
             host, port = broker.config.amqp_host, broker.config.amqp_port
             try:
-                fut = asyncio.run_coroutine_threadsafe(self._listen(server, host, port), loop)
-                self.address = fut.result(_START_TIMEOUT)
+                fut = asyncio.run_coroutine_threadsafe(
+                    self._listen(server, host, port, tls, cfg.tls_port), loop
+                )
+                self.address, self.tls_address = fut.result(_START_TIMEOUT)
             except BaseException:
                 self._stop_loop(loop, thread, server)
                 raise
@@ -103,15 +138,20 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             return self.address
 
     @staticmethod
-    async def _listen(server: Server, host: str, port: int) -> tuple[str, int]:
+    async def _listen(
+        server: Server, host: str, port: int, tls: ssl.SSLContext | None, tls_port: int
+    ) -> tuple[tuple[str, int], tuple[str, int] | None]:
         try:
-            return await server.listen(host, port)
+            plain = await server.listen(host, port)
         except OSError as exc:
             await server.shutdown()
-            why = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            error = ProtocolError.because(f"AMQP cannot listen on {host}:{port}: {why or exc}")
-            error.errno = exc.errno
-            raise error from exc
+            raise _cannot_listen(host, port, exc) from exc
+        try:
+            secure = await server.listen(host, tls_port, tls) if tls is not None else None
+        except OSError as exc:
+            await server.shutdown()
+            raise _cannot_listen(host, tls_port, exc) from exc
+        return plain, secure
 
     @staticmethod
     def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
@@ -138,7 +178,7 @@ class AMQPPlugin(ProtocolFeature, Plugin):
         with self._lock:
             loop, thread, server = self._loop, self._thread, self._server
             self._loop = self._thread = self._server = None
-            self.address = None
+            self.address = self.tls_address = None
         if loop is not None and thread is not None and server is not None:
             self._stop_loop(loop, thread, server)
 

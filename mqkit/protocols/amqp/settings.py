@@ -44,6 +44,14 @@ def _names(value: object) -> Any:
 class AMQPSettings(Settings):
     """The AMQP gateway's settings, besides ``enable_amqp``, ``amqp_port`` and ``amqp_host``."""
 
+    tls_port: int = 5671
+    """The TLS listener's port (0: any free port); used with a certificate."""
+    tls_cert: str = ""
+    """PEM certificate (chain) of the TLS listener; with ``tls_key`` it turns TLS on."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_ca: str = ""
+    """CA bundle to verify client certificates with; when set, clients must present one."""
     heartbeat: int = 60
     """Heartbeat seconds the server proposes in connection.tune (0: none); a client silent for
     two intervals is dropped."""
@@ -67,6 +75,12 @@ class AMQPSettings(Settings):
     def rules(self) -> Iterable[tuple[str, bool, str]]:
         """The gateway's checks (see :meth:`mqkit.Settings.rules`)."""
         return [
+            ("tls_port", not 0 <= self.tls_port <= 65535, "must be between 0 and 65535"),
+            (
+                "tls_key",
+                bool(self.tls_cert) != bool(self.tls_key),
+                "and tls_cert must be given together",
+            ),
             ("heartbeat", not 0 <= self.heartbeat <= 65535, "must be 0..65535 seconds"),
             ("frame_max", not 4096 <= self.frame_max <= 2**31 - 1, "must be 4096..2147483647"),
             ("channel_max", not 1 <= self.channel_max <= 65535, "must be 1..65535"),

@@ -305,3 +305,49 @@ def test_without_a_password_file_only_guest_logs_in(mqkit_amqp: AMQPServer) -> N
         connect(mqkit_amqp, "guest", "wrong")
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
         connect(mqkit_amqp, "someone", "guest")
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path_factory.mktemp("tls")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    return str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem")
+
+
+def test_tls_listener(
+    amqp_server_factory: Callable[..., AMQPServer], tls_files: tuple[str, str, str]
+) -> None:
+    import ssl
+
+    ca, cert, key = tls_files
+    server = amqp_server_factory({"tls_cert": cert, "tls_key": key, "tls_port": 0})
+    plugin = server.broker.get_plugin("amqp")
+    tls_host, tls_port = plugin.tls_address  # type: ignore[attr-defined]
+    context = ssl.create_default_context(cafile=ca)
+    params = pika.ConnectionParameters(
+        host=tls_host,
+        port=tls_port,
+        ssl_options=pika.SSLOptions(context, "127.0.0.1"),
+        socket_timeout=10,
+        connection_attempts=1,
+    )
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("secure")
+        ch.basic_publish("", "secure", b"over tls")
+        assert ch.basic_get("secure", auto_ack=True)[2] == b"over tls"
+    finally:
+        conn.close()
+
+
+def test_bad_tls_files_fail_the_broker(tmp_path: Path) -> None:
+    settings = {"amqp": {"tls_cert": str(tmp_path / "no.pem"), "tls_key": str(tmp_path / "no")}}
+    with pytest.raises(mqkit.InvalidConfigError, match=r"amqp\.tls_cert"):
+        mqkit.Broker(mqkit.Config(enable_amqp=True, settings=settings))
