@@ -72,7 +72,7 @@ SERVER_PROPERTIES: Final[dict[str, Any]] = {
         "exchange_exchange_bindings": True,
         "basic.nack": True,
         "consumer_cancel_notify": True,
-        "connection.blocked": False,
+        "connection.blocked": True,
         "authentication_failure_close": True,
         "per_consumer_qos": True,
         "direct_reply_to": True,
@@ -275,6 +275,15 @@ class Connection(asyncio.Protocol):
             self.close_with(CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown")
         return self.closed
 
+    def set_blocked(self, blocked: bool) -> None:
+        """connection.blocked/unblocked, to a client that announced the capability."""
+        if self.state != _OPEN_DONE or not self.capabilities.get("connection.blocked"):
+            return
+        if blocked:
+            self.send(0, commands.Connection.Blocked("low on memory"))
+        else:
+            self.send(0, commands.Connection.Unblocked())
+
     def _handshake_timeout(self) -> None:
         self._timer = None
         if self.state < _OPEN_DONE:
@@ -471,6 +480,8 @@ class Connection(asyncio.Protocol):
         self.vhost = vhost
         self.state = _OPEN_DONE
         self.send(0, commands.Connection.OpenOk())
+        if self.server.blocked:
+            self.set_blocked(True)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -71,6 +71,8 @@ log = logging.getLogger("mqkit.amqp")
 TOPIC_VHOST: Final = "/"
 """The vhost whose ``amq.topic`` is the broker's topic space."""
 _OTHER_GATEWAYS: Final = ("amqp:", "mqtt:")
+MEMORY_CHECK_SECONDS: Final = 0.25
+"""How often the memory watermarks are checked (with ``max_memory_usage`` set)."""
 
 
 class Server:
@@ -92,6 +94,9 @@ class Server:
         self._salt = os.urandom(4).hex()
         self.reply_channels: dict[str, Channel] = {}
         """Channels consuming from ``amq.rabbitmq.reply-to``, by their reply token."""
+        self.blocked = False
+        """Whether the broker's memory is past ``memory_high_watermark`` (connection.blocked)."""
+        self._memory_timer: asyncio.TimerHandle | None = None
         self._bridge: Subscription | None = None
         self._bridge_task: asyncio.Task[None] | None = None
 
@@ -107,12 +112,17 @@ class Server:
             lambda: Connection(self), host, port, ssl=tls, reuse_address=True, backlog=1024
         )
         self._servers.append(server)
+        if self.broker.config.max_memory_usage > 0 and self._memory_timer is None:
+            self._memory_timer = loop.call_later(MEMORY_CHECK_SECONDS, self._check_memory)
         sockname = server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 
     async def shutdown(self) -> None:
         """Stop listening, close every connection (320 CONNECTION_FORCED), drop the queues."""
         self.closing = True
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
+            self._memory_timer = None
         for server in self._servers:
             server.close()
         closed = [conn.shut_down() for conn in list(self.connections)]
@@ -133,6 +143,28 @@ class Server:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def _check_memory(self) -> None:
+        """Block or unblock publishers on the broker's memory use (every few tenths of a second)."""
+        self._memory_timer = None
+        if self.closing:
+            return
+        limit = self.broker.config.max_memory_usage
+        try:
+            used = self.broker.memory_usage() / limit
+        except MQError:  # closed
+            return
+        cfg = self.settings
+        if not self.blocked and used >= cfg.memory_high_watermark:
+            self.blocked = True
+            for conn in list(self.connections):
+                conn.set_blocked(True)
+        elif self.blocked and used < cfg.memory_low_watermark:
+            self.blocked = False
+            for conn in list(self.connections):
+                conn.set_blocked(False)
+        loop = asyncio.get_running_loop()
+        self._memory_timer = loop.call_later(MEMORY_CHECK_SECONDS, self._check_memory)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the server waits for at shutdown."""

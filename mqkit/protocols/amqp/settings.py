@@ -69,6 +69,12 @@ class AMQPSettings(Settings):
     """Most connections at once (0: no limit); the next one is refused."""
     queue_max_length: int = 100_000
     """Buffer size of a queue without ``x-max-length``: what it holds before dropping its head."""
+    memory_high_watermark: float = 0.9
+    """With ``max_memory_usage`` set: past this fraction of it, clients that announced the
+    ``connection.blocked`` capability get connection.blocked (connection.unblocked below
+    ``memory_low_watermark``)."""
+    memory_low_watermark: float = 0.8
+    """The fraction of ``max_memory_usage`` below which blocked clients get unblocked."""
     connect_timeout: float = attrs.field(default=10.0, converter=_seconds)
     """Seconds a new connection has to complete the handshake (up to connection.open)."""
 
@@ -88,4 +94,14 @@ class AMQPSettings(Settings):
             ("max_connections", self.max_connections < 0, "cannot be negative"),
             ("queue_max_length", self.queue_max_length < 1, "must be at least 1"),
             ("connect_timeout", self.connect_timeout <= 0, "must be positive"),
+            (
+                "memory_high_watermark",
+                not 0 < self.memory_high_watermark <= 1,
+                "must be a fraction above 0, at most 1",
+            ),
+            (
+                "memory_low_watermark",
+                not 0 < self.memory_low_watermark <= self.memory_high_watermark,
+                "must be above 0, at most memory_high_watermark",
+            ),
         ]

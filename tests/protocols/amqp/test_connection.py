@@ -351,3 +351,26 @@ def test_bad_tls_files_fail_the_broker(tmp_path: Path) -> None:
     settings = {"amqp": {"tls_cert": str(tmp_path / "no.pem"), "tls_key": str(tmp_path / "no")}}
     with pytest.raises(mqkit.InvalidConfigError, match=r"amqp\.tls_cert"):
         mqkit.Broker(mqkit.Config(enable_amqp=True, settings=settings))
+
+
+def test_connection_blocked_and_unblocked_on_the_memory_limit(
+    amqp_server_factory: Callable[..., AMQPServer],
+) -> None:
+    import threading
+
+    server = amqp_server_factory(max_memory_usage=200_000)
+    conn = connect(server)
+    blocked, unblocked = threading.Event(), threading.Event()
+    conn.add_on_connection_blocked_callback(lambda *a: blocked.set())
+    conn.add_on_connection_unblocked_callback(lambda *a: unblocked.set())
+    ch = conn.channel()
+    ch.queue_declare("hoard")
+    ch.confirm_delivery()
+    for _ in range(19):  # 19 x 10 kB: past 90% of the 200 kB limit
+        ch.basic_publish("", "hoard", b"x" * 10_000)
+    while not blocked.is_set():
+        conn.process_data_events(time_limit=1)
+    ch.queue_purge("hoard")
+    while not unblocked.is_set():
+        conn.process_data_events(time_limit=1)
+    conn.close()
