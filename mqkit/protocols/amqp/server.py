@@ -71,6 +71,8 @@ log = logging.getLogger("mqkit.amqp")
 TOPIC_VHOST: Final = "/"
 """The vhost whose ``amq.topic`` is the broker's topic space."""
 _OTHER_GATEWAYS: Final = ("amqp:", "mqtt:")
+_UNSUPPORTED_ARGS: Final = ("x-max-length-bytes", "x-single-active-consumer")
+"""Queue arguments refused (406) rather than silently ignored."""
 MEMORY_CHECK_SECONDS: Final = 0.25
 """How often the memory watermarks are checked (with ``max_memory_usage`` set)."""
 
@@ -271,6 +273,18 @@ class Server:
     ) -> Queue:
         """Create a queue (its arguments checked: 406 PRECONDITION_FAILED when bad)."""
         args = dict(arguments)
+        for unsupported in _UNSUPPORTED_ARGS:
+            if unsupported in args:
+                raise AMQPError(
+                    PRECONDITION_FAILED,
+                    f"queue argument '{unsupported}' of queue '{name}' is not supported by mqkit",
+                )
+        kind = _text(args.get("x-queue-type", "classic"))
+        if kind != "classic":
+            raise AMQPError(
+                PRECONDITION_FAILED,
+                f"queue '{name}': only classic queues are supported, not x-queue-type '{kind}'",
+            )
         max_length = _int_arg(args, "x-max-length", 0, None)
         overflow = args.get("x-overflow", "drop-head")
         if isinstance(overflow, bytes):

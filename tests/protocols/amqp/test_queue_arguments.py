@@ -155,6 +155,9 @@ def test_queue_arguments_are_checked(
             {"x-message-ttl": "soon"},
             {"x-max-priority": 256},
             {"x-dead-letter-routing-key": "k"},
+            {"x-max-length-bytes": 1000},  # not supported: refused, not ignored
+            {"x-single-active-consumer": True},
+            {"x-queue-type": "quorum"},
         ):
             ch = conn.channel()
             with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
