@@ -623,7 +623,9 @@ class Channel:
             meta.get("amqp.exchange", "amq.topic"),
             meta.get("amqp.routing_key", message.topic),
         )
-        if not consumer.no_ack:
+        if consumer.no_ack:
+            self.server.settle(consumer.queue, message)
+        else:
             self.unacked[tag] = (consumer.queue, message, consumer)
             consumer.unacked += 1
         self.conn.send_content(self.number, method, props, body)
@@ -700,7 +702,7 @@ class Channel:
                     f"'{str(found.durable).lower()}'",
                 )
         else:
-            vhost.exchanges[name] = Exchange(
+            exchange = Exchange(
                 name,
                 m.exchange_type,
                 durable=m.durable,
@@ -708,6 +710,8 @@ class Channel:
                 internal=m.internal,
                 arguments=dict(m.arguments or {}),
             )
+            vhost.exchanges[name] = exchange
+            self.server.exchange_declared(vhost, exchange)
         self._reply(m, commands.Exchange.DeclareOk())
 
     def _exchange_delete(self, m: commands.Exchange.Delete) -> None:
@@ -919,7 +923,9 @@ class Channel:
             return
         tag = self.next_tag
         self.next_tag += 1
-        if not m.no_ack:
+        if m.no_ack:
+            self.server.settle(queue, message)
+        else:
             self.unacked[tag] = (queue, message, None)
         meta = message.meta
         props, body = properties_of(message, self.server.broker.clock.now())
@@ -945,6 +951,8 @@ class Channel:
             if consumer is not None:
                 consumer.unacked -= 1
             settled.append((queue, message))
+            if what == "ack":
+                self.server.settle(queue, message)
         self.wake_queues()
         return settled
 
@@ -970,6 +978,7 @@ class Channel:
                 self.server.requeue(queue, message)
         else:
             for queue, message in settled:
+                self.server.settle(queue, message)
                 self.server.dead_letter(queue, message, "rejected")
 
     def _basic_nack(self, m: commands.Basic.Nack) -> None:

@@ -81,15 +81,16 @@ _ids = itertools.count(1)
 _ID_PREFIX: Final = f"amqp-{os.getpid():x}-{os.urandom(3).hex()}-"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` (a field table, say) as JSON-ready data (bytes as text, times as seconds)."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "as_tuple"):  # Decimal
         return str(value)
     return value
@@ -117,7 +118,7 @@ def message_from_publish(
         if all(isinstance(v, str) and not k.startswith(META_PREFIX) for k, v in headers.items()):
             meta.update({k: str(v) for k, v in headers.items()})
         else:
-            meta[K_HEADERS] = json.dumps(_jsonable(headers), separators=(",", ":"))
+            meta[K_HEADERS] = json.dumps(jsonable(headers), separators=(",", ":"))
     message_id = props.message_id or f"{_ID_PREFIX}{next(_ids)}"
     return Message(message_id, body, type=props.message_type or "", meta=meta)
 

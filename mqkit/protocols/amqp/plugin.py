@@ -123,8 +123,14 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             thread.start()
             ready.wait()
             from mqkit.protocols.amqp.server import Server
+            from mqkit.protocols.amqp.store import AMQPStore
 
-            server = Server(broker)
+            store = (
+                AMQPStore.open(broker.config.persistence_path)
+                if broker.config.enable_persistence
+                else None
+            )
+            server = Server(broker, store)
             host, port = broker.config.amqp_host, broker.config.amqp_port
             try:
                 fut = asyncio.run_coroutine_threadsafe(
@@ -133,6 +139,8 @@ class AMQPPlugin(ProtocolFeature, Plugin):
                 self.address, self.tls_address = fut.result(_START_TIMEOUT)
             except BaseException:
                 self._stop_loop(loop, thread, server)
+                if store is not None:
+                    store.close()
                 raise
             self._loop, self._thread, self._server = loop, thread, server
             return self.address
@@ -141,6 +149,8 @@ class AMQPPlugin(ProtocolFeature, Plugin):
     async def _listen(
         server: Server, host: str, port: int, tls: ssl.SSLContext | None, tls_port: int
     ) -> tuple[tuple[str, int], tuple[str, int] | None]:
+        if server.store is not None:
+            server.load()
         try:
             plain = await server.listen(host, port)
         except OSError as exc:
@@ -181,6 +191,8 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             self.address = self.tls_address = None
         if loop is not None and thread is not None and server is not None:
             self._stop_loop(loop, thread, server)
+            if server.store is not None:
+                server.store.close()
 
     @staticmethod
     def _stop_loop(

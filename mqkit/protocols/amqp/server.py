@@ -60,6 +60,7 @@ from mqkit.protocols.amqp.model import (
     topic_matcher,
 )
 from mqkit.protocols.amqp.settings import AMQPSettings
+from mqkit.protocols.amqp.store import K_SEQ, AMQPStore
 
 if TYPE_CHECKING:
     from mqkit.core.broker import Broker
@@ -80,9 +81,11 @@ MEMORY_CHECK_SECONDS: Final = 0.25
 class Server:
     """The AMQP server of one broker (loop-thread only, except where noted)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, store: AMQPStore | None = None) -> None:
         cfg = broker.settings(AMQPSettings)
         self.broker = broker
+        self.store = store
+        """Durable topology and persistent messages (``enable_persistence``), or None."""
         self.hooks = broker.hooks
         self.settings = cfg
         self.vhosts: dict[str, VHost] = {name: VHost(name) for name in cfg.vhosts}
@@ -118,6 +121,56 @@ class Server:
             self._memory_timer = loop.call_later(MEMORY_CHECK_SECONDS, self._check_memory)
         sockname = server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
+
+    def load(self) -> None:
+        """Declare what a previous run stored, then put each queue's messages back in order."""
+        assert self.store is not None
+        found = self.store.load()
+        for vhost_name, record in found.exchanges:
+            vhost = self.vhosts.get(vhost_name)
+            if vhost is None or record["name"] in vhost.exchanges:
+                continue
+            vhost.exchanges[record["name"]] = Exchange(
+                record["name"],
+                record["type"],
+                durable=True,
+                auto_delete=bool(record.get("auto_delete")),
+                internal=bool(record.get("internal")),
+                arguments=dict(record.get("arguments") or {}),
+            )
+        for vhost_name, record in found.queues:
+            vhost = self.vhosts.get(vhost_name)
+            if vhost is None or record["name"] in vhost.queues:
+                continue
+            try:
+                self.declare_queue(
+                    vhost,
+                    record["name"],
+                    durable=True,
+                    exclusive=None,
+                    auto_delete=bool(record.get("auto_delete")),
+                    arguments=dict(record.get("arguments") or {}),
+                )
+            except AMQPError as exc:
+                log.error("amqp: stored queue %r not restored: %s", record["name"], exc)
+        for vhost_name, source, to_exchange, destination, key, args in found.bindings:
+            vhost = self.vhosts.get(vhost_name)
+            if vhost is None or source not in vhost.exchanges:
+                continue
+            ends = vhost.exchanges if to_exchange else vhost.queues
+            if destination in ends:
+                self.bind(vhost, vhost.exchanges[source], destination, to_exchange, key, args)
+        for (vhost_name, queue_name), messages in found.messages.items():
+            vhost = self.vhosts.get(vhost_name)
+            queue = None if vhost is None else vhost.queues.get(queue_name)
+            if queue is None:
+                self.store.settle_all(vhost_name, queue_name, [m for _, m in messages])
+                continue
+            for _, message in messages:
+                try:
+                    self.broker.publish(queue.topic, message)
+                except MQError as exc:
+                    log.error("amqp: stored message of %r not restored: %s", queue_name, exc)
 
     async def shutdown(self) -> None:
         """Stop listening, close every connection (320 CONNECTION_FORCED), drop the queues."""
@@ -206,9 +259,17 @@ class Server:
             binding.matches = topic_matcher(routing_key)
         source.bindings[key] = binding
         if to_exchange:
-            vhost.exchanges[destination].bound_to += 1
+            target = vhost.exchanges[destination]
+            target.bound_to += 1
+            durable = target.durable
         else:
-            vhost.queues[destination].bindings.add((source.name, key))
+            queue = vhost.queues[destination]
+            queue.bindings.add((source.name, key))
+            durable = self._stored(queue)
+        if self.store is not None and durable and source.durable and source.name:
+            self.store.binding(
+                vhost.name, source.name, to_exchange, destination, routing_key, arguments, True
+            )
         if source.name == "amq.topic" and vhost.name == TOPIC_VHOST:
             self._ensure_bridge()
 
@@ -226,6 +287,7 @@ class Server:
         binding = source.bindings.pop(key, None)
         if binding is None:
             return
+        self._forget_binding(vhost, source, binding)
         if to_exchange:
             target = vhost.exchanges.get(destination)
             if target is not None:
@@ -236,6 +298,28 @@ class Server:
                 queue.bindings.discard((source.name, key))
         self._exchange_unbound(vhost, source)
 
+    def _forget_binding(self, vhost: VHost, source: Exchange, binding: Binding) -> None:
+        if self.store is not None and source.durable and source.name:
+            self.store.binding(
+                vhost.name,
+                source.name,
+                binding.to_exchange,
+                binding.destination,
+                binding.routing_key,
+                binding.arguments,
+                False,
+            )
+
+    @staticmethod
+    def _stored(queue: Queue) -> bool:
+        """Whether ``queue`` is kept across a restart: durable and not exclusive."""
+        return queue.durable and queue.exclusive is None
+
+    def exchange_declared(self, vhost: VHost, exchange: Exchange) -> None:
+        """A new exchange: store it when durable."""
+        if self.store is not None and exchange.durable:
+            self.store.exchange(vhost.name, exchange.name, _exchange_record(exchange))
+
     def _exchange_unbound(self, vhost: VHost, exchange: Exchange) -> None:
         if exchange.auto_delete and not exchange.bindings and exchange.name in vhost.exchanges:
             self.delete_exchange(vhost, exchange)
@@ -243,6 +327,8 @@ class Server:
     def delete_exchange(self, vhost: VHost, exchange: Exchange) -> None:
         """Delete an exchange and every binding from or to it."""
         vhost.exchanges.pop(exchange.name, None)
+        if self.store is not None and exchange.durable:
+            self.store.exchange(vhost.name, exchange.name, None)
         for key, binding in list(exchange.bindings.items()):
             self.unbind(
                 vhost,
@@ -257,6 +343,7 @@ class Server:
             for key, binding in list(other.bindings.items()):
                 if binding.to_exchange and binding.destination == exchange.name:
                     del other.bindings[key]
+                    self._forget_binding(vhost, other, binding)
                     self._exchange_unbound(vhost, other)
 
     # -- queues ----------------------------------------------------------------------------------
@@ -336,6 +423,8 @@ class Server:
         )
         vhost.queues[name] = queue
         self.touch(queue)
+        if self.store is not None and self._stored(queue):
+            self.store.queue(vhost.name, name, _queue_record(queue))
         self.bind(vhost, vhost.exchanges[""], name, False, name, {})
         return queue
 
@@ -363,13 +452,17 @@ class Server:
         for source, key in list(queue.bindings):
             exchange = vhost.exchanges.get(source)
             if exchange is not None:
-                exchange.bindings.pop(key, None)
+                binding = exchange.bindings.pop(key, None)
+                if binding is not None:
+                    self._forget_binding(vhost, exchange, binding)
                 if source:
                     self._exchange_unbound(vhost, exchange)
         for consumer in list(queue.consumers):
             consumer.channel.consumer_gone(consumer, notify=True)
         queue.consumers.clear()
         self._stop_queue(queue)
+        if self.store is not None and self._stored(queue):
+            self.store.queue(vhost.name, queue.name, None)  # its messages too
         return count
 
     def touch(self, queue: Queue) -> None:
@@ -401,9 +494,22 @@ class Server:
 
     def purge(self, queue: Queue) -> int:
         """Drop the ready messages of ``queue``; return how many."""
-        count = len(queue.sub.remove(lambda m: True)) + (queue.held is not None)
+        removed = queue.sub.remove(lambda m: True)
+        if queue.held is not None:
+            removed.append(queue.held)
         queue.held = None
-        return count
+        self.settle_all(queue, removed)
+        return len(removed)
+
+    def settle(self, queue: Queue, message: Message) -> None:
+        """``message`` left ``queue`` for good (acked, delivered without ack, dropped)."""
+        if self.store is not None and K_SEQ in message.meta:
+            self.store.settle(queue.vhost, queue.name, message)
+
+    def settle_all(self, queue: Queue, messages: list[Message]) -> None:
+        """Several messages left ``queue`` for good."""
+        if self.store is not None:
+            self.store.settle_all(queue.vhost, queue.name, messages)
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -469,6 +575,12 @@ class Server:
                 self.dead_letter(queue, message, "maxlen")
             return False
         stored = with_queue_rules(message, self.broker.clock.now(), queue.ttl, queue.max_priority)
+        if (
+            self.store is not None
+            and message.meta.get("amqp.delivery_mode") == "2"
+            and self._stored(queue)
+        ):
+            stored = self.store.keep(queue.vhost, queue.name, stored)
         if sink is not None:
             sink.append((queue.topic, stored))
             return True
@@ -476,6 +588,7 @@ class Server:
             self.broker.publish(queue.topic, stored)
         except MQError as exc:
             log.warning("amqp: queue %r refused a message: %s", queue.name, exc)
+            self.settle(queue, stored)
             return False
         if queue.max_length == 0:
             self._drop_all(queue)
@@ -485,6 +598,7 @@ class Server:
         if queue.consumers:
             return
         for message in queue.sub.remove(lambda m: True):
+            self.settle(queue, message)
             self.dead_letter(queue, message, "maxlen")
 
     def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
@@ -504,6 +618,7 @@ class Server:
         meta["x-first-death-reason"] = reason
         meta["x-first-death-queue"] = meta.get("x-first-death-queue", queue.name)
         meta.pop("amqp.expiration", None)
+        meta.pop(K_SEQ, None)
         dead = Message(message.id, message.data, type=message.type, meta=meta)
         self.publish(vhost, exchange, key, dead)
 
@@ -515,6 +630,7 @@ class Server:
         if queue is None or queue.topic != topic:
             return
         why = "expired" if reason in ("withheld", "expired") else "maxlen"
+        self.settle(queue, message)
         self.dead_letter(queue, message, why)
 
     # -- the amq.topic bridge --------------------------------------------------------------------
@@ -648,6 +764,19 @@ def _targets(exchange: Exchange, topic: str) -> Any:
             continue
         if matches(topic):
             yield binding
+
+
+def _exchange_record(exchange: Exchange) -> dict[str, Any]:
+    return {
+        "type": exchange.type,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": dict(exchange.arguments),
+    }
+
+
+def _queue_record(queue: Queue) -> dict[str, Any]:
+    return {"auto_delete": queue.auto_delete, "arguments": dict(queue.arguments)}
 
 
 def _text(value: Any) -> str:
