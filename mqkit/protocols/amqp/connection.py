@@ -477,6 +477,13 @@ class Connection(asyncio.Protocol):
         if vhost is None:
             self.close_with(INVALID_PATH, f"NOT_ALLOWED - vhost {method.virtual_host} not found")
             return
+        permissions = self.server.permissions
+        if permissions is not None and not permissions.may_open(self.username, vhost.name):
+            self.close_with(
+                NOT_ALLOWED,
+                f"NOT_ALLOWED - access to vhost '{vhost.name}' refused for user '{self.username}'",
+            )
+            return
         self.vhost = vhost
         self.state = _OPEN_DONE
         self.send(0, commands.Connection.OpenOk())
@@ -647,6 +654,19 @@ class Channel:
             raise AMQPError(COMMAND_INVALID, f"unexpected {m.name} on a channel", True)
         handler(self, m)
 
+    def _may(self, kind: str, resource: str, what: str) -> None:
+        """403 ACCESS_REFUSED unless the user has ``kind`` permission on ``resource``."""
+        permissions = self.server.permissions
+        if permissions is None:
+            return
+        user = self.conn.username
+        if not permissions.allowed(user, self.vhost.name, kind, resource):
+            raise AMQPError(
+                ACCESS_REFUSED,
+                f"access to {what} '{resource or 'amq.default'}' in vhost '{self.vhost.name}' "
+                f"refused for user '{user}'",
+            )
+
     def _reply(self, m: Any, value: Any) -> None:
         if not getattr(m, "nowait", False):
             self.conn.send(self.number, value)
@@ -673,6 +693,8 @@ class Channel:
         vhost = self.vhost
         name = m.exchange
         found = vhost.exchanges.get(name)
+        if not m.passive:
+            self._may("configure", name, "exchange")
         if m.passive:
             if found is None:
                 raise AMQPError(NOT_FOUND, f"no exchange '{name}' in vhost '{vhost.name}'")
@@ -718,6 +740,7 @@ class Channel:
         vhost = self.vhost
         if m.exchange == "" or m.exchange.startswith("amq."):
             raise AMQPError(ACCESS_REFUSED, f"exchange '{m.exchange}' cannot be deleted")
+        self._may("configure", m.exchange, "exchange")
         found = vhost.exchanges.get(m.exchange)
         if found is None:
             self._reply(m, commands.Exchange.DeleteOk())  # RabbitMQ: idempotent
@@ -737,6 +760,8 @@ class Channel:
             if ex.name == "":
                 raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         args = dict(m.arguments or {})
+        self._may("write", destination.name, "exchange")
+        self._may("read", source.name, "exchange")
         if bind:
             self.server.bind(vhost, source, destination.name, True, m.routing_key, args)
             self._reply(m, commands.Exchange.BindOk())
@@ -770,13 +795,14 @@ class Channel:
                 m, commands.Queue.DeclareOk(queue.name, queue.depth(), len(queue.consumers))
             )
             return
-        if not name:
-            name = server.new_name("amq.gen")
-        elif name.startswith("amq."):
+        if name.startswith("amq."):
             raise AMQPError(
                 ACCESS_REFUSED,
                 f"queue name '{name}' contains reserved prefix 'amq.*'",
             )
+        if not name:
+            name = server.new_name("amq.gen")
+        self._may("configure", name, "queue")
         found = vhost.queues.get(name)
         if found is not None:
             server.queue(vhost, name, self.conn)  # 405 for another's exclusive queue
@@ -818,6 +844,8 @@ class Channel:
                 ACCESS_REFUSED,
                 "operation not permitted on the default exchange",
             )
+        self._may("write", queue.name, "queue")
+        self._may("read", exchange.name, "exchange")
         self.server.bind(vhost, exchange, queue.name, False, m.routing_key, m.arguments or {})
         self._reply(m, commands.Queue.BindOk())
 
@@ -827,15 +855,19 @@ class Channel:
         exchange = self.server.exchange(vhost, m.exchange)
         if exchange.name == "":
             raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self._may("write", queue.name, "queue")
+        self._may("read", exchange.name, "exchange")
         self.server.unbind(vhost, exchange, queue.name, False, m.routing_key, m.arguments or {})
         self.conn.send(self.number, commands.Queue.UnbindOk())
 
     def _queue_purge(self, m: commands.Queue.Purge) -> None:
         queue = self.server.queue(self.vhost, self._queue_name(m.queue), self.conn)
+        self._may("read", queue.name, "queue")
         self._reply(m, commands.Queue.PurgeOk(self.server.purge(queue)))
 
     def _queue_delete(self, m: commands.Queue.Delete) -> None:
         vhost = self.vhost
+        self._may("configure", m.queue, "queue")
         found = vhost.queues.get(m.queue)
         if found is None:
             self._reply(m, commands.Queue.DeleteOk(0))
@@ -870,6 +902,7 @@ class Channel:
             self._reply_consume(m, tag)
             return
         queue = self.server.queue(self.vhost, self._queue_name(m.queue), self.conn)
+        self._may("read", queue.name, "queue")
         if any(c.exclusive for c in queue.consumers) or (m.exclusive and queue.consumers):
             raise AMQPError(
                 ACCESS_REFUSED,
@@ -917,6 +950,7 @@ class Channel:
 
     def _basic_get(self, m: commands.Basic.Get) -> None:
         queue = self.server.queue(self.vhost, self._queue_name(m.queue), self.conn)
+        self._may("read", queue.name, "queue")
         message = self.server.take(queue)
         if message is None:
             self.conn.send(self.number, commands.Basic.GetEmpty())
@@ -1020,6 +1054,7 @@ class Channel:
         try:
             vhost = self.vhost
             exchange = self.server.exchange(vhost, method.exchange)
+            self._may("write", exchange.name, "exchange")
             if exchange.internal:
                 raise AMQPError(
                     ACCESS_REFUSED,

@@ -32,7 +32,7 @@ from mqkit.core.message import Message
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
 from mqkit.core.subscription import Subscription, Taps
-from mqkit.protocols.amqp.auth import PasswordFile
+from mqkit.protocols.amqp.auth import PasswordFile, Permissions
 from mqkit.protocols.amqp.model import KEY_PREFIX
 from mqkit.protocols.amqp.settings import AMQPSettings
 
@@ -75,6 +75,8 @@ class AMQPPlugin(ProtocolFeature, Plugin):
         self._lock = threading.Lock()
         self._broker = broker
         self._passwords: PasswordFile | None = None
+        self.permissions: Permissions | None = None
+        """``[amqp] permissions_file``, read when the broker starts (None without one)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
@@ -88,6 +90,7 @@ class AMQPPlugin(ProtocolFeature, Plugin):
         """Check the password file now: an unreadable one fails ``Broker(...)``."""
         cfg = broker.settings(AMQPSettings)
         self._passwords = PasswordFile(cfg.password_file) if cfg.password_file else None
+        self.permissions = Permissions(cfg.permissions_file) if cfg.permissions_file else None
         if cfg.tls_cert:
             self._tls_context()  # raises InvalidConfigError for unreadable files
 
@@ -130,7 +133,7 @@ class AMQPPlugin(ProtocolFeature, Plugin):
                 if broker.config.enable_persistence
                 else None
             )
-            server = Server(broker, store)
+            server = Server(broker, store, self.permissions)
             host, port = broker.config.amqp_host, broker.config.amqp_port
             try:
                 fut = asyncio.run_coroutine_threadsafe(

@@ -37,6 +37,7 @@ from mqkit.core.errors import MQError, SubscriptionClosedError
 from mqkit.core.message import Message, redelivery
 from mqkit.core.subscription import Backpressure, SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
+from mqkit.protocols.amqp.auth import Permissions
 from mqkit.protocols.amqp.connection import Channel, Connection
 from mqkit.protocols.amqp.mapping import (
     K_EXCHANGE,
@@ -81,11 +82,18 @@ MEMORY_CHECK_SECONDS: Final = 0.25
 class Server:
     """The AMQP server of one broker (loop-thread only, except where noted)."""
 
-    def __init__(self, broker: Broker, store: AMQPStore | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        store: AMQPStore | None = None,
+        permissions: Permissions | None = None,
+    ) -> None:
         cfg = broker.settings(AMQPSettings)
         self.broker = broker
         self.store = store
         """Durable topology and persistent messages (``enable_persistence``), or None."""
+        self.permissions = permissions
+        """Per-vhost permissions (``[amqp] permissions_file``), or None: all allowed."""
         self.hooks = broker.hooks
         self.settings = cfg
         self.vhosts: dict[str, VHost] = {name: VHost(name) for name in cfg.vhosts}

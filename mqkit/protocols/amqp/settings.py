@@ -65,6 +65,10 @@ class AMQPSettings(Settings):
     """Users, in the MQTT gateway's password file format (``user:hash`` lines, see
     ``python -m mqkit.protocols.mqtt.auth``); without one, only ``guest``/``guest`` logs in, as
     with a fresh RabbitMQ."""
+    permissions_file: str = ""
+    """Per-vhost permissions, RabbitMQ style: ``user vhost configure write read`` lines of
+    regular expressions (see ``mqkit.protocols.amqp.auth.Permissions``); without one every user
+    may do everything in every vhost."""
     max_connections: int = 10_000
     """Most connections at once (0: no limit); the next one is refused."""
     queue_max_length: int = 100_000
