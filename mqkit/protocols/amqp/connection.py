@@ -259,11 +259,18 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_later(_CLOSE_OK_WAIT, self._abort)
+        self._timer = loop.call_later(_CLOSE_OK_WAIT, self.abort)
 
     def _abort(self) -> None:
+        """Close the socket once what was written is sent."""
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close the socket now, dropping what is not sent (a client that does not read)."""
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.abort()
 
     def shut_down(self) -> asyncio.Future[None] | None:
         """The broker is closing: connection.close 320 CONNECTION_FORCED."""
@@ -298,8 +305,7 @@ class Connection(asyncio.Protocol):
         now = time.monotonic()
         if now - self.last_read > 2 * self.heartbeat:
             log.info("amqp: %s missed two heartbeats: closed", self.peer)
-            self.state = _CLOSED
-            self._abort()
+            self.abort()
             return
         if now - self.last_write >= self.heartbeat / 2:
             self.send(0, heartbeat.Heartbeat())

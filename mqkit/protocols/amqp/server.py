@@ -194,6 +194,10 @@ class Server:
         waits = [c for c in closed if c is not None]
         if waits:
             await asyncio.wait(waits, timeout=2.0)
+        for conn in list(self.connections):  # no close-ok, or a send buffer it never reads
+            conn.abort()
+        for _ in range(3):  # let the aborted transports run connection_lost
+            await asyncio.sleep(0)
         for vhost in self.vhosts.values():
             for queue in list(vhost.queues.values()):
                 self._stop_queue(queue)

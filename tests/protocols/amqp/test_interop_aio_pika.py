@@ -8,6 +8,8 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import pika
+import pika.channel
 import pytest
 
 import mqkit
@@ -136,3 +138,43 @@ def test_aiormq_basic_get_and_confirms(mqkit_amqp: AMQPServer) -> None:
             await conn.close()
 
     assert run(main()) == b"hi"
+
+
+def test_pika_asyncio_adapter(mqkit_amqp: AMQPServer) -> None:
+    from pika.adapters.asyncio_connection import AsyncioConnection
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        def on_open(conn: AsyncioConnection) -> None:
+            conn.channel(on_open_callback=on_channel)
+
+        def on_channel(ch: pika.channel.Channel) -> None:
+            def declared(_: object) -> None:
+                ch.basic_consume("async", on_message, auto_ack=True)
+                ch.basic_publish("", "async", b"via the asyncio adapter")
+
+            ch.queue_declare("async", callback=declared)
+
+        def on_message(ch: object, method: object, props: object, body: bytes) -> None:
+            if not done.done():
+                done.set_result(body)
+
+        def on_error(conn: object, exc: BaseException) -> None:
+            if not done.done():
+                done.set_exception(exc)
+
+        params = pika.URLParameters(mqkit_amqp.url)
+        conn = AsyncioConnection(
+            params, on_open_callback=on_open, on_open_error_callback=on_error, custom_ioloop=loop
+        )
+        try:
+            return await done
+        finally:
+            closed: asyncio.Future[None] = loop.create_future()
+            conn.add_on_close_callback(lambda *a: closed.done() or closed.set_result(None))
+            conn.close()
+            await closed
+
+    assert run(main()) == b"via the asyncio adapter"
