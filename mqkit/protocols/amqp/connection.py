@@ -354,9 +354,12 @@ class Connection(asyncio.Protocol):
         channel = self.channels.get(channel_id)
         if channel is None:
             if isinstance(value, commands.Channel.Open):
-                if channel_id > self.channel_max:
+                if len(self.channels) >= self.channel_max:  # RabbitMQ counts, not numbers
                     raise AMQPError(
-                        CHANNEL_ERROR, f"channel {channel_id} exceeds channel-max", True
+                        NOT_ALLOWED,
+                        f"number of channels opened ({len(self.channels)}) has reached the "
+                        f"negotiated channel_max ({self.channel_max})",
+                        True,
                     )
                 self.channels[channel_id] = Channel(self, channel_id)
                 self.send(channel_id, commands.Channel.OpenOk())
@@ -699,6 +702,8 @@ class Channel:
         vhost = self.vhost
         name = m.exchange
         found = vhost.exchanges.get(name)
+        if name == "":
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
         if not m.passive:
             self._may("configure", name, "exchange")
         if m.passive:

@@ -74,15 +74,19 @@ def test_tune_proposes_the_settings_and_honours_a_smaller_frame_max(
     conn.close()
 
 
-def test_a_channel_beyond_channel_max_closes_the_connection_504(
+def test_more_channels_than_channel_max_close_the_connection_530(
     amqp_server_factory: Callable[..., AMQPServer],
 ) -> None:
+    # As RabbitMQ: channel-max bounds how many channels are open, not their numbers.
     server = amqp_server_factory({"channel_max": 2})
     raw = Raw(server)
     raw.handshake(channel=False)
-    raw.send_frame(commands.Channel.Open(), 3)
+    for number in (7, 65535):
+        raw.send_frame(commands.Channel.Open(), number)
+        raw.expect(commands.Channel.OpenOk)
+    raw.send_frame(commands.Channel.Open(), 1)
     close = raw.expect(commands.Connection.Close)
-    assert close.reply_code == 504
+    assert close.reply_code == 530
 
 
 def test_a_frame_larger_than_frame_max_closes_the_connection_501(

@@ -141,6 +141,8 @@ def test_exchange_errors(conn: pika.BlockingConnection) -> None:
     ch = conn.channel()
     assert channel_error(ch, ch.exchange_declare, "amq.mine", "direct") == 403
     ch = conn.channel()
+    assert channel_error(ch, ch.exchange_declare, "", passive=True) == 403
+    ch = conn.channel()
     assert channel_error(ch, ch.exchange_delete, "amq.direct") == 403
     ch = conn.channel()
     ch.queue_declare("bound")
