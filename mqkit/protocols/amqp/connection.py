@@ -35,7 +35,6 @@ from mqkit.protocols.amqp.model import (
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
-    NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
     SYNTAX_ERROR,
     UNEXPECTED_FRAME,
@@ -388,10 +387,11 @@ class Connection(asyncio.Protocol):
             self._abort()
         elif isinstance(method, commands.Connection.Blocked | commands.Connection.Unblocked):
             return
-        elif isinstance(
-            method, commands.Connection.UpdateSecretOk | commands.Connection.UpdateSecret
-        ):
-            raise AMQPError(NOT_IMPLEMENTED, "connection.update-secret", True)
+        elif isinstance(method, commands.Connection.UpdateSecret) and state == _OPEN_DONE:
+            secret = method.new_secret
+            raw = secret.encode("latin-1") if isinstance(secret, str) else bytes(secret or b"")
+            self.busy = True
+            self.server.spawn(self._update_secret(raw))
         else:
             raise AMQPError(COMMAND_INVALID, f"unexpected {method.name}", True)
 
@@ -462,6 +462,31 @@ class Connection(asyncio.Protocol):
                 channel_max=cfg.channel_max, frame_max=cfg.frame_max, heartbeat=cfg.heartbeat
             ),
         )
+        self._process()
+
+    async def _update_secret(self, secret: bytes) -> None:
+        """connection.update-secret: the user's new password (token) is checked as a login."""
+        server = self.server
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            server.executor,
+            server.hooks.authenticate,
+            server.broker,
+            "amqp",
+            self.peer,
+            self.username,
+            secret,
+            "",
+            None,
+            {},
+        )
+        self.busy = False
+        if self.state != _OPEN_DONE:
+            return
+        if result is False or result is None:
+            self.close_with(ACCESS_REFUSED, "ACCESS_REFUSED - new secret was refused")
+            return
+        self.send(0, commands.Connection.UpdateSecretOk())
         self._process()
 
     def _tune_ok(self, method: commands.Connection.TuneOk) -> None:

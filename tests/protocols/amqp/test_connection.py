@@ -378,3 +378,12 @@ def test_connection_blocked_and_unblocked_on_the_memory_limit(
     while not unblocked.is_set():
         conn.process_data_events(time_limit=1)
     conn.close()
+
+
+def test_update_secret_checks_the_new_secret(mqkit_amqp: AMQPServer) -> None:
+    raw = Raw(mqkit_amqp)
+    raw.handshake()
+    raw.send_frame(commands.Connection.UpdateSecret("guest", "rotated"))
+    raw.expect(commands.Connection.UpdateSecretOk)
+    raw.send_frame(commands.Connection.UpdateSecret("wrong", "rotated"))
+    assert raw.expect(commands.Connection.Close).reply_code == 403
