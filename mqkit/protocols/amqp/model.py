@@ -250,7 +250,28 @@ class VHost:
     def route(
         self, exchange: Exchange, routing_key: str, headers: Mapping[str, Any] | None
     ) -> list[Queue]:
-        """The queues a message published to ``exchange`` reaches (each once)."""
+        """The queues a message published to ``exchange`` reaches (each once).
+
+        A message that reaches no queue goes on to the exchange's ``alternate-exchange`` (and
+        that one's, without a loop), as with RabbitMQ.
+        """
+        tried = {exchange.name}
+        found = self._route(exchange, routing_key, headers)
+        while not found:
+            alternate = exchange.arguments.get("alternate-exchange")
+            if isinstance(alternate, bytes):
+                alternate = alternate.decode()
+            nxt = self.exchanges.get(alternate) if isinstance(alternate, str) else None
+            if nxt is None or nxt.name in tried:
+                break
+            tried.add(nxt.name)
+            exchange = nxt
+            found = self._route(exchange, routing_key, headers)
+        return found
+
+    def _route(
+        self, exchange: Exchange, routing_key: str, headers: Mapping[str, Any] | None
+    ) -> list[Queue]:
         if exchange.name == "":
             found = self.queues.get(routing_key)
             return [] if found is None else [found]

@@ -257,3 +257,17 @@ def test_auto_delete_queue_goes_with_its_last_consumer(ch: BlockingChannel) -> N
     tag = ch.basic_consume("ad", lambda *a: None)
     ch.basic_cancel(tag)
     assert channel_error(ch, ch.queue_declare, "ad", passive=True) == 404
+
+
+def test_unroutable_messages_go_to_the_alternate_exchange(ch: BlockingChannel) -> None:
+    ch.exchange_declare("leftovers", "fanout")
+    ch.queue_declare("unrouted")
+    ch.queue_bind("unrouted", "leftovers")
+    ch.exchange_declare("main", "direct", arguments={"alternate-exchange": "leftovers"})
+    ch.queue_declare("routed")
+    ch.queue_bind("routed", "main", "known")
+    ch.basic_publish("main", "known", b"1")
+    ch.basic_publish("main", "unknown", b"2")
+    ch.queue_declare("routed", passive=True)
+    assert bodies(ch, "routed") == [b"1"]
+    assert bodies(ch, "unrouted") == [b"2"]
