@@ -91,9 +91,9 @@ backpressure = "drop_newest"
 port = 9100
 ```
 
-**Flags of features this version lacks.** `enable_amqp = true` fails `Broker(...)` with a
-`FeatureNotEnabledError` saying this version of mqkit does not include it; a flag whose plugin
-cannot be imported names the extra to install (`pip install 'mqkit[mqtt]'`).
+**Flags whose plugin cannot load.** A flag whose plugin cannot be imported fails `Broker(...)`
+naming the extra to install (`pip install 'mqkit[amqp]'`); a flag of a feature this version
+lacked would fail it with a `FeatureNotEnabledError` saying so.
 
 **Types.** *bool*: `true`, `false`, `1` or `0` (as text in any case, or a TOML boolean); `yes`,
 `on`, `2` or `1.0` is an `InvalidConfigError` naming the field and the value.

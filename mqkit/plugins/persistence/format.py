@@ -11,6 +11,8 @@ Everything mqkit writes to disk follows the rules here; the persistence store
                     directory, the file holding its pid (:data:`LOCK_FILE`)
 ``store/``          the message store of the ``persistence`` plugin (:data:`STORE_DIR`)
 ``mqtt/``           the MQTT gateway's sessions and retained messages (:data:`MQTT_DIR`)
+``amqp/``           the AMQP gateway's durable exchanges, queues, bindings and persistent
+                    messages (:data:`AMQP_DIR`)
 ==================  ==========================================================================
 
 Each store is a diskcache directory (SQLite in WAL mode, ``synchronous=NORMAL``: a committed
@@ -71,6 +73,7 @@ from mqkit.core.message import Message
 from mqkit.plugins.persistence.serializer import to_json
 
 __all__ = [
+    "AMQP_DIR",
     "CACHE_SETTINGS",
     "DATABASE",
     "FORMAT_VERSION",
@@ -98,6 +101,8 @@ STORE_DIR: Final = "store"
 """The sub-directory of the ``persistence`` plugin's message store."""
 MQTT_DIR: Final = "mqtt"
 """The sub-directory of the MQTT gateway's session store."""
+AMQP_DIR: Final = "amqp"
+"""The sub-directory of the AMQP gateway's store (durable topology, persistent messages)."""
 DATABASE: Final = "cache.db"
 """The SQLite database of a store (diskcache's name)."""
 

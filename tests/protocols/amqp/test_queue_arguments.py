@@ -1,0 +1,202 @@
+"""Queue arguments on mqkit's features: TTL, max length and overflow, dead letters, priority."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pika
+import pytest
+from pika.adapters.blocking_connection import BlockingChannel
+
+from .conftest import AMQPServer
+from .helpers import TIMEOUT, connect
+
+
+@pytest.fixture
+def conn(mqkit_amqp: AMQPServer) -> Iterator[pika.BlockingConnection]:
+    c = connect(mqkit_amqp)
+    yield c
+    if c.is_open:
+        c.close()
+
+
+@pytest.fixture
+def ch(conn: pika.BlockingConnection) -> BlockingChannel:
+    return conn.channel()
+
+
+def bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
+    out: list[bytes] = []
+    while True:
+        method, _, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append(body)
+
+
+def wait_for_dead_letter(
+    conn: pika.BlockingConnection, ch: BlockingChannel, queue: str
+) -> tuple[pika.BasicProperties, bytes]:
+    """The first message to reach ``queue`` (a consumer with a timeout)."""
+    for method, props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=TIMEOUT):
+        assert method is not None, f"nothing reached {queue}"
+        ch.cancel()
+        return props, body
+    raise AssertionError("unreachable")
+
+
+def test_max_length_drops_the_head(ch: BlockingChannel) -> None:
+    ch.queue_declare("short", arguments={"x-max-length": 2})
+    for body in (b"1", b"2", b"3"):
+        ch.basic_publish("", "short", body)
+    assert bodies(ch, "short") == [b"2", b"3"]
+
+
+def test_reject_publish_refuses_and_nacks_with_confirms(ch: BlockingChannel) -> None:
+    ch.queue_declare("capped", arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    ch.basic_publish("", "capped", b"1")
+    ch.basic_publish("", "capped", b"2")
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "capped", b"3")
+    assert bodies(ch, "capped") == [b"1", b"2"]
+
+
+def test_dropped_heads_go_to_the_dead_letter_exchange(
+    conn: pika.BlockingConnection, ch: BlockingChannel
+) -> None:
+    ch.queue_declare("dlq")
+    ch.queue_declare(
+        "src",
+        arguments={
+            "x-max-length": 1,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "dlq",
+        },
+    )
+    ch.basic_publish("", "src", b"old")
+    ch.basic_publish("", "src", b"new")
+    props, body = wait_for_dead_letter(conn, ch, "dlq")
+    assert body == b"old"
+    assert props.headers["x-first-death-reason"] == "maxlen"
+    assert bodies(ch, "src") == [b"new"]
+
+
+def test_rejected_messages_are_dead_lettered(
+    conn: pika.BlockingConnection, ch: BlockingChannel
+) -> None:
+    ch.exchange_declare("dlx", "fanout")
+    ch.queue_declare("dead")
+    ch.queue_bind("dead", "dlx")
+    ch.queue_declare("work", arguments={"x-dead-letter-exchange": "dlx"})
+    ch.basic_publish("", "work", b"bad")
+    method, _, _ = ch.basic_get("work")
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    props, body = wait_for_dead_letter(conn, ch, "dead")
+    assert body == b"bad"
+    assert props.headers["x-first-death-reason"] == "rejected"
+    assert props.headers["x-first-death-queue"] == "work"
+
+
+def test_message_ttl_expires_into_the_dead_letter_exchange(
+    conn: pika.BlockingConnection, ch: BlockingChannel
+) -> None:
+    ch.queue_declare("expired")
+    ch.queue_declare(
+        "ttl",
+        arguments={
+            "x-message-ttl": 100,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "expired",
+        },
+    )
+    ch.basic_publish("", "ttl", b"stale")
+    props, body = wait_for_dead_letter(conn, ch, "expired")
+    assert body == b"stale"
+    assert props.headers["x-first-death-reason"] == "expired"
+    assert bodies(ch, "ttl") == []
+
+
+def test_per_message_expiration(conn: pika.BlockingConnection, ch: BlockingChannel) -> None:
+    ch.queue_declare("late")
+    ch.queue_declare(
+        "exp",
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "late"},
+    )
+    ch.basic_publish("", "exp", b"short", pika.BasicProperties(expiration="50"))
+    ch.basic_publish("", "exp", b"long", pika.BasicProperties(expiration="600000"))
+    _, body = wait_for_dead_letter(conn, ch, "late")
+    assert body == b"short"
+    assert bodies(ch, "exp") == [b"long"]
+
+
+def test_max_priority_orders_by_priority(ch: BlockingChannel) -> None:
+    ch.queue_declare("prio", arguments={"x-max-priority": 10})
+    for body, priority in ((b"low", 1), (b"none", None), (b"high", 9), (b"over", 200)):
+        ch.basic_publish("", "prio", body, pika.BasicProperties(priority=priority))
+    assert bodies(ch, "prio") == [b"over", b"high", b"low", b"none"]  # 200 counts as 10
+
+
+def test_without_max_priority_the_queue_stays_fifo(ch: BlockingChannel) -> None:
+    ch.queue_declare("fifo")
+    for body, priority in ((b"a", 1), (b"b", 9), (b"c", 5)):
+        ch.basic_publish("", "fifo", body, pika.BasicProperties(priority=priority))
+    assert bodies(ch, "fifo") == [b"a", b"b", b"c"]
+
+
+def test_queue_arguments_are_checked(
+    amqp_server_factory: Callable[..., AMQPServer],
+) -> None:
+    server = amqp_server_factory()
+    conn = connect(server)
+    try:
+        for args in (
+            {"x-max-length": -1},
+            {"x-message-ttl": "soon"},
+            {"x-max-priority": 256},
+            {"x-dead-letter-routing-key": "k"},
+            {"x-max-length-bytes": 1000},  # not supported: refused, not ignored
+            {"x-single-active-consumer": True},
+            {"x-queue-type": "quorum"},
+        ):
+            ch = conn.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+                ch.queue_declare("checked", arguments=args)
+            assert info.value.reply_code == 406, args
+    finally:
+        conn.close()
+
+
+def test_x_expires_deletes_an_unused_queue(ch: BlockingChannel, mqkit_amqp: AMQPServer) -> None:
+    ch.queue_declare("kept", arguments={"x-expires": 100})
+    tag = ch.basic_consume("kept", lambda *a: None)  # in use: it stays
+    ch.queue_declare("brief", arguments={"x-expires": 100})
+    gone = _wait_until_gone(mqkit_amqp, "brief")
+    assert gone
+    assert ch.queue_declare("kept", passive=True).method.consumer_count == 1
+    ch.basic_cancel(tag)
+    assert _wait_until_gone(mqkit_amqp, "kept")
+
+
+def _wait_until_gone(server: AMQPServer, name: str) -> bool:
+    """Whether queue ``name`` is deleted within the timeout (a passive declare each round)."""
+    import threading
+
+    deadline = threading.Event()
+    timer = threading.Timer(TIMEOUT, deadline.set)
+    timer.start()
+    try:
+        conn = connect(server)
+        try:
+            while not deadline.is_set():
+                ch = conn.channel()
+                try:
+                    ch.queue_declare(name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    return exc.reply_code == 404
+                ch.close()  # a passive declare does not count as use: poll until it is gone
+            return False
+        finally:
+            conn.close()
+    finally:
+        timer.cancel()
