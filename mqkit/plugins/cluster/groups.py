@@ -468,6 +468,12 @@ class GroupReader:
             self.plugin.settler.put(self, "release", entry)
 
 
+_LINGER = 0.002
+"""Seconds the settler waits after the first of a few settlings, for more to join them."""
+_BATCH = 256
+"""Settlings that are sent at once, without waiting for more."""
+
+
 class Settler:
     """The node's thread that settles held entries in Redis, batched, and touches them."""
 
@@ -511,6 +517,10 @@ class Settler:
                         if left <= 0:
                             break
                         self.cond.wait(left)
+                    linger = 0 < len(self.ops) < _BATCH and not self.stopping
+                if linger:  # let a trickle of settlings gather: one script call for many
+                    time.sleep(_LINGER)
+                with self.cond:
                     ops, self.ops = self.ops, []
                     stopping = self.stopping
                 try:
