@@ -180,14 +180,26 @@ def _reap(processes: list[tuple[int, str]], deadline: float) -> None:
 class RabbitMQNode:
     """A private RabbitMQ node on 127.0.0.1 (see the module's docstring).
 
-    ``port`` is the AMQP port (default: a free one). ``start()`` boots the node (about 5 s) and returns once it accepts AMQP connections (within
-    ``boot_timeout`` seconds); ``stop()`` ends it and everything it started. Also a context
-    manager. The user ``guest`` (password ``guest``) may connect from 127.0.0.1.
+    ``port`` is the AMQP port (default: a free one). With ``tls`` (certificate, key and CA
+    certificate files) the node also listens for AMQPS on :attr:`tls_port` (a free port),
+    asking for a client certificate but not requiring one. ``start()`` boots the node (about
+    5 s) and returns once it accepts AMQP connections (within ``boot_timeout`` seconds);
+    ``stop()`` ends it and everything it started. Also a context manager. The user ``guest``
+    (password ``guest``) may connect from 127.0.0.1.
     """
 
     host = "127.0.0.1"
 
-    def __init__(self, port: int = 0, boot_timeout: float = 90.0, keep_dir: bool = False) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        boot_timeout: float = 90.0,
+        keep_dir: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        self.tls = tls
+        self.tls_port = 0
+        """The AMQPS port with ``tls`` (0 without)."""
         self.boot_timeout = boot_timeout
         self.keep_dir = keep_dir
         self.port = port
@@ -287,6 +299,18 @@ class RabbitMQNode:
         (d / "rabbitmq.conf").write_text(
             "log.console = false\nlog.file.level = info\ndisk_free_limit.absolute = 10MB\n"
         )
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            self.tls_port = free_port()
+            with open(d / "rabbitmq.conf", "a") as conf:
+                conf.write(
+                    f"listeners.ssl.1 = {self.host}:{self.tls_port}\n"
+                    f"ssl_options.certfile = {cert}\n"
+                    f"ssl_options.keyfile = {key}\n"
+                    f"ssl_options.cacertfile = {ca}\n"
+                    "ssl_options.verify = verify_peer\n"
+                    "ssl_options.fail_if_no_peer_cert = false\n"
+                )
         (d / "rabbitmq-env.conf").write_text("")
         (d / "enabled_plugins").write_text("[].\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
