@@ -33,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -219,7 +220,9 @@ def main() -> int:
     )
     parser.add_argument("--suite", action="append", choices=list(SUITES), help="default: both")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs mqkit")
-    parser.add_argument("--work", type=Path, help="scratch directory (default: a new one)")
+    parser.add_argument(
+        "--work", type=Path, help="scratch directory, kept (default: a new one, removed at the end)"
+    )
     parser.add_argument("--timeout", type=int, default=60, help="seconds per test")
     parser.add_argument("--suite-timeout", type=int, default=900, help="seconds per suite run")
     parser.add_argument("--floors", type=Path, help="JSON file of least passed counts")
@@ -231,6 +234,18 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="mqkit-amqp-suites-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"scratch directory: {work}", flush=True)
+    try:
+        table = run_targets(work, targets, suites, args, servers)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return report(table, suites, args)
+
+
+def run_targets(
+    work: Path, targets: list[str], suites: list[str], args: argparse.Namespace, servers: ModuleType
+) -> dict[str, dict[str, dict[str, str]]]:
+    """Prepare the suites in ``work`` and run them against each target; return the results."""
     dirs = prepare(work)
     certs = dirs["aiormq"] / "tests" / "certs"
     table: dict[str, dict[str, dict[str, str]]] = {}
@@ -258,7 +273,7 @@ def main() -> int:
                 )
             finally:
                 server.stop()
-    return report(table, suites, args)
+    return table
 
 
 def report(

@@ -429,7 +429,9 @@ def s_reject_to_dead_letter_exchange(s: Session) -> None:
     m, _p, _b = ch.basic_get(q)
     ch.basic_nack(m.delivery_tag, requeue=False)
     deliver, props, body = consume_n(conn, ch, dlq, 1)[0]
-    s.note("nacked dead letter", (body.decode(), headers_without_time(props.headers)["x-death"]))
+    s.note(
+        "nacked dead letter", (body.decode(), headers_without_time(props.headers).get("x-death"))
+    )
     s.note("left in the queue", count(ch, q))
 
 
@@ -451,13 +453,13 @@ def s_message_ttl_expiry(s: Session) -> None:
     ch.basic_publish("", q, b"short-lived")
     deliver, props, body = consume_n(conn, ch, dlq, 1)[0]
     s.note("expired", (body.decode(), deliver.routing_key))
-    s.note("x-death", headers_without_time(props.headers)["x-death"])
+    s.note("x-death", headers_without_time(props.headers).get("x-death"))
     s.note("left in the queue", count(ch, q))
     q2 = s.q("per-message")
     ch.queue_declare(q2, arguments={"x-dead-letter-exchange": dlx})
     ch.basic_publish("", q2, b"expiration", pika.BasicProperties(expiration="30"))
     deliver, props, body = consume_n(conn, ch, dlq, 1)[0]
-    death = headers_without_time(props.headers)["x-death"]
+    death = headers_without_time(props.headers).get("x-death")
     s.note("per-message expiration", (body.decode(), props.expiration, death))
 
 
