@@ -422,6 +422,7 @@ class MqkitAMQPServer:
         with os.fdopen(fd, "wb") as out:
             self._proc = subprocess.Popen(
                 [self.python, "-c", _MQKIT_SERVER],
+                cwd=tempfile.gettempdir(),  # "-c" puts the working directory first on sys.path
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

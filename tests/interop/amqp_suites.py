@@ -187,8 +187,11 @@ def run_suite(
     log = work / f"{target}-{name}.log"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMQP_URL")}
     env.update(AMQP_URL=url, AMQPS_PORT=str(tls_port), PYTHONDONTWRITEBYTECODE="1")
+    # --tb=native: pytest's own traceback formatting parses the test's source with ast, which
+    # Python 3.11 can abort with "AST constructor recursion depth mismatch" (an INTERNALERROR
+    # that ends the whole run) after a deep-stack failure in aiormq's suite.
     command = [str(work / "venv" / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider",
-               "-q", "-o", "log_cli=false", "-W", "ignore::DeprecationWarning",
+               "-q", "--tb=native", "-o", "log_cli=false", "-W", "ignore::DeprecationWarning",
                f"--timeout={args.timeout}", f"--junitxml={xml}", "tests"]  # fmt: skip
     started = time.monotonic()
     with open(log, "w") as out:
