@@ -254,10 +254,11 @@ def run_targets(
     table: dict[str, dict[str, dict[str, str]]] = {}
     for target in targets:
         if target == "mqkit":
+            # cwd: "-c" puts the working directory first on sys.path
             probe = subprocess.run(
                 [args.python, "-c", "import importlib.util as u; "
                  "print(u.find_spec('mqkit.protocols.amqp') is not None)"],
-                capture_output=True, text=True, check=False,
+                capture_output=True, text=True, check=False, cwd=tempfile.gettempdir(),
             )  # fmt: skip
             if probe.stdout.strip() != "True":
                 print("mqkit: no mqkit.protocols.amqp in this mqkit: not run", flush=True)
