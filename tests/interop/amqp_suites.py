@@ -19,11 +19,13 @@ off. Then, per target, a fresh server is started for each suite:
 - ``mqkit``: mqkit's AMQP gateway (``Broker(Config(enable_amqp=True))``) run by ``--python``
   (default: this interpreter), only where that Python has ``mqkit.protocols.amqp``.
 
-Each suite runs with pytest (``--timeout`` seconds per test, the whole run bounded by
-``--suite-timeout``); the script prints passed/failed/errors/skipped per suite and target,
-the tests RabbitMQ passes and mqkit does not, and checks the floors: ``--floors FILE`` (JSON,
-``{"mqkit": {"aiormq": N, "aio-pika": M}, "rabbitmq": {...}}``) holds the least number of
-passed tests each target must reach. It exits 1 when a target ran and passed fewer tests than
+Each suite runs with pytest (``--timeout`` seconds per test, 30 by default: RabbitMQ's slowest
+test takes 8; the whole run is bounded by ``--suite-timeout``, after which pytest is
+interrupted; without its JUnit file the results are read from its ``-v`` output). The script
+prints passed/failed/errors/skipped per suite and target, the tests RabbitMQ passes and mqkit
+does not, and checks the floors: ``--floors FILE`` (JSON, ``{"mqkit": {"aiormq": N,
+"aio-pika": M}, "rabbitmq": {...}}``) holds the least number of passed tests each target must
+reach. It exits 1 when a target ran and passed fewer tests than
 its floor, 0 otherwise - mqkit's failures above its floor are reported, not fatal.
 """
 
@@ -33,7 +35,9 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -153,6 +157,28 @@ def prepare(work: Path) -> dict[str, Path]:
     return dirs
 
 
+VERBOSE = re.compile(r"^(tests/\S+\.py)::(\S.*?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+"""A result line of ``pytest -v``: path, test name, outcome."""
+OUTCOMES = {"PASSED": "pass", "XPASS": "pass", "FAILED": "FAIL", "ERROR": "ERROR"}
+
+
+def results_from_log(path: Path) -> dict[str, str]:
+    """``{test id: ...}`` from ``pytest -v`` output: what ran before a run was cut short."""
+    out: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        found = VERBOSE.match(line)
+        if found:
+            module = found[1].removesuffix(".py").replace("/", ".")
+            test = found[2]
+            if "::" in test:  # a test method: Class::method
+                cls, test = test.rsplit("::", 1)
+                module = f"{module}.{cls}"
+            outcome = OUTCOMES.get(found[3], "skip")
+            if out.get(f"{module}::{test}") != "ERROR":  # an error at teardown stays an error
+                out[f"{module}::{test}"] = outcome
+    return out
+
+
 def results(path: Path) -> dict[str, str]:
     """``{test id: pass|FAIL|ERROR|skip}`` from a JUnit XML file (empty if there is none)."""
     try:
@@ -191,16 +217,24 @@ def run_suite(
     # Python 3.11 can abort with "AST constructor recursion depth mismatch" (an INTERNALERROR
     # that ends the whole run) after a deep-stack failure in aiormq's suite.
     command = [str(work / "venv" / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider",
-               "-q", "--tb=native", "-o", "log_cli=false", "-W", "ignore::DeprecationWarning",
+               "-v", "--tb=native", "-o", "log_cli=false", "-W", "ignore::DeprecationWarning",
                f"--timeout={args.timeout}", f"--junitxml={xml}", "tests"]  # fmt: skip
     started = time.monotonic()
     with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            subprocess.run(command, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT,
-                           timeout=args.suite_timeout, check=False)  # fmt: skip
+            proc.wait(timeout=args.suite_timeout)
         except subprocess.TimeoutExpired:
+            # SIGINT: pytest stops as after Ctrl-C and writes its JUnit file - unless a hung
+            # test ignores it; then what ran is read from the -v output
             print(f"  {name} against {target}: stopped after {args.suite_timeout} s", flush=True)
-    got = results(xml)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    got = results(xml) or results_from_log(log)
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
     print(f"  {name} against {target}: {tail[0]} ({time.monotonic() - started:.0f} s)", flush=True)
     return got
@@ -226,7 +260,7 @@ def main() -> int:
     parser.add_argument(
         "--work", type=Path, help="scratch directory, kept (default: a new one, removed at the end)"
     )
-    parser.add_argument("--timeout", type=int, default=60, help="seconds per test")
+    parser.add_argument("--timeout", type=int, default=30, help="seconds per test")
     parser.add_argument("--suite-timeout", type=int, default=900, help="seconds per suite run")
     parser.add_argument("--floors", type=Path, help="JSON file of least passed counts")
     parser.add_argument("--json", type=Path, help="write every test's result here")
