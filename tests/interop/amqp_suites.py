@@ -261,7 +261,7 @@ def main() -> int:
         "--work", type=Path, help="scratch directory, kept (default: a new one, removed at the end)"
     )
     parser.add_argument("--timeout", type=int, default=30, help="seconds per test")
-    parser.add_argument("--suite-timeout", type=int, default=900, help="seconds per suite run")
+    parser.add_argument("--suite-timeout", type=int, default=600, help="seconds per suite run")
     parser.add_argument("--floors", type=Path, help="JSON file of least passed counts")
     parser.add_argument("--json", type=Path, help="write every test's result here")
     args = parser.parse_args()
