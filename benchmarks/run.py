@@ -6,11 +6,12 @@ Run from a clone of the repository (the peers come with the ``bench`` extra)::
 
 Groups: core, cross-thread, asyncio, plugins, durable, ack, memory, scaling (the cases in
 ``cases.py``, timed by ``harness.py``, reported by ``report.py``), mqtt (``bench_mqtt.py``:
-the MQTT gateway against mosquitto, in its own processes) and cluster (``bench_cluster.py``:
-cluster mode against a hand-written redis-py loop on its own redis-server). Without ``--group``
-every group runs; ``--quick`` leaves out mqtt and cluster (CI runs mqtt on its own line).
-Each table is printed in Markdown with the median of interleaved rounds and the ratios; then
-the targets with their verdicts.
+the MQTT gateway against mosquitto, in its own processes), cluster (``bench_cluster.py``:
+cluster mode against a hand-written redis-py loop on its own redis-server) and amqp
+(``bench_amqp.py``: the AMQP gateway against RabbitMQ, the same aio-pika program, confirms on
+and off). Without ``--group`` every group runs; ``--quick`` leaves out mqtt, cluster and amqp
+(CI runs mqtt on its own line). Each table is printed in Markdown with the median of
+interleaved rounds and the ratios; then the targets with their verdicts.
 
 ``--profile "TABLE/CASE"`` runs one case under cProfile instead (``--profile "1 -> 1/mqkit"``)
 and prints where its time goes. Nothing here asserts a speed; the exit code is 1 only when a
@@ -81,6 +82,21 @@ def run_cluster(quick: bool) -> int:
     return proc.returncode
 
 
+def run_amqp(quick: bool) -> int:
+    """Run benchmarks/bench_amqp.py (its own processes) and print its output as a block."""
+    if shutil.which("rabbitmq-server") is None:
+        print("\n**amqp**: rabbitmq-server is not installed; bench_amqp.py measures mqkit alone\n")
+    command = [sys.executable, str(HERE / "bench_amqp.py"), *(["--quick"] if quick else [])]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    print("\n**amqp: the AMQP gateway against RabbitMQ (benchmarks/bench_amqp.py)**\n")
+    print("```text")
+    print(proc.stdout.rstrip())
+    print("```")
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+    return proc.returncode
+
+
 def profile(spec: str, quick: bool, messages: int | None, top: int) -> int:
     """Run one case under cProfile; print its top functions by own time, with their share."""
     timed = cases.suite([g for g in cases.GROUPS if g != "memory"])
@@ -126,8 +142,8 @@ def main() -> int:
         nargs="+",
         action="extend",
         metavar="NAME",
-        choices=[*cases.GROUPS, "mqtt", "cluster"],
-        help=f"run only these groups: {', '.join(cases.GROUPS)}, mqtt, cluster",
+        choices=[*cases.GROUPS, "mqtt", "cluster", "amqp"],
+        help=f"run only these groups: {', '.join(cases.GROUPS)}, mqtt, cluster, amqp",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     parser.add_argument("--chart", type=Path, metavar="FILE", help="draw the PNG chart here")
@@ -139,8 +155,8 @@ def main() -> int:
     if args.profile:
         return profile(args.profile, args.quick, args.messages, args.top)
     rounds = args.rounds or (3 if args.quick else 7)
-    extra = [] if args.quick else ["mqtt", "cluster"]
-    groups = list(dict.fromkeys(args.group or [*cases.GROUPS, *extra]))
+    externals = [] if args.quick else ["mqtt", "cluster", "amqp"]
+    groups = list(dict.fromkeys(args.group or [*cases.GROUPS, *externals]))
     machine = report.machine_info()  # at the start: its load average is the one before the run
     print(header(args, rounds, machine))
     timed = cases.suite([g for g in groups if g in cases.GROUPS and g != "memory"])
@@ -180,6 +196,8 @@ def main() -> int:
         code = run_mqtt(args.quick)
     if "cluster" in groups:
         code = run_cluster(args.quick) or code
+    if "amqp" in groups:
+        code = run_amqp(args.quick) or code
     title = f"mqkit benchmark suite ({'quick' if args.quick else 'full'}), median of {rounds}"
     if args.json:
         data = report.to_json(results, memory, title, machine, scaling)
