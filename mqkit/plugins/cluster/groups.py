@@ -130,6 +130,16 @@ class _Held:
     nacked: bool = False
 
 
+_READ_LINGER = 0.001
+"""Seconds a group reader waits after a read that found only a few new entries."""
+_GATHER = 32
+"""A read that finds fewer new entries than this (and than the buffer's room) waits a little."""
+_LINGER = 0.002
+"""Seconds the settler waits after the first of a few settlings, for more to join them."""
+_BATCH = 256
+"""Settlings that are sent at once, without waiting for more."""
+
+
 class GroupReader:
     """One group subscription: its reader thread and the entries it holds."""
 
@@ -214,8 +224,14 @@ class GroupReader:
                             count=room,
                             block=block_ms,
                         )
+                        got = 0
                         for _key, entries in found or ():
+                            got += len(entries)
                             self.take(client, entries, fresh=True)
+                        if 0 < got < min(room, _GATHER):
+                            # A trickle: let a few more gather than read them one call each (a
+                            # message alone still comes at once; one of a stream waits <= 1 ms).
+                            self.stop.wait(_READ_LINGER)
                 except plugin.failed as exc:
                     if "NOGROUP" in str(exc):  # the stream was deleted: the group starts over
                         log.warning(
@@ -466,12 +482,6 @@ class GroupReader:
             self.waiting.clear()
         for entry in ids:
             self.plugin.settler.put(self, "release", entry)
-
-
-_LINGER = 0.002
-"""Seconds the settler waits after the first of a few settlings, for more to join them."""
-_BATCH = 256
-"""Settlings that are sent at once, without waiting for more."""
 
 
 class Settler:
