@@ -103,6 +103,11 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._out: list[bytes] = []
+        """Frames written in this loop iteration, sent together by :meth:`flush`."""
+        self._flush_due = False
+        self.confirms_due: list[Channel] = []
+        """Channels with publisher acks due (sent before the next frame, ``multiple`` folded)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -213,20 +218,53 @@ class Connection(asyncio.Protocol):
         self.write_raw(PROTOCOL_HEADER)
         self.state = _CLOSED
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     # -- writing -----------------------------------------------------------------------------
 
     def write_raw(self, data: bytes) -> None:
-        """Write bytes (nothing once the transport is closing)."""
+        """Queue bytes to write; what one loop iteration wrote goes out in one ``write``."""
+        self._out.append(data)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush_soon(self) -> None:
+        """Have :meth:`flush` run once this loop iteration's callbacks are done."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the confirms due and the queued frames (nothing once the transport closes)."""
+        self._flush_due = False
+        if self.confirms_due:
+            self.send_confirms()
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
             self.last_write = time.monotonic()
 
     def send(self, channel: int, value: Any) -> None:
-        """Marshal and write one frame."""
+        """Marshal and write one frame (after the publisher acks that are due)."""
+        if self.confirms_due:
+            self.send_confirms()
         self.write_raw(frame.marshal(value, channel))
+
+    def send_confirms(self) -> None:
+        """Write the publisher acks due: one ``basic.ack`` per channel, ``multiple`` when several."""
+        due, self.confirms_due = self.confirms_due, []
+        for channel in due:
+            last, count = channel.ack_due, channel.acks_due
+            channel.ack_due = channel.acks_due = 0
+            if count:
+                self.write_raw(frame.marshal(commands.Basic.Ack(last, count > 1), channel.number))
 
     def send_content(
         self, channel: int, method: Frame, props: commands.Basic.Properties, body: bytes
@@ -263,11 +301,13 @@ class Connection(asyncio.Protocol):
     def _abort(self) -> None:
         """Close the socket once what was written is sent."""
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     def abort(self) -> None:
         """Close the socket now, dropping what is not sent (a client that does not read)."""
         self.state = _CLOSED
+        self._out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -551,6 +591,10 @@ class Channel:
         self.global_prefetch = 0
         self.confirming = False
         self.publish_seq = 0
+        self.ack_due = 0
+        """The last publish sequence number whose ack is due (see ``Connection.send_confirms``)."""
+        self.acks_due = 0
+        """How many acks are due: they cover ``ack_due`` and the numbers just before it."""
         self.tx: list[tuple[Exchange, str, Message, bool]] | None = None
         self.tx_acks: list[Callable[[], None]] = []
         self.content: (
@@ -1145,7 +1189,12 @@ class Channel:
             if refused:
                 self.conn.send(self.number, commands.Basic.Nack(seq))
             else:
-                self.conn.send(self.number, commands.Basic.Ack(seq))
+                if not self.acks_due:
+                    conn = self.conn
+                    conn.confirms_due.append(self)
+                    conn.flush_soon()
+                self.ack_due = seq
+                self.acks_due += 1
 
     # confirms and transactions
 

@@ -75,6 +75,8 @@ TOPIC_VHOST: Final = "/"
 _OTHER_GATEWAYS: Final = ("amqp:", "mqtt:")
 _UNSUPPORTED_ARGS: Final = ("x-max-length-bytes", "x-single-active-consumer")
 """Queue arguments refused (406) rather than silently ignored."""
+DELIVERY_BATCH: Final = 256
+"""Most messages a queue hands to its consumers before the loop writes them out."""
 MEMORY_CHECK_SECONDS: Final = 0.25
 """How often the memory watermarks are checked (with ``max_memory_usage`` set)."""
 
@@ -734,11 +736,23 @@ class Server:
                 queue.held = None
                 if message is None:
                     message = await sub.aget()
-                consumer = self._ready(queue)
-                if consumer is None:
+                # What is buffered goes out without an await per message, up to a batch:
+                # the connections then write it (one write each) before the next batch.
+                for _ in range(DELIVERY_BATCH):
+                    consumer = self._ready(queue)
+                    if consumer is None:
+                        queue.held = message
+                        break
+                    consumer.channel.deliver(consumer, message)
+                    if queue.deleted:
+                        break
+                    try:
+                        message = sub.get_nowait()
+                    except TimeoutError:
+                        break
+                else:
                     queue.held = message
-                    continue
-                consumer.channel.deliver(consumer, message)
+                    await asyncio.sleep(0)
         except SubscriptionClosedError:
             pass
         except asyncio.CancelledError:
