@@ -23,6 +23,13 @@ from pamqp import commands, decode, exceptions, frame, header, heartbeat
 from pamqp.base import Frame
 
 from mqkit.core.message import Message
+from mqkit.protocols.amqp.frames import (
+    content_frames,
+    deliver_frame,
+    read_ack,
+    read_header,
+    read_publish,
+)
 from mqkit.protocols.amqp.mapping import message_from_publish, properties_of
 from mqkit.protocols.amqp.model import (
     ACCESS_REFUSED,
@@ -166,6 +173,8 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         buf = self.buffer
+        pos = 0
+        view = memoryview(buf)
         try:
             while not self.busy and self.state != _CLOSED:
                 if self.state == _START:
@@ -176,22 +185,32 @@ class Connection(asyncio.Protocol):
                     if bytes(buf[:8]) != PROTOCOL_HEADER:
                         self._bad_header()
                         return
-                    del buf[:8]
+                    pos = 8
                     self._start()
                     continue
-                if len(buf) < 7:
+                if len(buf) - pos < 7:
                     return
-                kind, channel, size = _HEADER.unpack_from(buf)
+                kind, channel, size = _HEADER.unpack_from(buf, pos)
                 if size > self.frame_max - 8 and self.state >= _OPEN:
                     raise AMQPError(FRAME_ERROR, f"frame of {size} bytes exceeds frame-max", True)
-                if len(buf) < size + 8:
+                end = pos + size + 7
+                if len(buf) <= end:
                     return
-                if buf[size + 7] != FRAME_END:
+                if buf[end] != FRAME_END:
                     raise AMQPError(FRAME_ERROR, "frame does not end with 0xCE", True)
-                raw = bytes(buf[: size + 8])
-                del buf[: size + 8]
+                payload = view[pos + 7 : end].tobytes()
+                start, pos = pos, end + 1
+                value: Any = None
                 try:
-                    _, _, value = frame.unmarshal(raw)
+                    if self.state == _OPEN_DONE:  # the hot frames, without pamqp's dispatch
+                        if kind == 3:
+                            value = pbody.ContentBody(payload)
+                        elif kind == 1:
+                            value = read_publish(payload) or read_ack(payload)
+                        elif kind == 2:
+                            value = read_header(payload)
+                    if value is None:
+                        _, _, value = frame.unmarshal(view[start:pos].tobytes())
                 except (
                     exceptions.UnmarshalingException,
                     ValueError,
@@ -206,13 +225,14 @@ class Connection(asyncio.Protocol):
                     raise AMQPError(code, f"malformed frame: {exc}", True) from None
                 self._frame(channel, value)
         except AMQPError as exc:
-            if exc.connection:
-                self.close_with(exc.code, exc.text)
-            else:  # pragma: no cover - channel errors are raised inside channels
-                self.close_with(exc.code, exc.text)
+            self.close_with(exc.code, exc.text)
         except Exception as exc:  # a defect: close this connection, keep the server up
             log.exception("amqp: connection %s failed", self.peer)
             self.close_with(541, f"INTERNAL_ERROR - {type(exc).__name__}")
+        finally:
+            view.release()
+            if pos:
+                del buf[:pos]
 
     def _bad_header(self) -> None:
         self.write_raw(PROTOCOL_HEADER)
@@ -258,7 +278,7 @@ class Connection(asyncio.Protocol):
         self.write_raw(frame.marshal(value, channel))
 
     def send_confirms(self) -> None:
-        """Write the publisher acks due: one ``basic.ack`` per channel, ``multiple`` when several."""
+        """Write the publisher acks due: a ``basic.ack`` per channel, ``multiple`` for several."""
         due, self.confirms_due = self.confirms_due, []
         for channel in due:
             last, count = channel.ack_due, channel.acks_due
@@ -270,14 +290,9 @@ class Connection(asyncio.Protocol):
         self, channel: int, method: Frame, props: commands.Basic.Properties, body: bytes
     ) -> None:
         """Write a method with content (header and body frames, split at frame-max)."""
-        parts = [
-            frame.marshal(method, channel),
-            frame.marshal(header.ContentHeader(0, len(body), props), channel),
-        ]
-        step = self.frame_max - 8
-        for start in range(0, len(body), step):
-            parts.append(frame.marshal(pbody.ContentBody(body[start : start + step]), channel))
-        self.write_raw(b"".join(parts))
+        self.write_raw(
+            frame.marshal(method, channel) + content_frames(channel, props, body, self.frame_max)
+        )
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -701,19 +716,23 @@ class Channel:
         self.next_tag += 1
         meta = message.meta
         props, body = properties_of(message, self.server.broker.clock.now())
-        method = commands.Basic.Deliver(
+        fields = (
             consumer.tag,
             tag,
             message.attempt > 1,
             meta.get("amqp.exchange", "amq.topic"),
             meta.get("amqp.routing_key", message.topic),
         )
+        conn = self.conn
+        head = deliver_frame(self.number, fields)
+        if head is None:  # pamqp marshals (or refuses) what the fast path does not handle
+            head = frame.marshal(commands.Basic.Deliver(*fields), self.number)
         if consumer.no_ack:
             self.server.settle(consumer.queue, message)
         else:
             self.unacked[tag] = (consumer.queue, message, consumer)
             consumer.unacked += 1
-        self.conn.send_content(self.number, method, props, body)
+        conn.write_raw(head + content_frames(self.number, props, body, conn.frame_max))
 
     def consumer_gone(self, consumer: Consumer, notify: bool) -> None:
         """The queue of ``consumer`` was deleted: forget it (basic.cancel if the client wants)."""
