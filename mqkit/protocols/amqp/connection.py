@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import struct
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pamqp import body as pbody
 from pamqp import commands, decode, exceptions, frame, header, heartbeat
+from pamqp import header as pheader
 from pamqp.base import Frame
 
 from mqkit.core.message import Message
@@ -30,7 +32,13 @@ from mqkit.protocols.amqp.frames import (
     read_header,
     read_publish,
 )
-from mqkit.protocols.amqp.mapping import message_from_publish, properties_of
+from mqkit.protocols.amqp.mapping import (
+    K_EXCHANGE,
+    K_IN_PROCESS,
+    message_from_publish,
+    properties_of,
+    publish_meta,
+)
 from mqkit.protocols.amqp.model import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -65,7 +73,9 @@ REPLY_QUEUE: Final = "amq.rabbitmq.reply-to"
 REPLY_PREFIX: Final = REPLY_QUEUE + "."
 FRAME_END: Final = 0xCE
 _HEADER = struct.Struct(">BHI")
+_HEADER_START = struct.Struct(">HHQ")
 _CLOSE_OK_WAIT: Final = 2.0
+_PROPERTIES_KEPT: Final = 256
 
 _START, _START_OK, _TUNE_OK, _OPEN, _OPEN_DONE, _CLOSING, _CLOSED = range(7)
 
@@ -113,6 +123,12 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         """Frames written in this loop iteration, sent together by :meth:`flush`."""
         self._flush_due = False
+        self._header: tuple[bytes, commands.Basic.Properties] | None = None
+        """The property bytes of the last content header pamqp read, and what it read."""
+        self.facts: tuple[commands.Basic.Properties | None, dict[str, str]] = (None, {})
+        """The last properties object published and its ``publish_meta``."""
+        self._properties: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        """Marshalled properties of AMQP-published messages, by their type and meta."""
         self.confirms_due: list[Channel] = []
         """Channels with publisher acks due (sent before the next frame, ``multiple`` folded)."""
 
@@ -208,9 +224,11 @@ class Connection(asyncio.Protocol):
                         elif kind == 1:
                             value = read_publish(payload) or read_ack(payload)
                         elif kind == 2:
-                            value = read_header(payload)
+                            value = read_header(payload) or self._same_header(payload)
                     if value is None:
                         _, _, value = frame.unmarshal(view[start:pos].tobytes())
+                        if kind == 2:
+                            self._header = (payload[12:], value.properties)
                 except (
                     exceptions.UnmarshalingException,
                     ValueError,
@@ -233,6 +251,19 @@ class Connection(asyncio.Protocol):
             view.release()
             if pos:
                 del buf[:pos]
+
+    def _same_header(self, payload: bytes) -> pheader.ContentHeader | None:
+        """A content header with the last one's properties (one shared, read-only object).
+
+        None when the properties differ: pamqp reads them.
+        """
+        last = self._header
+        if last is None or len(payload) < 14 or payload[12:] != last[0]:
+            return None
+        head = pheader.ContentHeader.__new__(pheader.ContentHeader)
+        head.class_id, head.weight, head.body_size = _HEADER_START.unpack_from(payload)
+        head.properties = last[1]
+        return head
 
     def _bad_header(self) -> None:
         self.write_raw(PROTOCOL_HEADER)
@@ -277,6 +308,31 @@ class Connection(asyncio.Protocol):
             self.send_confirms()
         self.write_raw(frame.marshal(value, channel))
 
+    def content_of(self, message: Message) -> tuple[bytes, bytes]:
+        """The marshalled properties and the body AMQP consumers receive ``message`` with.
+
+        The properties of a plain message published over AMQP depend on its type and meta
+        alone: those are marshalled once per connection (a few hundred kept).
+        """
+        meta = message.meta
+        if (
+            message.__class__ is Message
+            and message.data.__class__ is bytes
+            and K_EXCHANGE in meta
+            and K_IN_PROCESS not in meta
+        ):
+            key = (message.type, tuple(meta.items()))
+            cache = self._properties
+            raw = cache.get(key)
+            if raw is None:
+                raw = properties_of(message, self.server.broker.clock.now())[0].marshal()
+                if len(cache) >= _PROPERTIES_KEPT:
+                    cache.clear()
+                cache[key] = raw
+            return raw, message.data
+        props, body = properties_of(message, self.server.broker.clock.now())
+        return props.marshal(), body
+
     def send_confirms(self) -> None:
         """Write the publisher acks due: a ``basic.ack`` per channel, ``multiple`` for several."""
         due, self.confirms_due = self.confirms_due, []
@@ -291,7 +347,8 @@ class Connection(asyncio.Protocol):
     ) -> None:
         """Write a method with content (header and body frames, split at frame-max)."""
         self.write_raw(
-            frame.marshal(method, channel) + content_frames(channel, props, body, self.frame_max)
+            frame.marshal(method, channel)
+            + content_frames(channel, props.marshal(), body, self.frame_max)
         )
 
     # -- closing -----------------------------------------------------------------------------
@@ -715,7 +772,7 @@ class Channel:
         tag = self.next_tag
         self.next_tag += 1
         meta = message.meta
-        props, body = properties_of(message, self.server.broker.clock.now())
+        props, body = self.conn.content_of(message)
         fields = (
             consumer.tag,
             tag,
@@ -1172,11 +1229,17 @@ class Channel:
             if props.reply_to == REPLY_QUEUE:
                 if self.reply_tag is None:
                     raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist")
+                props = copy.copy(props)  # may be shared by the connection's content headers
                 props.reply_to = f"{REPLY_QUEUE}.{self.reply_token}"
         except AMQPError as exc:
             self.close_with(exc.code, exc.text, method)
             return
-        message = message_from_publish(method.exchange, method.routing_key, props, body)
+        conn = self.conn
+        last, facts = conn.facts
+        if props is not last:
+            facts = publish_meta(props)
+            conn.facts = (props, facts)
+        message = message_from_publish(method.exchange, method.routing_key, props, body, facts)
         if self.tx is not None:
             self.tx.append((exchange, method.routing_key, message, method.mandatory))
             return

@@ -96,14 +96,13 @@ def deliver_frame(channel: int, method: tuple[str, int, bool, str, str]) -> byte
     return _FRAME_HEAD.pack(1, channel, len(payload)) + payload + _END
 
 
-def content_frames(
-    channel: int, props: commands.Basic.Properties, body: bytes, frame_max: int
-) -> bytes:
+def content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> bytes:
     """The content header and body frames of a message (split at ``frame_max``).
 
-    The properties are marshalled by pamqp; the frames around them are packed here.
+    ``properties`` are the message's properties as pamqp marshals them
+    (``Basic.Properties.marshal()``); the frames around them are packed here.
     """
-    head = _HEADER_START.pack(60, 0, len(body)) + props.marshal()
+    head = _HEADER_START.pack(60, 0, len(body)) + properties
     parts = [_FRAME_HEAD.pack(2, channel, len(head)), head, _END]
     step = frame_max - 8
     size = len(body)

@@ -540,7 +540,9 @@ class Server:
         With a ``sink`` (a transaction's commit), the in-process publishes are appended to it
         as ``(topic, message)`` instead of made: :meth:`publish_all` makes them together.
         """
-        headers = _headers(message)
+        # Only a headers exchange reads the headers: none is reached from the default one.
+        plain = exchange.name == "" and not exchange.arguments
+        headers = None if plain else _headers(message)
         queues = vhost.route(exchange, routing_key, headers)
         if exchange.name == "amq.topic" and vhost.name == TOPIC_VHOST and routing_key:
             # The broker's topic space: in-process subscribers, MQTT clients and the queues

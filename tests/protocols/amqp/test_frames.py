@@ -80,7 +80,7 @@ def test_content_frames_are_pamqps_bytes(
 ) -> None:
     properties = commands.Basic.Properties(**props)
     expected = _pamqp_content(channel, properties, body, frame_max)
-    assert content_frames(channel, properties, body, frame_max) == expected
+    assert content_frames(channel, properties.marshal(), body, frame_max) == expected
 
 
 @settings(max_examples=300, deadline=None)
