@@ -28,6 +28,7 @@ from mqkit.core.message import Message
 from mqkit.protocols.amqp.frames import (
     content_frames,
     deliver_frame,
+    deliver_parts,
     read_ack,
     read_header,
     read_publish,
@@ -663,6 +664,8 @@ class Channel:
         self.global_prefetch = 0
         self.confirming = False
         self.publish_seq = 0
+        self._delivers: dict[tuple[str, str, str], tuple[bytes, bytes] | None] = {}
+        """``deliver_parts`` by (consumer tag, exchange, routing key)."""
         self.ack_due = 0
         """The last publish sequence number whose ack is due (see ``Connection.send_confirms``)."""
         self.acks_due = 0
@@ -781,9 +784,17 @@ class Channel:
             meta.get("amqp.routing_key", message.topic),
         )
         conn = self.conn
-        head = deliver_frame(self.number, fields)
-        if head is None:  # pamqp marshals (or refuses) what the fast path does not handle
+        key = (consumer.tag, fields[3], fields[4])
+        parts = self._delivers.get(key)
+        if parts is None:
+            parts = deliver_parts(*key)
+            if len(self._delivers) >= _PROPERTIES_KEPT:
+                self._delivers.clear()
+            self._delivers[key] = parts
+        if parts is None or tag >= 1 << 63:  # pamqp marshals (or refuses) the unusual
             head = frame.marshal(commands.Basic.Deliver(*fields), self.number)
+        else:
+            head = deliver_frame(self.number, parts, tag, fields[2])
         if consumer.no_ack:
             self.server.settle(consumer.queue, message)
         else:

@@ -15,7 +15,14 @@ from typing import Final
 from pamqp import commands, constants
 from pamqp import header as pheader
 
-__all__ = ["content_frames", "deliver_frame", "read_ack", "read_header", "read_publish"]
+__all__ = [
+    "content_frames",
+    "deliver_frame",
+    "deliver_parts",
+    "read_ack",
+    "read_header",
+    "read_publish",
+]
 
 _FRAME_HEAD: Final = struct.Struct(">BHI")
 _PUBLISH: Final = b"\x00\x3c\x00\x28"
@@ -79,21 +86,36 @@ def _short(text: str) -> bytes | None:
     return None if len(raw) > 255 else bytes((len(raw),)) + raw
 
 
-def deliver_frame(channel: int, method: tuple[str, int, bool, str, str]) -> bytes | None:
-    """The ``basic.deliver`` frame of ``method``, or None where pamqp must marshal (or refuse) it.
+def deliver_parts(consumer_tag: str, exchange: str, routing_key: str) -> tuple[bytes, bytes] | None:
+    """A ``basic.deliver``'s bytes before and after its delivery tag and redelivered flag.
 
-    ``method`` is (consumer tag, delivery tag, redelivered, exchange, routing key).
+    None where pamqp must marshal (or refuse) the method.
     """
-    consumer_tag, tag, redelivered, exchange, routing_key = method
-    if not 0 <= tag < 1 << 63 or len(exchange) > 127 or not _EXCHANGE_NAME.fullmatch(exchange):
+    if len(exchange) > 127 or not _EXCHANGE_NAME.fullmatch(exchange):
         return None
     ctag, ex, key = _short(consumer_tag), _short(exchange), _short(routing_key)
     if ctag is None or ex is None or key is None:
         return None
-    payload = b"".join(
-        (_DELIVER, ctag, _TAG.pack(tag), b"\x01" if redelivered else b"\x00", ex, key)
+    return _DELIVER + ctag, ex + key
+
+
+def deliver_frame(channel: int, parts: tuple[bytes, bytes], tag: int, redelivered: bool) -> bytes:
+    """The ``basic.deliver`` frame of ``parts`` (:func:`deliver_parts`) and a delivery tag.
+
+    The tag must be below 2**63 (pamqp writes it as a signed long-long).
+    """
+    head, tail = parts
+    size = len(head) + len(tail) + 9
+    return b"".join(
+        (
+            _FRAME_HEAD.pack(1, channel, size),
+            head,
+            _TAG.pack(tag),
+            b"\x01" if redelivered else b"\x00",
+            tail,
+            _END,
+        )
     )
-    return _FRAME_HEAD.pack(1, channel, len(payload)) + payload + _END
 
 
 def content_frames(channel: int, properties: bytes, body: bytes, frame_max: int) -> bytes:
