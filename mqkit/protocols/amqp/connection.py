@@ -187,6 +187,8 @@ class Connection(asyncio.Protocol):
         self.last_read = time.monotonic()
         self.buffer += data
         self._process()
+        if self._flush_due:  # what this read's frames answered goes out now, in one write
+            self.flush()
 
     def _process(self) -> None:
         buf = self.buffer

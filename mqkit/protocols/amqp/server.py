@@ -740,12 +740,15 @@ class Server:
                     message = await sub.aget()
                 # What is buffered goes out without an await per message, up to a batch:
                 # the connections then write it (one write each) before the next batch.
+                written: set[Connection] = set()
                 for _ in range(DELIVERY_BATCH):
                     consumer = self._ready(queue)
                     if consumer is None:
                         queue.held = message
                         break
-                    consumer.channel.deliver(consumer, message)
+                    channel = consumer.channel
+                    written.add(channel.conn)
+                    channel.deliver(consumer, message)
                     if queue.deleted:
                         break
                     try:
@@ -754,6 +757,9 @@ class Server:
                         break
                 else:
                     queue.held = message
+                for conn in written:  # the batch goes out now, not one loop iteration later
+                    conn.flush()
+                if queue.held is not None:
                     await asyncio.sleep(0)
         except SubscriptionClosedError:
             pass
