@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import struct
 import time
@@ -20,10 +21,25 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pamqp import body as pbody
 from pamqp import commands, decode, exceptions, frame, header, heartbeat
+from pamqp import header as pheader
 from pamqp.base import Frame
 
 from mqkit.core.message import Message
-from mqkit.protocols.amqp.mapping import message_from_publish, properties_of
+from mqkit.protocols.amqp.frames import (
+    content_frames,
+    deliver_frame,
+    deliver_parts,
+    read_ack,
+    read_header,
+    read_publish,
+)
+from mqkit.protocols.amqp.mapping import (
+    K_EXCHANGE,
+    K_IN_PROCESS,
+    message_from_publish,
+    properties_of,
+    publish_meta,
+)
 from mqkit.protocols.amqp.model import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -58,7 +74,9 @@ REPLY_QUEUE: Final = "amq.rabbitmq.reply-to"
 REPLY_PREFIX: Final = REPLY_QUEUE + "."
 FRAME_END: Final = 0xCE
 _HEADER = struct.Struct(">BHI")
+_HEADER_START = struct.Struct(">HHQ")
 _CLOSE_OK_WAIT: Final = 2.0
+_PROPERTIES_KEPT: Final = 256
 
 _START, _START_OK, _TUNE_OK, _OPEN, _OPEN_DONE, _CLOSING, _CLOSED = range(7)
 
@@ -103,6 +121,17 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._out: list[bytes] = []
+        """Frames written in this loop iteration, sent together by :meth:`flush`."""
+        self._flush_due = False
+        self._header: tuple[bytes, commands.Basic.Properties] | None = None
+        """The property bytes of the last content header pamqp read, and what it read."""
+        self.facts: tuple[commands.Basic.Properties | None, dict[str, str]] = (None, {})
+        """The last properties object published and its ``publish_meta``."""
+        self._properties: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        """Marshalled properties of AMQP-published messages, by their type and meta."""
+        self.confirms_due: list[Channel] = []
+        """Channels with publisher acks due (sent before the next frame, ``multiple`` folded)."""
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -158,9 +187,13 @@ class Connection(asyncio.Protocol):
         self.last_read = time.monotonic()
         self.buffer += data
         self._process()
+        if self._flush_due:  # what this read's frames answered goes out now, in one write
+            self.flush()
 
     def _process(self) -> None:
         buf = self.buffer
+        pos = 0
+        view = memoryview(buf)
         try:
             while not self.busy and self.state != _CLOSED:
                 if self.state == _START:
@@ -171,22 +204,34 @@ class Connection(asyncio.Protocol):
                     if bytes(buf[:8]) != PROTOCOL_HEADER:
                         self._bad_header()
                         return
-                    del buf[:8]
+                    pos = 8
                     self._start()
                     continue
-                if len(buf) < 7:
+                if len(buf) - pos < 7:
                     return
-                kind, channel, size = _HEADER.unpack_from(buf)
+                kind, channel, size = _HEADER.unpack_from(buf, pos)
                 if size > self.frame_max - 8 and self.state >= _OPEN:
                     raise AMQPError(FRAME_ERROR, f"frame of {size} bytes exceeds frame-max", True)
-                if len(buf) < size + 8:
+                end = pos + size + 7
+                if len(buf) <= end:
                     return
-                if buf[size + 7] != FRAME_END:
+                if buf[end] != FRAME_END:
                     raise AMQPError(FRAME_ERROR, "frame does not end with 0xCE", True)
-                raw = bytes(buf[: size + 8])
-                del buf[: size + 8]
+                payload = view[pos + 7 : end].tobytes()
+                start, pos = pos, end + 1
+                value: Any = None
                 try:
-                    _, _, value = frame.unmarshal(raw)
+                    if self.state == _OPEN_DONE:  # the hot frames, without pamqp's dispatch
+                        if kind == 3:
+                            value = pbody.ContentBody(payload)
+                        elif kind == 1:
+                            value = read_publish(payload) or read_ack(payload)
+                        elif kind == 2:
+                            value = read_header(payload) or self._same_header(payload)
+                    if value is None:
+                        _, _, value = frame.unmarshal(view[start:pos].tobytes())
+                        if kind == 2:
+                            self._header = (payload[12:], value.properties)
                 except (
                     exceptions.UnmarshalingException,
                     ValueError,
@@ -201,45 +246,113 @@ class Connection(asyncio.Protocol):
                     raise AMQPError(code, f"malformed frame: {exc}", True) from None
                 self._frame(channel, value)
         except AMQPError as exc:
-            if exc.connection:
-                self.close_with(exc.code, exc.text)
-            else:  # pragma: no cover - channel errors are raised inside channels
-                self.close_with(exc.code, exc.text)
+            self.close_with(exc.code, exc.text)
         except Exception as exc:  # a defect: close this connection, keep the server up
             log.exception("amqp: connection %s failed", self.peer)
             self.close_with(541, f"INTERNAL_ERROR - {type(exc).__name__}")
+        finally:
+            view.release()
+            if pos:
+                del buf[:pos]
+
+    def _same_header(self, payload: bytes) -> pheader.ContentHeader | None:
+        """A content header with the last one's properties (one shared, read-only object).
+
+        None when the properties differ: pamqp reads them.
+        """
+        last = self._header
+        if last is None or len(payload) < 14 or payload[12:] != last[0]:
+            return None
+        head = pheader.ContentHeader.__new__(pheader.ContentHeader)
+        head.class_id, head.weight, head.body_size = _HEADER_START.unpack_from(payload)
+        head.properties = last[1]
+        return head
 
     def _bad_header(self) -> None:
         self.write_raw(PROTOCOL_HEADER)
         self.state = _CLOSED
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     # -- writing -----------------------------------------------------------------------------
 
     def write_raw(self, data: bytes) -> None:
-        """Write bytes (nothing once the transport is closing)."""
+        """Queue bytes to write; what one loop iteration wrote goes out in one ``write``."""
+        self._out.append(data)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush_soon(self) -> None:
+        """Have :meth:`flush` run once this loop iteration's callbacks are done."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the confirms due and the queued frames (nothing once the transport closes)."""
+        self._flush_due = False
+        if self.confirms_due:
+            self.send_confirms()
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
             self.last_write = time.monotonic()
 
     def send(self, channel: int, value: Any) -> None:
-        """Marshal and write one frame."""
+        """Marshal and write one frame (after the publisher acks that are due)."""
+        if self.confirms_due:
+            self.send_confirms()
         self.write_raw(frame.marshal(value, channel))
+
+    def content_of(self, message: Message) -> tuple[bytes, bytes]:
+        """The marshalled properties and the body AMQP consumers receive ``message`` with.
+
+        The properties of a plain message published over AMQP depend on its type and meta
+        alone: those are marshalled once per connection (a few hundred kept).
+        """
+        meta = message.meta
+        if (
+            message.__class__ is Message
+            and message.data.__class__ is bytes
+            and K_EXCHANGE in meta
+            and K_IN_PROCESS not in meta
+        ):
+            key = (message.type, tuple(meta.items()))
+            cache = self._properties
+            raw = cache.get(key)
+            if raw is None:
+                raw = properties_of(message, self.server.broker.clock.now())[0].marshal()
+                if len(cache) >= _PROPERTIES_KEPT:
+                    cache.clear()
+                cache[key] = raw
+            return raw, message.data
+        props, body = properties_of(message, self.server.broker.clock.now())
+        return props.marshal(), body
+
+    def send_confirms(self) -> None:
+        """Write the publisher acks due: a ``basic.ack`` per channel, ``multiple`` for several."""
+        due, self.confirms_due = self.confirms_due, []
+        for channel in due:
+            last, count = channel.ack_due, channel.acks_due
+            channel.ack_due = channel.acks_due = 0
+            if count:
+                self.write_raw(frame.marshal(commands.Basic.Ack(last, count > 1), channel.number))
 
     def send_content(
         self, channel: int, method: Frame, props: commands.Basic.Properties, body: bytes
     ) -> None:
         """Write a method with content (header and body frames, split at frame-max)."""
-        parts = [
-            frame.marshal(method, channel),
-            frame.marshal(header.ContentHeader(0, len(body), props), channel),
-        ]
-        step = self.frame_max - 8
-        for start in range(0, len(body), step):
-            parts.append(frame.marshal(pbody.ContentBody(body[start : start + step]), channel))
-        self.write_raw(b"".join(parts))
+        self.write_raw(
+            frame.marshal(method, channel)
+            + content_frames(channel, props.marshal(), body, self.frame_max)
+        )
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -263,11 +376,13 @@ class Connection(asyncio.Protocol):
     def _abort(self) -> None:
         """Close the socket once what was written is sent."""
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     def abort(self) -> None:
         """Close the socket now, dropping what is not sent (a client that does not read)."""
         self.state = _CLOSED
+        self._out.clear()
         if self.transport is not None:
             self.transport.abort()
 
@@ -551,6 +666,12 @@ class Channel:
         self.global_prefetch = 0
         self.confirming = False
         self.publish_seq = 0
+        self._delivers: dict[tuple[str, str, str], tuple[bytes, bytes] | None] = {}
+        """``deliver_parts`` by (consumer tag, exchange, routing key)."""
+        self.ack_due = 0
+        """The last publish sequence number whose ack is due (see ``Connection.send_confirms``)."""
+        self.acks_due = 0
+        """How many acks are due: they cover ``ack_due`` and the numbers just before it."""
         self.tx: list[tuple[Exchange, str, Message, bool]] | None = None
         self.tx_acks: list[Callable[[], None]] = []
         self.content: (
@@ -656,20 +777,32 @@ class Channel:
         tag = self.next_tag
         self.next_tag += 1
         meta = message.meta
-        props, body = properties_of(message, self.server.broker.clock.now())
-        method = commands.Basic.Deliver(
+        props, body = self.conn.content_of(message)
+        fields = (
             consumer.tag,
             tag,
             message.attempt > 1,
             meta.get("amqp.exchange", "amq.topic"),
             meta.get("amqp.routing_key", message.topic),
         )
+        conn = self.conn
+        key = (consumer.tag, fields[3], fields[4])
+        parts = self._delivers.get(key)
+        if parts is None:
+            parts = deliver_parts(*key)
+            if len(self._delivers) >= _PROPERTIES_KEPT:
+                self._delivers.clear()
+            self._delivers[key] = parts
+        if parts is None or tag >= 1 << 63:  # pamqp marshals (or refuses) the unusual
+            head = frame.marshal(commands.Basic.Deliver(*fields), self.number)
+        else:
+            head = deliver_frame(self.number, parts, tag, fields[2])
         if consumer.no_ack:
             self.server.settle(consumer.queue, message)
         else:
             self.unacked[tag] = (consumer.queue, message, consumer)
             consumer.unacked += 1
-        self.conn.send_content(self.number, method, props, body)
+        conn.write_raw(head + content_frames(self.number, props, body, conn.frame_max))
 
     def consumer_gone(self, consumer: Consumer, notify: bool) -> None:
         """The queue of ``consumer`` was deleted: forget it (basic.cancel if the client wants)."""
@@ -1109,11 +1242,17 @@ class Channel:
             if props.reply_to == REPLY_QUEUE:
                 if self.reply_tag is None:
                     raise AMQPError(PRECONDITION_FAILED, "fast reply consumer does not exist")
+                props = copy.copy(props)  # may be shared by the connection's content headers
                 props.reply_to = f"{REPLY_QUEUE}.{self.reply_token}"
         except AMQPError as exc:
             self.close_with(exc.code, exc.text, method)
             return
-        message = message_from_publish(method.exchange, method.routing_key, props, body)
+        conn = self.conn
+        last, facts = conn.facts
+        if props is not last:
+            facts = publish_meta(props)
+            conn.facts = (props, facts)
+        message = message_from_publish(method.exchange, method.routing_key, props, body, facts)
         if self.tx is not None:
             self.tx.append((exchange, method.routing_key, message, method.mandatory))
             return
@@ -1145,7 +1284,12 @@ class Channel:
             if refused:
                 self.conn.send(self.number, commands.Basic.Nack(seq))
             else:
-                self.conn.send(self.number, commands.Basic.Ack(seq))
+                if not self.acks_due:
+                    conn = self.conn
+                    conn.confirms_due.append(self)
+                    conn.flush_soon()
+                self.ack_due = seq
+                self.acks_due += 1
 
     # confirms and transactions
 

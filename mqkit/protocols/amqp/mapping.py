@@ -53,7 +53,14 @@ from pamqp import commands
 from mqkit.core.message import Message, PriorityMessage, PriorityTTLMessage, TTLMessage
 from mqkit.plugins.persistence.serializer import encode_payload, to_json
 
-__all__ = ["META_PREFIX", "body_of", "message_from_publish", "properties_of", "with_queue_rules"]
+__all__ = [
+    "META_PREFIX",
+    "body_of",
+    "message_from_publish",
+    "properties_of",
+    "publish_meta",
+    "with_queue_rules",
+]
 
 META_PREFIX: Final = "amqp."
 K_EXCHANGE: Final = "amqp.exchange"
@@ -97,10 +104,25 @@ def jsonable(value: Any) -> Any:
 
 
 def message_from_publish(
-    exchange: str, routing_key: str, props: commands.Basic.Properties, body: bytes
+    exchange: str,
+    routing_key: str,
+    props: commands.Basic.Properties,
+    body: bytes,
+    facts: Mapping[str, str] | None = None,
 ) -> Message:
-    """The mqkit message of an AMQP publication (see the module docstring)."""
+    """The mqkit message of an AMQP publication (see the module docstring).
+
+    ``facts`` is ``publish_meta(props)`` when the caller has it already.
+    """
     meta: dict[str, str] = {K_EXCHANGE: exchange, K_ROUTING_KEY: routing_key}
+    meta.update(publish_meta(props) if facts is None else facts)
+    message_id = props.message_id or f"{_ID_PREFIX}{next(_ids)}"
+    return Message(message_id, body, type=props.message_type or "", meta=meta)
+
+
+def publish_meta(props: commands.Basic.Properties) -> dict[str, str]:
+    """The ``meta`` entries of AMQP properties (all but exchange and routing key)."""
+    meta: dict[str, str] = {}
     for attr, key in _SIMPLE:
         value = getattr(props, attr)
         if value is not None:
@@ -119,8 +141,7 @@ def message_from_publish(
             meta.update({k: str(v) for k, v in headers.items()})
         else:
             meta[K_HEADERS] = json.dumps(jsonable(headers), separators=(",", ":"))
-    message_id = props.message_id or f"{_ID_PREFIX}{next(_ids)}"
-    return Message(message_id, body, type=props.message_type or "", meta=meta)
+    return meta
 
 
 def expiration_seconds(text: str | None) -> float | None:

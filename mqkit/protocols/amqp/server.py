@@ -75,6 +75,8 @@ TOPIC_VHOST: Final = "/"
 _OTHER_GATEWAYS: Final = ("amqp:", "mqtt:")
 _UNSUPPORTED_ARGS: Final = ("x-max-length-bytes", "x-single-active-consumer")
 """Queue arguments refused (406) rather than silently ignored."""
+DELIVERY_BATCH: Final = 256
+"""Most messages a queue hands to its consumers before the loop writes them out."""
 MEMORY_CHECK_SECONDS: Final = 0.25
 """How often the memory watermarks are checked (with ``max_memory_usage`` set)."""
 
@@ -538,7 +540,9 @@ class Server:
         With a ``sink`` (a transaction's commit), the in-process publishes are appended to it
         as ``(topic, message)`` instead of made: :meth:`publish_all` makes them together.
         """
-        headers = _headers(message)
+        # Only a headers exchange reads the headers: none is reached from the default one.
+        plain = exchange.name == "" and not exchange.arguments
+        headers = None if plain else _headers(message)
         queues = vhost.route(exchange, routing_key, headers)
         if exchange.name == "amq.topic" and vhost.name == TOPIC_VHOST and routing_key:
             # The broker's topic space: in-process subscribers, MQTT clients and the queues
@@ -734,11 +738,29 @@ class Server:
                 queue.held = None
                 if message is None:
                     message = await sub.aget()
-                consumer = self._ready(queue)
-                if consumer is None:
+                # What is buffered goes out without an await per message, up to a batch:
+                # the connections then write it (one write each) before the next batch.
+                written: set[Connection] = set()
+                for _ in range(DELIVERY_BATCH):
+                    consumer = self._ready(queue)
+                    if consumer is None:
+                        queue.held = message
+                        break
+                    channel = consumer.channel
+                    written.add(channel.conn)
+                    channel.deliver(consumer, message)
+                    if queue.deleted:
+                        break
+                    try:
+                        message = sub.get_nowait()
+                    except TimeoutError:
+                        break
+                else:
                     queue.held = message
-                    continue
-                consumer.channel.deliver(consumer, message)
+                for conn in written:  # the batch goes out now, not one loop iteration later
+                    conn.flush()
+                if queue.held is not None:
+                    await asyncio.sleep(0)
         except SubscriptionClosedError:
             pass
         except asyncio.CancelledError:

@@ -293,3 +293,30 @@ def test_direct_reply_to_needs_the_reply_consumer(ch: BlockingChannel) -> None:
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
         ch.queue_declare("rpc", passive=True)
     assert info.value.reply_code == 406
+
+
+def test_each_message_keeps_its_own_properties_in_a_run_of_publishes(
+    conn: pika.BlockingConnection,
+) -> None:
+    # The gateway reads repeated properties once and marshals them once per connection:
+    # runs of equal, different and direct reply-to properties must each come out as sent.
+    ch = conn.channel()
+    ch.queue_declare("runs")
+    ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, b: None, auto_ack=True)
+    a = pika.BasicProperties(content_type="a", headers={"k": "1"}, delivery_mode=1)
+    b = pika.BasicProperties(content_type="b", priority=4, correlation_id="x")
+    r = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="x")
+    plan = [a, a, b, r, r, a, pika.BasicProperties(), b, r, a]
+    for i, props in enumerate(plan):
+        ch.basic_publish("", "runs", str(i).encode(), props)
+    got = take(ch, "runs", len(plan), auto_ack=True)
+    assert [body for _, _, body in got] == [str(i).encode() for i in range(len(plan))]
+    for (_, props, _), sent in zip(got, plan, strict=True):
+        assert props.content_type == sent.content_type
+        assert props.headers == sent.headers
+        assert props.priority == sent.priority
+        assert props.correlation_id == sent.correlation_id
+        if sent.reply_to:
+            assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
+        else:
+            assert props.reply_to is None

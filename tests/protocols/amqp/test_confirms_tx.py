@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -27,8 +28,55 @@ def test_confirms_ack_each_publish_in_order(mqkit_amqp: AMQPServer) -> None:
             pframe.marshal(commands.Basic.Publish(routing_key=routing_key), 1)
             + pframe.marshal(pheader.ContentHeader(0, 0, commands.Basic.Properties()), 1)
         )
-    tags = [raw.expect(commands.Basic.Ack).delivery_tag for _ in range(3)]
-    assert tags == [1, 2, 3]  # an unroutable message is confirmed too, as by RabbitMQ
+    # an unroutable message is confirmed too, as by RabbitMQ
+    assert _confirmed(raw, 3) == [1, 2, 3]
+
+
+def _confirmed(raw: Raw, last: int) -> list[int]:
+    """The sequence numbers the basic.acks read until ``last`` cover, in order."""
+    covered: list[int] = []
+    while not covered or covered[-1] < last:
+        ack = raw.expect(commands.Basic.Ack)
+        start = covered[-1] + 1 if ack.multiple and covered else ack.delivery_tag
+        if ack.multiple and not covered:
+            start = 1
+        covered.extend(range(start, ack.delivery_tag + 1))
+    return covered
+
+
+def test_confirms_due_together_are_one_multiple_ack(mqkit_amqp: AMQPServer) -> None:
+    raw = Raw(mqkit_amqp)
+    raw.handshake()
+    raw.send_frame(commands.Confirm.Select(), 1)
+    raw.expect(commands.Confirm.SelectOk)
+    raw.send_frame(commands.Queue.Declare(queue="m"), 1)
+    raw.expect(commands.Queue.DeclareOk)
+    publish = pframe.marshal(commands.Basic.Publish(routing_key="m"), 1) + pframe.marshal(
+        pheader.ContentHeader(0, 0, commands.Basic.Properties()), 1
+    )
+    raw.send(publish * 50)  # one write: the server reads them in one go and acks them together
+    acks: list[Any] = []
+    while not acks or acks[-1].delivery_tag < 50:
+        acks.append(raw.expect(commands.Basic.Ack))
+    assert [a.delivery_tag for a in acks] == sorted({a.delivery_tag for a in acks})
+    assert len(acks) < 50
+    assert any(a.multiple for a in acks)
+    # a nack is never folded into an ack: a refused publish is nacked on its own, in order
+    raw.send_frame(
+        commands.Queue.Declare(
+            queue="full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        ),
+        1,
+    )
+    raw.expect(commands.Queue.DeclareOk)
+    full = pframe.marshal(commands.Basic.Publish(routing_key="full"), 1) + pframe.marshal(
+        pheader.ContentHeader(0, 0, commands.Basic.Properties()), 1
+    )
+    raw.send(full * 3)
+    first = raw.expect(commands.Basic.Ack)
+    assert (first.delivery_tag, first.multiple) == (51, False)
+    nacks = [raw.expect(commands.Basic.Nack) for _ in range(2)]
+    assert [(n.delivery_tag, n.multiple) for n in nacks] == [(52, False), (53, False)]
 
 
 def test_pika_confirm_delivery_and_mandatory(mqkit_amqp: AMQPServer) -> None:
