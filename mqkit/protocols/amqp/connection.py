@@ -31,7 +31,6 @@ from mqkit.protocols.amqp.model import (
     CONNECTION_FORCED,
     EXCHANGE_TYPES,
     FRAME_ERROR,
-    INVALID_PATH,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -509,7 +508,7 @@ class Connection(asyncio.Protocol):
     def _open(self, method: commands.Connection.Open) -> None:
         vhost = self.server.vhosts.get(method.virtual_host)
         if vhost is None:
-            self.close_with(INVALID_PATH, f"NOT_ALLOWED - vhost {method.virtual_host} not found")
+            self.close_with(NOT_ALLOWED, f"NOT_ALLOWED - vhost {method.virtual_host} not found")
             return
         permissions = self.server.permissions
         if permissions is not None and not permissions.may_open(self.username, vhost.name):
@@ -630,8 +629,7 @@ class Channel:
             self.reply_tag = None
             self.server.reply_channels.pop(self.reply_token, None)
         unacked, self.unacked = self.unacked, {}
-        for _, (queue, message, _consumer) in sorted(unacked.items(), reverse=True):
-            self.server.requeue(queue, message)
+        self.server.requeue_all([(q, m) for _, (q, m, _c) in sorted(unacked.items())])
         self.content = None
 
     def wake_queues(self) -> None:
@@ -1044,8 +1042,7 @@ class Channel:
     def _reject(self, tag: int, multiple: bool, requeue: bool) -> None:
         settled = self._settle(tag, multiple, "reject")
         if requeue:
-            for queue, message in reversed(settled):
-                self.server.requeue(queue, message)
+            self.server.requeue_all(settled)
         else:
             for queue, message in settled:
                 self.server.settle(queue, message)
@@ -1059,19 +1056,19 @@ class Channel:
 
     def _basic_recover(self, m: commands.Basic.Recover) -> None:
         unacked, self.unacked = self.unacked, {}
-        for _, (queue, message, consumer) in sorted(unacked.items(), reverse=True):
+        for _, (_queue, _message, consumer) in unacked.items():
             if consumer is not None:
                 consumer.unacked -= 1
-            self.server.requeue(queue, message)
+        self.server.requeue_all([(q, m) for _, (q, m, _c) in sorted(unacked.items())])
         self.conn.send(self.number, commands.Basic.RecoverOk())
         self.wake_queues()
 
     def _basic_recover_async(self, m: commands.Basic.RecoverAsync) -> None:
         unacked, self.unacked = self.unacked, {}
-        for _, (queue, message, consumer) in sorted(unacked.items(), reverse=True):
+        for _, (_queue, _message, consumer) in unacked.items():
             if consumer is not None:
                 consumer.unacked -= 1
-            self.server.requeue(queue, message)
+        self.server.requeue_all([(q, m) for _, (q, m, _c) in sorted(unacked.items())])
         self.wake_queues()
 
     def _basic_publish(self, m: commands.Basic.Publish) -> None:

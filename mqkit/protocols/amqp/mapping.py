@@ -123,6 +123,15 @@ def message_from_publish(
     return Message(message_id, body, type=props.message_type or "", meta=meta)
 
 
+def _death_times(deaths: Any) -> None:
+    """The ``time`` of each ``x-death`` entry as a timestamp again (JSON kept its seconds)."""
+    if isinstance(deaths, list):
+        for death in deaths:
+            if isinstance(death, dict) and isinstance(death.get("time"), int):
+                with contextlib.suppress(ValueError, OverflowError, OSError):
+                    death["time"] = datetime.fromtimestamp(death["time"], UTC)
+
+
 def expiration_seconds(text: str | None) -> float | None:
     """The seconds of an ``expiration`` property, None when absent; ``ValueError`` when bad."""
     if text is None:
@@ -207,6 +216,8 @@ def properties_of(message: Message, now: datetime) -> tuple[commands.Basic.Prope
             table = json.loads(meta[K_HEADERS])
             if isinstance(table, dict):
                 headers.update(table)
+                if "x-death" in table:
+                    _death_times(table["x-death"])
         except ValueError:
             pass
     for key, value in meta.items():
