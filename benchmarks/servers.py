@@ -378,7 +378,10 @@ for sig in (signal.SIGINT, signal.SIGTERM):
 settings = {}
 if len(sys.argv) == 4:  # certificate, key, CA: the TLS listener on a free port
     cert, key, ca = sys.argv[1:]
-    settings["amqp"] = {"tls_cert": cert, "tls_key": key, "tls_ca": ca, "tls_port": 0}
+    settings["amqp"] = {
+        "tls_cert": cert, "tls_key": key, "tls_ca": ca, "tls_port": 0,
+        "tls_fail_if_no_peer_cert": False,
+    }
 config = mqkit.Config(
     enable_amqp=True, amqp_host="127.0.0.1", amqp_port=0, settings=settings
 )
@@ -396,8 +399,9 @@ class MqkitAMQPServer:
     ``python`` is the interpreter to run (default: this one); the child inherits the
     environment (``PYTHONPATH`` included). ``start()`` returns once it accepts AMQP. With
     ``tls`` (certificate, key and CA certificate files, as for :class:`RabbitMQNode`) the
-    gateway also listens for AMQPS on :attr:`tls_port` (``[amqp] tls_*``, a free port), and
-    clients must present a certificate signed by that CA, as RabbitMQ's ``verify_peer`` asks.
+    gateway also listens for AMQPS on :attr:`tls_port` (``[amqp] tls_*``, a free port) and, as
+    :class:`RabbitMQNode` (``verify_peer``, ``fail_if_no_peer_cert = false``), verifies a
+    client certificate against that CA when one is presented.
     """
 
     def __init__(
