@@ -839,7 +839,8 @@ class Channel:
         self._may("configure", name, "queue")
         found = vhost.queues.get(name)
         if found is not None:
-            server.queue(vhost, name, self.conn)  # 405 for another's exclusive queue
+            # 405 for another's exclusive queue, or another exclusivity
+            server.queue(vhost, name, self.conn, exclusive=m.exclusive)
             if found.durable != m.durable:
                 raise AMQPError(
                     PRECONDITION_FAILED,

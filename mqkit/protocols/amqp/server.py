@@ -444,12 +444,20 @@ class Server:
         self.bind(vhost, vhost.exchanges[""], name, False, name, {})
         return queue
 
-    def queue(self, vhost: VHost, name: str, conn: Connection | None) -> Queue:
-        """The queue ``name`` (404 when none; 405 when another connection's exclusive one)."""
+    def queue(
+        self, vhost: VHost, name: str, conn: Connection | None, *, exclusive: bool | None = None
+    ) -> Queue:
+        """The queue ``name`` (404 when none; 405 when another connection's exclusive one).
+
+        With ``exclusive`` (a redeclaration), RabbitMQ's strict check: 405 also when the
+        queue's exclusivity is not that (the owner redeclaring it non-exclusive, say).
+        """
         found = vhost.queues.get(name)
         if found is None:
             raise AMQPError(NOT_FOUND, f"no queue '{name}' in vhost '{vhost.name}'")
-        if found.exclusive is not None and found.exclusive is not conn:
+        if (found.exclusive is not None and found.exclusive is not conn) or (
+            exclusive is not None and exclusive != (found.exclusive is not None)
+        ):
             raise AMQPError(
                 RESOURCE_LOCKED,
                 f"cannot obtain exclusive access to locked queue '{name}' in vhost "

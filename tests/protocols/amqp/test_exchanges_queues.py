@@ -208,6 +208,12 @@ def test_queue_errors(conn: pika.BlockingConnection, mqkit_amqp: AMQPServer) -> 
         assert channel_error(och, och.basic_consume, "mine", lambda *a: None) == 405
     finally:
         other.close()
+    # RabbitMQ's strict check: the owner too cannot redeclare it with another exclusivity
+    assert channel_error(ch, ch.queue_declare, "mine") == 405
+    ch = conn.channel()
+    ch.queue_declare("shared")
+    assert channel_error(ch, ch.queue_declare, "shared", exclusive=True) == 405
+    ch = conn.channel()
     ch.queue_declare("args", arguments={"x-max-length": 5})
     assert channel_error(ch, ch.queue_declare, "args", arguments={"x-max-length": 6}) == 406
     ch = conn.channel()
