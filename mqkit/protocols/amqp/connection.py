@@ -788,6 +788,10 @@ class Channel:
 
     def _e2e(self, m: Any, bind: bool) -> None:
         vhost = self.vhost
+        if not bind and (m.source not in vhost.exchanges or m.destination not in vhost.exchanges):
+            self._unbind_missing(m.source, m.destination, "exchange")
+            self._reply(m, commands.Exchange.UnbindOk())  # idempotent, as in RabbitMQ
+            return
         destination = self.server.exchange(vhost, m.destination)
         source = self.server.exchange(vhost, m.source)
         for ex in (source, destination):
@@ -884,8 +888,19 @@ class Channel:
         self.server.bind(vhost, exchange, queue.name, False, m.routing_key, m.arguments or {})
         self._reply(m, commands.Queue.BindOk())
 
+    def _unbind_missing(self, source: str, destination: str, kind: str) -> None:
+        """An unbind whose source or destination is gone: RabbitMQ's checks, then nothing."""
+        if "" in (source, destination):
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self._may("write", destination, kind)
+        self._may("read", source, "exchange")
+
     def _queue_unbind(self, m: commands.Queue.Unbind) -> None:
         vhost = self.vhost
+        if m.queue and (m.queue not in vhost.queues or m.exchange not in vhost.exchanges):
+            self._unbind_missing(m.exchange, m.queue, "queue")
+            self.conn.send(self.number, commands.Queue.UnbindOk())  # idempotent, as in RabbitMQ
+            return
         queue = self.server.queue(vhost, self._queue_name(m.queue), self.conn)
         exchange = self.server.exchange(vhost, m.exchange)
         if exchange.name == "":
