@@ -651,7 +651,7 @@ class Server:
         meta = {
             k: v
             for k, v in old.items()
-            if k.startswith("amqp.") and k not in (K_HEADERS, K_EXPIRATION, K_SEQ, K_IN_PROCESS)
+            if k.startswith("amqp.") and k not in (K_HEADERS, K_EXPIRATION, K_SEQ)
         }
         meta[K_EXCHANGE], meta[K_ROUTING_KEY] = exchange.name, key
         meta[K_HEADERS] = json.dumps(
