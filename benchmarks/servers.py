@@ -375,10 +375,20 @@ import mqkit
 stop = threading.Event()
 for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda *_: stop.set())
-config = mqkit.Config(enable_amqp=True, amqp_host="127.0.0.1", amqp_port=0)
+settings = {}
+if len(sys.argv) == 4:  # certificate, key, CA: the TLS listener on a free port
+    cert, key, ca = sys.argv[1:]
+    settings["amqp"] = {
+        "tls_cert": cert, "tls_key": key, "tls_ca": ca, "tls_port": 0,
+        "tls_fail_if_no_peer_cert": False,
+    }
+config = mqkit.Config(
+    enable_amqp=True, amqp_host="127.0.0.1", amqp_port=0, settings=settings
+)
 with mqkit.Broker(config) as broker:
     host, port = broker.start_amqp_server()
-    print(f"listening {host} {port}", flush=True)
+    tls = broker.get_plugin("amqp").tls_address
+    print(f"listening {host} {port} {tls[1] if tls else 0}", flush=True)
     stop.wait()
 """
 
@@ -387,14 +397,26 @@ class MqkitAMQPServer:
     """mqkit's AMQP gateway (a ``Broker`` with its defaults and ``enable_amqp``) in a child.
 
     ``python`` is the interpreter to run (default: this one); the child inherits the
-    environment (``PYTHONPATH`` included). ``start()`` returns once it accepts AMQP.
+    environment (``PYTHONPATH`` included). ``start()`` returns once it accepts AMQP. With
+    ``tls`` (certificate, key and CA certificate files, as for :class:`RabbitMQNode`) the
+    gateway also listens for AMQPS on :attr:`tls_port` (``[amqp] tls_*``, a free port) and, as
+    :class:`RabbitMQNode` (``verify_peer``, ``fail_if_no_peer_cert = false``), verifies a
+    client certificate against that CA when one is presented.
     """
 
-    def __init__(self, python: str = sys.executable, boot_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        python: str = sys.executable,
+        boot_timeout: float = 60.0,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.python = python
         self.boot_timeout = boot_timeout
+        self.tls = tls
         self.host = "127.0.0.1"
         self.port = 0
+        self.tls_port = 0
+        """The AMQPS port with ``tls`` (0 without)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: Path | None = None
 
@@ -421,7 +443,7 @@ class MqkitAMQPServer:
         self._out = Path(name)
         with os.fdopen(fd, "wb") as out:
             self._proc = subprocess.Popen(
-                [self.python, "-c", _MQKIT_SERVER],
+                [self.python, "-c", _MQKIT_SERVER, *(str(f) for f in self.tls or ())],
                 cwd=tempfile.gettempdir(),  # "-c" puts the working directory first on sys.path
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -436,8 +458,8 @@ class MqkitAMQPServer:
                 if line.startswith("listening ") and line.endswith("\n")
             ]
             if ready:
-                _, host, port = ready[0].split()
-                self.host, self.port = host, int(port)
+                _, host, port, tls_port = ready[0].split()
+                self.host, self.port, self.tls_port = host, int(port), int(tls_port)
                 break
             try:
                 code = self._proc.wait(timeout=0.05)  # the pause between looks, ended by an exit

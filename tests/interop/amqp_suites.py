@@ -17,7 +17,8 @@ off. Then, per target, a fresh server is started for each suite:
 - ``rabbitmq``: a private node of Debian's ``rabbitmq-server`` (``benchmarks/servers.py``),
   with an AMQPS listener using the certificates the aiormq suite ships (``tests/certs``);
 - ``mqkit``: mqkit's AMQP gateway (``Broker(Config(enable_amqp=True))``) run by ``--python``
-  (default: this interpreter), only where that Python has ``mqkit.protocols.amqp``.
+  (default: this interpreter), only where that Python has ``mqkit.protocols.amqp``, with its
+  TLS listener (``[amqp] tls_cert/tls_key/tls_ca``) on the same certificates.
 
 Each suite runs with pytest (``--timeout`` seconds per test, 30 by default: RabbitMQ's slowest
 test takes 8; the whole run is bounded by ``--suite-timeout``, after which pytest is
@@ -298,14 +299,14 @@ def run_targets(
                 print("mqkit: no mqkit.protocols.amqp in this mqkit: not run", flush=True)
                 continue
         for name in suites:
+            tls = (certs / "server.pem", certs / "server.key", certs / "ca.pem")
             if target == "rabbitmq":
-                tls = (certs / "server.pem", certs / "server.key", certs / "ca.pem")
                 server = servers.RabbitMQNode(tls=tls)
             else:
-                server = servers.MqkitAMQPServer(python=args.python)
+                server = servers.MqkitAMQPServer(python=args.python, tls=tls)
             server.start()
             try:
-                tls_port = getattr(server, "tls_port", 0) or servers.free_port()  # no TLS: refused
+                tls_port = server.tls_port
                 table.setdefault(target, {})[name] = run_suite(
                     work, dirs[name], name, target, server.url, tls_port, args
                 )

@@ -47,7 +47,6 @@ from mqkit.protocols.amqp.model import (
     CONNECTION_FORCED,
     EXCHANGE_TYPES,
     FRAME_ERROR,
-    INVALID_PATH,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -624,7 +623,7 @@ class Connection(asyncio.Protocol):
     def _open(self, method: commands.Connection.Open) -> None:
         vhost = self.server.vhosts.get(method.virtual_host)
         if vhost is None:
-            self.close_with(INVALID_PATH, f"NOT_ALLOWED - vhost {method.virtual_host} not found")
+            self.close_with(NOT_ALLOWED, f"NOT_ALLOWED - vhost {method.virtual_host} not found")
             return
         permissions = self.server.permissions
         if permissions is not None and not permissions.may_open(self.username, vhost.name):
@@ -751,8 +750,7 @@ class Channel:
             self.reply_tag = None
             self.server.reply_channels.pop(self.reply_token, None)
         unacked, self.unacked = self.unacked, {}
-        for _, (queue, message, _consumer) in sorted(unacked.items(), reverse=True):
-            self.server.requeue(queue, message)
+        self.server.requeue_all([(q, m) for _, (q, m, _c) in sorted(unacked.items())])
         self.content = None
 
     def wake_queues(self) -> None:
@@ -923,6 +921,10 @@ class Channel:
 
     def _e2e(self, m: Any, bind: bool) -> None:
         vhost = self.vhost
+        if not bind and (m.source not in vhost.exchanges or m.destination not in vhost.exchanges):
+            self._unbind_missing(m.source, m.destination, "exchange")
+            self._reply(m, commands.Exchange.UnbindOk())  # idempotent, as in RabbitMQ
+            return
         destination = self.server.exchange(vhost, m.destination)
         source = self.server.exchange(vhost, m.source)
         for ex in (source, destination):
@@ -974,7 +976,8 @@ class Channel:
         self._may("configure", name, "queue")
         found = vhost.queues.get(name)
         if found is not None:
-            server.queue(vhost, name, self.conn)  # 405 for another's exclusive queue
+            # 405 for another's exclusive queue, or another exclusivity
+            server.queue(vhost, name, self.conn, exclusive=m.exclusive)
             if found.durable != m.durable:
                 raise AMQPError(
                     PRECONDITION_FAILED,
@@ -1018,8 +1021,19 @@ class Channel:
         self.server.bind(vhost, exchange, queue.name, False, m.routing_key, m.arguments or {})
         self._reply(m, commands.Queue.BindOk())
 
+    def _unbind_missing(self, source: str, destination: str, kind: str) -> None:
+        """An unbind whose source or destination is gone: RabbitMQ's checks, then nothing."""
+        if "" in (source, destination):
+            raise AMQPError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self._may("write", destination, kind)
+        self._may("read", source, "exchange")
+
     def _queue_unbind(self, m: commands.Queue.Unbind) -> None:
         vhost = self.vhost
+        if m.queue and (m.queue not in vhost.queues or m.exchange not in vhost.exchanges):
+            self._unbind_missing(m.exchange, m.queue, "queue")
+            self.conn.send(self.number, commands.Queue.UnbindOk())  # idempotent, as in RabbitMQ
+            return
         queue = self.server.queue(vhost, self._queue_name(m.queue), self.conn)
         exchange = self.server.exchange(vhost, m.exchange)
         if exchange.name == "":
@@ -1177,8 +1191,7 @@ class Channel:
     def _reject(self, tag: int, multiple: bool, requeue: bool) -> None:
         settled = self._settle(tag, multiple, "reject")
         if requeue:
-            for queue, message in reversed(settled):
-                self.server.requeue(queue, message)
+            self.server.requeue_all(settled)
         else:
             for queue, message in settled:
                 self.server.settle(queue, message)
@@ -1192,19 +1205,19 @@ class Channel:
 
     def _basic_recover(self, m: commands.Basic.Recover) -> None:
         unacked, self.unacked = self.unacked, {}
-        for _, (queue, message, consumer) in sorted(unacked.items(), reverse=True):
+        for _, (_queue, _message, consumer) in unacked.items():
             if consumer is not None:
                 consumer.unacked -= 1
-            self.server.requeue(queue, message)
+        self.server.requeue_all([(q, m) for _, (q, m, _c) in sorted(unacked.items())])
         self.conn.send(self.number, commands.Basic.RecoverOk())
         self.wake_queues()
 
     def _basic_recover_async(self, m: commands.Basic.RecoverAsync) -> None:
         unacked, self.unacked = self.unacked, {}
-        for _, (queue, message, consumer) in sorted(unacked.items(), reverse=True):
+        for _, (_queue, _message, consumer) in unacked.items():
             if consumer is not None:
                 consumer.unacked -= 1
-            self.server.requeue(queue, message)
+        self.server.requeue_all([(q, m) for _, (q, m, _c) in sorted(unacked.items())])
         self.wake_queues()
 
     def _basic_publish(self, m: commands.Basic.Publish) -> None:

@@ -144,6 +144,15 @@ def publish_meta(props: commands.Basic.Properties) -> dict[str, str]:
     return meta
 
 
+def _death_times(deaths: Any) -> None:
+    """The ``time`` of each ``x-death`` entry as a timestamp again (JSON kept its seconds)."""
+    if isinstance(deaths, list):
+        for death in deaths:
+            if isinstance(death, dict) and isinstance(death.get("time"), int):
+                with contextlib.suppress(ValueError, OverflowError, OSError):
+                    death["time"] = datetime.fromtimestamp(death["time"], UTC)
+
+
 def expiration_seconds(text: str | None) -> float | None:
     """The seconds of an ``expiration`` property, None when absent; ``ValueError`` when bad."""
     if text is None:
@@ -228,6 +237,8 @@ def properties_of(message: Message, now: datetime) -> tuple[commands.Basic.Prope
             table = json.loads(meta[K_HEADERS])
             if isinstance(table, dict):
                 headers.update(table)
+                if "x-death" in table:
+                    _death_times(table["x-death"])
         except ValueError:
             pass
     for key, value in meta.items():

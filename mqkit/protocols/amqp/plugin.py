@@ -102,7 +102,9 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
             if cfg.tls_ca:
                 context.load_verify_locations(cfg.tls_ca)
-                context.verify_mode = ssl.CERT_REQUIRED
+                context.verify_mode = (
+                    ssl.CERT_REQUIRED if cfg.tls_fail_if_no_peer_cert else ssl.CERT_OPTIONAL
+                )
         except (OSError, ssl.SSLError) as exc:
             raise InvalidConfigError(
                 f"{InvalidConfigError.default}: amqp.tls_cert/amqp.tls_key cannot be loaded: {exc}",

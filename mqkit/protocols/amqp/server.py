@@ -23,24 +23,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import json
 import logging
 import os
 import ssl
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from mqkit.core.errors import MQError, SubscriptionClosedError
-from mqkit.core.message import Message, redelivery
+from mqkit.core.message import Message, posix_time, redelivery
 from mqkit.core.subscription import Backpressure, SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
 from mqkit.protocols.amqp.auth import Permissions
 from mqkit.protocols.amqp.connection import Channel, Connection
 from mqkit.protocols.amqp.mapping import (
     K_EXCHANGE,
+    K_EXPIRATION,
     K_HEADERS,
     K_IN_PROCESS,
     K_ROUTING_KEY,
@@ -442,12 +446,20 @@ class Server:
         self.bind(vhost, vhost.exchanges[""], name, False, name, {})
         return queue
 
-    def queue(self, vhost: VHost, name: str, conn: Connection | None) -> Queue:
-        """The queue ``name`` (404 when none; 405 when another connection's exclusive one)."""
+    def queue(
+        self, vhost: VHost, name: str, conn: Connection | None, *, exclusive: bool | None = None
+    ) -> Queue:
+        """The queue ``name`` (404 when none; 405 when another connection's exclusive one).
+
+        With ``exclusive`` (a redeclaration), RabbitMQ's strict check: 405 also when the
+        queue's exclusivity is not that (the owner redeclaring it non-exclusive, say).
+        """
         found = vhost.queues.get(name)
         if found is None:
             raise AMQPError(NOT_FOUND, f"no queue '{name}' in vhost '{vhost.name}'")
-        if found.exclusive is not None and found.exclusive is not conn:
+        if (found.exclusive is not None and found.exclusive is not conn) or (
+            exclusive is not None and exclusive != (found.exclusive is not None)
+        ):
             raise AMQPError(
                 RESOURCE_LOCKED,
                 f"cannot obtain exclusive access to locked queue '{name}' in vhost "
@@ -618,7 +630,15 @@ class Server:
             self.dead_letter(queue, message, "maxlen")
 
     def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
-        """Send ``message`` on to the queue's dead letter exchange, if it has one."""
+        """Send ``message`` on to the queue's dead letter exchange, if it has one.
+
+        As RabbitMQ does: the dead letter is published through the dead letter exchange (the
+        consumer sees that exchange) with ``x-dead-letter-routing-key`` or else its own routing
+        key; its ``x-death`` header (a list of tables, the latest death first: ``count``,
+        ``reason``, ``queue``, ``time``, ``exchange``, ``routing-keys`` and, for a message
+        with an ``expiration``, ``original-expiration``, which it then loses) counts each
+        (queue, reason) once, and ``x-first-death-reason/queue/exchange`` name its first.
+        """
         if queue.dead_letter_exchange is None or self.closing:
             return
         vhost = self.vhosts.get(queue.vhost)
@@ -627,14 +647,21 @@ class Server:
         exchange = vhost.exchanges.get(queue.dead_letter_exchange)
         if exchange is None:
             return
-        meta = dict(message.meta)
-        key = meta.get("amqp.routing_key", message.topic)
+        old = message.meta
+        key = old.get(K_ROUTING_KEY, message.topic)
         if queue.dead_letter_routing_key is not None:
             key = queue.dead_letter_routing_key
-        meta["x-first-death-reason"] = reason
-        meta["x-first-death-queue"] = meta.get("x-first-death-queue", queue.name)
-        meta.pop("amqp.expiration", None)
-        meta.pop(K_SEQ, None)
+        headers = _headers(message) or {}
+        meta = {
+            k: v
+            for k, v in old.items()
+            if k.startswith("amqp.") and k not in (K_HEADERS, K_EXPIRATION, K_SEQ)
+        }
+        meta[K_EXCHANGE], meta[K_ROUTING_KEY] = exchange.name, key
+        meta[K_HEADERS] = json.dumps(
+            _with_death(headers, queue.name, reason, old, self.broker.clock.now()),
+            separators=(",", ":"),
+        )
         dead = Message(message.id, message.data, type=message.type, meta=meta)
         self.publish(vhost, exchange, key, dead)
 
@@ -709,11 +736,34 @@ class Server:
                 self.delete_queue(vhost, queue)
 
     def requeue(self, queue: Queue, message: Message) -> None:
-        """Put an unacknowledged message back at the head of ``queue``, marked redelivered."""
-        if queue.deleted:
-            return
-        queue.sub.redeliver(redelivery(message) if message.attempt < 2 else message)
-        queue.wake.set()
+        """Put an unacknowledged message back where it was in ``queue``, marked redelivered."""
+        self.requeue_all([(queue, message)])
+
+    def requeue_all(self, settled: list[tuple[Queue, Message]]) -> None:
+        """Put unacknowledged messages back in their queues, each where it was, as RabbitMQ does.
+
+        A queue keeps publication order through requeues: a requeued message goes back ahead of
+        the messages published after it, behind the ones (requeued earlier) published before
+        it, whatever order the client rejects or a channel's close returns them in. The order
+        is the messages' publication time (``posix_time``); ``settled`` is in delivery-tag
+        order, which breaks ties.
+        """
+        per_queue: dict[int, tuple[Queue, list[Message]]] = {}
+        for queue, message in settled:
+            per_queue.setdefault(id(queue), (queue, []))[1].append(message)
+        for queue, messages in per_queue.values():
+            if queue.deleted:
+                continue
+            back = [redelivery(m) if m.attempt < 2 else m for m in messages]
+            last = max(_position(m) for m in back)
+            # requeued earlier, published before the last of these, still at the front
+            ahead = queue.sub.remove_front(functools.partial(_before, last))
+            if queue.held is not None:  # the pump took it from the front: it is first
+                ahead.insert(0, queue.held)
+                queue.held = None
+            for message in sorted(ahead + back, key=_position, reverse=True):
+                queue.sub.redeliver(message)
+            queue.wake.set()
 
     def _ready(self, queue: Queue) -> Consumer | None:
         consumers = queue.consumers
@@ -790,6 +840,49 @@ class Server:
                     self.delete_queue(vhost, queue)
 
 
+def _with_death(
+    headers: dict[str, Any], queue: str, reason: str, meta: Mapping[str, str], now: datetime
+) -> dict[str, Any]:
+    """``headers`` with one more death in ``x-death`` (see :meth:`Server.dead_letter`)."""
+    exchange = meta.get(K_EXCHANGE, "")
+    routing_key = meta.get(K_ROUTING_KEY, "")
+    deaths = headers.get("x-death")
+    deaths = [d for d in deaths if isinstance(d, dict)] if isinstance(deaths, list) else []
+    entry: dict[str, Any] | None = None
+    for death in deaths:
+        if death.get("queue") == queue and death.get("reason") == reason:
+            entry = death
+            deaths.remove(death)
+            break
+    if entry is None:
+        entry = {
+            "count": 0,
+            "reason": reason,
+            "queue": queue,
+            "exchange": exchange,
+            "routing-keys": [routing_key],
+        }
+        if K_EXPIRATION in meta:
+            entry["original-expiration"] = meta[K_EXPIRATION]
+    count = entry.get("count")
+    entry["count"] = (count if isinstance(count, int) else 0) + 1
+    entry["time"] = int(now.timestamp())
+    out = {**headers, "x-death": [entry, *deaths]}
+    out.setdefault("x-first-death-reason", reason)
+    out.setdefault("x-first-death-queue", queue)
+    out.setdefault("x-first-death-exchange", exchange)
+    return out
+
+
+def _before(position: float, message: Message) -> bool:
+    return _position(message) < position
+
+
+def _position(message: Message) -> float:
+    """Where ``message`` stands in its queue: its publication time (POSIX seconds)."""
+    return posix_time(message) or 0.0
+
+
 def _targets(exchange: Exchange, topic: str) -> Any:
     """The bindings of amq.topic ``topic`` matches (any thread: iterates a snapshot)."""
     for binding in tuple(exchange.bindings.values()):
@@ -821,8 +914,6 @@ def _headers(message: Message) -> dict[str, Any] | None:
     meta = message.meta
     if not meta:
         return None
-    import json
-
     headers: dict[str, Any] = {k: v for k, v in meta.items() if not k.startswith("amqp.")}
     raw = meta.get(K_HEADERS)
     if raw is not None:

@@ -51,7 +51,12 @@ class AMQPSettings(Settings):
     tls_key: str = ""
     """PEM private key of ``tls_cert``."""
     tls_ca: str = ""
-    """CA bundle to verify client certificates with; when set, clients must present one."""
+    """CA bundle to verify client certificates with; when set, a client's certificate is
+    verified, and clients must present one unless ``tls_fail_if_no_peer_cert`` is off."""
+    tls_fail_if_no_peer_cert: bool = True
+    """With ``tls_ca``: refuse a client without a certificate (RabbitMQ's
+    ``ssl_options.fail_if_no_peer_cert``); off, such a client is let in and a presented
+    certificate is still verified."""
     heartbeat: int = 60
     """Heartbeat seconds the server proposes in connection.tune (0: none); a client silent for
     two intervals is dropped."""

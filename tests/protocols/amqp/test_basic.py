@@ -320,3 +320,45 @@ def test_each_message_keeps_its_own_properties_in_a_run_of_publishes(
             assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
         else:
             assert props.reply_to is None
+
+
+def test_requeued_messages_go_back_to_their_place_in_the_queue(ch: BlockingChannel) -> None:
+    # RabbitMQ keeps publication order through requeues, whatever order they come back in
+    ch.queue_declare("q")
+    for body in (b"a", b"b", b"c", b"d", b"e"):
+        ch.basic_publish("", "q", body)
+    tags = [ch.basic_get("q")[0].delivery_tag for _ in range(4)]  # a b c d; e stays ready
+    ch.basic_reject(tags[3], requeue=True)  # d
+    ch.basic_nack(tags[1], requeue=True)  # b
+    ch.basic_nack(tags[2], multiple=True, requeue=True)  # a and c
+    got = [ch.basic_get("q", auto_ack=True) for _ in range(5)]
+    assert [(b, m.redelivered) for m, _, b in got] == [
+        (b"a", True),
+        (b"b", True),
+        (b"c", True),
+        (b"d", True),
+        (b"e", False),
+    ]
+
+
+def test_requeue_order_with_several_consumers_and_prefetch(conn: pika.BlockingConnection) -> None:
+    first, second = conn.channel(), conn.channel()
+    first.queue_declare("q")
+    for ch in (first, second):
+        ch.basic_qos(prefetch_count=2)
+    seen: dict[int, list[Any]] = {1: [], 2: []}
+    for n, ch in ((1, first), (2, second)):
+        ch.basic_consume("q", lambda c, m, p, b, n=n: seen[n].append((m, b)))
+    for body in (b"a", b"b", b"c", b"d", b"e", b"f"):
+        first.basic_publish("", "q", body)
+    conn.process_data_events(time_limit=0)
+    while len(seen[1]) + len(seen[2]) < 4:
+        conn.process_data_events(time_limit=TIMEOUT)
+    assert sorted(b for _, b in seen[1] + seen[2]) == [b"a", b"b", b"c", b"d"]  # prefetch 2 each
+    second.basic_nack(seen[2][-1][0].delivery_tag, multiple=True, requeue=True)
+    second.close()  # the second consumer's two come back first, then the first's on its close
+    first.close()
+    third = conn.channel()
+    got = [third.basic_get("q", auto_ack=True) for _ in range(6)]
+    assert [b for _, _, b in got] == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    assert [m.redelivered for m, _, _ in got] == [True] * 4 + [False] * 2

@@ -351,6 +351,36 @@ def test_tls_listener(
         conn.close()
 
 
+@pytest.mark.parametrize("required", [True, False])
+def test_a_client_without_a_certificate_and_tls_ca(
+    amqp_server_factory: Callable[..., AMQPServer],
+    tls_files: tuple[str, str, str],
+    required: bool,
+) -> None:
+    import ssl
+
+    ca, cert, key = tls_files
+    settings = {"tls_cert": cert, "tls_key": key, "tls_ca": ca, "tls_port": 0}
+    server = amqp_server_factory({**settings, "tls_fail_if_no_peer_cert": required})
+    tls_host, tls_port = server.broker.get_plugin("amqp").tls_address  # type: ignore[attr-defined]
+    params = pika.ConnectionParameters(
+        host=tls_host,
+        port=tls_port,
+        ssl_options=pika.SSLOptions(ssl.create_default_context(cafile=ca), "127.0.0.1"),
+        socket_timeout=10,
+        connection_attempts=1,
+    )
+    if required:  # RabbitMQ's fail_if_no_peer_cert = true: the handshake fails
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            pika.BlockingConnection(params)
+        return
+    conn = pika.BlockingConnection(params)  # verify_peer without fail_if_no_peer_cert
+    try:
+        assert conn.channel().queue_declare("", exclusive=True).method.queue
+    finally:
+        conn.close()
+
+
 def test_bad_tls_files_fail_the_broker(tmp_path: Path) -> None:
     settings = {"amqp": {"tls_cert": str(tmp_path / "no.pem"), "tls_key": str(tmp_path / "no")}}
     with pytest.raises(mqkit.InvalidConfigError, match=r"amqp\.tls_cert"):

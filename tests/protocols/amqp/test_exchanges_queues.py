@@ -208,6 +208,12 @@ def test_queue_errors(conn: pika.BlockingConnection, mqkit_amqp: AMQPServer) -> 
         assert channel_error(och, och.basic_consume, "mine", lambda *a: None) == 405
     finally:
         other.close()
+    # RabbitMQ's strict check: the owner too cannot redeclare it with another exclusivity
+    assert channel_error(ch, ch.queue_declare, "mine") == 405
+    ch = conn.channel()
+    ch.queue_declare("shared")
+    assert channel_error(ch, ch.queue_declare, "shared", exclusive=True) == 405
+    ch = conn.channel()
     ch.queue_declare("args", arguments={"x-max-length": 5})
     assert channel_error(ch, ch.queue_declare, "args", arguments={"x-max-length": 6}) == 406
     ch = conn.channel()
@@ -271,3 +277,18 @@ def test_unroutable_messages_go_to_the_alternate_exchange(ch: BlockingChannel) -
     ch.queue_declare("routed", passive=True)
     assert bodies(ch, "routed") == [b"1"]
     assert bodies(ch, "unrouted") == [b"2"]
+
+
+def test_unbind_is_idempotent_as_in_rabbitmq(ch: BlockingChannel) -> None:
+    # RabbitMQ 3.10 answers unbind-ok when the binding, the queue or the exchange is gone
+    ch.exchange_declare("src", "direct")
+    ch.queue_declare("gone")
+    ch.queue_bind("gone", "src", "k")
+    ch.queue_delete("gone")
+    ch.queue_unbind("gone", "src", "k")
+    ch.queue_declare("here")
+    ch.queue_unbind("here", "no-such-exchange", "k")
+    ch.queue_unbind("here", "src", "never-bound")
+    ch.exchange_unbind(destination="no-such-exchange", source="src", routing_key="k")
+    ch.exchange_unbind(destination="src", source="no-such-exchange", routing_key="k")
+    assert ch.queue_declare("here", passive=True).method.message_count == 0

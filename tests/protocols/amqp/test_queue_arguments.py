@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
 
 import pika
 import pytest
@@ -200,3 +202,56 @@ def _wait_until_gone(server: AMQPServer, name: str) -> bool:
             conn.close()
     finally:
         timer.cancel()
+
+
+def first_delivery(ch: BlockingChannel, queue: str) -> tuple[Any, pika.BasicProperties, bytes]:
+    """The first message a consumer on ``queue`` gets (acknowledged), with its method."""
+    for method, props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=TIMEOUT):
+        assert method is not None, f"nothing reached {queue}"
+        ch.cancel()
+        return method, props, body
+    raise AssertionError("unreachable")
+
+
+def test_dead_letters_carry_x_death_and_come_through_the_dead_letter_exchange(
+    conn: pika.BlockingConnection, ch: BlockingChannel
+) -> None:
+    ch.exchange_declare("dlx", "direct")
+    ch.queue_declare("dead")
+    ch.queue_bind("dead", "dlx", "work")
+    ch.queue_declare("work", arguments={"x-dead-letter-exchange": "dlx"})
+    ch.basic_publish("", "work", b"bad", pika.BasicProperties(headers={"n": 1}))
+    for round_ in (1, 2):
+        method, _, _ = ch.basic_get("work")
+        ch.basic_nack(method.delivery_tag, requeue=False)
+        method, props, body = first_delivery(ch, "dead")
+        assert (body, method.exchange, method.routing_key) == (b"bad", "dlx", "work")
+        death = props.headers["x-death"]
+        assert len(death) == 1 and death[0]["count"] == round_
+        assert death[0]["reason"] == "rejected" and death[0]["queue"] == "work"
+        assert death[0]["exchange"] == "" and death[0]["routing-keys"] == ["work"]
+        assert isinstance(death[0]["time"], datetime)
+        assert props.headers["n"] == 1 and props.headers["x-first-death-exchange"] == ""
+        # the client publishes it again, its headers kept: the same death is counted again
+        ch.basic_publish("", "work", body, pika.BasicProperties(headers=props.headers))
+
+
+def test_an_expired_message_takes_the_dead_letter_routing_key(
+    conn: pika.BlockingConnection, ch: BlockingChannel
+) -> None:
+    ch.exchange_declare("dlx", "direct")
+    ch.queue_declare("by-key")
+    ch.queue_bind("by-key", "dlx", "rk")
+    ch.queue_declare(
+        "ttl", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "rk"}
+    )
+    ch.basic_publish("", "ttl", b"short", pika.BasicProperties(expiration="20"))
+    method, props, body = first_delivery(ch, "by-key")
+    assert (body, method.exchange, method.routing_key, props.expiration) == (
+        b"short",
+        "dlx",
+        "rk",
+        None,
+    )
+    death = props.headers["x-death"][0]
+    assert (death["reason"], death["original-expiration"]) == ("expired", "20")
