@@ -20,7 +20,8 @@ from mqkit.core.message import Message
 from mqkit.core.subscription import Subscription
 
 if TYPE_CHECKING:
-    from mqkit.protocols.amqp.connection import Channel, Connection
+    from mqkit.protocols.amqp.channel import Channel
+    from mqkit.protocols.amqp.connection import Connection
 
 __all__ = [
     "BUILTIN_EXCHANGES",

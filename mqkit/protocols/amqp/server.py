@@ -41,7 +41,8 @@ from mqkit.core.message import Message, posix_time, redelivery
 from mqkit.core.subscription import Backpressure, SubOptions, Subscription
 from mqkit.core.topics import normalize_topic
 from mqkit.protocols.amqp.auth import Permissions
-from mqkit.protocols.amqp.connection import Channel, Connection
+from mqkit.protocols.amqp.channel import Channel
+from mqkit.protocols.amqp.connection import Connection
 from mqkit.protocols.amqp.mapping import (
     K_EXCHANGE,
     K_EXPIRATION,
