@@ -56,6 +56,7 @@ from mqkit.plugins.persistence.serializer import encode_payload, to_json
 __all__ = [
     "META_PREFIX",
     "body_of",
+    "body_size",
     "message_from_publish",
     "properties_of",
     "publish_meta",
@@ -205,6 +206,14 @@ def body_of(message: Message) -> tuple[bytes, str | None]:
     if isinstance(data, str):
         return data.encode("utf-8", "surrogatepass"), "text/plain"
     return to_json(encode_payload(data)).encode(), "application/json"
+
+
+def body_size(message: Message) -> int:
+    """The length of the AMQP body ``message`` is delivered with."""
+    data = message.data
+    if isinstance(data, bytes | bytearray):
+        return len(data)
+    return len(body_of(message)[0])
 
 
 def properties_of(message: Message, now: datetime) -> tuple[commands.Basic.Properties, bytes]:

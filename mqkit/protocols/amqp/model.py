@@ -18,6 +18,7 @@ import attrs
 
 from mqkit.core.message import Message
 from mqkit.core.subscription import Subscription
+from mqkit.protocols.amqp.mapping import body_size
 
 if TYPE_CHECKING:
     from mqkit.protocols.amqp.channel import Channel
@@ -212,6 +213,8 @@ class Queue:
     auto_delete: bool
     arguments: Mapping[str, Any]
     max_length: int | None = None
+    max_length_bytes: int | None = None
+    """``x-max-length-bytes``: the most body bytes the queue's ready messages hold."""
     reject_publish: bool = False
     ttl: float | None = None
     max_priority: int | None = None
@@ -234,6 +237,15 @@ class Queue:
     def depth(self) -> int:
         """Messages ready (not delivered, not unacknowledged)."""
         return self.sub.stats().queue_len + (self.held is not None)
+
+    def ready(self) -> list[Message]:
+        """The ready messages, the next to be delivered first."""
+        buffered = self.sub.buffered()
+        return buffered if self.held is None else [self.held, *buffered]
+
+    def ready_bytes(self) -> int:
+        """The body bytes of the ready messages (what ``x-max-length-bytes`` bounds)."""
+        return sum(body_size(m) for m in self.ready())
 
 
 @attrs.define(eq=False)

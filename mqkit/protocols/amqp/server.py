@@ -49,6 +49,7 @@ from mqkit.protocols.amqp.mapping import (
     K_HEADERS,
     K_IN_PROCESS,
     K_ROUTING_KEY,
+    body_size,
     message_from_publish,
     with_queue_rules,
 )
@@ -78,7 +79,7 @@ log = logging.getLogger("mqkit.amqp")
 TOPIC_VHOST: Final = "/"
 """The vhost whose ``amq.topic`` is the broker's topic space."""
 _OTHER_GATEWAYS: Final = ("amqp:", "mqtt:")
-_UNSUPPORTED_ARGS: Final = ("x-max-length-bytes", "x-single-active-consumer")
+_UNSUPPORTED_ARGS: Final = ("x-single-active-consumer",)
 """Queue arguments refused (406) rather than silently ignored."""
 DELIVERY_BATCH: Final = 256
 """Most messages a queue hands to its consumers before the loop writes them out."""
@@ -392,6 +393,7 @@ class Server:
                 f"queue '{name}': only classic queues are supported, not x-queue-type '{kind}'",
             )
         max_length = _int_arg(args, "x-max-length", 0, None)
+        max_length_bytes = _int_arg(args, "x-max-length-bytes", 0, None)
         overflow = args.get("x-overflow", "drop-head")
         if isinstance(overflow, bytes):
             overflow = overflow.decode()
@@ -433,6 +435,7 @@ class Server:
             auto_delete,
             args,
             max_length=max_length,
+            max_length_bytes=max_length_bytes,
             reject_publish=overflow != "drop-head",
             ttl=None if ttl_ms is None else ttl_ms / 1000.0,
             max_priority=max_priority,
@@ -591,6 +594,11 @@ class Server:
                 broker.publish(topic, message)
         except MQError as exc:
             log.warning("amqp: a transaction's messages were refused: %s", exc)
+        finally:
+            for topic in {topic for topic, _ in held}:
+                queue = self._queue_of(topic)
+                if queue is not None:
+                    self.trim_bytes(queue)
 
     def enqueue(
         self, queue: Queue, message: Message, sink: list[tuple[str, Message]] | None = None
@@ -598,8 +606,11 @@ class Server:
         """Put ``message`` in ``queue``; False when its overflow policy refused it."""
         if queue.deleted:
             return True
-        limit = queue.max_length
-        if queue.reject_publish and limit is not None and queue.depth() >= limit:
+        limit, max_bytes = queue.max_length, queue.max_length_bytes
+        if queue.reject_publish and (
+            (limit is not None and queue.depth() >= limit)
+            or (max_bytes is not None and queue.ready_bytes() + body_size(message) > max_bytes)
+        ):
             if _text(queue.arguments.get("x-overflow", "")) == "reject-publish-dlx":
                 self.dead_letter(queue, message, "maxlen")
             return False
@@ -621,7 +632,43 @@ class Server:
             return False
         if queue.max_length == 0:
             self._drop_all(queue)
+        else:
+            self.trim_bytes(queue)
         return True
+
+    def trim_bytes(self, queue: Queue) -> None:
+        """Drop ``queue``'s oldest ready messages until their bodies fit ``x-max-length-bytes``.
+
+        RabbitMQ's ``drop-head``: the dropped messages are dead-lettered (reason ``maxlen``).
+        While a consumer can take messages, they are its, not dropped (RabbitMQ hands a message
+        to a waiting consumer without queueing it).
+        """
+        limit = queue.max_length_bytes
+        if limit is None or queue.reject_publish or queue.deleted:
+            return
+        if any(c.channel.can_deliver(c) for c in queue.consumers):
+            return
+        excess = queue.ready_bytes() - limit
+        if excess <= 0:
+            return
+        dropped: list[Message] = []
+        if queue.held is not None:
+            dropped.append(queue.held)
+            excess -= body_size(queue.held)
+            queue.held = None
+
+        def over(message: Message) -> bool:
+            nonlocal excess
+            if excess <= 0:
+                return False
+            excess -= body_size(message)
+            return True
+
+        if excess > 0:
+            dropped += queue.sub.remove_front(over)
+        self.settle_all(queue, dropped)
+        for message in dropped:
+            self.dead_letter(queue, message, "maxlen")
 
     def _drop_all(self, queue: Queue) -> None:
         if queue.consumers:
@@ -668,14 +715,21 @@ class Server:
 
     def queue_dropped(self, topic: str, message: Message, reason: str) -> None:
         """A queue's buffer dropped or expired ``message`` (loop thread): dead-letter it."""
-        vhost_name, _, name = topic[len(KEY_PREFIX) :].rpartition(":")
-        vhost = self.vhosts.get(vhost_name)
-        queue = None if vhost is None else vhost.queues.get(name)
-        if queue is None or queue.topic != topic:
+        queue = self._queue_of(topic)
+        if queue is None:
             return
         why = "expired" if reason in ("withheld", "expired") else "maxlen"
         self.settle(queue, message)
         self.dead_letter(queue, message, why)
+
+    def _queue_of(self, topic: str) -> Queue | None:
+        """The queue whose internal topic is ``topic``, if any."""
+        if not topic.startswith(KEY_PREFIX):
+            return None
+        vhost_name, _, name = topic[len(KEY_PREFIX) :].rpartition(":")
+        vhost = self.vhosts.get(vhost_name)
+        queue = None if vhost is None else vhost.queues.get(name)
+        return queue if queue is not None and queue.topic == topic else None
 
     # -- the amq.topic bridge --------------------------------------------------------------------
 

@@ -146,6 +146,58 @@ def test_without_max_priority_the_queue_stays_fifo(ch: BlockingChannel) -> None:
     assert bodies(ch, "fifo") == [b"a", b"b", b"c"]
 
 
+def test_max_length_bytes_holds_for_a_transaction_and_the_amq_topic_bridge(
+    ch: BlockingChannel,
+) -> None:
+    ch.queue_declare("bytes-tx", arguments={"x-max-length-bytes": 10})
+    ch.tx_select()
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        ch.basic_publish("", "bytes-tx", body)
+    ch.tx_commit()
+    assert bodies(ch, "bytes-tx") == [b"bbbb", b"cccc"]
+    ch.tx_commit()  # bodies' gets, acked on the transaction
+    ch.queue_declare("bytes-topic", arguments={"x-max-length-bytes": 10})
+    ch.queue_bind("bytes-topic", "amq.topic", "bytes.*")
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        ch.basic_publish("amq.topic", "bytes.x", body)
+    ch.tx_commit()
+    got: list[bytes] = []
+    for method, _props, body in ch.consume("bytes-topic", inactivity_timeout=TIMEOUT):
+        assert method is not None, f"only {got} reached bytes-topic"
+        got.append(body)
+        if body == b"cccc":
+            break
+    ch.cancel()
+    assert got == [b"bbbb", b"cccc"]
+
+
+def test_max_length_bytes_counts_ready_messages_not_unacknowledged_ones(
+    conn: pika.BlockingConnection, ch: BlockingChannel
+) -> None:
+    ch.queue_declare("bytes-ready", arguments={"x-max-length-bytes": 10})
+    ch.basic_qos(prefetch_count=1)
+    ch.confirm_delivery()
+    got: list[tuple[int, bytes]] = []
+    ch.basic_consume("bytes-ready", lambda _c, m, _p, b: got.append((m.delivery_tag, b)))
+    ch.basic_publish("", "bytes-ready", b"first!")
+    for _ in range(int(TIMEOUT / 0.05)):
+        if got:
+            break
+        conn.process_data_events(time_limit=0.05)
+    assert [b for _, b in got] == [b"first!"]
+    # the consumer is at its prefetch: these wait, 10 bytes at most (first! is not counted)
+    for body in (b"second", b"third!", b"fourth"):
+        ch.basic_publish("", "bytes-ready", body)
+    ch.basic_ack(got[0][0])
+    for _ in range(int(TIMEOUT / 0.05)):
+        if len(got) == 2:
+            break
+        conn.process_data_events(time_limit=0.05)
+    assert [b for _, b in got] == [b"first!", b"fourth"]
+    ch.basic_ack(got[1][0])
+    assert ch.queue_declare("bytes-ready", passive=True).method.message_count == 0
+
+
 def test_queue_arguments_are_checked(
     amqp_server_factory: Callable[..., AMQPServer],
 ) -> None:
@@ -157,7 +209,8 @@ def test_queue_arguments_are_checked(
             {"x-message-ttl": "soon"},
             {"x-max-priority": 256},
             {"x-dead-letter-routing-key": "k"},
-            {"x-max-length-bytes": 1000},  # not supported: refused, not ignored
+            {"x-max-length-bytes": -1},
+            {"x-max-length-bytes": "1000"},
             {"x-single-active-consumer": True},
             {"x-queue-type": "quorum"},
         ):
