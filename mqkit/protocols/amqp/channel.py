@@ -719,7 +719,7 @@ class Channel:
                 if not self.acks_due:
                     conn = self.conn
                     conn.confirms_due.append(self)
-                    conn.flush_soon()
+                    conn.confirm_soon()
                 self.ack_due = seq
                 self.acks_due += 1
 

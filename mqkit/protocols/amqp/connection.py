@@ -170,7 +170,7 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         self._process()
         if self._flush_due:  # what this read's frames answered goes out now, in one write
-            self.flush()
+            self.write_out()
 
     def _process(self) -> None:
         buf = self.buffer
@@ -264,19 +264,26 @@ class Connection(asyncio.Protocol):
         self._out.append(data)
         if not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.write_out)
 
-    def flush_soon(self) -> None:
-        """Have :meth:`flush` run once this loop iteration's callbacks are done."""
-        if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self.flush)
+    def confirm_soon(self) -> None:
+        """Have the publisher acks due written once the callbacks already scheduled ran.
+
+        Those include the delivery tasks of the queues the acknowledged publishes woke: as
+        from RabbitMQ, a consumer on this connection gets a message before its publisher's
+        ack (so a client that awaits the ack, then the delivery, never sees only the ack).
+        """
+        asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the confirms due and the queued frames (nothing once the transport closes)."""
-        self._flush_due = False
         if self.confirms_due:
             self.send_confirms()
+        self.write_out()
+
+    def write_out(self) -> None:
+        """Write the queued frames (the confirms due stay due)."""
+        self._flush_due = False
         out = self._out
         if not out:
             return

@@ -8,6 +8,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from pamqp import body as pbody
 from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
@@ -42,6 +43,33 @@ def _confirmed(raw: Raw, last: int) -> list[int]:
             start = 1
         covered.extend(range(start, ack.delivery_tag + 1))
     return covered
+
+
+def test_a_consumer_on_the_connection_gets_the_message_before_its_publisher_ack(
+    mqkit_amqp: AMQPServer,
+) -> None:
+    # As from RabbitMQ: a client that awaits the ack, then the delivery (aiormq's
+    # test_connection_close_stairway), must not see the ack alone when the connection is cut.
+    raw = Raw(mqkit_amqp)
+    raw.handshake()
+    raw.send_frame(commands.Confirm.Select(), 1)
+    raw.expect(commands.Confirm.SelectOk)
+    raw.send_frame(commands.Queue.Declare(queue="own"), 1)
+    raw.expect(commands.Queue.DeclareOk)
+    raw.send_frame(commands.Basic.Consume(queue="own", consumer_tag="t", no_ack=True), 1)
+    raw.expect(commands.Basic.ConsumeOk)
+    for seq in (1, 2, 3):
+        raw.send(
+            pframe.marshal(commands.Basic.Publish(routing_key="own"), 1)
+            + pframe.marshal(pheader.ContentHeader(0, 1, commands.Basic.Properties()), 1)
+            + pframe.marshal(pbody.ContentBody(b"x"), 1)
+        )
+        deliver = raw.expect(commands.Basic.Deliver)
+        assert deliver.delivery_tag == seq
+        raw.expect(pheader.ContentHeader)
+        assert raw.expect(pbody.ContentBody).value == b"x"
+        ack = raw.expect(commands.Basic.Ack)
+        assert (ack.delivery_tag, ack.multiple) == (seq, False)
 
 
 def test_confirms_due_together_are_one_multiple_ack(mqkit_amqp: AMQPServer) -> None:
