@@ -89,7 +89,9 @@ class AMQPPlugin(ProtocolFeature, Plugin):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Check the password file now: an unreadable one fails ``Broker(...)``."""
         cfg = broker.settings(AMQPSettings)
-        self._passwords = PasswordFile(cfg.password_file) if cfg.password_file else None
+        self._passwords = (
+            PasswordFile(cfg.password_file, "amqp.password_file") if cfg.password_file else None
+        )
         self.permissions = Permissions(cfg.permissions_file) if cfg.permissions_file else None
         if cfg.tls_cert:
             self._tls_context()  # raises InvalidConfigError for unreadable files

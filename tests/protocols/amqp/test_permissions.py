@@ -82,3 +82,20 @@ def test_a_bad_permissions_file_fails_the_broker(tmp_path: Path) -> None:
     settings = {"amqp": {"permissions_file": str(bad)}}
     with pytest.raises(mqkit.InvalidConfigError, match=r"amqp\.permissions_file.*line 1"):
         mqkit.Broker(mqkit.Config(enable_amqp=True, settings=settings))
+
+
+@pytest.mark.parametrize("section", ["amqp", "mqtt"])
+def test_a_password_file_that_cannot_be_read_names_its_own_setting(
+    tmp_path: Path, section: str
+) -> None:
+    # the gateways share the password file's code (mqkit/protocols/passwords.py): each error
+    # names the setting of the gateway that read it
+    missing = str(tmp_path / "no-such-file")
+    settings = {section: {"password_file": missing}}
+    cfg = mqkit.Config(
+        enable_amqp=section == "amqp", enable_mqtt=section == "mqtt", settings=settings
+    )
+    with pytest.raises(mqkit.InvalidConfigError) as info:
+        mqkit.Broker(cfg)
+    assert f"{section}.password_file cannot be read" in str(info.value)
+    assert info.value.field == f"{section}.password_file"
