@@ -54,13 +54,16 @@ def header(args: argparse.Namespace, rounds: int, info: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_mqtt(quick: bool) -> int:
-    """Run benchmarks/bench_mqtt.py (its own processes) and print its output as a block."""
-    if shutil.which("mosquitto") is None:
-        print("\n**mqtt**: mosquitto is not installed; bench_mqtt.py measures mqkit alone\n")
-    command = [sys.executable, str(HERE / "bench_mqtt.py"), *(["--quick"] if quick else [])]
+def run_external(group: str, script: str, title: str, server: str, quick: bool) -> int:
+    """Run one of the benchmarks with its own processes (``script``); print its output as a block.
+
+    ``server``: the reference program it also measures, when installed (else mqkit alone).
+    """
+    if server and shutil.which(server) is None:
+        print(f"\n**{group}**: {server} is not installed; {script} measures mqkit alone\n")
+    command = [sys.executable, str(HERE / script), *(["--quick"] if quick else [])]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    print("\n**mqtt: the MQTT gateway against mosquitto (benchmarks/bench_mqtt.py)**\n")
+    print(f"\n**{group}: {title} (benchmarks/{script})**\n")
     print("```text")
     print(proc.stdout.rstrip())
     print("```")
@@ -69,32 +72,12 @@ def run_mqtt(quick: bool) -> int:
     return proc.returncode
 
 
-def run_cluster(quick: bool) -> int:
-    """Run benchmarks/bench_cluster.py (its own redis-server and processes), as a block."""
-    command = [sys.executable, str(HERE / "bench_cluster.py"), *(["--quick"] if quick else [])]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    print("\n**cluster: cluster mode against a redis-py loop (benchmarks/bench_cluster.py)**\n")
-    print("```text")
-    print(proc.stdout.rstrip())
-    print("```")
-    if proc.returncode != 0:
-        print(proc.stderr, file=sys.stderr)
-    return proc.returncode
-
-
-def run_amqp(quick: bool) -> int:
-    """Run benchmarks/bench_amqp.py (its own processes) and print its output as a block."""
-    if shutil.which("rabbitmq-server") is None:
-        print("\n**amqp**: rabbitmq-server is not installed; bench_amqp.py measures mqkit alone\n")
-    command = [sys.executable, str(HERE / "bench_amqp.py"), *(["--quick"] if quick else [])]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
-    print("\n**amqp: the AMQP gateway against RabbitMQ (benchmarks/bench_amqp.py)**\n")
-    print("```text")
-    print(proc.stdout.rstrip())
-    print("```")
-    if proc.returncode != 0:
-        print(proc.stderr, file=sys.stderr)
-    return proc.returncode
+EXTERNAL = {
+    "mqtt": ("bench_mqtt.py", "the MQTT gateway against mosquitto", "mosquitto"),
+    "cluster": ("bench_cluster.py", "cluster mode against a redis-py loop", ""),
+    "amqp": ("bench_amqp.py", "the AMQP gateway against RabbitMQ", "rabbitmq-server"),
+}
+"""The groups that run in their own processes: group -> (script, title, reference server)."""
 
 
 def profile(spec: str, quick: bool, messages: int | None, top: int) -> int:
@@ -192,12 +175,9 @@ def main() -> int:
         tables.append(report.target_table(targets))
     print(report.markdown(tables))
     code = 0
-    if "mqtt" in groups:
-        code = run_mqtt(args.quick)
-    if "cluster" in groups:
-        code = run_cluster(args.quick) or code
-    if "amqp" in groups:
-        code = run_amqp(args.quick) or code
+    for group, (script, title, server) in EXTERNAL.items():
+        if group in groups:
+            code = run_external(group, script, title, server, args.quick) or code
     title = f"mqkit benchmark suite ({'quick' if args.quick else 'full'}), median of {rounds}"
     if args.json:
         data = report.to_json(results, memory, title, machine, scaling)

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
+import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 import mqkit
 
@@ -74,3 +76,20 @@ def _close_raw_clients() -> Iterator[None]:
 def mqkit_amqp(amqp_server_factory: Callable[..., AMQPServer]) -> AMQPServer:
     """A running mqkit broker with its AMQP gateway on 127.0.0.1 (port 0)."""
     return amqp_server_factory()
+
+
+@pytest.fixture
+def conn(mqkit_amqp: AMQPServer) -> Iterator[pika.BlockingConnection]:
+    """A pika connection to ``mqkit_amqp``, closed after the test."""
+    from .helpers import connect
+
+    c = connect(mqkit_amqp)
+    yield c
+    if c.is_open:
+        c.close()
+
+
+@pytest.fixture
+def ch(conn: pika.BlockingConnection) -> BlockingChannel:
+    """A channel of ``conn``."""
+    return conn.channel()

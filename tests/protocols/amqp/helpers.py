@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import pika
 from pamqp import commands, frame
+from pika.adapters.blocking_connection import BlockingChannel
 
 from .conftest import AMQPServer
 
@@ -114,3 +115,13 @@ class Raw:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+def bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
+    """Every ready message of ``queue`` (basic.get until get-empty)."""
+    out: list[bytes] = []
+    while True:
+        method, _, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append(body)

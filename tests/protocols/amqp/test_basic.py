@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,19 +13,6 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from .conftest import AMQPServer
 from .helpers import TIMEOUT, connect
-
-
-@pytest.fixture
-def conn(mqkit_amqp: AMQPServer) -> Iterator[pika.BlockingConnection]:
-    c = connect(mqkit_amqp)
-    yield c
-    if c.is_open:
-        c.close()
-
-
-@pytest.fixture
-def ch(conn: pika.BlockingConnection) -> BlockingChannel:
-    return conn.channel()
 
 
 def take(ch: BlockingChannel, queue: str, n: int, auto_ack: bool = False) -> list[Any]:

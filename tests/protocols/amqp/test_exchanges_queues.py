@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pika
 import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .conftest import AMQPServer
-from .helpers import connect
-
-
-@pytest.fixture
-def conn(mqkit_amqp: AMQPServer) -> Iterator[pika.BlockingConnection]:
-    c = connect(mqkit_amqp)
-    yield c
-    if c.is_open:
-        c.close()
-
-
-@pytest.fixture
-def ch(conn: pika.BlockingConnection) -> BlockingChannel:
-    return conn.channel()
-
-
-def bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
-    """Every ready message of ``queue`` (basic.get until get-empty)."""
-    out: list[bytes] = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
+from .helpers import bodies, connect
 
 
 def channel_error(ch: BlockingChannel, call: object, *args: object, **kw: object) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -11,29 +11,7 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .conftest import AMQPServer
-from .helpers import TIMEOUT, connect
-
-
-@pytest.fixture
-def conn(mqkit_amqp: AMQPServer) -> Iterator[pika.BlockingConnection]:
-    c = connect(mqkit_amqp)
-    yield c
-    if c.is_open:
-        c.close()
-
-
-@pytest.fixture
-def ch(conn: pika.BlockingConnection) -> BlockingChannel:
-    return conn.channel()
-
-
-def bodies(ch: BlockingChannel, queue: str) -> list[bytes]:
-    out: list[bytes] = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
+from .helpers import TIMEOUT, bodies, connect
 
 
 def wait_for_dead_letter(
