@@ -379,9 +379,14 @@ def estimate_size(message: Message) -> int:
         else:
             payload = _container_size(data)
     size = _MESSAGE_OVERHEAD + len(message.id) + payload
-    if message.meta:
+    meta = message.meta
+    if meta:
         # 49 + len for a str key or value; attrs does not check types, so anything is measured
-        size += sum(_payload_size(k) + _payload_size(v) for k, v in message.meta.items())
+        for key, value in meta.items():
+            if key.__class__ is str and value.__class__ is str:  # the common case, no call
+                size += 98 + len(key) + len(value)
+            else:
+                size += _payload_size(key) + _payload_size(value)
     return size
 
 

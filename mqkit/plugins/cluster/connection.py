@@ -12,6 +12,7 @@ difference: the plugin, its readers and its consumer groups get their clients fr
 from __future__ import annotations
 
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     Client: TypeAlias = redis.Redis | redis.cluster.RedisCluster
     """A client of either topology (both have the same single-key commands)."""
 
-__all__ = ["Connector"]
+__all__ = ["Connector", "Direct"]
 
 T = TypeVar("T")
 
@@ -140,3 +141,59 @@ def _owner(client: redis.cluster.RedisCluster, key: str) -> redis.cluster.Cluste
 
 def _connected(info: Any) -> int:
     return int(dict(info).get("connected_slaves", 0))
+
+
+class Direct:
+    """Single commands on connections of their own: the publish hot path of one server.
+
+    redis-py's client takes a connection from its pool under a lock, runs the command through
+    its retry and event machinery and gives the connection back: on the 2-core benchmark
+    machine about 30 µs of CPU per command, as much as the round trip itself. :meth:`call`
+    instead takes a connection from a free list (``deque.pop``/``append`` are atomic, no
+    lock), sends the packed command and reads its reply. A thread that finds the list empty
+    takes one more connection from the client's pool, so concurrent publishers still run side
+    by side. A connection that failed is disconnected (redis-py does it for a lost one) and
+    goes back to the list: it connects again on its next command. The connections stay the
+    pool's (taken, never given back), so closing the client closes them too.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        import redis.exceptions as rx
+
+        self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
+        try:  # the `cluster` extra's C packer; redis-py's own (which calls it) otherwise
+            from hiredis import pack_command
+
+            self._pack = pack_command
+        except ImportError:  # pragma: no cover - depends on the install
+            pass
+        self._pool = client.connection_pool
+        self._free: deque[Any] = deque()
+        self._refused = rx.ResponseError
+
+    def call(self, *args: str | bytes) -> Any:
+        """Send one command (``str`` and ``bytes`` arguments) and return its reply.
+
+        Raises what redis-py raises for it.
+        """
+        free = self._free
+        try:
+            conn = free.pop()
+        except IndexError:
+            conn = self._pool.get_connection()
+        pack = self._pack
+        try:
+            if pack is not None:
+                conn.send_packed_command([pack(args)], check_health=False)
+            else:
+                conn.send_command(*args, check_health=False)
+            reply = conn.read_response()
+        except self._refused:  # an error reply: read whole, the connection is in step
+            free.append(conn)
+            raise
+        except BaseException:  # anything else may leave a reply unread: never reuse it as is
+            conn.disconnect()
+            free.append(conn)
+            raise
+        free.append(conn)
+        return reply

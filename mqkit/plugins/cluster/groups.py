@@ -32,7 +32,6 @@ When a held entry settles:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -45,7 +44,7 @@ import attrs
 from mqkit.core.errors import MQError
 from mqkit.core.message import Message, needs_ack
 from mqkit.core.subscription import Subscription
-from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
+from mqkit.plugins.persistence.serializer import decode_message, encode_message
 
 if TYPE_CHECKING:
     from mqkit.plugins.cluster.connection import Client
@@ -130,11 +129,13 @@ class _Held:
     nacked: bool = False
 
 
-_READ_LINGER = 0.001
-"""Seconds a group reader waits after a read that found only a few new entries."""
+_READ_LINGER = 0.003
+"""Seconds a busy group reader waits after a read that found only a few new entries."""
 _GATHER = 32
-"""A read that finds fewer new entries than this (and than the buffer's room) waits a little."""
-_LINGER = 0.002
+"""A read that finds fewer new entries than this (and than the buffer's room) may wait a little."""
+_BUSY_RATE = 2000.0
+"""Entries per second from which a reader lingers: below it, each read takes what came."""
+_LINGER = 0.005
 """Seconds the settler waits after the first of a few settlings, for more to join them."""
 _BATCH = 256
 """Settlings that are sent at once, without waiting for more."""
@@ -186,6 +187,7 @@ class GroupReader:
         resume: str | None = "0"  # own pending entries first
         cursor = "0-0"
         next_claim = 0.0
+        last_read = time.monotonic()  # when the last read of new entries returned
         backoff = 0.05
         try:
             while not self.stop.is_set():
@@ -228,9 +230,12 @@ class GroupReader:
                         for _key, entries in found or ():
                             got += len(entries)
                             self.take(client, entries, fresh=True)
-                        if 0 < got < min(room, _GATHER):
-                            # A trickle: let a few more gather than read them one call each (a
-                            # message alone still comes at once; one of a stream waits <= 1 ms).
+                        now = time.monotonic()
+                        span, last_read = now - last_read, now
+                        if 0 < got < min(room, _GATHER) and got >= span * _BUSY_RATE:
+                            # A fast stream read a few at a time: let more gather than read
+                            # them one call each (waits <= 3 ms). A slower one is read as it
+                            # comes, each message at once.
                             self.stop.wait(_READ_LINGER)
                 except plugin.failed as exc:
                     if "NOGROUP" in str(exc):  # the stream was deleted: the group starts over
@@ -316,7 +321,7 @@ class GroupReader:
         if not fields:
             return None  # deleted by MAXLEN while pending
         try:
-            message = message_from_dict(json.loads(fields[FIELD]))
+            message = decode_message(fields[FIELD])
         except (KeyError, ValueError, TypeError, MQError) as exc:
             log.error("cluster stream of %r holds an unreadable entry: %r", self.topic, exc)
             return None
@@ -352,31 +357,29 @@ class GroupReader:
             del self.by_ack[ack_id]
         return held
 
-    def _next(self, message: Message) -> None:
-        """Buffer the copy held back behind ``message``'s ack id, if any."""
+    def _waiting(self, message: Message) -> tuple[str, Message] | None:
+        """Under the lock: the copy held back behind ``message``'s ack id, taken off its queue."""
         ack_id = getattr(message, "ack_id", "")
-        if not ack_id:
-            return
-        with self.lock:
-            queue = self.waiting.get(ack_id)
-            if not queue or ack_id in self.by_ack:
-                return
-            entry, waiting = queue.popleft()
-            if not queue:
-                del self.waiting[ack_id]
-        self.hold(entry, waiting)
+        queue = self.waiting.get(ack_id) if ack_id else None
+        if not queue or ack_id in self.by_ack:
+            return None
+        waiting = queue.popleft()
+        if not queue:
+            del self.waiting[ack_id]
+        return waiting
 
     def _settle(self, entry: str | None, mode: str, *extra: Any) -> Message | None:
         if entry is None:
             return None
         with self.lock:
             held = self._pop(entry)
-            if held is not None:
-                self.settling.add(entry)
-        if held is None:
-            return None
+            if held is None:
+                return None
+            self.settling.add(entry)
+            waiting = self._waiting(held.message) if self.waiting else None
         self.plugin.settler.put(self, mode, entry, *extra)
-        self._next(held.message)
+        if waiting is not None:  # its ack id's next copy may come now
+            self.hold(*waiting)
         return held.message
 
     def taken(self, subscription: Subscription, message: Message) -> None:
@@ -392,9 +395,7 @@ class GroupReader:
 
     def acked(self, message: Message) -> None:
         """The consumer acked an ack-required message: ``XACK``."""
-        with self.lock:
-            entry = self.by_ack.get(getattr(message, "ack_id", ""))
-        self._settle(entry, "ack")
+        self._settle(self.by_ack.get(getattr(message, "ack_id", "")), "ack")  # (dict.get: atomic)
 
     def nacked(self, message: Message) -> None:
         """The consumer nacked: remembered for the dead letter's reason."""

@@ -33,7 +33,6 @@ blocking joins it at that lane's next read (at most ``read_block`` later).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from mqkit.core.errors import MQError
 from mqkit.core.message import Message
 from mqkit.plugins.cluster.settings import ClusterSettings
-from mqkit.plugins.persistence.serializer import message_from_dict
+from mqkit.plugins.persistence.serializer import decode_message
 
 if TYPE_CHECKING:
     from mqkit.core.subscription import Subscription
@@ -332,7 +331,7 @@ class FilterReader:
 def decode(fields: dict[bytes, bytes], topic: str) -> Message | None:
     """The message of a stream entry of ``topic``'s stream, or None (logged) if it is not one."""
     try:
-        message = message_from_dict(json.loads(fields[FIELD]))
+        message = decode_message(fields[FIELD])
     except (KeyError, ValueError, TypeError, MQError) as exc:
         log.error("cluster stream of %r holds an unreadable entry: %r", topic, exc)
         return None

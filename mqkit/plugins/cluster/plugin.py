@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import threading
 import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mqkit.core.errors import ClusterError, ClusterUnavailableError, MQError
 from mqkit.core.features import ClusterFeature
@@ -43,11 +42,11 @@ from mqkit.core.plugins import PluginInfo
 from mqkit.core.status import ClusterStatus, DeadLetter
 from mqkit.core.subscription import SubOptions, Subscription, Taps
 from mqkit.core.topics import normalize_topic
-from mqkit.plugins.cluster.connection import Connector
+from mqkit.plugins.cluster.connection import Connector, Direct
 from mqkit.plugins.cluster.groups import SETTLE, GroupReader, Settler
 from mqkit.plugins.cluster.index import FilterReader, TopicIndex
 from mqkit.plugins.cluster.settings import ClusterSettings
-from mqkit.plugins.persistence.serializer import encode_message, message_from_dict
+from mqkit.plugins.persistence.serializer import decode_message, encode_message
 
 if TYPE_CHECKING:
     import redis
@@ -67,6 +66,9 @@ _FIELD = b"m"
 _NOTHING = "0-0"
 
 _MAX_ID_PART = 2**64 - 1
+
+_KEYS_CACHED = 10_000
+"""Topics whose XADD arguments a node keeps (the cache starts over beyond it)."""
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
@@ -177,7 +179,7 @@ class _Reader:
 
     def deliver(self, fields: dict[bytes, bytes]) -> None:
         try:
-            message = message_from_dict(json.loads(fields[_FIELD]))
+            message = decode_message(fields[_FIELD])
         except (KeyError, ValueError, TypeError, MQError) as exc:
             log.error("cluster stream of %r holds an unreadable entry: %r", self.topic, exc)
             return
@@ -226,6 +228,9 @@ class ClusterPlugin(ClusterFeature, Plugin):
         self._node_key = node_key(self._prefix, self.node_id)
         self._nodes_key = f"{self._prefix}:nodes"
         self._client: Client | None = None
+        self._direct: Direct | None = None
+        """The single publish's connections (one server, no replicas to wait for), or None."""
+        self._xadd: dict[str, tuple[str | bytes, ...]] = {}  # topic -> its XADD up to the value
         self._running = False
         self._topology_checked = False
         self._readers: dict[int, _Reader | FilterReader] = {}
@@ -259,20 +264,26 @@ class ClusterPlugin(ClusterFeature, Plugin):
             if not self._running:
                 raise ClusterUnavailableError.because("the cluster plugin is not running")
             if self._client is None:
-                self._client = self.client()
+                self._client = client = self.client()
+                if not self.connector.cluster and self._replicas <= 0:
+                    self._direct = Direct(cast("redis.Redis", client))
             return self._client
 
     def _call(self, what: str, action: Callable[[Client], T]) -> T:
         """Run ``action`` on the shared client; an unreachable Redis is ClusterUnavailableError."""
         try:
             return action(self._shared())
-        except self.down as exc:
-            self._reachable = False
-            raise ClusterUnavailableError.because(
-                f"{what}: {self._where()} cannot be reached ({exc})"
-            ) from exc
         except self.failed as exc:
-            raise ClusterError.because(f"{what}: Redis refused it ({exc})") from exc
+            raise self._failure(what, exc) from exc
+
+    def _failure(self, what: str, exc: BaseException) -> MQError:
+        """The error for a failed Redis command: unreachable (ClusterUnavailableError) or not."""
+        if isinstance(exc, self.down):
+            self._reachable = False
+            return ClusterUnavailableError.because(
+                f"{what}: {self._where()} cannot be reached ({exc})"
+            )
+        return ClusterError.because(f"{what}: Redis refused it ({exc})")
 
     def _where(self) -> str:
         return self.connector.where()
@@ -307,6 +318,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
         with self._lock:
             self._running = False
             client, self._client = self._client, None
+            self._direct = None
         if client is None:
             return
         try:
@@ -424,19 +436,48 @@ class ClusterPlugin(ClusterFeature, Plugin):
     # -- the feature -----------------------------------------------------------------------------
 
     def publish(self, topic: str, message: Message) -> None:
-        """XADD the stamped message to its topic's stream (and WAIT for the replicas)."""
-        self.publish_batch(topic, (message,))
+        """XADD the stamped message to its topic's stream (and WAIT for the replicas).
+
+        The common case - one server, no replicas to wait for, a topic this node registered
+        already - is one command on a :class:`~mqkit.plugins.cluster.connection.Direct`
+        connection; the others take :meth:`publish_batch`'s pipeline.
+        """
+        stamped = self._broker.stamp(topic, message)
+        topic = stamped.topic
+        direct = self._direct
+        if direct is None or self._index.due(topic):
+            self._send(topic, [stamped])
+            return
+        args = self._xadd.get(topic) or self._xadd_args(topic)
+        text = encode_message(stamped)
+        try:  # (``_direct`` is None unless running: then ``_send`` refuses)
+            direct.call(*args, text.encode())
+        except self.failed as exc:
+            raise self._failure(f"publish to cluster topic {topic!r}", exc) from exc
+
+    def _xadd_args(self, topic: str) -> tuple[str | bytes, ...]:
+        """The XADD of ``topic`` up to its field's value (cached per topic)."""
+        key = stream_key(self._prefix, topic)
+        maxlen = self.settings.stream_maxlen
+        trim = ("MAXLEN", "~", str(maxlen)) if maxlen else ()
+        args = ("XADD", key, *trim, "*", _FIELD)
+        if len(self._xadd) >= _KEYS_CACHED:
+            self._xadd.clear()
+        self._xadd[topic] = args
+        return args
 
     def publish_batch(self, topic: str, messages: Sequence[Message]) -> None:
         """XADD every stamped message in one pipeline, then WAIT once for the replicas."""
         stamped = [self._broker.stamp(topic, m) for m in messages]
-        if not stamped:
-            return
-        key = stream_key(self._prefix, stamped[0].topic)
+        if stamped:
+            self._send(stamped[0].topic, stamped)
+
+    def _send(self, topic: str, stamped: Sequence[Message]) -> None:
+        """XADD stamped messages of ``topic`` in one pipeline (registering a new topic)."""
+        key = stream_key(self._prefix, topic)
         texts = [encode_message(m) for m in stamped]
         maxlen = self.settings.stream_maxlen or None
 
-        topic = stamped[0].topic
         register = self._index.due(topic)
         if register and self.connector.cluster:
             # The index lives on its own slot: register it first, in a call of its own.
@@ -456,7 +497,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
             return pipe.execute()
 
         replies = self._call(
-            f"publish to cluster topic {stamped[0].topic!r}",
+            f"publish to cluster topic {topic!r}",
             lambda client: self.connector.on_shard(client, key, send),
         )
         if register:
@@ -465,7 +506,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
             self._replicas_seen = min(self._replicas_seen, int(replies[-1]))  # until the next sync
             raise ClusterError.because(
                 f"only {int(replies[-1])} of {self._replicas} replica(s) confirmed the publish "
-                f"to {stamped[0].topic!r} within {self.settings.replica_timeout}s: the "
+                f"to {topic!r} within {self.settings.replica_timeout}s: the "
                 "message may be on the primary only"
             )
 
@@ -711,7 +752,7 @@ class ClusterPlugin(ClusterFeature, Plugin):
         records: list[DeadLetter] = []
         for entry_id, fields in found:
             try:
-                message = message_from_dict(json.loads(fields[b"m"]))
+                message = decode_message(fields[_FIELD])
             except (KeyError, ValueError, TypeError, MQError) as exc:
                 log.error("dead letter stream of %r holds an unreadable entry: %r", checked, exc)
                 continue

@@ -39,6 +39,7 @@ from mqkit.core.errors import SerializationError
 
 __all__ = [
     "check_fields",
+    "decode_message",
     "decode_payload",
     "encode_message",
     "encode_payload",
@@ -425,6 +426,15 @@ def _data_is_any(cls: type) -> bool:
     """Whether the message class's ``data`` field is typed ``Any`` (cattrs passes it through)."""
     field = attrs.fields_dict(cls).get("data")
     return field is not None and field.type in (Any, "Any")
+
+
+def decode_message(text: str | bytes) -> Any:
+    """The message of a stored JSON text (``str``, or UTF-8 ``bytes`` as Redis returns it).
+
+    ``json.loads`` reads it, not orjson: orjson reads an integer beyond 64 bits as a float,
+    and telling such a text apart costs about what orjson would save.
+    """
+    return message_from_dict(json.loads(text))
 
 
 def encode_message(message: Any) -> str:

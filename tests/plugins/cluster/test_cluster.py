@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,63 @@ def test_stream_length_is_bounded(cluster_broker: Make, redis_server: RedisServe
     length = client.xlen(stream_key("mqkit", "t"))
     client.close()
     assert length < 2000  # MAXLEN ~ trims whole macro nodes: about 10, never all
+
+
+def test_single_publishes_are_bounded_too(cluster_broker: Make, redis_server: RedisServer) -> None:
+    a = cluster_broker("a", stream_maxlen=10)
+    for i in range(2000):
+        a.publish_to_cluster("t", mqkit.Message(str(i)))
+    client = redis.Redis.from_url(redis_server.url)
+    length = client.xlen(stream_key("mqkit", "t"))
+    client.close()
+    assert length < 2000
+
+
+def test_a_refused_publish_raises_and_the_next_one_goes_through(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    # A single publish runs on a connection of its own (not redis-py's pool): an error reply
+    # must leave that connection in step with Redis, so the next reply is the next command's.
+    a = cluster_broker("a")
+    sub = a.subscribe_from_cluster("t")
+    a.publish_to_cluster("t", mqkit.Message("first"))
+    client = redis.Redis.from_url(redis_server.url)
+    key = stream_key("mqkit", "t")
+    client.delete(key)
+    client.set(key, "not a stream")  # XADD now gets WRONGTYPE
+    for _ in range(3):
+        with pytest.raises(mqkit.ClusterError, match="refused"):
+            a.publish_to_cluster("t", mqkit.Message("refused"))
+    client.delete(key)
+    client.close()
+    a.publish_to_cluster("t", mqkit.Message("second"))
+    assert sub.get(timeout=10).id == "first"
+    assert sub.get(timeout=10).id == "second"
+
+
+def test_concurrent_single_publishers_lose_nothing(cluster_broker: Make) -> None:
+    a, b = cluster_broker("a"), cluster_broker("b")
+    sub = b.subscribe_from_cluster("t", mqkit.SubOptions(buffer_size=2000))
+    errors: list[BaseException] = []
+
+    def publish(thread: int) -> None:
+        try:
+            for i in range(200):
+                a.publish_to_cluster("t", mqkit.Message(f"{thread}-{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    got = [sub.get(timeout=10).id for _ in range(800)]
+    assert sorted(got) == sorted(f"{t}-{i}" for t in range(4) for i in range(200))
+    for t in range(4):  # each publisher's own messages in its order
+        mine = [m for m in got if m.startswith(f"{t}-")]
+        assert mine == [f"{t}-{i}" for i in range(200)]
 
 
 def test_fan_out_across_processes(redis_server: RedisServer, cluster_broker: Make) -> None:
