@@ -5,7 +5,10 @@ Run: ``python benchmarks/bench_cluster.py`` (``--quick`` for a short run). Start
 stops it at the end. Three tables, each the median of interleaved rounds:
 
 - **group**: one publisher (this process) and one consumer process of a consumer group on one
-  topic, 64-byte payloads. mqkit: ``publish_to_cluster`` of ``AckMessage``\\s, one call per
+  topic, 64-byte payloads; each round runs both sides (alternating which goes first), and the
+  ratio is the median of the rounds' ratios. Each side's CPU time per message is reported too
+  (the consumer's: every thread of its process, from subscribed to the last ack).
+  mqkit: ``publish_to_cluster`` of ``AckMessage``\\s, one call per
   message; the consumer ``subscribe_from_cluster(topic, SubOptions(group=...))`` with ack
   support on, and ``sub.ack`` of each message. The hand-written loop does the same work with
   redis-py: one ``XADD`` per message; ``XREADGROUP COUNT 256 BLOCK`` and one ``XACK`` per
@@ -66,7 +69,7 @@ def config(url: str, node: str) -> mqkit.Config:
 def consume_mqkit(url: str, n: int, run: str) -> tuple[float, list[float]]:
     with mqkit.Broker(config(url, f"consumer-{run}")) as broker:
         sub = broker.subscribe_from_cluster(TOPIC, mqkit.SubOptions(group=GROUP, buffer_size=1000))
-        print("ready", flush=True)
+        print("ready", time.process_time(), flush=True)
         delays: list[float] = []
         for _ in range(n):
             message = sub.get(timeout=120)
@@ -80,7 +83,7 @@ def consume_loop(url: str, n: int, run: str) -> tuple[float, list[float]]:
     key = f"loop:{TOPIC}"
     with contextlib.suppress(redis.ResponseError):
         client.xgroup_create(key, GROUP, id="$", mkstream=True)
-    print("ready", flush=True)
+    print("ready", time.process_time(), flush=True)
     delays: list[float] = []
     while len(delays) < n:
         found = client.xreadgroup(GROUP, f"consumer-{run}", {key: ">"}, count=256, block=1000)
@@ -98,7 +101,8 @@ def consume_loop(url: str, n: int, run: str) -> tuple[float, list[float]]:
 
 def consumer_main(kind: str, url: str, n: int, run: str) -> None:
     end, delays = (consume_mqkit if kind == "mqkit" else consume_loop)(url, n, run)
-    print("done", repr(end), ",".join(f"{d:.6f}" for d in delays), flush=True)
+    cpu = time.process_time()  # every thread's CPU time in the consumer process
+    print("done", repr(end), repr(cpu), ",".join(f"{d:.6f}" for d in delays), flush=True)
 
 
 # -- the publisher (this process) -------------------------------------------------------------
@@ -140,8 +144,10 @@ def publish_loop(url: str, run: str) -> Callable[[int, float], float]:
     return publish
 
 
-def one_run(kind: str, url: str, n: int, pace: float, run: str) -> tuple[float, list[float]]:
-    """One publisher -> consumer run: (msgs/s, delays in seconds)."""
+def one_run(
+    kind: str, url: str, n: int, pace: float, run: str
+) -> tuple[float, list[float], float, float]:
+    """One publisher -> consumer run: msgs/s, delays in seconds, CPU µs/msg of both sides."""
     consumer = subprocess.Popen(
         [sys.executable, str(HERE), "--consumer", kind, url, str(n), run],
         stdout=subprocess.PIPE,
@@ -149,14 +155,19 @@ def one_run(kind: str, url: str, n: int, pace: float, run: str) -> tuple[float, 
     )
     assert consumer.stdout is not None
     try:
-        assert consumer.stdout.readline().strip() == "ready", "the consumer did not start"
+        ready = consumer.stdout.readline().split()
+        assert ready and ready[0] == "ready", "the consumer did not start"
         publish = (publish_mqkit if kind == "mqkit" else publish_loop)(url, run)
+        cpu = time.process_time()
         start = publish(n, pace)
+        publisher_cpu = time.process_time() - cpu
         line = consumer.stdout.readline().split()
         assert line and line[0] == "done", f"the consumer failed: {line}"
         end = float(line[1])
-        delays = [float(d) for d in line[2].split(",")] if len(line) > 2 else []
-        return n / (end - start), delays
+        consumer_cpu = float(line[2]) - float(ready[1])
+        delays = [float(d) for d in line[3].split(",")] if len(line) > 3 else []
+        per = 1e6 / n
+        return n / (end - start), delays, publisher_cpu * per, consumer_cpu * per
     finally:
         consumer.wait(60)
 
@@ -226,10 +237,16 @@ def main() -> int:
 def measure(url: str, n: int, rounds: int, lat_n: int) -> int:
     client = redis.Redis.from_url(url)
     rates: dict[str, list[float]] = {"mqkit": [], "loop": []}
+    cpu: dict[str, list[tuple[float, float]]] = {"mqkit": [], "loop": []}
+    ratios: list[float] = []
     for r in range(rounds):
-        for kind in ("mqkit", "loop"):
+        kinds = ("mqkit", "loop") if r % 2 == 0 else ("loop", "mqkit")  # alternate who goes first
+        for kind in kinds:
             client.flushdb()
-            rates[kind].append(one_run(kind, url, n, 0.0, f"{kind}{r}")[0])
+            rate, _, publisher_cpu, consumer_cpu = one_run(kind, url, n, 0.0, f"{kind}{r}")
+            rates[kind].append(rate)
+            cpu[kind].append((publisher_cpu, consumer_cpu))
+        ratios.append(rates["mqkit"][-1] / rates["loop"][-1])
     single: list[float] = []
     batched: list[float] = []
     for r in range(rounds):
@@ -243,17 +260,29 @@ def measure(url: str, n: int, rounds: int, lat_n: int) -> int:
         delays[kind] = one_run(kind, url, lat_n, 1 / 500, f"lat-{kind}")[1]
     client.close()
     mq, loop = statistics.median(rates["mqkit"]), statistics.median(rates["loop"])
+    ratio = statistics.median(ratios)  # paired: both sides of a round ran seconds apart
+    publisher = {k: statistics.median(c[0] for c in cpu[k]) for k in cpu}
+    consumer = {k: statistics.median(c[1] for c in cpu[k]) for k in cpu}
     one, many = statistics.median(single), statistics.median(batched)
     print(
         f"cluster benchmark: {n:,} messages per run, median of {rounds} rounds, "
         f"{os.cpu_count()} cores"
     )
     print()
-    print("| group: publish -> consume (2 processes) | msgs/s |")
-    print("|---|---:|")
-    print(f"| mqkit (publish_to_cluster; group subscription, ack each) | {mq:,.0f} |")
-    print(f"| redis-py loop (XADD; XREADGROUP 256 + XACK) | {loop:,.0f} |")
-    print(f"| ratio mqkit / loop | {mq / loop:.2f}x |")
+    print(
+        "| group: publish -> consume (2 processes) | msgs/s "
+        "| publisher CPU µs/msg | consumer CPU µs/msg |"
+    )
+    print("|---|---:|---:|---:|")
+    print(
+        f"| mqkit (publish_to_cluster; group subscription, ack each) | {mq:,.0f} "
+        f"| {publisher['mqkit']:.0f} | {consumer['mqkit']:.0f} |"
+    )
+    print(
+        f"| redis-py loop (XADD; XREADGROUP 256 + XACK) | {loop:,.0f} "
+        f"| {publisher['loop']:.0f} | {consumer['loop']:.0f} |"
+    )
+    print(f"| ratio mqkit / loop (median of the rounds' ratios) | {ratio:.2f}x | | |")
     print()
     print("| publish (mqkit, publisher alone) | msgs/s |")
     print("|---|---:|")
