@@ -11,10 +11,12 @@ difference: the plugin, its readers and its consumer groups get their clients fr
 
 from __future__ import annotations
 
+import os
 import urllib.parse
+import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from mqkit.plugins.cluster.settings import ClusterSettings
 
@@ -170,6 +172,14 @@ class Direct:
         self._pool = client.connection_pool
         self._free: deque[Any] = deque()
         self._refused = rx.ResponseError
+        _after_fork.add(self)
+
+    def forget(self) -> None:
+        """Drop every connection unclosed: a forked child must not use its parent's sockets.
+
+        (As redis-py's pool does in a child: the parent's connections stay open for it.)
+        """
+        self._free = deque()
 
     def call(self, *args: str | bytes) -> Any:
         """Send one command (``str`` and ``bytes`` arguments) and return its reply.
@@ -197,3 +207,22 @@ class Direct:
             raise
         free.append(conn)
         return reply
+
+
+class _AfterFork(weakref.WeakSet[Direct]):
+    """Every live :class:`Direct`: a forked child forgets their connections."""
+
+    registered = False
+
+    def add(self, item: Direct) -> None:
+        if not self.registered and hasattr(os, "register_at_fork"):  # POSIX; once a process
+            os.register_at_fork(after_in_child=self.forget_all)
+            type(self).registered = True
+        super().add(item)
+
+    def forget_all(self) -> None:
+        for direct in list(self):
+            direct.forget()
+
+
+_after_fork: Final = _AfterFork()

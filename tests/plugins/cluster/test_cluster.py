@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
@@ -152,6 +153,49 @@ def test_concurrent_single_publishers_lose_nothing(cluster_broker: Make) -> None
     for t in range(4):  # each publisher's own messages in its order
         mine = [m for m in got if m.startswith(f"{t}-")]
         assert mine == [f"{t}-{i}" for i in range(200)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_child_does_not_share_the_parents_publish_connection(
+    cluster_broker: Make, redis_server: RedisServer
+) -> None:
+    # The single publish's connections are the plugin's own, outside redis-py's pool (which
+    # starts over in a child): a child that used them would read replies meant for its parent.
+    a, b = cluster_broker("a"), cluster_broker("b")
+    sub = b.subscribe_from_cluster("t", mqkit.SubOptions(buffer_size=1000))
+    a.publish_to_cluster("t", mqkit.Message("parent-first"))  # (registers the topic)
+    a.publish_to_cluster("t", mqkit.Message("parent-second"))  # on a connection of its own
+    watcher = redis.Redis.from_url(redis_server.url)
+
+    def connections() -> int:
+        return sum(1 for c in watcher.client_list() if c["name"] == "mqkit-a")
+
+    before = connections()
+    published, release = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: publish through the inherited broker, wait, exit without cleanup
+        code = 0
+        try:
+            for i in range(50):
+                a.publish_to_cluster("t", mqkit.Message(f"child-{i}"))
+        except BaseException:
+            code = 1
+        os.write(published[1], b"x")
+        os.read(release[0], 1)
+        os._exit(code)
+    try:
+        assert os.read(published[0], 1) == b"x"
+        assert connections() == before + 1  # the child's own connection
+    finally:
+        os.write(release[1], b"x")
+        _, status = os.waitpid(pid, 0)
+    watcher.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    for i in range(50):
+        a.publish_to_cluster("t", mqkit.Message(f"parent-{i}"))
+    got = {sub.get(timeout=10).id for _ in range(102)}
+    first = {"parent-first", "parent-second"}
+    assert got == first | {f"{w}-{i}" for w in ("parent", "child") for i in range(50)}
 
 
 def test_fan_out_across_processes(redis_server: RedisServer, cluster_broker: Make) -> None:
