@@ -41,6 +41,12 @@ def _database(url: str) -> str:
     return parts.path.strip("/") or query[0]
 
 
+def _protocol(url: str) -> str:
+    """The RESP version a Redis URL asks for (``?protocol=3``), ``""`` when it names none."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    return query.get("protocol", [""])[-1]
+
+
 def _seconds(value: float | timedelta) -> Any:
     try:
         return parse_seconds(value)
@@ -54,7 +60,8 @@ class ClusterSettings(Settings):
 
     url: str = "redis://127.0.0.1:6379/0"
     """The Redis server: ``redis://[user:pass@]host:port/db``, ``rediss://`` for TLS (with
-    ``topology = "cluster"``, one node of the Redis Cluster; the others are discovered)."""
+    ``topology = "cluster"``, one node of the Redis Cluster; the others are discovered).
+    The plugin speaks RESP2: ``?protocol=3`` is refused."""
     topology: str = "standalone"
     """``"standalone"``: one Redis server (a primary, with replicas or not); ``"cluster"``: a
     Redis Cluster (redis-py's ``RedisCluster``; each topic lives on one shard)."""
@@ -85,6 +92,12 @@ class ClusterSettings(Settings):
                 "url",
                 self.topology == "cluster" and _database(self.url) not in ("", "0"),
                 "must use database 0 with topology 'cluster' (a Redis Cluster has no other)",
+            ),
+            (
+                "url",
+                _protocol(self.url) not in ("", "2"),
+                "must not ask for another protocol than RESP2 (protocol=2): the plugin reads "
+                "its replies as RESP2 shapes them",
             ),
             (
                 "key_prefix",

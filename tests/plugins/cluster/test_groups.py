@@ -70,6 +70,24 @@ def test_a_group_shares_the_messages_across_brokers_without_duplicates(
     wait_pending(redis_server.url, "jobs", 0)  # no ack support: settled when handed out
 
 
+@pytest.mark.parametrize("query", ["", "?protocol=2"])
+def test_groups_and_single_publishes_with_resp2_named_or_not(
+    cluster_broker: Make, redis_server: RedisServer, query: str
+) -> None:
+    # The plugin reads RESP2-shaped replies (protocol=3 in the url is refused: test_topology);
+    # a single publish sends its XADD itself and reads the reply (Direct).
+    url = f"{redis_server.url}{query}"
+    a = cluster_broker("a", url=url, enable_ack_support=True)
+    sub = a.subscribe_from_cluster("jobs", mqkit.SubOptions(group="workers"))
+    for i in range(30):
+        a.publish_to_cluster("jobs", mqkit.AckMessage(str(i), data={"n": i}))
+    got = [sub.get(timeout=10) for _ in range(30)]
+    assert [m.data for m in got] == [{"n": i} for i in range(30)]
+    for message in got:
+        sub.ack(message.ack_id)  # type: ignore[attr-defined]
+    wait_pending(redis_server.url, "jobs", 0)
+
+
 def test_a_group_starts_at_the_end_of_the_stream(cluster_broker: Make) -> None:
     a = cluster_broker("a")
     a.publish_to_cluster("jobs", mqkit.Message("before"))

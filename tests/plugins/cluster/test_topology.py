@@ -128,6 +128,7 @@ def test_cluster_topology_on_a_standalone_server_is_refused_at_start(
     [
         ({"topology": "sentinel"}, "cluster.topology"),
         ({"topology": "cluster", "url": "redis://127.0.0.1:6379/2"}, "cluster.url"),
+        ({"url": "redis://127.0.0.1:6379/0?protocol=3"}, "cluster.url"),  # RESP3: refused
     ],
 )
 def test_topology_settings_are_checked(fields: dict[str, str], field: str) -> None:
