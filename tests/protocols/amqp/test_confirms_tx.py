@@ -17,18 +17,28 @@ from .conftest import AMQPServer
 from .helpers import Raw, connect
 
 
-def test_confirms_ack_each_publish_in_order(mqkit_amqp: AMQPServer) -> None:
-    raw = Raw(mqkit_amqp)
+def _confirming(server: AMQPServer, queue: str) -> Raw:
+    """A raw connection with channel 1 in confirm mode and ``queue`` declared."""
+    raw = Raw(server)
     raw.handshake()
     raw.send_frame(commands.Confirm.Select(), 1)
     raw.expect(commands.Confirm.SelectOk)
-    raw.send_frame(commands.Queue.Declare(queue="c"), 1)
+    raw.send_frame(commands.Queue.Declare(queue=queue), 1)
     raw.expect(commands.Queue.DeclareOk)
+    return raw
+
+
+def _publish(routing_key: str, body: bytes = b"") -> bytes:
+    """The frames of one basic.publish on channel 1 to the default exchange."""
+    frames = pframe.marshal(commands.Basic.Publish(routing_key=routing_key), 1)
+    frames += pframe.marshal(pheader.ContentHeader(0, len(body), commands.Basic.Properties()), 1)
+    return frames + (pframe.marshal(pbody.ContentBody(body), 1) if body else b"")
+
+
+def test_confirms_ack_each_publish_in_order(mqkit_amqp: AMQPServer) -> None:
+    raw = _confirming(mqkit_amqp, "c")
     for routing_key in ("c", "c", "unroutable"):
-        raw.send(
-            pframe.marshal(commands.Basic.Publish(routing_key=routing_key), 1)
-            + pframe.marshal(pheader.ContentHeader(0, 0, commands.Basic.Properties()), 1)
-        )
+        raw.send(_publish(routing_key))
     # an unroutable message is confirmed too, as by RabbitMQ
     assert _confirmed(raw, 3) == [1, 2, 3]
 
@@ -50,20 +60,11 @@ def test_a_consumer_on_the_connection_gets_the_message_before_its_publisher_ack(
 ) -> None:
     # As from RabbitMQ: a client that awaits the ack, then the delivery (aiormq's
     # test_connection_close_stairway), must not see the ack alone when the connection is cut.
-    raw = Raw(mqkit_amqp)
-    raw.handshake()
-    raw.send_frame(commands.Confirm.Select(), 1)
-    raw.expect(commands.Confirm.SelectOk)
-    raw.send_frame(commands.Queue.Declare(queue="own"), 1)
-    raw.expect(commands.Queue.DeclareOk)
+    raw = _confirming(mqkit_amqp, "own")
     raw.send_frame(commands.Basic.Consume(queue="own", consumer_tag="t", no_ack=True), 1)
     raw.expect(commands.Basic.ConsumeOk)
     for seq in (1, 2, 3):
-        raw.send(
-            pframe.marshal(commands.Basic.Publish(routing_key="own"), 1)
-            + pframe.marshal(pheader.ContentHeader(0, 1, commands.Basic.Properties()), 1)
-            + pframe.marshal(pbody.ContentBody(b"x"), 1)
-        )
+        raw.send(_publish("own", b"x"))
         deliver = raw.expect(commands.Basic.Deliver)
         assert deliver.delivery_tag == seq
         raw.expect(pheader.ContentHeader)
@@ -73,16 +74,8 @@ def test_a_consumer_on_the_connection_gets_the_message_before_its_publisher_ack(
 
 
 def test_confirms_due_together_are_one_multiple_ack(mqkit_amqp: AMQPServer) -> None:
-    raw = Raw(mqkit_amqp)
-    raw.handshake()
-    raw.send_frame(commands.Confirm.Select(), 1)
-    raw.expect(commands.Confirm.SelectOk)
-    raw.send_frame(commands.Queue.Declare(queue="m"), 1)
-    raw.expect(commands.Queue.DeclareOk)
-    publish = pframe.marshal(commands.Basic.Publish(routing_key="m"), 1) + pframe.marshal(
-        pheader.ContentHeader(0, 0, commands.Basic.Properties()), 1
-    )
-    raw.send(publish * 50)  # one write: the server reads them in one go and acks them together
+    raw = _confirming(mqkit_amqp, "m")
+    raw.send(_publish("m") * 50)  # one write: the server reads them at once, acks them together
     acks: list[Any] = []
     while not acks or acks[-1].delivery_tag < 50:
         acks.append(raw.expect(commands.Basic.Ack))
@@ -97,10 +90,7 @@ def test_confirms_due_together_are_one_multiple_ack(mqkit_amqp: AMQPServer) -> N
         1,
     )
     raw.expect(commands.Queue.DeclareOk)
-    full = pframe.marshal(commands.Basic.Publish(routing_key="full"), 1) + pframe.marshal(
-        pheader.ContentHeader(0, 0, commands.Basic.Properties()), 1
-    )
-    raw.send(full * 3)
+    raw.send(_publish("full") * 3)
     first = raw.expect(commands.Basic.Ack)
     assert (first.delivery_tag, first.multiple) == (51, False)
     nacks = [raw.expect(commands.Basic.Nack) for _ in range(2)]
