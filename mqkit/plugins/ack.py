@@ -216,14 +216,16 @@ class AckPlugin(AckFeature, Plugin):
     @for_messages(lambda cls, config: has_field(cls, "ack_policy"))
     def mqkit_delivered(self, broker: Broker, subscription: Subscription, message: Message) -> None:
         """Start the deadline of an ack-required message just handed out."""
-        if getattr(message, "ack_policy", _NO_ACK) == _NO_ACK:  # needs_ack, inlined
+        if getattr(message, "ack_policy", _NO_ACK) is _NO_ACK:  # needs_ack, inlined
             return
         ack_id: str = getattr(message, "ack_id", "")
         timeout: float | None = getattr(message, "ack_timeout", None)
         if timeout is None:
-            timeout = broker.config.default_ack_timeout
+            timeout = broker._config.default_ack_timeout
         deadline = broker.clock.monotonic() + timeout
-        size = estimate_size(message)  # O(1), and remembered on the message
+        size = message._size  # estimate_size, inlined for a copy built with its size
+        if size < 0:
+            size = estimate_size(message)  # O(1)
         pending: _Pending = _new_pending(
             _Pending, (message, subscription, ack_id, timeout, deadline, size)
         )
@@ -231,15 +233,14 @@ class AckPlugin(AckFeature, Plugin):
             held = self._pending.get(subscription)
             if held is None:
                 held = self._pending[subscription] = {}
-            previous = held.get(ack_id)
-            if previous is not None:  # the same copy again (publish refuses a second one)
-                self._unlink(previous)
+            elif ack_id in held:  # the same copy again (publish refuses a second one)
+                self._unlink(held[ack_id])
             held[ack_id] = pending
             bucket = self._buckets.get(timeout)
             if bucket is None:
                 bucket = self._buckets[timeout] = OrderedDict()
             bucket[(subscription, ack_id)] = pending
-            self._bytes += pending.size
+            self._bytes += size
             if self._armed_at is None or deadline < self._armed_at:
                 self._arm(broker, deadline)
 
@@ -274,11 +275,28 @@ class AckPlugin(AckFeature, Plugin):
 
     def ack_subscription(self, subscription: Subscription, ack_id: str) -> None:
         """Settle ``ack_id`` on ``subscription``."""
-        pending = self._take(subscription, ack_id, settle=True)
+        # _take(settle=True) with _unlink and _release inlined: the ack's whole bookkeeping
+        # under one lock, without a call.
+        with self._lock:
+            held = self._pending.get(subscription)
+            pending = held.pop(ack_id, None) if held is not None else None
+            if pending is None:
+                raise _not_found(ack_id)
+            bucket = self._buckets.get(pending.timeout)
+            if bucket is not None:
+                bucket.pop((subscription, ack_id), None)
+            self._bytes -= pending.size
+            ids = self._ids
+            left = ids.get(ack_id)
+            if left is not None:
+                if left > 1 or ack_id in self._publishing:
+                    ids[ack_id] = left - 1
+                else:
+                    del ids[ack_id]
         broker = self._broker
         if broker is None:
             broker = self._live_broker()
-        broker.hooks.ack(broker, subscription, pending.message)
+        broker._hooks.ack(broker, subscription, pending.message)
 
     def nack_subscription(self, subscription: Subscription, ack_id: str, requeue: bool) -> None:
         """Redeliver ``ack_id`` to ``subscription`` (``requeue``) or dead-letter it."""
@@ -321,20 +339,14 @@ class AckPlugin(AckFeature, Plugin):
             raise AckNotFoundError.because(f"ack id {ack_id!r} not found on topic {wanted!r}")
         return found
 
-    def _take(self, subscription: Subscription, ack_id: str, settle: bool = False) -> _Pending:
-        """Take the delivery of ``ack_id`` off ``subscription``; ``settle``: its copy ended."""
+    def _take(self, subscription: Subscription, ack_id: str) -> _Pending:
+        """Take the delivery of ``ack_id`` off ``subscription`` (its copy goes on for now)."""
         with self._lock:
             held = self._pending.get(subscription)
             pending = held.pop(ack_id, None) if held is not None else None
             if pending is None:
-                raise AckNotFoundError.because(
-                    f"ack id {ack_id!r} not found (unknown, or already acked or settled)"
-                )
-            if not held:
-                del self._pending[subscription]
+                raise _not_found(ack_id)
             self._unlink(pending)
-            if settle:
-                self._release(ack_id)
         return pending
 
     def _unlink(self, pending: _Pending) -> None:
@@ -417,6 +429,12 @@ class AckPlugin(AckFeature, Plugin):
             self._release(pending.ack_id)
         reason = f"{why} after {message.attempt} attempts"
         broker.dead_letter(message.topic, message, reason, message.attempt, pending.subscription)
+
+
+def _not_found(ack_id: str) -> AckNotFoundError:
+    return AckNotFoundError.because(
+        f"ack id {ack_id!r} not found (unknown, or already acked or settled)"
+    )
 
 
 def _taken(ack_id: str, message: Message) -> InvalidMessageError:
