@@ -243,6 +243,12 @@ class Taps:
       drops of its own subscriptions only needs no ``mqkit_drop`` call for everybody's.
     - ``meter``: keep the bytes of this subscription's buffer (``Subscription.buffered_bytes``
       and ``Broker.buffered_bytes()``); takes then pop under the subscription's lock.
+    - ``weigh(message)``: a plugin's own measure of a message (an AMQP body's length, say):
+      the subscription keeps the sum over its buffered messages (``Subscription.weighed``),
+      changed under its lock with the buffer on every path (put, take, eviction, removal,
+      redelivery), so reading it costs nothing whatever is buffered. It must give the same
+      number for a message each time (an exception counts as 0); takes then pop under the
+      subscription's lock. One weigher per subscription: the first plugin's that gives one.
     """
 
     withhold: Callable[[Subscription, Message], bool] | None = None
@@ -251,9 +257,20 @@ class Taps:
     taken: Callable[[Subscription, Message], None] | None = None
     dropped: Callable[[Subscription, Message, str], None] | None = None
     meter: bool = False
+    weigh: Callable[[Message], int] | None = None
 
 
 _NO_TAPS: Final = Taps()
+
+
+def _weight(weigh: Callable[[Message], int], message: Message) -> int:
+    """``weigh(message)``; 0 when it fails (the buffer changes all the same)."""
+    try:
+        return int(weigh(message))
+    except Exception:
+        return 0
+
+
 _NEVER: Final = 1 << 62
 """The sample countdown of a subscription without a sampler: it never runs out."""
 
@@ -359,7 +376,10 @@ class Subscription:
         self._warn_after = 0.0  # monotonic time before which no other drop warning is logged
         # The per-message path's strategies (see ``_configure``).
         self._bytes = 0
-        self._metered = False
+        self._counted = False  # the bytes are kept (Taps.meter)
+        self._weigh: Callable[[Message], int] | None = None  # Taps.weigh
+        self._weighed = 0
+        self._metered = False  # either: takes pop under the lock and call _meter
         self._withhold: tuple[tuple[float | None, Callable[[Subscription, Message], bool]], ...]
         self._withhold = ()
         self._clock_time = broker.clock.time
@@ -613,6 +633,11 @@ class Subscription:
 
     def _meter(self, message: Message, sign: int) -> None:
         """Under the lock, while metered: count a copy in (``sign`` 1) or out (-1) of the buffer."""
+        weigh = self._weigh
+        if weigh is not None:
+            self._weighed += sign * _weight(weigh, message)
+            if not self._counted:
+                return
         size = message._size
         if size < 0:
             size = estimate_size(message)
@@ -881,6 +906,7 @@ class Subscription:
         self._drop_taps = tuple(t.dropped for t in taps if t.dropped is not None)
         taken = tuple(t.taken for t in taps if t.taken is not None)
         meter = any(t.meter for t in taps)
+        weigh = next((t.weigh for t in taps if t.weigh is not None), None)
         with self._lock:
             self._withhold = withhold
             self._samplers = samplers
@@ -891,14 +917,26 @@ class Subscription:
                 self._countdown = 1
             self._take_on = bool(withhold or taken) or hooks.on_take
             self._take_idle = frozenset() if withhold or taken else hooks.take_idle
-            if meter and not self._metered and not self._closed:
-                self._metered = True
-                for message in list(self._buf):  # list(deque): one C call, no mutation seen
+            if self._closed:
+                meter, weigh = False, None
+            if weigh is not self._weigh:
+                self._weigh = None
+                self._weighed = 0
+                if weigh is not None:
+                    for message in list(self._buf):  # list(deque): one C call, no mutation seen
+                        self._weighed += _weight(weigh, message)
+                    self._weigh = weigh
+            if meter and not self._counted:
+                self._counted = True
+                weigh, self._weigh = self._weigh, None  # _meter counts the bytes alone
+                for message in list(self._buf):
                     self._meter(message, 1)
-            elif not meter and self._metered:
+                self._weigh = weigh
+            elif not meter and self._counted:
                 self._broker._add_bytes(-self._bytes)
                 self._bytes = 0
-                self._metered = False
+                self._counted = False
+            self._metered = self._counted or self._weigh is not None
             self._ring = (
                 self._policy is _OLDEST
                 and type(self._buf) is FifoBuffer
@@ -1038,8 +1076,9 @@ class Subscription:
             self._closed = True
             if self._metered:  # no longer the broker's: out of its total (drained uncounted)
                 self._broker._add_bytes(-self._bytes)
-                self._bytes = 0
-                self._metered = False
+                self._bytes = self._weighed = 0
+                self._counted = self._metered = False
+                self._weigh = None
             while self._waiters:
                 self._waiters.popleft().wake()
             while self._space_waiters:
@@ -1082,6 +1121,11 @@ class Subscription:
     def buffered_bytes(self) -> int:
         """Estimated bytes of the buffered messages, when a plugin meters them (else 0)."""
         return self._bytes
+
+    @property
+    def weighed(self) -> int:
+        """The sum of ``Taps.weigh`` over the buffered messages (0 without one; plugin API)."""
+        return self._weighed
 
     def __enter__(self) -> Self:
         return self

@@ -80,6 +80,7 @@ class AMQPPlugin(ProtocolFeature, Plugin):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
+        self._weighed: set[str] = set()  # Server.weighed: the topics of bounded-bytes queues
         self.address: tuple[str, int] | None = None
         """The plain listener's bound address, once started."""
         self.tls_address: tuple[str, int] | None = None
@@ -138,6 +139,7 @@ class AMQPPlugin(ProtocolFeature, Plugin):
                 else None
             )
             server = Server(broker, store, self.permissions)
+            server.weighed = self._weighed  # queues declared while it loads are asked about
             host, port = broker.config.amqp_host, broker.config.amqp_port
             try:
                 fut = asyncio.run_coroutine_threadsafe(
@@ -236,7 +238,11 @@ class AMQPPlugin(ProtocolFeature, Plugin):
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 loop.call_soon_threadsafe(server.queue_dropped, topic, message, reason)
 
-        return Taps(dropped=dropped)
+        if topic not in self._weighed:
+            return Taps(dropped=dropped)
+        from mqkit.protocols.amqp.mapping import body_size  # the `amqp` extra's pamqp
+
+        return Taps(dropped=dropped, weigh=body_size)
 
     @hookimpl(trylast=True)
     def mqkit_authenticate(

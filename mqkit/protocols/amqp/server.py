@@ -120,6 +120,9 @@ class Server:
         self._memory_timer: asyncio.TimerHandle | None = None
         self._bridge: Subscription | None = None
         self._bridge_task: asyncio.Task[None] | None = None
+        self.weighed: set[str] = set()
+        """Topics of the queues with ``x-max-length-bytes``: their subscriptions keep the sum
+        of their bodies' lengths (``Taps.weigh``), so the bound costs no walk of the queue."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -421,9 +424,12 @@ class Server:
             policy = Backpressure.DROP_NEWEST
         # x-max-length 0: a queue that keeps nothing ready; a buffer of one, emptied below.
         options = SubOptions(buffer_size=max(size, 1), policy=policy)
+        if max_length_bytes is not None:
+            self.weighed.add(topic)  # before the subscription asks for its taps
         try:
             sub = self.broker.subscribe(topic, options)
         except MQError as exc:
+            self.weighed.discard(topic)
             raise AMQPError(PRECONDITION_FAILED, f"queue '{name}' cannot be made: {exc}") from None
         queue = Queue(
             vhost.name,
@@ -521,6 +527,7 @@ class Server:
             queue.pump = None
         queue.held = None
         queue.sub.cancel()
+        self.weighed.discard(queue.topic)
 
     def purge(self, queue: Queue) -> int:
         """Drop the ready messages of ``queue``; return how many."""

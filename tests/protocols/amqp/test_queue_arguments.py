@@ -10,6 +10,8 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
+from mqkit import Message
+
 from .conftest import AMQPServer
 from .helpers import TIMEOUT, bodies, connect
 
@@ -286,3 +288,27 @@ def test_an_expired_message_takes_the_dead_letter_routing_key(
     )
     death = props.headers["x-death"][0]
     assert (death["reason"], death["original-expiration"]) == ("expired", "20")
+
+
+def test_max_length_bytes_follows_requeues_purges_and_in_process_publishes(
+    mqkit_amqp: AMQPServer, ch: BlockingChannel
+) -> None:
+    """The queue's ready bytes are a running total (not a walk): every path keeps it right."""
+    ch.queue_declare("bytes-paths", arguments={"x-max-length-bytes": 10})
+    ch.confirm_delivery()
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        ch.basic_publish("", "bytes-paths", body)  # keeps bbbb cccc (8)
+    method, _, body = ch.basic_get("bytes-paths")  # bbbb out: unacknowledged, not ready (4)
+    assert body == b"bbbb" and method is not None
+    ch.basic_publish("", "bytes-paths", b"dd")  # 6
+    ch.basic_nack(method.delivery_tag, requeue=True)  # bbbb back at the front: 10, full
+    ch.basic_publish("", "bytes-paths", b"e")  # 11: the head (bbbb) goes, 7
+    topic = next(t for t in mqkit_amqp.broker.topics() if t.endswith(":bytes-paths"))
+    mqkit_amqp.broker.publish(topic, Message("in-process", b"fff"))  # 10: fits
+    ch.basic_publish("", "bytes-paths", b"g")  # 11: cccc goes, 7
+    assert bodies(ch, "bytes-paths") == [b"dd", b"e", b"fff", b"g"]
+    for body in (b"hhhhh", b"iiiii"):
+        ch.basic_publish("", "bytes-paths", body)
+    ch.queue_purge("bytes-paths")  # 0
+    ch.basic_publish("", "bytes-paths", b"j" * 10)  # exactly the bound
+    assert bodies(ch, "bytes-paths") == [b"j" * 10]
