@@ -390,6 +390,8 @@ class Subscription:
         self._sampled = 0
         self._take_on = False
         self._take_idle: set[type] | frozenset[type] = frozenset()
+        self._young = 0.0  # the age limit when it is the only take-side tap (else 0)
+        self._hooks_idle: set[type] = broker._hooks.take_idle  # classes no take hook concerns
         self._ranked = True
         self._ring = options.policy is _OLDEST
         """A FIFO under DROP_OLDEST, unmetered and without drop taps: ``_put``'s shortest way."""
@@ -547,6 +549,16 @@ class Subscription:
         a blocked publisher, consumer-side work for the message's class); a withheld message is
         reported as dropped (``withheld``) and the caller looks for the next one.
         """
+        young = self._young
+        if (
+            young
+            and self._countdown > 0
+            and not self._space_waiters
+            and message.__class__ in self._hooks_idle
+        ):  # the only take-side work is an age limit (message_ttl): a young message passes
+            published = _read_time(message)
+            if published is None or published + young > self._clock_time():
+                return True
         if self._space_waiters:
             self._wake_space()
         for max_age, withhold in self._withhold:
@@ -917,6 +929,11 @@ class Subscription:
                 self._countdown = 1
             self._take_on = bool(withhold or taken) or hooks.on_take
             self._take_idle = frozenset() if withhold or taken else hooks.take_idle
+            # Age limits alone (no other tap): _after_pop tests the age first, without a call.
+            ages = [age for age, _ in withhold]
+            aged = bool(ages) and not taken and None not in ages
+            self._young = min(a for a in ages if a is not None) if aged else 0.0
+            self._hooks_idle = hooks.take_idle
             if self._closed:
                 meter, weigh = False, None
             if weigh is not self._weigh:
