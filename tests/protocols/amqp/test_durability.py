@@ -33,6 +33,34 @@ def declare(ch: pika.adapters.blocking_connection.BlockingChannel) -> None:
     ch.queue_bind("kept", "orders", "eu.#")
 
 
+def test_a_recovered_queue_bounded_by_bytes_counts_its_recovered_messages(
+    amqp_server_factory: Callable[..., AMQPServer], tmp_path: Path
+) -> None:
+    # The queue is declared again while the gateway loads (before it serves): its running
+    # count of ready bytes must include what it recovered, or the bound would let more in.
+    config = {"enable_persistence": True, "persistence_path": str(tmp_path)}
+    args = {"x-max-length-bytes": 10}
+    first = amqp_server_factory(**config)
+    conn = connect(first)
+    ch = conn.channel()
+    ch.queue_declare("bounded", durable=True, arguments=args)
+    ch.confirm_delivery()
+    for body in (b"aaaa", b"bbbb"):
+        ch.basic_publish("", "bounded", body, PERSISTENT)
+    conn.close()
+    first.broker.close()
+
+    second = amqp_server_factory(**config)
+    conn = connect(second)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", "bounded", b"cccc", PERSISTENT)  # 12 > 10: the head (aaaa) goes
+    got = [ch.basic_get("bounded", auto_ack=True)[2] for _ in range(3)]
+    assert got == [b"bbbb", b"cccc", None]
+    conn.close()
+    second.broker.close()
+
+
 def test_durable_topology_and_persistent_messages_survive_a_restart(
     amqp_server_factory: Callable[..., AMQPServer], tmp_path: Path
 ) -> None:
