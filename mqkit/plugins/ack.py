@@ -221,7 +221,7 @@ class AckPlugin(AckFeature, Plugin):
         ack_id: str = getattr(message, "ack_id", "")
         timeout: float | None = getattr(message, "ack_timeout", None)
         if timeout is None:
-            timeout = broker._config.default_ack_timeout
+            timeout = broker.config.default_ack_timeout
         deadline = broker.clock.monotonic() + timeout
         size = message._size  # estimate_size, inlined for a copy built with its size
         if size < 0:
@@ -296,7 +296,7 @@ class AckPlugin(AckFeature, Plugin):
         broker = self._broker
         if broker is None:
             broker = self._live_broker()
-        broker._hooks.ack(broker, subscription, pending.message)
+        broker.hooks.ack(broker, subscription, pending.message)
 
     def nack_subscription(self, subscription: Subscription, ack_id: str, requeue: bool) -> None:
         """Redeliver ``ack_id`` to ``subscription`` (``requeue``) or dead-letter it."""
