@@ -139,7 +139,9 @@ class AMQPPlugin(ProtocolFeature, Plugin):
                 else None
             )
             server = Server(broker, store, self.permissions)
-            server.weighed = self._weighed  # queues declared while it loads are asked about
+            # Its bounded queues' topics, read by the taps: shared before it loads (and
+            # declares the durable queues), a new set for each server.
+            self._weighed = server.weighed
             host, port = broker.config.amqp_host, broker.config.amqp_port
             try:
                 fut = asyncio.run_coroutine_threadsafe(
