@@ -312,3 +312,29 @@ def test_max_length_bytes_follows_requeues_purges_and_in_process_publishes(
     ch.queue_purge("bytes-paths")  # 0
     ch.basic_publish("", "bytes-paths", b"j" * 10)  # exactly the bound
     assert bodies(ch, "bytes-paths") == [b"j" * 10]
+
+
+def test_max_length_bytes_measures_what_a_publish_adds_not_the_whole_queue(
+    mqkit_amqp: AMQPServer, ch: BlockingChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound's work per publish does not grow with the queue (it summed every body before)."""
+    from mqkit.protocols.amqp import mapping, model
+
+    measured: list[Message] = []
+
+    def counting(message: Message) -> int:
+        measured.append(message)
+        return len(message.data) if isinstance(message.data, bytes) else 0
+
+    monkeypatch.setattr(mapping, "body_size", counting)  # the queue's weigher
+    monkeypatch.setattr(model, "body_size", counting)  # Queue.ready_bytes
+    ch.queue_declare("bytes-deep", arguments={"x-max-length-bytes": 1 << 40})
+    topic = next(t for t in mqkit_amqp.broker.topics() if t.endswith(":bytes-deep"))
+    for i in range(5_000):
+        mqkit_amqp.broker.publish(topic, Message(f"r{i}", b"x" * 8))
+    ch.confirm_delivery()
+    measured.clear()
+    for _ in range(10):
+        ch.basic_publish("", "bytes-deep", b"y" * 8)
+    assert len(measured) <= 10 * 3  # a few measures per publish, not 5,000
+    assert ch.queue_declare("bytes-deep", passive=True).method.message_count == 5_010
