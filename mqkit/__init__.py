@@ -77,6 +77,7 @@ from mqkit.core.message import (
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo, Requirement
 from mqkit.core.settings import Settings
+from mqkit.core.shards import ByteShard
 from mqkit.core.status import (
     ClusterStatus,
     DeadLetter,
@@ -103,6 +104,7 @@ __all__ = [
     "Broker",
     "BrokerClosedError",
     "Buffer",
+    "ByteShard",
     "Clock",
     "ClusterDisabledError",
     "ClusterError",

@@ -17,6 +17,7 @@ persistence, gateways, cluster, health) are the broker's too, from its base clas
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Self
@@ -49,7 +50,7 @@ from mqkit.core.plugins import (
 from mqkit.core.reporting import already_reported, reported
 from mqkit.core.routing import Route, Routing
 from mqkit.core.settings import build_sections
-from mqkit.core.shards import ByteCounter
+from mqkit.core.shards import ByteCounter, ByteShard
 from mqkit.core.subscription import SLOT_BYTES, SubOptions, Subscription, check_options
 from mqkit.core.timers import Clock, TimerService
 from mqkit.core.topics import compile_pattern, filter_matcher, is_pattern, normalize_topic
@@ -95,10 +96,15 @@ class Broker(FeatureOperations):
         self._routing = Routing(self._lock, self._check_open)
         self._routes = self._routing.routes  # the route cache, read on every publish
         self._route = self._routing.route  # computes a route the cache lacks
-        self._bytes = ByteCounter()  # bytes in metered buffers (see buffered_bytes)
+        self._bytes = ByteCounter()  # bytes the broker holds (see counted_bytes)
         self._bytes_local = self._bytes.local
         self._add_bytes = self._bytes.add
+        self._bytes_total = self._bytes.total
         self._admissions: tuple[Callable[[int, int], None], ...] = ()
+        self._limits: tuple[Callable[[], int] | None, ...] = ()  # one per admission
+        # Admissions run only for a call that would take counted_bytes() past this (a
+        # publish under a memory limit: one comparison); -1 while an admission has no limit.
+        self._admit_above = sys.maxsize
         self._sized = False  # admissions: copies are built with their size (estimate_size)
         self._plugin_errors: dict[str, int] = {}
         self._dead_letters_dropped = 0  # given up while the DLQ was off
@@ -204,8 +210,17 @@ class Broker(FeatureOperations):
             if stamp is None or message.id.__class__ is not str or not message.id:
                 stamp = self._check_message(message)
             hooks = self._hooks
-            if cls in hooks.quiet:  # no hook, buffer or admission concerns the class
-                stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
+            if cls in hooks.quiet:  # no hook or buffer concerns the class
+                if self._sized:  # an admission: the copy is built with its size
+                    stamped = stamp.full(
+                        message, route.topic, self._stamp_time(), message.attempt, True, -1
+                    )
+                    copies = len(route.subs)
+                    incoming = (stamped._size + SLOT_BYTES) * (copies if copies > 1 else 1)
+                    if self._bytes_total() + incoming > self._admit_above:
+                        self._admit(incoming)
+                else:
+                    stamped = stamp(message, route.topic, self._stamp_time(), message.attempt)
                 for put in route.puts:
                     put(stamped)
                 if route.published is not None:
@@ -232,7 +247,9 @@ class Broker(FeatureOperations):
                 if size < 0:
                     size = estimate_size(stamped)
                 copies = len(route.subs)
-                self._admit((size + SLOT_BYTES) * (copies if copies > 1 else 1))
+                incoming = (size + SLOT_BYTES) * (copies if copies > 1 else 1)
+                if self._bytes_total() + incoming > self._admit_above:
+                    self._admit(incoming)
             if hooks.accept_on and cls not in hooks.accept_idle:
                 hooks.accept(self, (stamped,))
             if not route.ranked and cls not in hooks.buffer_idle:
@@ -291,7 +308,9 @@ class Broker(FeatureOperations):
         if not messages:
             return
         if self._admissions:
-            self._admit(self.incoming_bytes(messages))
+            incoming = self.incoming_bytes(messages)
+            if self._bytes_total() + incoming > self._admit_above:
+                self._admit(incoming)
         if hooks.accept_on:
             hooks.accept(self, messages)
         routes = self._routes
@@ -309,14 +328,14 @@ class Broker(FeatureOperations):
     def _learn_quiet(self, cls: type) -> None:
         """Find out whether publishing ``cls`` concerns anything but routing (once per class).
 
-        A class no ``mqkit_publish``/``mqkit_accept``/``mqkit_published`` implementation, no
-        lazy buffer and no admission concerns goes into ``hooks.quiet``: its publishes skip
-        every other test. The per-class hook narrowing is computed here, not on the path.
+        A class no ``mqkit_publish``/``mqkit_accept``/``mqkit_published`` implementation and
+        no lazy buffer concerns goes into ``hooks.quiet``: its publishes skip every other test
+        but the admission's one comparison. The per-class hook narrowing is computed here, not
+        on the path.
         """
         hooks = self._hooks
         quiet = (
-            not self._admissions
-            and not hooks.published_on
+            not hooks.published_on
             and (not hooks.publish_on or not hooks.publish_wanted(cls))
             and (not hooks.accept_on or not hooks.accept_wanted(cls))
             and (not hooks.buffer_lazy or not hooks.buffer_wanted(cls))
@@ -333,26 +352,61 @@ class Broker(FeatureOperations):
 
     # -- admission (plugin API) --------------------------------------------------------------------
 
-    def add_admission(self, admit: Callable[[int, int], None]) -> None:
-        """Have ``admit(incoming, buffered)`` check every publish call first (plugin API).
+    def add_admission(
+        self, admit: Callable[[int, int], None], limit: Callable[[], int] | None = None
+    ) -> None:
+        """Have ``admit(incoming, counted)`` check publish calls first (plugin API).
 
         ``incoming`` is the bytes the call would add to the buffers (``incoming_bytes``),
-        ``buffered`` what metered buffers hold now (``buffered_bytes()``); raise
-        an ``MQError`` to refuse the whole call (nothing is stored or delivered). The ``memory``
-        plugin enforces ``max_memory_usage`` this way: one direct call per publish, before any
-        ``mqkit_accept`` implementation (persistence) runs.
+        ``counted`` the bytes the broker holds now (``counted_bytes()``); raise an ``MQError``
+        to refuse the whole call (nothing is stored or delivered). Before any ``mqkit_accept``
+        implementation (persistence) runs.
+
+        With ``limit``, ``admit`` is called only for a call that would take the count past
+        ``limit()``: a publish under the limit costs one comparison. The broker asks
+        ``limit()`` now and again whenever the configuration or the plugin set changes
+        (``update_config``); without it, ``admit`` sees every call. The ``memory`` plugin
+        enforces ``max_memory_usage`` this way.
         """
         with self._lock:
             self._admissions = (*self._admissions, admit)
+            self._limits = (*self._limits, limit)
             self._sized = True
-            self._hooks.quiet.clear()  # every publish is checked from now on
+            self._set_admit_above()
 
     def remove_admission(self, admit: Callable[[int, int], None]) -> None:
         """Stop calling ``admit`` (plugin API; nothing happens if it is not there)."""
         with self._lock:
-            self._admissions = tuple(a for a in self._admissions if a != admit)
+            kept = [
+                (a, lim)
+                for a, lim in zip(self._admissions, self._limits, strict=True)
+                if a != admit
+            ]
+            self._admissions = tuple(a for a, _ in kept)
+            self._limits = tuple(lim for _, lim in kept)
             self._sized = bool(self._admissions)
-            self._hooks.loud.clear()  # classes may be quiet again
+            self._set_admit_above()
+
+    def _set_admit_above(self) -> None:
+        """Under the lock: the count past which admissions run (the lowest of their limits)."""
+        above = sys.maxsize
+        for limit in self._limits:
+            above = min(above, -1 if limit is None else limit())
+        self._admit_above = above
+
+    def count_bytes(self, shard: ByteShard) -> None:
+        """Count ``shard.bytes`` in the broker's byte count (plugin API).
+
+        For a feature that holds messages outside the buffers (unacknowledged deliveries,
+        dead letters, open transactions): it keeps ``shard.bytes`` up to date under its own
+        lock, and sets ``Feature.counts_held_bytes``; a memory limit then reads one number
+        (``counted_bytes()``) instead of calling its ``held_bytes()``.
+        """
+        self._bytes.attach(shard)
+
+    def uncount_bytes(self, shard: ByteShard) -> None:
+        """Stop counting ``shard`` (plugin API; nothing happens if it is not counted)."""
+        self._bytes.detach(shard)
 
     def incoming_bytes(self, messages: Sequence[Message]) -> int:
         """What routing ``messages`` now would add to the buffers (plugin API).
@@ -369,18 +423,19 @@ class Broker(FeatureOperations):
         return total
 
     def _admit(self, incoming: int) -> None:
-        buffered = self.buffered_bytes()
+        counted = self._bytes_total()
         for admit in self._admissions:
-            admit(incoming, buffered)
+            admit(incoming, counted)
 
-    def buffered_bytes(self) -> int:
-        """Estimated bytes in metered subscription buffers (plugin API; never below 0).
+    def counted_bytes(self) -> int:
+        """Estimated bytes the broker holds, as counted (plugin API; never below 0).
 
         Subscriptions whose ``Taps.meter`` a plugin asked for (the ``memory`` plugin) count
         each copy's estimated size plus ``SLOT_BYTES`` as it enters and leaves their buffer,
-        in the acting thread's share; this adds the shares up.
+        in the acting thread's share; features add what they hold (``count_bytes``). This
+        adds the shares up.
         """
-        return self._bytes.total()
+        return self._bytes_total()
 
     # -- stamped and typed publishes ---------------------------------------------------------------
 
@@ -573,6 +628,7 @@ class Broker(FeatureOperations):
                     sub._rank()
                 sub._configure(hooks.subscription_taps(self, sub))
             self._routes.clear()
+            self._set_admit_above()  # the limits may follow the config and the plugin set
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

@@ -37,6 +37,11 @@ class Feature(abc.ABC):
 
     feature: ClassVar[str]
 
+    counts_held_bytes: ClassVar[bool] = False
+    """True when the feature keeps what :meth:`held_bytes` says in the broker's byte count
+    itself (a ``ByteShard`` it updates, given to ``Broker.count_bytes`` while it runs): a
+    memory limit then reads the broker's one count instead of calling :meth:`held_bytes`."""
+
     def held_bytes(self) -> int:
         """Estimated bytes of messages this feature holds (for the memory limit)."""
         return 0

@@ -111,7 +111,12 @@ class ThreadShards(Generic[T]):
 
 
 class ByteShard:
-    """One thread's share of a :class:`ByteCounter`."""
+    """A share of a byte count: one thread's share of a :class:`ByteCounter` (plugin API).
+
+    A feature that holds messages outside the buffers keeps the bytes it holds in one of its
+    own (``shard.bytes``, changed under the feature's lock) and gives it to
+    ``Broker.count_bytes`` while it runs: see ``Feature.counts_held_bytes``.
+    """
 
     __slots__ = ("bytes",)
 
@@ -126,12 +131,28 @@ def _fold_bytes(total: ByteShard, shard: ByteShard) -> None:
 class ByteCounter(ThreadShards[ByteShard]):
     """A count of bytes in per-thread shards: :meth:`add` takes no lock, :meth:`total` adds up.
 
-    The broker counts the bytes in metered subscription buffers this way
-    (``Broker.buffered_bytes``); a hot path adds to ``local.shard.bytes`` itself.
+    The broker counts the bytes it holds this way (``Broker.counted_bytes``): metered
+    subscription buffers add to the acting thread's shard (a hot path adds to
+    ``local.shard.bytes`` itself), and features that hold messages keep a shard of their own,
+    :meth:`attach`-ed.
     """
 
     def __init__(self) -> None:
         super().__init__(ByteShard, _fold_bytes)
+
+    def attach(self, shard: ByteShard) -> None:
+        """Add ``shard`` to what :meth:`total` adds up: a count its owner keeps (plugin API).
+
+        Its owner changes ``shard.bytes`` itself (under its own lock); it is never folded.
+        """
+        with self.lock:
+            if not any(s is shard for s in self.all):
+                self.all = [*self.all, shard]
+
+    def detach(self, shard: ByteShard) -> None:
+        """Stop adding up ``shard`` (nothing happens if it is not attached)."""
+        with self.lock:
+            self.all = [s for s in self.all if s is not shard]
 
     def add(self, n: int) -> None:
         """Add ``n`` (negative: take away) to the calling thread's share."""

@@ -242,7 +242,7 @@ class Taps:
       drops (the reasons of ``mqkit_drop``), before the hook - a plugin that cares about the
       drops of its own subscriptions only needs no ``mqkit_drop`` call for everybody's.
     - ``meter``: keep the bytes of this subscription's buffer (``Subscription.buffered_bytes``
-      and ``Broker.buffered_bytes()``); takes then pop under the subscription's lock.
+      and ``Broker.counted_bytes()``); takes then pop under the subscription's lock.
     - ``weigh(message)``: a plugin's own measure of a message (an AMQP body's length, say):
       the subscription keeps the sum over its buffered messages (``Subscription.weighed``),
       changed under its lock with the buffer on every path (put, take, eviction, removal,

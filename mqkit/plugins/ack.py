@@ -46,6 +46,7 @@ from mqkit.core.message import (
 )
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
+from mqkit.core.shards import ByteShard
 from mqkit.core.subscription import Subscription
 from mqkit.core.timers import TimerHandle
 from mqkit.core.topics import normalize_topic
@@ -94,6 +95,8 @@ class AckPlugin(AckFeature, Plugin):
     dictionary removal.
     """
 
+    counts_held_bytes = True
+
     plugin_info = PluginInfo(
         name="ack",
         description="per-subscription ack/nack with deadlines, retries and dead letters",
@@ -107,12 +110,17 @@ class AckPlugin(AckFeature, Plugin):
         # ack id -> unsettled copies (buffered or delivered), plus one while being published
         self._ids: dict[str, int] = {}
         self._publishing: dict[str, Message] = {}  # ack id -> the message being published
-        self._bytes = 0
+        self._held = ByteShard()  # bytes of the pending deliveries (counted by the broker)
         self._timer: TimerHandle | None = None
         self._armed_at: float | None = None
         self._broker: Broker | None = broker  # None once stopped
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Count what it holds in the broker's byte count (``Broker.count_bytes``)."""
+        broker.count_bytes(self._held)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
@@ -125,8 +133,9 @@ class AckPlugin(AckFeature, Plugin):
             self._buckets.clear()
             self._ids.clear()
             self._publishing.clear()
-            self._bytes = 0
+            self._held.bytes = 0
             self._broker = None
+        broker.uncount_bytes(self._held)
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -240,7 +249,7 @@ class AckPlugin(AckFeature, Plugin):
             if bucket is None:
                 bucket = self._buckets[timeout] = OrderedDict()
             bucket[(subscription, ack_id)] = pending
-            self._bytes += size
+            self._held.bytes += size
             if self._armed_at is None or deadline < self._armed_at:
                 self._arm(broker, deadline)
 
@@ -285,7 +294,7 @@ class AckPlugin(AckFeature, Plugin):
             bucket = self._buckets.get(pending.timeout)
             if bucket is not None:
                 bucket.pop((subscription, ack_id), None)
-            self._bytes -= pending.size
+            self._held.bytes -= pending.size
             ids = self._ids
             left = ids.get(ack_id)
             if left is not None:
@@ -308,7 +317,7 @@ class AckPlugin(AckFeature, Plugin):
 
     def held_bytes(self) -> int:
         """Bytes of delivered messages held for a possible redelivery."""
-        return self._bytes
+        return self._held.bytes
 
     def pending_count(self, subscription: Subscription | None = None) -> int:
         """Unacknowledged deliveries (of one subscription, or in all)."""
@@ -354,7 +363,7 @@ class AckPlugin(AckFeature, Plugin):
         bucket = self._buckets.get(pending.timeout)
         if bucket is not None:
             bucket.pop((pending.subscription, pending.ack_id), None)
-        self._bytes -= pending.size
+        self._held.bytes -= pending.size
 
     def _release(self, ack_id: str, copies: int = 1) -> None:
         """Under the lock: ``copies`` copies of ``ack_id``'s message ended (may be negative).
@@ -396,7 +405,7 @@ class AckPlugin(AckFeature, Plugin):
                             nearest = pending.deadline
                         break
                     del bucket[key]
-                    self._bytes -= pending.size
+                    self._held.bytes -= pending.size
                     held = self._pending.get(pending.subscription)
                     if held is not None and held.get(pending.ack_id) is pending:
                         del held[pending.ack_id]

@@ -27,6 +27,7 @@ from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
+from mqkit.core.shards import ByteShard
 from mqkit.core.status import DeadLetter, DeadLetterStats
 
 __all__ = ["DeadLetterPlugin"]
@@ -34,6 +35,8 @@ __all__ = ["DeadLetterPlugin"]
 
 class DeadLetterPlugin(DeadLetterFeature, Plugin):
     """Keeps dead letters and publishes them to the dead letter topic."""
+
+    counts_held_bytes = True
 
     plugin_info = PluginInfo(
         name="deadletter",
@@ -46,16 +49,22 @@ class DeadLetterPlugin(DeadLetterFeature, Plugin):
         self._records: deque[tuple[DeadLetter, int]] = deque()
         self._total = 0
         self._dropped = 0
-        self._bytes = 0
+        self._held = ByteShard()  # bytes of the kept records (counted by the broker)
         self._last: datetime | None = None
         self._topic = ""  # the DLQ topic, kept for stats() after close
         self._broker: Broker | None = broker  # None once stopped
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Count what it holds in the broker's byte count (``Broker.count_bytes``)."""
+        broker.count_bytes(self._held)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
         """Stop taking dead letters; the records and the topic stay readable in the stats."""
         self._topic = broker.config.dead_letter_topic
         self._broker = None
+        broker.uncount_bytes(self._held)  # the broker holds them no more
 
     def add(self, original_topic: str, message: Message, reason: str, attempts: int) -> None:
         """Publish a dead-letter copy to the DLQ topic, then keep the record."""
@@ -86,12 +95,12 @@ class DeadLetterPlugin(DeadLetterFeature, Plugin):
         size = estimate_size(message)
         with self._lock:
             self._records.append((record, size))
-            self._bytes += size
+            self._held.bytes += size
             self._total += 1
             self._last = now
             while len(self._records) > config.max_dead_letters:
                 _, old = self._records.popleft()
-                self._bytes -= old
+                self._held.bytes -= old
                 self._dropped += 1
 
     def stats(self) -> DeadLetterStats:
@@ -118,9 +127,9 @@ class DeadLetterPlugin(DeadLetterFeature, Plugin):
         with self._lock:
             count = len(self._records) if limit <= 0 else min(limit, len(self._records))
             taken = [self._records.popleft() for _ in range(count)]
-            self._bytes -= sum(size for _, size in taken)
+            self._held.bytes -= sum(size for _, size in taken)
         return [r for r, _ in taken]
 
     def held_bytes(self) -> int:
         """Bytes of the kept records."""
-        return self._bytes
+        return self._held.bytes

@@ -13,14 +13,19 @@ nothing is delivered or stored. ``health_check()`` reports ``degraded`` at 90 % 
 The plugin counts nothing per message itself: it asks every subscription to *meter* its buffer
 (``Taps(meter=True)``) - each copy is counted, under the subscription's lock, as it enters and
 leaves the buffer (handed out, evicted, withheld, expired, removed) - and reads the broker's
-total, ``Broker.buffered_bytes()``. A cancelled subscription's buffer is no longer the broker's:
-it leaves the total at the cancel. The check and the count are not one atomic step: publishers
-that pass the check at the same time each add what they publish, so ``n`` concurrent publishers
-may overshoot the limit by at most one publish call's messages each.
+total, ``Broker.counted_bytes()``, where the built-in features count what they hold too
+(``Feature.counts_held_bytes``; another feature's ``held_bytes()`` is asked). A cancelled
+subscription's buffer is no longer the broker's: it leaves the total at the cancel. The limit
+is the admission's (``Broker.add_admission(..., limit)``): a publish that keeps the total
+within it costs the broker one comparison, and only one that would not calls the plugin. The
+check and the count are not one atomic step: publishers that pass the check at the same time
+each add what they publish, so ``n`` concurrent publishers may overshoot the limit by at most
+one publish call's messages each.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from mqkit.core.broker import Broker
@@ -62,7 +67,7 @@ class MemoryPlugin(MemoryFeature, Plugin):
         if not self._running:  # not started, or stopped: nothing is counted
             return 0
         broker = self._broker
-        total = broker.buffered_bytes()
+        total = broker.counted_bytes()
         features = broker.features()
         if features is not self._features_seen:  # the plugin set changed: look again
             self._find_holders(features)
@@ -71,7 +76,11 @@ class MemoryPlugin(MemoryFeature, Plugin):
         return total if total > 0 else 0
 
     def _find_holders(self, features: tuple[Feature, ...]) -> None:
-        self._holders = tuple(f for f in features if type(f).held_bytes is not Feature.held_bytes)
+        self._holders = tuple(
+            f
+            for f in features
+            if type(f).held_bytes is not Feature.held_bytes and not f.counts_held_bytes
+        )
         self._features_seen = features
 
     def check(self, messages: Sequence[Message]) -> None:
@@ -82,9 +91,23 @@ class MemoryPlugin(MemoryFeature, Plugin):
         """
         if self._running:
             broker = self._broker
-            self._admit(broker.incoming_bytes(messages), broker.buffered_bytes())
+            self._admit(broker.incoming_bytes(messages), broker.counted_bytes())
 
-    def _admit(self, incoming: int, buffered: int) -> None:
+    def _limit(self) -> int:
+        """The count past which a publish must be checked (``Broker.add_admission``'s limit).
+
+        ``max_memory_usage`` when every feature that holds messages counts them in the broker's
+        count; -1 (check every publish) while one must be asked (``held_bytes()``); no limit:
+        ``sys.maxsize``.
+        """
+        broker = self._broker
+        self._find_holders(broker.features())
+        limit = broker.config.max_memory_usage
+        if limit <= 0:
+            return sys.maxsize
+        return -1 if self._holders else limit
+
+    def _admit(self, incoming: int, counted: int) -> None:
         """Refuse a publish call that would add ``incoming`` bytes past the limit (all or none).
 
         The broker calls it for every call that routes messages - ``publish``, a batch, a
@@ -96,7 +119,7 @@ class MemoryPlugin(MemoryFeature, Plugin):
         broker = self._broker
         limit = broker.config.max_memory_usage  # update_config may change it
         if limit > 0:
-            used = buffered
+            used = counted
             features = broker.features()
             if features is not self._features_seen:  # the plugin set changed: look again
                 self._find_holders(features)
@@ -113,7 +136,7 @@ class MemoryPlugin(MemoryFeature, Plugin):
     def mqkit_broker_start(self, broker: Broker) -> None:
         """Start reading the broker's metered bytes and checking its publishes."""
         self._running = True
-        broker.add_admission(self._admit)
+        broker.add_admission(self._admit, self._limit)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:

@@ -43,6 +43,7 @@ from mqkit.core.hookspecs import hookimpl
 from mqkit.core.message import Message, estimate_size
 from mqkit.core.plugin import Plugin
 from mqkit.core.plugins import PluginInfo
+from mqkit.core.shards import ByteShard
 from mqkit.core.timers import TimerHandle
 
 __all__ = ["TransactionsPlugin"]
@@ -66,6 +67,8 @@ class _Tx:
 class TransactionsPlugin(TransactionFeature, Plugin):
     """Holds transactional messages until commit, rollback or timeout."""
 
+    counts_held_bytes = True
+
     plugin_info = PluginInfo(
         name="transactions",
         description="atomic commit/rollback of held messages",
@@ -78,8 +81,13 @@ class TransactionsPlugin(TransactionFeature, Plugin):
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         # Timed-out ids a publish must not re-open: id -> (transaction, forget at: monotonic).
         self._timed_out: OrderedDict[str, tuple[_Tx, float]] = OrderedDict()
-        self._bytes = 0
+        self._held = ByteShard()  # bytes of the held messages (counted by the broker)
         self._broker: Broker | None = broker  # None once stopped
+
+    @hookimpl
+    def mqkit_broker_start(self, broker: Broker) -> None:
+        """Count what it holds in the broker's byte count (``Broker.count_bytes``)."""
+        broker.count_bytes(self._held)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
@@ -91,8 +99,9 @@ class TransactionsPlugin(TransactionFeature, Plugin):
                 self._end(tx, "rolled back when the broker closed")
             self._open.clear()
             self._timed_out.clear()
-            self._bytes = 0
+            self._held.bytes = 0
             self._broker = None
+        broker.uncount_bytes(self._held)
 
     def add(self, tx_id: str, message: Message, token: object | None = None) -> object:
         """Hold ``message`` in ``tx_id``, beginning it (and its timeout) if needed.
@@ -114,7 +123,7 @@ class TransactionsPlugin(TransactionFeature, Plugin):
                 tx.timer = broker.timers.call_later(timeout, lambda: self._timeout(tx))
             tx.messages.append(message)
             tx.size += size
-            self._bytes += size
+            self._held.bytes += size
         return tx
 
     def commit(self, tx_id: str, token: object | None = None) -> None:
@@ -140,7 +149,7 @@ class TransactionsPlugin(TransactionFeature, Plugin):
 
     def held_bytes(self) -> int:
         """Bytes of the messages open transactions hold."""
-        return self._bytes
+        return self._held.bytes
 
     def open_count(self) -> tuple[int, int]:
         """(open transactions, messages they hold)."""
@@ -173,7 +182,7 @@ class TransactionsPlugin(TransactionFeature, Plugin):
                     del self._timed_out[tx_id]
                 raise self._error(tx_id, token)
             del self._open[tx_id]
-            self._bytes -= tx.size
+            self._held.bytes -= tx.size
             self._end(tx, how)
         if tx.timer is not None:
             tx.timer.cancel()
@@ -220,7 +229,7 @@ class TransactionsPlugin(TransactionFeature, Plugin):
             if self._open.get(tx.tx_id) is not tx:
                 return
             del self._open[tx.tx_id]
-            self._bytes -= tx.size
+            self._held.bytes -= tx.size
             broker = self._broker
             timeout = (broker.config.transaction_timeout if broker is not None else 0.0) or (
                 _DEFAULT_TIMEOUT

@@ -715,3 +715,97 @@ def test_a_commit_that_does_not_fit_is_refused_as_a_whole(make_broker) -> None:
     assert broker.memory_usage() == 0
     with pytest.raises(mqkit.TransactionNotFoundError, match="commit failed"):
         broker.commit_transaction("tx")
+
+
+# -- the limit as the broker's one comparison ---------------------------------------------------
+
+
+def test_a_limit_changed_at_run_time_holds_from_the_next_publish(make_broker) -> None:
+    """The broker keeps the limit it compares with: ``update_config`` must renew it."""
+    one = size(Message("m0", "x" * 200)) + SLOT_BYTES  # every id here has two characters
+    broker = make_broker("memory", config=Config(max_memory_usage=10 * one))
+    sub = broker.subscribe("t")
+    for i in range(3):
+        broker.publish("t", Message(f"m{i}", "x" * 200))
+    broker.update_config(broker.config.replace(max_memory_usage=3 * one))  # full now
+    with pytest.raises(MemoryLimitExceededError):
+        broker.publish("t", Message("r0", "x" * 200))
+    broker.update_config(broker.config.replace(max_memory_usage=4 * one))
+    broker.publish("t", Message("f0", "x" * 200))
+    with pytest.raises(MemoryLimitExceededError):
+        broker.publish("t", Message("r1", "x" * 200))
+    assert drain_ids(sub) == ["m0", "m1", "m2", "f0"]
+
+
+class _Holder(mqkit.Feature):
+    """A third party's feature that holds messages outside the buffers."""
+
+    feature = "test-holder"
+    plugin_info = mqkit.PluginInfo(name="test-holder")
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def held_bytes(self) -> int:
+        return self.held
+
+
+class _CountingHolder(mqkit.Feature):
+    """The same, keeping its bytes in the broker's count (``Broker.count_bytes``)."""
+
+    feature = "test-counting-holder"
+    counts_held_bytes = True
+    plugin_info = mqkit.PluginInfo(name="test-counting-holder")
+
+    def __init__(self) -> None:
+        self.shard = mqkit.ByteShard()
+
+    @mqkit.hookimpl
+    def mqkit_broker_start(self, broker: mqkit.Broker) -> None:
+        broker.count_bytes(self.shard)
+
+    @mqkit.hookimpl
+    def mqkit_broker_close(self, broker: mqkit.Broker) -> None:
+        broker.uncount_bytes(self.shard)
+
+    def held_bytes(self) -> int:
+        return self.shard.bytes
+
+
+@pytest.mark.parametrize("counting", [False, True], ids=["asked", "counted"])
+def test_what_a_third_party_feature_holds_counts_against_the_limit(make_broker, counting) -> None:
+    m = Message("m", "x" * 200)
+    one = size(m) + SLOT_BYTES
+    holder = _CountingHolder() if counting else _Holder()
+    broker = make_broker("memory", config=Config(max_memory_usage=3 * one), objects=[holder])
+    sub = broker.subscribe("t")
+    broker.publish("t", Message("a", "x" * 200))
+    if isinstance(holder, _CountingHolder):
+        holder.shard.bytes = 2 * one
+    else:
+        holder.held = 2 * one
+    assert broker.memory_usage() == 3 * one
+    with pytest.raises(MemoryLimitExceededError):
+        broker.publish("t", Message("refused", "x" * 200))
+    assert drain_ids(sub) == ["a"]
+    broker.publish("t", Message("b", "x" * 200))  # a left: room for one
+    assert broker.memory_usage() == 3 * one
+    broker.close()
+    assert broker.counted_bytes() == 0  # closed: the holder's bytes left the count
+
+
+def test_a_feature_added_at_run_time_is_asked_from_then_on(make_broker) -> None:
+    """A feature that does not count its bytes itself makes the broker call the plugin again."""
+    m = Message("m", "x" * 200)
+    one = size(m) + SLOT_BYTES
+    holder = _Holder()
+    holder.held = 3 * one
+    config = Config(max_memory_usage=3 * one, disable_plugins=("test-holder",))
+    broker = make_broker("memory", config=config, objects=[holder])
+    assert not broker.has_plugin("test-holder")
+    broker.subscribe("t")
+    broker.publish("t", Message("a", "x" * 200))
+    broker.update_config(broker.config.replace(disable_plugins=()))
+    assert broker.has_plugin("test-holder")
+    with pytest.raises(MemoryLimitExceededError):
+        broker.publish("t", Message("refused", "x" * 200))
