@@ -630,7 +630,19 @@ class Subscription:
         lock.acquire()
         try:
             message = self._buf.popleft()
-            if self._metered:
+            if self._weigh is None:  # _meter(message, -1) for bytes alone, inlined
+                if self._counted:
+                    size = message._size
+                    if size < 0:
+                        size = estimate_size(message)
+                    size = -SLOT_BYTES - size
+                    self._bytes += size
+                    broker = self._broker
+                    try:  # Broker._add_bytes, inlined
+                        broker._bytes_local.shard.bytes += size
+                    except AttributeError:
+                        broker._bytes.get().bytes += size
+            else:
                 self._meter(message, -1)
         finally:
             lock.release()
@@ -731,7 +743,19 @@ class Subscription:
                 buf.append(message)
                 self._received += 1
                 if self._metered:
-                    self._meter(message, 1)
+                    if self._weigh is None:  # _meter(message, 1) for bytes alone, inlined
+                        size = message._size
+                        if size < 0:
+                            size = estimate_size(message)
+                        size += SLOT_BYTES
+                        self._bytes += size
+                        broker = self._broker
+                        try:  # Broker._add_bytes, inlined
+                            broker._bytes_local.shard.bytes += size
+                        except AttributeError:
+                            broker._bytes.get().bytes += size
+                    else:
+                        self._meter(message, 1)
                 if self._waiters:
                     self._wake_one()
                 return True
