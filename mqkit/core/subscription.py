@@ -393,8 +393,9 @@ class Subscription:
         self._young = 0.0  # the age limit when it is the only take-side tap (else 0)
         self._hooks_idle: set[type] = broker._hooks.take_idle  # classes no take hook concerns
         self._ranked = True
-        self._ring = options.policy is _OLDEST
-        """A FIFO under DROP_OLDEST, unmetered and without drop taps: ``_put``'s shortest way."""
+        self._ring = options.policy is _OLDEST and options.filter is None
+        """A FIFO under DROP_OLDEST, unfiltered, unmetered and without drop taps: ``_put``'s
+        shortest way (the full buffer evicts its oldest message under the same lock)."""
 
     # -- consumers -------------------------------------------------------------------------------
 
@@ -731,6 +732,39 @@ class Subscription:
 
         Returns whether the message entered the buffer.
         """
+        if self._ring:  # the shortest way, and the common overflow: see _ring
+            lock = self._lock
+            lock.acquire()
+            try:
+                if self._closed:
+                    return False
+                buf = self._buf
+                if len(buf) < self._cap:
+                    buf.append(message)
+                    self._received += 1
+                    if self._waiters:
+                        self._wake_one()
+                    return True
+                try:
+                    dropped = buf.popleft()
+                except IndexError:  # consumers emptied the buffer since the length was read
+                    dropped = None
+                buf.append(message)
+                self._received += 1
+                if self._waiters:
+                    self._wake_one()
+                if dropped is None:
+                    return True
+                self._left += 1
+                self._dropped = drops = self._dropped + 1
+            finally:
+                lock.release()
+            if drops >= self._warn_at:
+                self._warn_drops()
+            hooks = self._broker._hooks
+            if hooks.drop_on and dropped.__class__ not in hooks.drop_idle:
+                hooks.drop(self._broker, self, dropped, _OLDEST_REASON)
+            return True
         filt = self._filter
         if filt is not None and not self._broker._run_filter(self, filt, message):
             return False
@@ -761,19 +795,7 @@ class Subscription:
                 return True
             if self._closed:
                 return False
-            if self._ring:  # a full FIFO under DROP_OLDEST, unmetered: the common overflow
-                try:
-                    dropped = buf.popleft()
-                except IndexError:  # consumers emptied the buffer since the length was read
-                    dropped = None
-                else:
-                    self._dropped += 1
-                    self._left += 1
-                buf.append(message)
-                self._received += 1
-                if self._waiters:
-                    self._wake_one()
-            elif self._policy is not _OLDEST:
+            if self._policy is not _OLDEST:
                 dropped = None  # the other policies: below, without the lock held
             else:  # full, DROP_OLDEST: make room under the same lock (the common overflow)
                 try:  # FifoBuffer.evict, inlined
@@ -980,6 +1002,7 @@ class Subscription:
             self._metered = self._counted or self._weigh is not None
             self._ring = (
                 self._policy is _OLDEST
+                and self._filter is None
                 and type(self._buf) is FifoBuffer
                 and not self._metered
                 and not self._drop_taps
