@@ -247,8 +247,10 @@ class Taps:
       the subscription keeps the sum over its buffered messages (``Subscription.weighed``),
       changed under its lock with the buffer on every path (put, take, eviction, removal,
       redelivery), so reading it costs nothing whatever is buffered. It must give the same
-      number for a message each time (an exception counts as 0); takes then pop under the
-      subscription's lock. One weigher per subscription: the first plugin's that gives one.
+      number for a message each time (an exception counts as 0 and is reported as the
+      plugin error of "weigh of subscription #N": logged, and in ``health_check()``); takes
+      then pop under the subscription's lock. One weigher per subscription: the first
+      plugin's that gives one.
     """
 
     withhold: Callable[[Subscription, Message], bool] | None = None
@@ -263,11 +265,16 @@ class Taps:
 _NO_TAPS: Final = Taps()
 
 
-def _weight(weigh: Callable[[Message], int], message: Message) -> int:
-    """``weigh(message)``; 0 when it fails (the buffer changes all the same)."""
+def _weight(sub: Subscription, weigh: Callable[[Message], int], message: Message) -> int:
+    """Under ``sub``'s lock: ``weigh(message)``, or 0 when it fails.
+
+    The buffer changes all the same; the failure is reported as a plugin error once no
+    subscription's lock is held (``Subscription._weigh_failed``).
+    """
     try:
         return int(weigh(message))
-    except Exception:
+    except Exception as exc:
+        sub._weigh_failed(exc)
         return 0
 
 
@@ -660,7 +667,7 @@ class Subscription:
         """Under the lock, while metered: count a copy in (``sign`` 1) or out (-1) of the buffer."""
         weigh = self._weigh
         if weigh is not None:
-            self._weighed += sign * _weight(weigh, message)
+            self._weighed += sign * _weight(self, weigh, message)
             if not self._counted:
                 return
         size = message._size
@@ -673,6 +680,17 @@ class Subscription:
             broker._bytes_local.shard.bytes += size
         except AttributeError:
             broker._bytes.get().bytes += size
+
+    def _weigh_failed(self, exc: Exception) -> None:
+        """Under the lock: a ``Taps.weigh`` raised; have the broker's timer thread report it.
+
+        Reported as a plugin error (logged, counted by ``health_check()``), from a thread that
+        holds no subscription's lock: the report takes the broker's lock, which is taken
+        before a subscription's, never after.
+        """
+        broker = self._broker
+        who = f"weigh of subscription #{self.id}"
+        broker.timers.call_later(0.0, lambda: broker._report_plugin_error(who, "Taps.weigh", exc))
 
     def _discard(self, waiter: _Waiter) -> bool:
         """Under the lock: withdraw ``waiter``; False if a publisher already woke it."""
@@ -987,7 +1005,7 @@ class Subscription:
                 self._weighed = 0
                 if weigh is not None:
                     for message in list(self._buf):  # list(deque): one C call, no mutation seen
-                        self._weighed += _weight(weigh, message)
+                        self._weighed += _weight(self, weigh, message)
                     self._weigh = weigh
             if meter and not self._counted:
                 self._counted = True

@@ -125,3 +125,21 @@ def test_a_full_buffer_weighs_what_it_keeps(policy: Backpressure) -> None:
         kept = [len(m.data) for m in sub.buffered()]
         assert kept == ([8, 9, 10] if policy is Backpressure.DROP_OLDEST else [1, 2, 3])
         assert sub.weighed == sum(kept)
+
+
+def test_a_weigher_that_raises_is_reported_as_a_plugin_error() -> None:
+    """It counts as 0 and the buffer changes all the same; health_check() names it."""
+    clock = mqkit.FakeClock()
+    with make_broker(objects=[_Weigher()], clock=clock) as broker:
+        sub = broker.subscribe("w")
+        broker.publish("w", Message("a", "boom"))  # fails as it enters the buffer
+        broker.publish("w", Message("b", "xyz"))
+        assert sub.weighed == 3
+        clock.advance(0)  # the report runs on the timer service, with no lock held
+        problems = broker.health_check().problems
+        assert f"plugin 'weigh of subscription #{sub.id}' failed 1 time(s)" in problems
+        assert [m.id for m in (sub.get_nowait(), sub.get_nowait())] == ["a", "b"]
+        assert sub.weighed == 0  # "a" failed again as it left: a second report
+        clock.advance(0)
+        problems = broker.health_check().problems
+        assert f"plugin 'weigh of subscription #{sub.id}' failed 2 time(s)" in problems
