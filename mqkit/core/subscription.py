@@ -241,8 +241,9 @@ class Taps:
     - ``dropped(subscription, message, reason)``: called for every message this subscription
       drops (the reasons of ``mqkit_drop``), before the hook - a plugin that cares about the
       drops of its own subscriptions only needs no ``mqkit_drop`` call for everybody's.
-    - ``meter``: keep the bytes of this subscription's buffer (``Subscription.buffered_bytes``
-      and ``Broker.counted_bytes()``); takes then pop under the subscription's lock.
+    - ``meter``: count the bytes of this subscription's buffer in ``Broker.counted_bytes()``
+      (and ``Subscription.buffered_bytes``): a FIFO's consumers then pop without the lock and
+      count out in their own thread's share; other buffers' takes pop under the lock.
     - ``weigh(message)``: a plugin's own measure of a message (an AMQP body's length, say):
       the subscription keeps the sum over its buffered messages (``Subscription.weighed``),
       changed under its lock with the buffer on every path (put, take, eviction, removal,
@@ -288,6 +289,12 @@ _OLDEST_REASON: Final = Backpressure.DROP_OLDEST.value
 
 _NO_MESSAGES: Final[Buffer] = FifoBuffer()
 """Stands in for a subscription's buffer while ``remove`` works on it; always empty."""
+
+
+def _bytes_of(message: Message) -> int:
+    """What a buffered copy adds to a metered count: its estimated size plus its slot."""
+    size = message._size
+    return (size if size >= 0 else estimate_size(message)) + SLOT_BYTES
 
 
 def _check_max(max_messages: object) -> int:
@@ -387,6 +394,19 @@ class Subscription:
         self._weigh: Callable[[Message], int] | None = None  # Taps.weigh
         self._weighed = 0
         self._metered = False  # either: takes pop under the lock and call _meter
+        self._bytes_local = broker._bytes_local  # the broker's per-thread byte shards
+        self._take: tuple[Callable[[], Message], bool] = (self._buf.popleft, False)
+        """What consumers read, in one load: how to take the next message, and whether they
+        count its bytes out themselves, after it (changed under the lock with ``_buf``):
+
+        - unmetered: the buffer's ``popleft``, without the lock; nothing to count (False);
+        - a FIFO whose bytes are counted, without a weigher: its ``popleft`` without the
+          lock, then the copy's bytes out of the broker's count in the consumer's own shard
+          (True): the subscription keeps no byte count of its own then (``buffered_bytes``
+          adds the buffer up);
+        - metered otherwise (a weigher, a plugin's buffer): ``_take_metered``, which pops
+          and counts out under the lock (False).
+        """
         self._withhold: tuple[tuple[float | None, Callable[[Subscription, Message], bool]], ...]
         self._withhold = ()
         self._clock_time = broker.clock.time
@@ -417,10 +437,18 @@ class Subscription:
         # A finite float passes with two tests; anything else is checked (or refused) by a call.
         if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
+        pop, count_out = self._take
         try:
-            message = self._take_metered() if self._metered else self._buf.popleft()
+            message = pop()
         except IndexError:
             return self._get_slow(timeout)
+        if count_out:  # _count_out, inlined
+            size = message._size
+            size = -SLOT_BYTES - (size if size >= 0 else estimate_size(message))
+            try:
+                self._bytes_local.shard.bytes += size
+            except AttributeError:
+                self._broker._bytes.get().bytes += size
         # Nothing else is due unless a sample is, a publisher is blocked or the message's class
         # has consumer-side work (hooks or taps): one countdown and three tests, no call.
         self._countdown = left = self._countdown - 1
@@ -434,10 +462,13 @@ class Subscription:
 
     def get_nowait(self) -> Message:
         """Return a buffered message at once: ``get(timeout=0)`` (without its argument check)."""
+        pop, count_out = self._take
         try:
-            message = self._take_metered() if self._metered else self._buf.popleft()
+            message = pop()
         except IndexError:
             return self._get_slow(0.0)
+        if count_out:
+            self._count_out(message)
         self._countdown = left = self._countdown - 1
         if (
             left <= 0
@@ -478,10 +509,13 @@ class Subscription:
     def _take_buffered(self) -> Message | None:
         """A buffered message to hand out now, or None when none is (never waits)."""
         while True:
+            pop, count_out = self._take
             try:
-                message = self._take_metered() if self._metered else self._buf.popleft()
+                message = pop()
             except IndexError:
                 return None
+            if count_out:
+                self._count_out(message)
             self._countdown -= 1
             if self._after_pop(message):
                 return message
@@ -498,10 +532,13 @@ class Subscription:
         """Await the next message (as ``get``, without blocking the event loop)."""
         if timeout is not None and not (timeout.__class__ is float and timeout - timeout == 0.0):
             timeout = finite_seconds(timeout, "timeout")
+        pop, count_out = self._take
         try:
-            message = self._take_metered() if self._metered else self._buf.popleft()
+            message = pop()
         except IndexError:
             return await self._aget_slow(timeout)
+        if count_out:
+            self._count_out(message)
         self._countdown = left = self._countdown - 1
         if (
             left <= 0
@@ -522,12 +559,15 @@ class Subscription:
         in an async generator, which would cost a second frame and object per message.
         """
         message: Message | None = None
+        pop, count_out = self._take
         # Not contextlib.suppress: a context manager per message costs 0.3 us.
         try:  # noqa: SIM105
-            message = self._take_metered() if self._metered else self._buf.popleft()
+            message = pop()
         except IndexError:
             pass
         if message is not None:
+            if count_out:
+                self._count_out(message)
             self._countdown = left = self._countdown - 1
             if (
                 left <= 0
@@ -681,6 +721,73 @@ class Subscription:
         except AttributeError:
             broker._bytes.get().bytes += size
 
+    def _count_out(self, message: Message) -> None:
+        """A consumer popped ``message`` without the lock; out of the broker's count (``_take``).
+
+        Each copy leaves the buffer once - popped by one consumer, or by a change of how the
+        buffer is metered (``_remeter``), which moves what it pops to a new buffer - so it is
+        counted out once, in the shard of the thread that took it.
+        """
+        size = -_bytes_of(message)
+        try:
+            self._bytes_local.shard.bytes += size
+        except AttributeError:
+            self._broker._bytes.get().bytes += size
+
+    def _retake(self) -> None:
+        """Under the lock: publish how consumers take from ``_buf`` now (``_take``)."""
+        if not self._metered:
+            self._take = (self._buf.popleft, False)
+        elif self._weigh is None and type(self._buf) is FifoBuffer:
+            self._take = (self._buf.popleft, True)
+        else:
+            self._take = (self._take_metered, False)
+
+    def _remeter(self, counted: bool, weigh: Callable[[Message], int] | None) -> None:
+        """Under the lock: count the buffer's bytes (``counted``) and weigh it with ``weigh``.
+
+        Consumers may pop without the lock (``_take``): one that read ``_take`` before
+        this change may pop after it, and counts what it took the old way. So every message is
+        moved to a new, empty buffer of the same kind, and counted the new way as it moves:
+        each is popped once, by that consumer or by the move, and counted out once. A buffer
+        whose class cannot make an empty one (a plugin's, with arguments) changes in place.
+        """
+        old = self._buf
+        try:
+            new: Buffer | None = type(old)()
+        except Exception:
+            new = None
+        was_counted = self._counted
+        self._counted, self._weigh = counted, weigh
+        self._metered = counted or weigh is not None
+        self._bytes = self._weighed = 0
+        if new is None:  # in place: what is buffered now is counted the new way
+            for message in list(old):
+                self._recount(message, was_counted)
+            self._retake()
+            return
+        self._buf = new
+        self._retake()  # from now on consumers find the moved messages in the new buffer
+        while True:
+            try:
+                message = old.popleft()
+            except IndexError:
+                break
+            self._recount(message, was_counted)
+            new.append(message)
+
+    def _recount(self, message: Message, was_counted: bool) -> None:
+        """Under the lock (``_remeter``): count a buffered copy the new way."""
+        size = _bytes_of(message)
+        if self._counted:
+            self._bytes += size
+            if not was_counted:
+                self._broker._add_bytes(size)
+        elif was_counted:
+            self._broker._add_bytes(-size)
+        if self._weigh is not None:
+            self._weighed += _weight(self, self._weigh, message)
+
     def _weigh_failed(self, exc: Exception) -> None:
         """Under the lock: a ``Taps.weigh`` raised; have the broker's timer thread report it.
 
@@ -750,9 +857,14 @@ class Subscription:
 
         Returns whether the message entered the buffer.
         """
-        if self._ring:  # the shortest way, and the common overflow: see _ring
-            lock = self._lock
-            lock.acquire()
+        if not self._ring:  # a ring has no filter (options are fixed): no look needed
+            filt = self._filter
+            if filt is not None and not self._broker._run_filter(self, filt, message):
+                return False
+        # acquire/try/finally rather than ``with``: half the cost on the hottest line.
+        lock = self._lock
+        lock.acquire()
+        if self._ring:  # the shortest way (read under the lock: _configure may change it)
             try:
                 if self._closed:
                     return False
@@ -763,7 +875,7 @@ class Subscription:
                     if self._waiters:
                         self._wake_one()
                     return True
-                try:
+                try:  # full: the common overflow, evicting the oldest
                     dropped = buf.popleft()
                 except IndexError:  # consumers emptied the buffer since the length was read
                     dropped = None
@@ -783,12 +895,6 @@ class Subscription:
             if hooks.drop_on and dropped.__class__ not in hooks.drop_idle:
                 hooks.drop(self._broker, self, dropped, _OLDEST_REASON)
             return True
-        filt = self._filter
-        if filt is not None and not self._broker._run_filter(self, filt, message):
-            return False
-        # acquire/try/finally rather than ``with``: half the cost on the hottest line.
-        lock = self._lock
-        lock.acquire()
         try:
             buf = self._buf
             if len(buf) < self._cap and not self._closed:
@@ -944,8 +1050,11 @@ class Subscription:
                 self._space_waiters.popleft().wake()
 
     def _set_buffer(self, buffer: Buffer) -> None:
-        self._buf = buffer
-        self._ring = self._ring and type(buffer) is FifoBuffer
+        """At subscribe, before the taps: the plugin's buffer instead of the FIFO."""
+        with self._lock:
+            self._buf = buffer
+            self._ring = self._ring and type(buffer) is FifoBuffer
+            self._retake()
 
     def _rank(self) -> None:
         """Move to the buffer a plugin supplies, now that a message needs it (``_ranked``).
@@ -963,13 +1072,20 @@ class Subscription:
             if buffer is None:
                 return
             old = self._buf
-            while True:
-                try:
-                    buffer.append(old.popleft())
-                except IndexError:
-                    break
             self._buf = buffer
             self._ring = False
+            self._retake()  # a counted FIFO's consumers pop under the lock from here on
+            moved = 0
+            while True:
+                try:
+                    message = old.popleft()
+                except IndexError:
+                    break
+                if self._counted:  # _FREE kept no byte count: the new buffer keeps one
+                    moved += _bytes_of(message)
+                buffer.append(message)
+            if self._counted:
+                self._bytes = moved
 
     def _configure(self, taps: Sequence[Taps]) -> None:
         """Apply the taps plugins asked for and the broker's current hooks.
@@ -1000,24 +1116,8 @@ class Subscription:
             self._hooks_idle = hooks.take_idle
             if self._closed:
                 meter, weigh = False, None
-            if weigh is not self._weigh:
-                self._weigh = None
-                self._weighed = 0
-                if weigh is not None:
-                    for message in list(self._buf):  # list(deque): one C call, no mutation seen
-                        self._weighed += _weight(self, weigh, message)
-                    self._weigh = weigh
-            if meter and not self._counted:
-                self._counted = True
-                weigh, self._weigh = self._weigh, None  # _meter counts the bytes alone
-                for message in list(self._buf):
-                    self._meter(message, 1)
-                self._weigh = weigh
-            elif not meter and self._counted:
-                self._broker._add_bytes(-self._bytes)
-                self._bytes = 0
-                self._counted = False
-            self._metered = self._counted or self._weigh is not None
+            if meter != self._counted or weigh is not self._weigh:
+                self._remeter(meter, weigh)
             self._ring = (
                 self._policy is _OLDEST
                 and self._filter is None
@@ -1073,7 +1173,9 @@ class Subscription:
         # (``popleft`` hands each to exactly one taker), and put back the kept ones in order.
         with self._lock:
             buf = self._buf
+            take = self._take
             self._buf = _NO_MESSAGES
+            self._take = (_NO_MESSAGES.popleft, False)
             try:
                 taken: list[Message] = []
                 while True:
@@ -1095,6 +1197,7 @@ class Subscription:
                             self._meter(m, -1)
             finally:
                 self._buf = buf
+                self._take = take
             for _ in range(min(len(gone), len(self._space_waiters))):
                 self._space_waiters.popleft().wake()  # room for blocked publishers
         return gone
@@ -1156,11 +1259,14 @@ class Subscription:
             if self._closed:
                 return False
             self._closed = True
-            if self._metered:  # no longer the broker's: out of its total (drained uncounted)
+            if self._take[1]:  # consumers pop without the lock: move, and count out
+                self._remeter(False, None)
+            elif self._metered:  # no longer the broker's: out of its total (drained uncounted)
                 self._broker._add_bytes(-self._bytes)
                 self._bytes = self._weighed = 0
                 self._counted = self._metered = False
                 self._weigh = None
+                self._retake()
             while self._waiters:
                 self._waiters.popleft().wake()
             while self._space_waiters:
@@ -1173,7 +1279,11 @@ class Subscription:
         return self._closed
 
     def stats(self) -> SubscriptionStats:
-        """Counters: messages enqueued, dropped by policy, handed out; the buffer's state."""
+        """Counters: messages enqueued, dropped by policy, handed out; the buffer's state.
+
+        O(1), but for ``buffered_bytes`` of a metered FIFO (see the property): per message,
+        read the properties (``queue_len``, ``delivered``, ``dropped``) instead.
+        """
         with self._lock:
             length = len(self._buf)
             return SubscriptionStats(
@@ -1182,7 +1292,7 @@ class Subscription:
                 queue_len=length,
                 queue_cap=self._cap,
                 delivered=max(0, self._received + self._requeued - self._left - length),
-                buffered_bytes=self._bytes,
+                buffered_bytes=self._buffered_bytes(),
             )
 
     @property
@@ -1195,13 +1305,34 @@ class Subscription:
         return max(0, self._received + self._requeued - self._left - len(self._buf))
 
     @property
+    def queue_len(self) -> int:
+        """Messages buffered now (``stats().queue_len``, without adding anything up)."""
+        return len(self._buf)
+
+    @property
+    def queue_cap(self) -> int:
+        """The buffer's bound (``stats().queue_cap``)."""
+        return self._cap
+
+    @property
     def dropped(self) -> int:
         """Messages this subscription dropped under its backpressure policy (plugin API)."""
         return self._dropped
 
     @property
     def buffered_bytes(self) -> int:
-        """Estimated bytes of the buffered messages, when a plugin meters them (else 0)."""
+        """Estimated bytes of the buffered messages, when a plugin meters them (else 0).
+
+        A metered FIFO whose consumers pop without the lock keeps no count of its own: its
+        buffer is added up (O(buffered)); other metered buffers keep the count as they change.
+        """
+        with self._lock:
+            return self._buffered_bytes()
+
+    def _buffered_bytes(self) -> int:
+        """Under the lock: ``buffered_bytes``."""
+        if self._take[1]:  # consumers count out without the lock: no count of its own
+            return sum(_bytes_of(m) for m in list(self._buf))
         return self._bytes
 
     @property

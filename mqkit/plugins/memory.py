@@ -11,8 +11,9 @@ would take the total past ``max_memory_usage`` is refused with ``MemoryLimitExce
 nothing is delivered or stored. ``health_check()`` reports ``degraded`` at 90 % of the limit.
 
 The plugin counts nothing per message itself: it asks every subscription to *meter* its buffer
-(``Taps(meter=True)``) - each copy is counted, under the subscription's lock, as it enters and
-leaves the buffer (handed out, evicted, withheld, expired, removed) - and reads the broker's
+(``Taps(meter=True)``) - each copy is counted as it enters and leaves the buffer (handed out,
+evicted, withheld, expired, removed; see ``Subscription._take`` for consumers that count out
+without the lock) - and reads the broker's
 total, ``Broker.counted_bytes()``, where the built-in features count what they hold too
 (``Feature.counts_held_bytes``; another feature's ``held_bytes()`` is asked). A cancelled
 subscription's buffer is no longer the broker's: it leaves the total at the cancel. The limit

@@ -500,3 +500,15 @@ def test_redeliver_puts_a_message_in_front(make_broker) -> None:
     assert sub.redeliver(first) is False
     with pytest.raises(mqkit.SubscriptionClosedError):
         sub.get_nowait()
+
+
+def test_queue_len_and_cap_read_what_stats_says(make_broker) -> None:
+    broker = make_broker()
+    sub = broker.subscribe("t", mqkit.SubOptions(buffer_size=3))
+    assert (sub.queue_len, sub.queue_cap) == (0, 3)
+    for i in range(5):
+        broker.publish("t", mqkit.Message(f"m{i}"))
+    stats = sub.stats()
+    assert (sub.queue_len, sub.queue_cap) == (stats.queue_len, stats.queue_cap) == (3, 3)
+    sub.get_nowait()
+    assert sub.queue_len == 2

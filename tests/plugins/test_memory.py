@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import sys
 import threading
 from collections.abc import Callable
 
@@ -32,6 +33,7 @@ from mqkit.testing import FakeClock, broker_config
 from .helpers import DLQ, drain, drain_ids, in_
 
 LIMIT = 1000
+WAIT = 30.0  # seconds a test waits for a thread before it fails
 ALL = ("memory", "priority", "ttl", "ack", "transactions", "deadletter", "metrics")
 
 
@@ -809,3 +811,77 @@ def test_a_feature_added_at_run_time_is_asked_from_then_on(make_broker) -> None:
     assert broker.has_plugin("test-holder")
     with pytest.raises(MemoryLimitExceededError):
         broker.publish("t", Message("refused", "x" * 200))
+
+
+# -- consumers that count out without the lock ---------------------------------------------------
+
+
+def _consume_until(sub: mqkit.Subscription, stop: threading.Event, got: list[str]) -> None:
+    """Take messages (get, get_nowait and get_many in turn) until ``stop`` and drained."""
+    takes = itertools.cycle(
+        [
+            lambda: [sub.get(timeout=0.01)],
+            lambda: [sub.get_nowait()],
+            lambda: sub.get_many(3, timeout=0.01),
+        ]
+    )
+    while True:
+        try:
+            got.extend(m.id for m in next(takes)())
+        except TimeoutError:
+            if stop.is_set() and sub.queue_len == 0:
+                return
+        except mqkit.SubscriptionClosedError:
+            return
+
+
+def test_the_count_stays_exact_while_lock_free_consumers_race_toggles_and_cancels(
+    make_broker,
+) -> None:
+    """A metered FIFO's consumers pop and count out without the lock (``Subscription._take``).
+
+    Switching the limit off and on, and cancelling, move the buffer's messages to a new
+    buffer while three consumer threads take from it and a publisher fills it: each message
+    is taken once, counted out once, and what is left adds up to exactly what is held.
+    """
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside the moves become likely
+    try:
+        on = Config(max_memory_usage=10**9)
+        broker = make_broker("memory", config=on)
+        room = SubOptions(buffer_size=100_000)  # nothing is dropped: every message is taken
+        kept, raced = broker.subscribe("t", room), broker.subscribe("t", room)
+        stop, published = threading.Event(), threading.Event()
+        got: list[list[str]] = [[], [], []]
+        threads = [
+            threading.Thread(target=_consume_until, args=(raced, stop, got[i])) for i in range(3)
+        ]
+        count = 20_000
+
+        def publish() -> None:
+            for i in range(count):
+                broker.publish("t", Message(f"m{i:05d}", "x" * (i % 50)))
+            published.set()
+
+        threads.append(threading.Thread(target=publish))
+        for thread in threads:
+            thread.start()
+        toggles = 0
+        while not published.is_set() or toggles < 20:
+            # the limit off, then on again: every metered buffer moves, counted the new way
+            broker.update_config(on.replace(max_memory_usage=0) if toggles % 2 == 0 else on)
+            toggles += 1
+        broker.update_config(on)
+        raced.cancel()  # moved and counted out while the consumers still take from it
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT)
+            assert not thread.is_alive()
+        taken = sorted(itertools.chain.from_iterable(got))
+        assert taken == [f"m{i:05d}" for i in range(count)]  # once each, none lost
+        assert broker.memory_usage() == buffered_bytes(broker) == kept.buffered_bytes
+        assert len(drain_ids(kept)) == count
+        assert broker.memory_usage() == 0
+        assert broker.counted_bytes() == 0
+    finally:
+        sys.setswitchinterval(old_interval)

@@ -261,8 +261,8 @@ class GroupReader:
         """How many entries to read now: the buffer's free room (at most 256)."""
         self.wants_space = True
         self.space.clear()  # before the look: a take after it sets it again
-        stats = self.sub.stats()
-        return max(0, min(256, stats.queue_cap - stats.queue_len))
+        sub = self.sub
+        return max(0, min(256, sub.queue_cap - sub.queue_len))
 
     def take(self, client: Client, entries: Sequence[Any], *, fresh: bool) -> None:
         """Hold and buffer the entries read; dead-letter those delivered too often."""

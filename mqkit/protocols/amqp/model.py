@@ -236,7 +236,7 @@ class Queue:
 
     def depth(self) -> int:
         """Messages ready (not delivered, not unacknowledged)."""
-        return self.sub.stats().queue_len + (self.held is not None)
+        return self.sub.queue_len + (self.held is not None)
 
     def ready(self) -> list[Message]:
         """The ready messages, the next to be delivered first."""
