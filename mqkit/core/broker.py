@@ -100,6 +100,7 @@ class Broker(FeatureOperations):
         self._bytes_local = self._bytes.local
         self._add_bytes = self._bytes.add
         self._bytes_total = self._bytes.total
+        self._held_shards: list[ByteShard] = []  # the features' (Feature.held_shard), counted
         self._admissions: tuple[Callable[[int, int], None], ...] = ()
         self._limits: tuple[Callable[[], int] | None, ...] = ()  # one per admission
         # Admissions run only for a call that would take counted_bytes() past this (a
@@ -165,6 +166,7 @@ class Broker(FeatureOperations):
             features = pm.features()
         self._features = features
         self._feature_list = tuple(features.values())
+        self._count_held(self._feature_list)
         self._ack = self._feature(AckFeature)  # Subscription.ack asks on every ack
         self._hooks = Hooks(pm, self._report_plugin_error, config)
         return added_names
@@ -400,19 +402,15 @@ class Broker(FeatureOperations):
             above = min(above, -1 if limit is None else limit())
         self._admit_above = above
 
-    def count_bytes(self, shard: ByteShard) -> None:
-        """Count ``shard.bytes`` in the broker's byte count (plugin API).
-
-        For a feature that holds messages outside the buffers (unacknowledged deliveries,
-        dead letters, open transactions): it keeps ``shard.bytes`` up to date under its own
-        lock, and sets ``Feature.counts_held_bytes``; a memory limit then reads one number
-        (``counted_bytes()``) instead of calling its ``held_bytes()``.
-        """
-        self._bytes.attach(shard)
-
-    def uncount_bytes(self, shard: ByteShard) -> None:
-        """Stop counting ``shard`` (plugin API; nothing happens if it is not counted)."""
-        self._bytes.detach(shard)
+    def _count_held(self, features: Sequence[Feature]) -> None:
+        """Count the ``held_shard`` of exactly these features in the byte count (all or none)."""
+        shards = [f.held_shard for f in features if f.held_shard is not None]
+        for shard in self._held_shards:
+            if all(shard is not s for s in shards):
+                self._bytes.detach(shard)
+        for shard in shards:
+            self._bytes.attach(shard)
+        self._held_shards = shards
 
     def incoming_bytes(self, messages: Sequence[Message]) -> int:
         """What routing ``messages`` now would add to the buffers (plugin API).
@@ -445,8 +443,8 @@ class Broker(FeatureOperations):
 
         Subscriptions whose ``Taps.meter`` a plugin asked for (the ``memory`` plugin) count
         each copy's estimated size plus ``SLOT_BYTES`` as it enters and leaves their buffer,
-        in the acting thread's share; features add what they hold (``count_bytes``). This
-        adds the shares up.
+        in the acting thread's share; features add what they hold (``Feature.held_shard``).
+        This adds the shares up.
         """
         return self._bytes_total()
 
@@ -668,6 +666,7 @@ class Broker(FeatureOperations):
         try:
             self._hooks.broker_close(self)
         finally:
+            self._count_held(())  # what the features hold is the broker's no more
             for sub in self._routing.clear():
                 if sub._close():
                     self._hooks.unsubscribe(self, sub)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from mqkit.core.message import Message
+from mqkit.core.shards import ByteShard
 from mqkit.core.status import ClusterStatus, DeadLetter, DeadLetterStats, MetricsSnapshot
 
 if TYPE_CHECKING:
@@ -37,10 +38,11 @@ class Feature(abc.ABC):
 
     feature: ClassVar[str]
 
-    counts_held_bytes: ClassVar[bool] = False
-    """True when the feature keeps what :meth:`held_bytes` says in the broker's byte count
-    itself (a ``ByteShard`` it updates, given to ``Broker.count_bytes`` while it runs): a
-    memory limit then reads the broker's one count instead of calling :meth:`held_bytes`."""
+    held_shard: ByteShard | None = None
+    """Where a feature that holds messages outside the buffers may keep their bytes (what
+    :meth:`held_bytes` says; ``shard.bytes``, changed under the feature's own lock): the broker
+    adds it to its byte count while the feature is registered, and a memory limit then reads
+    that one count instead of calling :meth:`held_bytes` on every publish."""
 
     def held_bytes(self) -> int:
         """Estimated bytes of messages this feature holds (for the memory limit)."""

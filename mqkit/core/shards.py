@@ -113,9 +113,8 @@ class ThreadShards(Generic[T]):
 class ByteShard:
     """A share of a byte count: one thread's share of a :class:`ByteCounter` (plugin API).
 
-    A feature that holds messages outside the buffers keeps the bytes it holds in one of its
-    own (``shard.bytes``, changed under the feature's lock) and gives it to
-    ``Broker.count_bytes`` while it runs: see ``Feature.counts_held_bytes``.
+    A feature that holds messages outside the buffers may keep the bytes it holds in one of
+    its own (``shard.bytes``, changed under the feature's lock): see ``Feature.held_shard``.
     """
 
     __slots__ = ("bytes",)

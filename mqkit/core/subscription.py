@@ -671,26 +671,15 @@ class Subscription:
     def _take_metered(self) -> Message:
         """Pop under the lock, un-counting the bytes (``IndexError`` when empty).
 
-        A metered subscription's consumers pop under the lock, so that the count and the buffer
-        change together (a cancel then un-counts exactly what is left).
+        How a metered subscription's consumers take when they cannot count out without the
+        lock (``_take``: a weigher, a plugin's buffer): the counts and the buffer change
+        together.
         """
         lock = self._lock
         lock.acquire()
         try:
             message = self._buf.popleft()
-            if self._weigh is None:  # _meter(message, -1) for bytes alone, inlined
-                if self._counted:
-                    size = message._size
-                    if size < 0:
-                        size = estimate_size(message)
-                    size = -SLOT_BYTES - size
-                    self._bytes += size
-                    broker = self._broker
-                    try:  # Broker._add_bytes, inlined
-                        broker._bytes_local.shard.bytes += size
-                    except AttributeError:
-                        broker._bytes.get().bytes += size
-            else:
+            if self._metered:
                 self._meter(message, -1)
         finally:
             lock.release()

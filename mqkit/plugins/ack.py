@@ -95,8 +95,6 @@ class AckPlugin(AckFeature, Plugin):
     dictionary removal.
     """
 
-    counts_held_bytes = True
-
     plugin_info = PluginInfo(
         name="ack",
         description="per-subscription ack/nack with deadlines, retries and dead letters",
@@ -110,17 +108,13 @@ class AckPlugin(AckFeature, Plugin):
         # ack id -> unsettled copies (buffered or delivered), plus one while being published
         self._ids: dict[str, int] = {}
         self._publishing: dict[str, Message] = {}  # ack id -> the message being published
-        self._held = ByteShard()  # bytes of the pending deliveries (counted by the broker)
+        # bytes of the pending deliveries: the broker counts them (Feature.held_shard)
+        self._held = self.held_shard = ByteShard()
         self._timer: TimerHandle | None = None
         self._armed_at: float | None = None
         self._broker: Broker | None = broker  # None once stopped
 
     # -- lifecycle -----------------------------------------------------------------------------
-
-    @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Count what it holds in the broker's byte count (``Broker.count_bytes``)."""
-        broker.count_bytes(self._held)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
@@ -135,7 +129,6 @@ class AckPlugin(AckFeature, Plugin):
             self._publishing.clear()
             self._held.bytes = 0
             self._broker = None
-        broker.uncount_bytes(self._held)
 
     # -- hooks ---------------------------------------------------------------------------------
 

@@ -36,8 +36,6 @@ __all__ = ["DeadLetterPlugin"]
 class DeadLetterPlugin(DeadLetterFeature, Plugin):
     """Keeps dead letters and publishes them to the dead letter topic."""
 
-    counts_held_bytes = True
-
     plugin_info = PluginInfo(
         name="deadletter",
         description="bounded, readable dead letter queue",
@@ -49,22 +47,17 @@ class DeadLetterPlugin(DeadLetterFeature, Plugin):
         self._records: deque[tuple[DeadLetter, int]] = deque()
         self._total = 0
         self._dropped = 0
-        self._held = ByteShard()  # bytes of the kept records (counted by the broker)
+        # bytes of the kept records: the broker counts them (Feature.held_shard)
+        self._held = self.held_shard = ByteShard()
         self._last: datetime | None = None
         self._topic = ""  # the DLQ topic, kept for stats() after close
         self._broker: Broker | None = broker  # None once stopped
-
-    @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Count what it holds in the broker's byte count (``Broker.count_bytes``)."""
-        broker.count_bytes(self._held)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
         """Stop taking dead letters; the records and the topic stay readable in the stats."""
         self._topic = broker.config.dead_letter_topic
         self._broker = None
-        broker.uncount_bytes(self._held)  # the broker holds them no more
 
     def add(self, original_topic: str, message: Message, reason: str, attempts: int) -> None:
         """Publish a dead-letter copy to the DLQ topic, then keep the record."""

@@ -13,15 +13,14 @@ nothing is delivered or stored. ``health_check()`` reports ``degraded`` at 90 % 
 The plugin counts nothing per message itself: it asks every subscription to *meter* its buffer
 (``Taps(meter=True)``) - each copy is counted as it enters and leaves the buffer (handed out,
 evicted, withheld, expired, removed; see ``Subscription._take`` for consumers that count out
-without the lock) - and reads the broker's
-total, ``Broker.counted_bytes()``, where the built-in features count what they hold too
-(``Feature.counts_held_bytes``; another feature's ``held_bytes()`` is asked). A cancelled
-subscription's buffer is no longer the broker's: it leaves the total at the cancel. The limit
-is the admission's (``Broker.add_admission(..., limit)``): a publish that keeps the total
-within it costs the broker one comparison, and only one that would not calls the plugin. The
-check and the count are not one atomic step: publishers that pass the check at the same time
-each add what they publish, so ``n`` concurrent publishers may overshoot the limit by at most
-one publish call's messages each.
+without the lock) - and reads the broker's total, ``Broker.counted_bytes()``, where the
+built-in features count what they hold too (``Feature.held_shard``; another feature's
+``held_bytes()`` is asked). A cancelled subscription's buffer is no longer the broker's: it
+leaves the total at the cancel. The limit is the admission's (``Broker.add_admission(...,
+limit)``): a publish that keeps the total within it costs the broker one comparison, and only
+one that would not calls the plugin. The check and the count are not one atomic step:
+publishers that pass the check at the same time each add what they publish, so ``n``
+concurrent publishers may overshoot the limit by at most one publish call's messages each.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ class MemoryPlugin(MemoryFeature, Plugin):
         self._holders = tuple(
             f
             for f in features
-            if type(f).held_bytes is not Feature.held_bytes and not f.counts_held_bytes
+            if type(f).held_bytes is not Feature.held_bytes and f.held_shard is None
         )
         self._features_seen = features
 

@@ -67,8 +67,6 @@ class _Tx:
 class TransactionsPlugin(TransactionFeature, Plugin):
     """Holds transactional messages until commit, rollback or timeout."""
 
-    counts_held_bytes = True
-
     plugin_info = PluginInfo(
         name="transactions",
         description="atomic commit/rollback of held messages",
@@ -81,13 +79,9 @@ class TransactionsPlugin(TransactionFeature, Plugin):
         self._ended: OrderedDict[str, _Ended] = OrderedDict()
         # Timed-out ids a publish must not re-open: id -> (transaction, forget at: monotonic).
         self._timed_out: OrderedDict[str, tuple[_Tx, float]] = OrderedDict()
-        self._held = ByteShard()  # bytes of the held messages (counted by the broker)
+        # bytes of the held messages: the broker counts them (Feature.held_shard)
+        self._held = self.held_shard = ByteShard()
         self._broker: Broker | None = broker  # None once stopped
-
-    @hookimpl
-    def mqkit_broker_start(self, broker: Broker) -> None:
-        """Count what it holds in the broker's byte count (``Broker.count_bytes``)."""
-        broker.count_bytes(self._held)
 
     @hookimpl
     def mqkit_broker_close(self, broker: Broker) -> None:
@@ -101,7 +95,6 @@ class TransactionsPlugin(TransactionFeature, Plugin):
             self._timed_out.clear()
             self._held.bytes = 0
             self._broker = None
-        broker.uncount_bytes(self._held)
 
     def add(self, tx_id: str, message: Message, token: object | None = None) -> object:
         """Hold ``message`` in ``tx_id``, beginning it (and its timeout) if needed.

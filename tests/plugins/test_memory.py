@@ -753,22 +753,13 @@ class _Holder(mqkit.Feature):
 
 
 class _CountingHolder(mqkit.Feature):
-    """The same, keeping its bytes in the broker's count (``Broker.count_bytes``)."""
+    """The same, keeping its bytes where the broker counts them (``Feature.held_shard``)."""
 
     feature = "test-counting-holder"
-    counts_held_bytes = True
     plugin_info = mqkit.PluginInfo(name="test-counting-holder")
 
     def __init__(self) -> None:
-        self.shard = mqkit.ByteShard()
-
-    @mqkit.hookimpl
-    def mqkit_broker_start(self, broker: mqkit.Broker) -> None:
-        broker.count_bytes(self.shard)
-
-    @mqkit.hookimpl
-    def mqkit_broker_close(self, broker: mqkit.Broker) -> None:
-        broker.uncount_bytes(self.shard)
+        self.shard = self.held_shard = mqkit.ByteShard()
 
     def held_bytes(self) -> int:
         return self.shard.bytes
