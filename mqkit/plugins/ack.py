@@ -145,11 +145,15 @@ class AckPlugin(AckFeature, Plugin):
             message = messages[0]
             ack_id = getattr(message, "ack_id", "")
             if ack_id and getattr(message, "ack_policy", _NO_ACK) != _NO_ACK:
-                with self._lock:
+                lock = self._lock  # acquire/release, not ``with``: a third fewer instructions
+                lock.acquire()
+                try:
                     if ack_id in self._ids:
                         raise _taken(ack_id, message)
                     self._ids[ack_id] = 1
                     self._publishing[ack_id] = message
+                finally:
+                    lock.release()
             return
         claims = [(ack_id, m) for m in messages if (ack_id := _ack_id(m))]
         if not claims:
@@ -189,13 +193,17 @@ class AckPlugin(AckFeature, Plugin):
         publishing = self._publishing
         if not publishing:
             return
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             for i, message in enumerate(messages):
                 ack_id = getattr(message, "ack_id", "")
                 if ack_id and publishing.get(ack_id) is message:
                     del publishing[ack_id]
                     if copies[i] != 1 or self._ids.get(ack_id, 1) <= 0:  # else: count unchanged
                         self._release(ack_id, 1 - copies[i])
+        finally:
+            lock.release()
 
     @hookimpl
     def mqkit_drop(
@@ -231,7 +239,9 @@ class AckPlugin(AckFeature, Plugin):
         pending: _Pending = _new_pending(
             _Pending, (message, subscription, ack_id, timeout, deadline, size)
         )
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             held = self._pending.get(subscription)
             if held is None:
                 held = self._pending[subscription] = {}
@@ -245,6 +255,8 @@ class AckPlugin(AckFeature, Plugin):
             self._held.bytes += size
             if self._armed_at is None or deadline < self._armed_at:
                 self._arm(broker, deadline)
+        finally:
+            lock.release()
 
     @hookimpl
     def mqkit_unsubscribe(self, broker: Broker, subscription: Subscription) -> None:
@@ -279,7 +291,9 @@ class AckPlugin(AckFeature, Plugin):
         """Settle ``ack_id`` on ``subscription``."""
         # _take(settle=True) with _unlink and _release inlined: the ack's whole bookkeeping
         # under one lock, without a call.
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             held = self._pending.get(subscription)
             pending = held.pop(ack_id, None) if held is not None else None
             if pending is None:
@@ -295,6 +309,8 @@ class AckPlugin(AckFeature, Plugin):
                     ids[ack_id] = left - 1
                 else:
                     del ids[ack_id]
+        finally:
+            lock.release()
         broker = self._broker
         if broker is None:
             broker = self._live_broker()
