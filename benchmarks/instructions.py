@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import re
 import shutil
@@ -30,39 +31,19 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from mqkit import Broker, Config, SubOptions
+
+import cases
+
 WARM = 3_000
 """Messages every child sends before the counted part (caches, specialisation, first buffers)."""
 
 
-def _core() -> Any:
-    import cases
-
-    return cases._config()
-
-
-def _defaults() -> Any:
-    import mqkit
-
-    return mqkit.Config()
-
-
-def _with_ack() -> Any:
-    import mqkit
-
-    return mqkit.Config(enable_ack_support=True)
-
-
-def _get(config: Callable[[], Any], fanout: int) -> Callable[[int, int], None]:
+def _get(config: Callable[[], Config], fanout: int) -> Callable[[int, int], None]:
     """publish -> get with ``fanout`` subscribers, each message handed to a function."""
 
     def run(n: int, built: int) -> None:
-        from mqkit import Broker
-
-        import cases
-
         msgs = cases._messages(WARM + built)[: WARM + n]
         _, handlers = cases._handlers(fanout)
         with Broker(config()) as broker:
@@ -78,13 +59,9 @@ def _get(config: Callable[[], Any], fanout: int) -> Callable[[int, int], None]:
 
 
 def _ack_round_trip(n: int, built: int) -> None:
-    from mqkit import Broker
-
-    import cases
-
     msgs = cases._messages(WARM + built, cases._ack_message)[: WARM + n]
     _, (handle,) = cases._handlers(1)
-    with Broker(_with_ack()) as broker:
+    with Broker(Config(enable_ack_support=True)) as broker:
         sub = broker.subscribe(cases.TOPIC)
         publish, get, acknowledge, topic = broker.publish, sub.get, sub.ack, cases.TOPIC
         for m in msgs:
@@ -98,15 +75,9 @@ def _publish(buffered: bool) -> Callable[[int, int], None]:
     """``Broker()`` defaults: publish to nobody, or into one full buffer of 1,000 (a ring)."""
 
     def run(n: int, built: int) -> None:
-        import logging
-
-        from mqkit import Broker, SubOptions
-
-        import cases
-
         logging.getLogger("mqkit").setLevel(logging.ERROR)  # the full buffer's drop warnings
         msgs = cases._messages(WARM + built)[: WARM + n]
-        with Broker(_defaults()) as broker:
+        with Broker(Config()) as broker:
             if buffered:
                 broker.subscribe(cases.TOPIC, SubOptions(buffer_size=1_000))
             publish, topic = broker.publish, cases.TOPIC
@@ -118,8 +89,6 @@ def _publish(buffered: bool) -> Callable[[int, int], None]:
 
 def _pyee(fanout: int) -> Callable[[int, int], None]:
     def run(n: int, built: int) -> None:
-        import cases
-
         emitter = importlib.import_module("pyee.base").EventEmitter()
         msgs = cases._messages(WARM + built)[: WARM + n]
         _, handlers = cases._handlers(fanout)
@@ -133,11 +102,11 @@ def _pyee(fanout: int) -> Callable[[int, int], None]:
 
 
 CASES: dict[str, Callable[[int, int], None]] = {
-    "core 1 -> 1": _get(_core, 1),
-    "defaults 1 -> 1": _get(_defaults, 1),
+    "core 1 -> 1": _get(cases._config, 1),
+    "defaults 1 -> 1": _get(Config, 1),
     "pyee 1 -> 1": _pyee(1),
-    "core 1 -> 10": _get(_core, 10),
-    "defaults 1 -> 10": _get(_defaults, 10),
+    "core 1 -> 10": _get(cases._config, 10),
+    "defaults 1 -> 10": _get(Config, 10),
     "pyee 1 -> 10": _pyee(10),
     "defaults + ack round trip": _ack_round_trip,
     "defaults publish to nobody": _publish(False),
@@ -207,7 +176,6 @@ def main() -> int:
     parser.add_argument("--child", nargs=3, metavar=("CASE", "N", "BUILT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        sys.path.insert(0, str(HERE))
         CASES[args.child[0]](int(args.child[1]), int(args.child[2]))
         return 0
     if args.list:
